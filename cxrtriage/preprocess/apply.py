@@ -1,0 +1,123 @@
+"""Apply a PreprocessRecipe to an Image2D, and map model-resolution arrays back to the image.
+
+The same functions run in training (``cxrtriage.train``) and at inference, so a model sees
+at inference exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, VoiMode
+from cxrtriage.types import FloatArray, Image2D
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How the original image maps onto the square model input.
+
+    ``crop`` is (y0, x0, h, w) of the region of the original image that is used; ``placed`` is
+    (y0, x0, h, w) of where that region lands, resized, inside the ``size`` x ``size`` input.
+    """
+
+    original_shape: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    placed: tuple[int, int, int, int]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """The exact float32 array [1, size, size] a model receives, with its geometry."""
+
+    array: FloatArray
+    geometry: Geometry
+
+
+def plan_geometry(shape: tuple[int, int], recipe: PreprocessRecipe) -> Geometry:
+    """Decide which part of an image of ``shape`` goes where in the model input."""
+    h, w = shape
+    s = recipe.size
+    if recipe.geometry is GeometryMode.CENTER_CROP:
+        side = min(h, w)
+        crop = ((h - side) // 2, (w - side) // 2, side, side)
+        placed = (0, 0, s, s)
+    elif recipe.geometry is GeometryMode.STRETCH:
+        crop = (0, 0, h, w)
+        placed = (0, 0, s, s)
+    else:  # LETTERBOX
+        crop = (0, 0, h, w)
+        scale = s / max(h, w)
+        ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
+        placed = ((s - ph) // 2, (s - pw) // 2, ph, pw)
+    return Geometry(original_shape=(h, w), crop=crop, placed=placed, size=s)
+
+
+def _resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
+    oh, ow = out_hw
+    if arr.shape == (oh, ow):
+        return arr.astype(np.float32, copy=False)
+    shrinking = oh <= arr.shape[0] and ow <= arr.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(arr, (ow, oh), interpolation=interp).astype(np.float32, copy=False)
+
+
+def _to_unit(region: FloatArray, image: Image2D, recipe: PreprocessRecipe) -> FloatArray:
+    """Map raw (resized) pixel values to display units in [0, 1]."""
+    if recipe.voi is VoiMode.IF_PRESENT and image.voi is not None:
+        return image.voi.apply(region)
+    if recipe.intensity is IntensityMode.NOMINAL:
+        lo, hi = image.value_range
+    else:
+        lo, hi = (float(v) for v in np.percentile(region, recipe.percentiles))
+    if hi <= lo:  # a flat image: nothing to scale, keep it mid-grey rather than divide by zero
+        return np.full(region.shape, 0.5, dtype=np.float32)
+    out = (region - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:
+    """Turn ``image`` into the [1, size, size] float32 array described by ``recipe``."""
+    geo = plan_geometry(image.shape, recipe)
+    y0, x0, ch, cw = geo.crop
+    py, px, ph, pw = geo.placed
+    region = _resize(image.pixels[y0 : y0 + ch, x0 : x0 + cw], (ph, pw))
+    unit = _to_unit(region, image, recipe)
+    canvas = np.full((recipe.size, recipe.size), recipe.pad_value, dtype=np.float32)
+    canvas[py : py + ph, px : px + pw] = unit
+    lo, hi = recipe.output_range
+    canvas = canvas * np.float32(hi - lo) + np.float32(lo)
+    return ModelInput(array=canvas[None, :, :].astype(np.float32, copy=False), geometry=geo)
+
+
+def to_original(values: FloatArray, geometry: Geometry, *, fill: float = 0.0, nearest: bool = False) -> FloatArray:
+    """Map a [size, size] array at model-input resolution back onto the original image grid.
+
+    Pixels of the original image that the model never saw (cropped away) get ``fill``.
+    Use ``nearest=True`` for label maps (segmentation masks).
+    """
+    if values.shape != (geometry.size, geometry.size):
+        raise ValueError(f"expected a {geometry.size}x{geometry.size} array, got {values.shape}")
+    py, px, ph, pw = geometry.placed
+    y0, x0, ch, cw = geometry.crop
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    inner = np.ascontiguousarray(values[py : py + ph, px : px + pw], dtype=np.float32)
+    back = cv2.resize(inner, (cw, ch), interpolation=interp)
+    out = np.full(geometry.original_shape, fill, dtype=np.float32)
+    out[y0 : y0 + ch, x0 : x0 + cw] = back
+    return out
+
+
+def from_original(values: FloatArray, geometry: Geometry, *, nearest: bool = False) -> FloatArray:
+    """Map an array on the original grid (e.g. a lung mask) to model-input resolution."""
+    y0, x0, ch, cw = geometry.crop
+    py, px, ph, pw = geometry.placed
+    region = np.ascontiguousarray(values[y0 : y0 + ch, x0 : x0 + cw], dtype=np.float32)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    small = cv2.resize(region, (pw, ph), interpolation=interp)
+    out = np.zeros((geometry.size, geometry.size), dtype=np.float32)
+    out[py : py + ph, px : px + pw] = small
+    return out

@@ -1,0 +1,92 @@
+"""The preprocessing recipe: what a model expects, stored in its manifest and applied by preprocess."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from cxrtriage.errors import ConfigError
+
+
+class GeometryMode(StrEnum):
+    """How a (possibly non-square) image becomes the square model input."""
+
+    LETTERBOX = "letterbox"  # keep aspect ratio, pad the short side (nothing cropped)
+    CENTER_CROP = "center_crop"  # torchxrayvision's XRayCenterCrop: largest centred square
+    STRETCH = "stretch"  # resize each axis independently
+
+
+class VoiMode(StrEnum):
+    """Whether the DICOM VOI LUT / window is applied before intensity scaling."""
+
+    IGNORE = "ignore"
+    IF_PRESENT = "if_present"
+
+
+class IntensityMode(StrEnum):
+    """How pixel values become [0, 1] when no VOI transform is used."""
+
+    PERCENTILE = "percentile"  # clip to the given percentiles of the resized image, then scale
+    NOMINAL = "nominal"  # scale the nominal value range (torchxrayvision's maxval rule)
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessRecipe:
+    """Everything needed to turn an Image2D into the exact array an ONNX graph receives.
+
+    Order (see ``cxrtriage.preprocess.apply``): geometry (crop/letterbox placement, area
+    resize of the raw values) → VOI or intensity scaling to [0, 1] → padding with
+    ``pad_value`` → linear map of [0, 1] onto ``output_range``.
+    """
+
+    size: int = 224
+    geometry: GeometryMode = GeometryMode.LETTERBOX
+    voi: VoiMode = VoiMode.IGNORE
+    intensity: IntensityMode = IntensityMode.PERCENTILE
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    output_range: tuple[float, float] = (-1.0, 1.0)
+    pad_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.size <= 4096:
+            raise ConfigError(f"preprocessing.size must be within 8..4096, got {self.size}")
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.output_range[0] >= self.output_range[1]:
+            raise ConfigError(f"preprocessing.output_range must be increasing, got {self.output_range}")
+        if not 0.0 <= self.pad_value <= 1.0:
+            raise ConfigError(f"preprocessing.pad_value is in [0, 1] display units, got {self.pad_value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, StrEnum):
+                d[k] = str(v)
+            elif isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "manifest") -> PreprocessRecipe:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown preprocessing field(s) {sorted(unknown)}; valid fields: {sorted(known)}"
+            )
+        kw: dict[str, Any] = dict(data)
+        try:
+            if "geometry" in kw:
+                kw["geometry"] = GeometryMode(kw["geometry"])
+            if "voi" in kw:
+                kw["voi"] = VoiMode(kw["voi"])
+            if "intensity" in kw:
+                kw["intensity"] = IntensityMode(kw["intensity"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: invalid preprocessing value: {exc}") from exc
+        for key in ("percentiles", "output_range"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
+        return cls(**kw)

@@ -1,0 +1,122 @@
+"""Small frozen dataclasses that travel between the stages of cxrtriage.
+
+Every stage is a plain function over these types; none of them holds patient identifiers
+other than the DICOM UIDs needed to cite the source of a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float32]
+
+
+class InputKind(StrEnum):
+    """How a file was recognised (by content, never by its name)."""
+
+    DICOM = "dicom"
+    RASTER = "raster"  # PNG / JPEG / TIFF read with OpenCV
+    SITK = "sitk"  # NIfTI / MHA / NRRD read with SimpleITK
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where an image came from: enough to cite it in every output."""
+
+    path: str
+    kind: InputKind
+    frame: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DicomInfo:
+    """Technical DICOM header facts (no patient identifiers) that later stages need."""
+
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    modality: str = ""
+    body_part_examined: str = ""
+    view_position: str = ""
+    photometric_interpretation: str = ""
+    transfer_syntax_uid: str = ""
+    bits_stored: int = 0
+    rows: int = 0
+    columns: int = 0
+    number_of_frames: int = 1
+    samples_per_pixel: int = 1
+    image_laterality: str = ""
+    series_description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VoiWindow:
+    """A VOI transform that maps pixels (already in MONOCHROME2 sense) to display values in [0, 1].
+
+    Either a window (``center``/``width``, DICOM PS3.3 C.11.2.1.2) or a lookup table
+    (``lut``: values for inputs ``first_mapped``, ``first_mapped + 1``...). For MONOCHROME1 the
+    reader sets ``mirror`` to ``lo + hi`` of the stored range, so that the transform is applied
+    to the original values and the result inverted, exactly as a viewer would display it.
+    """
+
+    center: float = 0.0
+    width: float = 1.0
+    function: str = "LINEAR"
+    lut: FloatArray | None = None
+    first_mapped: float = 0.0
+    mirror: float | None = None
+
+    def apply(self, pixels: FloatArray) -> FloatArray:
+        """Return display values in [0, 1] (dense = bright) for ``pixels`` in MONOCHROME2 sense."""
+        x = pixels.astype(np.float32, copy=False)
+        if self.mirror is not None:
+            x = np.float32(self.mirror) - x
+        if self.lut is not None:
+            lut = self.lut.astype(np.float32, copy=False)
+            idx = np.clip(np.rint(x - self.first_mapped), 0, lut.size - 1).astype(np.intp)
+            lo, hi = float(lut.min()), float(lut.max())
+            out = (lut[idx] - lo) / max(hi - lo, 1e-12)
+        elif self.function.upper() == "SIGMOID":
+            out = 1.0 / (1.0 + np.exp(-4.0 * (x - self.center) / max(self.width, 1e-12)))
+        elif self.function.upper() == "LINEAR_EXACT":
+            out = np.clip((x - (self.center - self.width / 2)) / max(self.width, 1e-12), 0.0, 1.0)
+        else:  # LINEAR, PS3.3 C.11.2.1.2.1
+            c, w = self.center - 0.5, max(self.width - 1.0, 1e-12)
+            out = np.clip((x - c) / w + 0.5, 0.0, 1.0)
+        out = out.astype(np.float32, copy=False)
+        return (1.0 - out).astype(np.float32) if self.mirror is not None else out
+
+
+@dataclass(frozen=True, slots=True)
+class Image2D:
+    """One 2-D radiograph as read from disk.
+
+    ``pixels`` is float32, after the modality LUT, in MONOCHROME2 sense (dense = bright).
+    ``value_range`` is the nominal (lo, hi) the pixels can take (e.g. 0..2**BitsStored-1
+    mapped through the modality LUT, or 0..255 for an 8-bit PNG).
+    ``pixel_spacing_mm`` is (row spacing, column spacing), or None when unknown.
+    """
+
+    pixels: FloatArray
+    value_range: tuple[float, float]
+    source: SourceRef
+    pixel_spacing_mm: tuple[float, float] | None = None
+    voi: VoiWindow | None = None
+    dicom: DicomInfo | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 2:
+            raise ValueError(f"Image2D needs a 2-D array, got shape {self.pixels.shape} from {self.source.path}")
+        if self.pixels.dtype != np.float32:
+            raise ValueError(f"Image2D pixels must be float32, got {self.pixels.dtype} from {self.source.path}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))

@@ -1,0 +1,3 @@
+from cxrtriage.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The Typer command-line interface: the only part of cxrtriage that prints."""

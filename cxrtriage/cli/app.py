@@ -1,0 +1,82 @@
+"""Root Typer app: it only assembles the commands, one module per command (or group)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from cxrtriage import __version__
+from cxrtriage.errors import CxrTriageError
+
+app = typer.Typer(
+    name="cxrtriage",
+    help=(
+        "Chest X-ray inference and triage for decision support (never autonomous diagnosis).\n\n"
+        "Typical use: `cxrtriage predict SCANS/ --out results/` reads every DICOM/PNG/JPEG under SCANS/, "
+        "scores the frontal chest radiographs with the default model, and writes results.csv, "
+        "results.jsonl and a worklist. Run `cxrtriage COMMAND --help` for each command."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold patient data
+    add_completion=False,
+)
+
+# Each module defines `register(app: typer.Typer) -> None`.
+COMMAND_MODULES = (
+    "predict",
+    "inspect_cmd",
+    "models",
+    "segment",
+    "explain",
+    "report",
+    "evaluate",
+    "calibrate",
+    "train",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrtriage {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    from rich.logging import RichHandler
+
+    from cxrtriage.cli.render import err_console
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"cxrtriage.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # command not built yet in this checkout
+        if _exc.name != f"cxrtriage.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: one red line and a per-class exit code on a known error."""
+    from cxrtriage.cli.render import print_error
+
+    try:
+        app()
+    except CxrTriageError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)

@@ -1,0 +1,165 @@
+"""Tiny inputs built in code: DICOM datasets and one-layer ONNX models with manifests.
+
+These keep most tests in the millisecond range and independent of real weights or data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def make_cxr_dataset(
+    rows: int = 32,
+    cols: int = 32,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    modality: str = "CR",
+    view: str | None = "PA",
+    body_part: str | None = "CHEST",
+    pixels: np.ndarray | None = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    **attrs: object,
+) -> Dataset:
+    """A minimal, valid single-frame CR/DX dataset with file meta, ready for ``save_as``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    sop_class = DX_STORAGE if modality == "DX" else CR_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientName = "Test^Factory"
+    ds.PatientID = "FACTORY-1"
+    ds.Modality = modality
+    if view is not None:
+        ds.ViewPosition = view
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    if pixels is None:
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        pixels = ((yy * cols + xx) % (1 << bits_stored)).astype(np.uint16)
+    ds.set_pixel_data(pixels.astype(np.uint16 if bits_stored > 8 else np.uint8), photometric, bits_stored)
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def write_dicom(path: Path, **kwargs: object) -> Path:
+    ds = make_cxr_dataset(**kwargs)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _write_manifest(folder: Path, onnx_name: str, data: dict[str, object]) -> Path:
+    data = {"schema_version": SCHEMA_VERSION, "onnx_file": onnx_name,
+            "sha256": sha256_file(folder / onnx_name), **data}
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def make_tiny_classifier(
+    folder: Path,
+    *,
+    labels: tuple[str, ...] = ("abnormal", "pneumonia", "effusion"),
+    size: int = 16,
+    channels: int = 4,
+    seed: int = 0,
+    name: str = "tiny-classifier",
+) -> Path:
+    """One conv + ReLU (the exported feature map) → GAP → Gemm head. Returns the manifest path.
+
+    The head is exactly the GAP + linear form that makes analytic Grad-CAM exact.
+    """
+    rng = np.random.default_rng(seed)
+    conv_w = rng.normal(0, 0.5, (channels, 1, 3, 3)).astype(np.float32)
+    conv_b = rng.normal(0, 0.1, (channels,)).astype(np.float32)
+    head_w = rng.normal(0, 1.0, (len(labels), channels)).astype(np.float32)
+    head_b = rng.normal(0, 0.1, (len(labels),)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["pre"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["pre"], ["features"]),
+        helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "head.weight", "head.bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", channels, size, size]),
+        ],
+        [numpy_helper.from_array(a, n) for a, n in
+         ((conv_w, "conv.weight"), (conv_b, "conv.bias"), (head_w, "head.weight"), (head_b, "head.bias"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    return _write_manifest(folder, "model.onnx", {
+        "name": name,
+        "version": "0.0.1-test",
+        "task": "classification",
+        "input": {"name": "image", "shape": [None, 1, size, size]},
+        "labels": list(labels),
+        "outputs": {"logits": "logits", "features": "features"},
+        "head": {"pooling": "gap", "weight": "head.weight", "bias": "head.bias"},
+        "preprocessing": {"size": size, "geometry": "letterbox", "voi": "ignore", "intensity": "percentile"},
+        "thresholds": {lab: {"rule_out": {"threshold": 0.2, "sensitivity": 0.95, "specificity": 0.5},
+                             "balanced": {"threshold": 0.5, "sensitivity": 0.8, "specificity": 0.8}}
+                       for lab in labels},
+        "calibration": {"method": "platt", "a": dict.fromkeys(labels, 1.0), "b": dict.fromkeys(labels, 0.0)},
+        "intended_use": "unit tests only",
+        "training_data": "none (random weights)",
+    })
+
+
+def make_tiny_segmenter(folder: Path, *, size: int = 16, seed: int = 0) -> Path:
+    """A 1x1 conv producing 3-class logits (background, right_lung, left_lung). Returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1.0, (3, 1, 1, 1)).astype(np.float32)
+    b = np.array([0.5, 0.0, -0.5], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["masks"])],
+        "tiny_segmenter",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", 3, size, size])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    return _write_manifest(folder, "model.onnx", {
+        "name": "tiny-segmenter",
+        "version": "0.0.1-test",
+        "task": "segmentation",
+        "input": {"name": "image", "shape": [None, 1, size, size]},
+        "labels": ["background", "right_lung", "left_lung"],
+        "outputs": {"masks": "masks"},
+        "preprocessing": {"size": size, "geometry": "letterbox", "voi": "ignore", "intensity": "percentile"},
+        "intended_use": "unit tests only",
+        "training_data": "none (random weights)",
+    })

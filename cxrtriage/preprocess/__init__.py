@@ -1,6 +1,13 @@
 """Preprocessing: a recipe (stored in each model's manifest) and the functions that apply it."""
 
-from cxrtriage.preprocess.apply import Geometry, ModelInput, from_original, plan_geometry, to_model_input, to_original
+from cxrtriage.preprocess.apply import (
+    Geometry,
+    ModelInput,
+    from_original,
+    plan_geometry,
+    to_model_input,
+    to_original,
+)
 from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, VoiMode
 
 __all__ = [

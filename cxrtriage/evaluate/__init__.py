@@ -1,0 +1,1 @@
+"""Evaluation: metrics, reports of model performance against labels, and site calibration."""

@@ -1,0 +1,1 @@
+"""Outputs: results tables, overlays, HTML/PDF reports and DICOM objects."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs: the package with its dev + train extras, and the real
+# validators the tests run (dciodvfy from dicom3tools, headless Chromium, pdftoppm from poppler-utils).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q -e '.[dev,train]'
+missing=()
+command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: ${missing[*]} not installed (need root + apt-get); the tests that use them will skip" >&2
+  fi
+fi

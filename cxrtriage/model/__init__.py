@@ -1,0 +1,95 @@
+"""Models: manifests, the model registry, onnxruntime sessions, the classifier and the segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrtriage.errors import ModelError
+from cxrtriage.model.classifier import Classifier, ClassifierOutput, calibrate
+from cxrtriage.model.manifest import ModelManifest, Task, load_manifest, verify_onnx
+from cxrtriage.model.registry import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_SEGMENTER,
+    ModelEntry,
+    list_models,
+    models_dir,
+    resolve_manifest,
+    resolve_manifest_path,
+)
+from cxrtriage.model.segmenter import LungMask, Segmenter
+from cxrtriage.model.session import Device, available_devices, create_session
+
+__all__ = [
+    "DEFAULT_CLASSIFIER",
+    "DEFAULT_SEGMENTER",
+    "Classifier",
+    "ClassifierOutput",
+    "Device",
+    "LungMask",
+    "ModelEntry",
+    "ModelManifest",
+    "Segmenter",
+    "Task",
+    "available_devices",
+    "calibrate",
+    "list_models",
+    "load_classifier",
+    "load_manifest",
+    "load_model",
+    "load_segmenter",
+    "models_dir",
+    "resolve_manifest",
+    "resolve_manifest_path",
+]
+
+
+def load_model(
+    name_or_path: str | Path | None = None,
+    *,
+    device: str = "auto",
+    strict_device: bool = False,
+    intra_op_threads: int | None = None,
+    task: Task | str | None = None,
+    default: str | None = None,
+) -> Classifier | Segmenter:
+    """Load a model by name (from the models dir) or by path to its ONNX file, manifest or folder.
+
+    ``None`` loads ``default`` (the default classifier unless given). The ONNX file's sha256 is
+    always checked against the manifest and a modified file is refused (``ModelError``); so is a
+    manifest whose input/output names are not in the graph. ``task`` refuses a model of another
+    task (e.g. a segmenter passed to ``predict``).
+    """
+    fallback = default or (DEFAULT_SEGMENTER if task is not None and Task(task) is Task.SEGMENTATION else DEFAULT_CLASSIFIER)
+    manifest = resolve_manifest(name_or_path, default=fallback)
+    if task is not None and manifest.task is not Task(task):
+        raise ModelError(
+            f"{manifest.path}: model '{manifest.name}' is a {manifest.task.value} model, but a {Task(task).value} "
+            "model is needed here; choose another --model"
+        )
+    verify_onnx(manifest)
+    session = create_session(
+        manifest.onnx_file,
+        device=device,
+        strict_device=strict_device,
+        intra_op_threads=intra_op_threads,
+        required_inputs=[manifest.input_name],
+        required_outputs=list(manifest.outputs.values()),
+        where=str(manifest.path),
+    )
+    if manifest.task is Task.CLASSIFICATION:
+        return Classifier(manifest, session)
+    return Segmenter(manifest, session)
+
+
+def load_classifier(name_or_path: str | Path | None = None, **kwargs: object) -> Classifier:
+    """``load_model`` restricted to classifiers (default: the default classifier)."""
+    model = load_model(name_or_path, task=Task.CLASSIFICATION, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(model, Classifier)
+    return model
+
+
+def load_segmenter(name_or_path: str | Path | None = None, **kwargs: object) -> Segmenter:
+    """``load_model`` restricted to segmenters (default: the default lung segmenter)."""
+    model = load_model(name_or_path, task=Task.SEGMENTATION, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(model, Segmenter)
+    return model

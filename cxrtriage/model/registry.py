@@ -1,0 +1,115 @@
+"""Find models: by name in the models folder, or by path to an ONNX file, its manifest or its folder.
+
+The models folder is ``$CXRTRIAGE_MODELS_DIR`` when set, else ``./models`` in the current
+directory when it exists, else the ``models/`` folder of the cxrtriage checkout. A model named
+``NAME`` is the folder ``<models dir>/NAME/`` holding ``manifest.json`` (and the ONNX file it names).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtriage.errors import ModelError
+from cxrtriage.model.manifest import ModelManifest, load_manifest
+
+DEFAULT_CLASSIFIER = "cxr-classifier"
+DEFAULT_SEGMENTER = "lung-segmenter"
+MANIFEST_NAME = "manifest.json"
+ENV_MODELS_DIR = "CXRTRIAGE_MODELS_DIR"
+
+
+def models_dir() -> Path:
+    """The folder where models are looked up by name (see the module docstring for the order)."""
+    env = os.environ.get(ENV_MODELS_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    local = Path.cwd() / "models"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One model folder found in the models dir: its manifest, or why it could not be read."""
+
+    name: str
+    manifest_path: Path
+    manifest: ModelManifest | None
+    error: str | None = None
+
+
+def list_models(directory: Path | None = None) -> list[ModelEntry]:
+    """Every sub-folder of the models dir holding a ``manifest.json``, sorted by name."""
+    root = models_dir() if directory is None else Path(directory)
+    if not root.is_dir():
+        return []
+    entries: list[ModelEntry] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        mpath = folder / MANIFEST_NAME
+        if not mpath.is_file():
+            continue
+        try:
+            entries.append(ModelEntry(folder.name, mpath, load_manifest(mpath)))
+        except Exception as exc:  # a broken manifest is listed with its error, not fatal to the listing
+            entries.append(ModelEntry(folder.name, mpath, None, str(exc)))
+    return entries
+
+
+def _manifest_for_onnx(onnx_path: Path) -> Path:
+    """``<stem>.json`` beside the ONNX file, else ``manifest.json`` in its folder (when it names this file)."""
+    candidates = [onnx_path.with_suffix(".json"), onnx_path.parent / MANIFEST_NAME]
+    for cand in candidates:
+        if cand.is_file():
+            man = load_manifest(cand)
+            if man.onnx_file == onnx_path.resolve():
+                return cand
+    raise ModelError(
+        f"{onnx_path}: no manifest found for this ONNX file (looked for "
+        f"{' and '.join(str(c) for c in candidates)} naming it in 'onnx_file'); a model is only usable with "
+        "its manifest: export both together"
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.lower().endswith((".onnx", ".json")) or text.startswith(".")
+
+
+def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER) -> Path:
+    """Return the manifest file for a model name, a model folder, an ONNX file or a manifest path.
+
+    ``None`` means the ``default`` name. Unknown names raise ``ModelError`` listing the valid ones.
+    """
+    target: str | Path = default if name_or_path is None else name_or_path
+    if isinstance(target, Path) or _looks_like_path(str(target)):
+        p = Path(target).expanduser()
+        if p.is_dir():
+            if (p / MANIFEST_NAME).is_file():
+                return p / MANIFEST_NAME
+            raise ModelError(f"{p}: this folder has no {MANIFEST_NAME}; point --model at a model folder, ONNX file or manifest")
+        if not p.exists():
+            raise ModelError(f"{p}: model file not found; give a model name, or an existing .onnx or manifest .json path")
+        if p.suffix.lower() == ".onnx":
+            return _manifest_for_onnx(p)
+        return p
+    name = str(target)
+    root = models_dir()
+    mpath = root / name / MANIFEST_NAME
+    if mpath.is_file():
+        return mpath
+    local = Path(name)
+    if local.is_dir() and (local / MANIFEST_NAME).is_file():
+        return local / MANIFEST_NAME
+    known = [e.name for e in list_models(root)]
+    hint = f"available models: {', '.join(known)}" if known else "no models are installed there"
+    raise ModelError(
+        f"model '{name}' not found in {root} ({hint}); pass --model with a name from that folder or a path to an "
+        f".onnx file or manifest, or set {ENV_MODELS_DIR}"
+    )
+
+
+def resolve_manifest(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER) -> ModelManifest:
+    """Load the manifest that ``resolve_manifest_path`` finds."""
+    return load_manifest(resolve_manifest_path(name_or_path, default=default))

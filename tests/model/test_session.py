@@ -1,0 +1,88 @@
+"""Tests of onnxruntime session creation: provider choice, fallback, strict mode, name checks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from factories import make_tiny_classifier
+
+from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.model.session import Device, available_devices, create_session, parse_device, resolve_providers
+
+
+def test_cpu_is_always_available() -> None:
+    assert Device.CPU in available_devices()
+    assert available_devices(["CPUExecutionProvider"]) == [Device.CPU]
+
+
+def test_auto_picks_an_installed_accelerator_before_cpu() -> None:
+    dev, chain = resolve_providers("auto", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert dev is Device.CUDA and chain == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    dev, chain = resolve_providers("auto", providers=["CPUExecutionProvider"])
+    assert dev is Device.CPU and chain == ["CPUExecutionProvider"]
+
+
+def test_auto_never_picks_tensorrt_but_tensorrt_by_name_brings_cuda() -> None:
+    have = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("auto", providers=have)[0] is Device.CUDA
+    dev, chain = resolve_providers("TensorRT", providers=have)
+    assert dev is Device.TENSORRT
+    assert chain == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_missing_device_warns_naming_what_is_available_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cxrtriage.model.session"):
+        dev, chain = resolve_providers("openvino", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert dev is Device.CPU and chain == ["CPUExecutionProvider"]
+    assert "openvino" in caplog.text and "available: cpu, cuda" in caplog.text
+
+
+def test_missing_device_strict_raises() -> None:
+    with pytest.raises(ModelError, match="device 'coreml' is not available.*available: cpu"):
+        resolve_providers("coreml", strict=True, providers=["CPUExecutionProvider"])
+
+
+def test_unknown_device_lists_choices() -> None:
+    with pytest.raises(ConfigError, match="choose one of: auto, cpu, cuda"):
+        parse_device("tpu")
+
+
+def _tiny(tmp_path: Path) -> Path:
+    make_tiny_classifier(tmp_path / "m")
+    return tmp_path / "m" / "model.onnx"
+
+
+@pytest.mark.skipif(Device.CUDA in available_devices(), reason="this machine has CUDA")
+def test_cuda_on_cpu_machine_falls_back_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cxrtriage.model.session"):
+        sess = create_session(_tiny(tmp_path), device="cuda")
+    assert sess.device is Device.CPU and sess.providers == ["CPUExecutionProvider"]
+    assert "device 'cuda' is not available" in caplog.text and "falling back to cpu" in caplog.text
+    with pytest.raises(ModelError, match="cuda"):
+        create_session(_tiny(tmp_path), device="cuda", strict_device=True)
+
+
+def test_session_options_and_io(tmp_path: Path) -> None:
+    sess = create_session(_tiny(tmp_path), device="cpu", intra_op_threads=1)
+    assert sess.input_names == ("image",)
+    assert set(sess.output_names) == {"logits", "features"}
+    assert sess.inputs[0].shape == (None, 1, 16, 16)
+    assert sess.intra_op_threads == 1
+
+
+def test_missing_output_name_is_a_clear_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"output 'probs' is not in the ONNX graph model.onnx.*\['logits', 'features'\]"):
+        create_session(_tiny(tmp_path), device="cpu", required_outputs=["probs"])
+    with pytest.raises(ModelError, match="input 'pixels' is not in the ONNX graph"):
+        create_session(_tiny(tmp_path), device="cpu", required_inputs=["pixels"])
+
+
+def test_bad_thread_count_and_non_onnx_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="threads"):
+        create_session(_tiny(tmp_path), intra_op_threads=0)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="onnxruntime could not load"):
+        create_session(junk)

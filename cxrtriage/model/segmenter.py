@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from cxrtriage.errors import ModelError
 from cxrtriage.model.manifest import ModelManifest, Task
 from cxrtriage.model.session import OrtSession
-from cxrtriage.preprocess import ModelInput, to_model_input, to_original
+from cxrtriage.preprocess import Geometry, ModelInput, to_model_input, to_original
 from cxrtriage.types import FloatArray, Image2D, SourceRef
 
 
@@ -75,18 +75,26 @@ class Segmenter:
             )
         return out.astype(np.float32, copy=False)
 
-    def to_mask(self, logits: FloatArray, model_input: ModelInput, image: Image2D) -> LungMask:
+    def to_mask(
+        self,
+        logits: FloatArray,
+        geometry: Geometry,
+        *,
+        source: SourceRef,
+        pixel_spacing_mm: tuple[float, float] | None,
+    ) -> LungMask:
         """Argmax of one image's mask logits [K, S, S], mapped back onto the image's own grid."""
         small = np.argmax(logits, axis=0).astype(np.float32)
-        full = to_original(small, model_input.geometry, fill=0.0, nearest=True)
+        full = to_original(small, geometry, fill=0.0, nearest=True)
         return LungMask(
             labels=np.rint(full).astype(np.uint8),
             label_names=self.labels,
-            source=image.source,
-            pixel_spacing_mm=image.pixel_spacing_mm,
+            source=source,
+            pixel_spacing_mm=pixel_spacing_mm,
         )
 
     def segment(self, image: Image2D) -> LungMask:
         """Segment one image; the label map has the image's original size."""
         mi = self.preprocess(image)
-        return self.to_mask(self.run(mi.array[None])[0], mi, image)
+        logits = self.run(mi.array[None])[0]
+        return self.to_mask(logits, mi.geometry, source=image.source, pixel_spacing_mm=image.pixel_spacing_mm)

@@ -98,18 +98,27 @@ class ResultsWriter:
     leaves them as ``*.partial`` for inspection.
     """
 
-    def __init__(self, out_dir: str | Path, columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        columns: Sequence[str],
+        *,
+        csv_name: str = RESULTS_CSV,
+        jsonl_name: str | None = RESULTS_JSONL,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.columns = list(columns)
-        self.csv_path = self.out_dir / RESULTS_CSV
-        self.jsonl_path = self.out_dir / RESULTS_JSONL
-        self._csv_tmp = self.out_dir / (RESULTS_CSV + PARTIAL_SUFFIX)
-        self._jsonl_tmp = self.out_dir / (RESULTS_JSONL + PARTIAL_SUFFIX)
+        self.csv_path = self.out_dir / csv_name
+        self.jsonl_path = None if jsonl_name is None else self.out_dir / jsonl_name
+        self._csv_tmp = self.out_dir / (csv_name + PARTIAL_SUFFIX)
+        self._jsonl_tmp = None if jsonl_name is None else self.out_dir / (jsonl_name + PARTIAL_SUFFIX)
         self.rows_written = 0
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._csv_f: IO[str] = open(self._csv_tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            self._jsonl_f: IO[str] = open(self._jsonl_tmp, "w", encoding="utf-8")  # noqa: SIM115
+            self._jsonl_f: IO[str] | None = (
+                None if self._jsonl_tmp is None else open(self._jsonl_tmp, "w", encoding="utf-8")  # noqa: SIM115
+            )
         except OSError as exc:
             raise OutputError(
                 f"{self.out_dir}: cannot write results here ({exc.strerror or exc}); choose another --out folder "
@@ -128,15 +137,20 @@ class ResultsWriter:
             raise ValueError(f"result row status must be one of {STATUSES}, got {row.get('status')!r}")
         try:
             self._csv.writerow([_csv_value(row.get(c)) for c in self.columns])
-            self._jsonl_f.write(json.dumps({c: _json_value(row.get(c)) for c in self.columns}, ensure_ascii=False) + "\n")
+            if self._jsonl_f is not None:
+                self._jsonl_f.write(json.dumps({c: _json_value(row.get(c)) for c in self.columns}, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
         self.rows_written += 1
 
+    @property
+    def _files(self) -> list[IO[str]]:
+        return [f for f in (self._csv_f, self._jsonl_f) if f is not None]
+
     def flush(self) -> None:
         try:
-            self._csv_f.flush()
-            self._jsonl_f.flush()
+            for f in self._files:
+                f.flush()
         except OSError as exc:
             raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
 
@@ -146,12 +160,13 @@ class ResultsWriter:
             return
         self._closed = True
         try:
-            for f in (self._csv_f, self._jsonl_f):
+            for f in self._files:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
             os.replace(self._csv_tmp, self.csv_path)
-            os.replace(self._jsonl_tmp, self.jsonl_path)
+            if self._jsonl_tmp is not None and self.jsonl_path is not None:
+                os.replace(self._jsonl_tmp, self.jsonl_path)
         except OSError as exc:
             raise OutputError(f"{self.out_dir}: could not finish the results files ({exc.strerror or exc})") from exc
 
@@ -160,11 +175,12 @@ class ResultsWriter:
         if self._closed:
             return
         self._closed = True
-        for f in (self._csv_f, self._jsonl_f):
+        for f in self._files:
             f.close()
         if remove:
             for p in (self._csv_tmp, self._jsonl_tmp):
-                p.unlink(missing_ok=True)
+                if p is not None:
+                    p.unlink(missing_ok=True)
 
     def __enter__(self) -> ResultsWriter:
         return self

@@ -1,0 +1,231 @@
+"""`cxrtriage models list|info|verify`: what models are installed, what they are, whether they are intact."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from cxrtriage.model.manifest import ModelManifest
+
+models_app = typer.Typer(
+    help="List, describe and verify the installed models (ONNX file + manifest + model card).",
+    no_args_is_help=True,
+)
+
+
+def _sha_status(manifest: ModelManifest) -> tuple[bool, str]:
+    from cxrtriage.errors import ModelError
+    from cxrtriage.model.manifest import verify_onnx
+
+    try:
+        verify_onnx(manifest)
+    except ModelError as exc:
+        return False, str(exc)
+    return True, "ok"
+
+
+@models_app.command("list")
+def list_cmd(
+    check: bool = typer.Option(True, "--check/--no-check", help="Verify each ONNX file's sha256 (reads every file)."),
+) -> None:
+    """List the models in the models folder: name, version, task, labels, integrity."""
+    from rich.table import Table
+
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.model.registry import ENV_MODELS_DIR, list_models, models_dir
+
+    with exit_on_error():
+        root = models_dir()
+        entries = list_models(root)
+        if not entries:
+            console.print(f"No models found in {root} (set {ENV_MODELS_DIR} or pass --model PATH to commands).")
+            return
+        table = Table(title=f"Models in {root}", title_justify="left")
+        for col in ("name", "version", "task", "labels", "input", "sha256"):
+            table.add_column(col, overflow="fold")
+        for e in entries:
+            m = e.manifest
+            if m is None:
+                table.add_row(e.name, "-", "-", "-", "-", f"[red]invalid manifest[/]: {e.error}")
+                continue
+            if check:
+                ok, _ = _sha_status(m)
+                sha = f"[green]ok[/] {m.short_sha}" if ok else f"[red]MISMATCH[/] {m.short_sha}"
+            else:
+                sha = m.short_sha
+            table.add_row(e.name, m.version, m.task.value, str(len(m.labels)), f"{m.preprocessing.size}px", sha)
+        console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, ".4g")
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool) or (
+        isinstance(value, list | tuple) and all(v is None or isinstance(v, str | int | float | bool) for v in value)
+    )
+
+
+def render_mapping(title: str, obj: Any) -> list[RenderableType]:
+    """Render any JSON-like metrics structure as rich tables, whatever its nesting.
+
+    Scalars of a dict become a key/value table; a dict of flat dicts (records) becomes one table
+    with a row per key; deeper dicts recurse with the path in the title; lists of dicts become
+    a table with a row per item.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list[RenderableType] = []
+    if isinstance(obj, dict):
+        scalars = {k: v for k, v in obj.items() if _is_scalar(v)}
+        nested = {k: v for k, v in obj.items() if not _is_scalar(v)}
+        if scalars:
+            t = Table(title=title, title_justify="left", show_header=False)
+            t.add_column("key", style="bold")
+            t.add_column("value")
+            for k, v in scalars.items():
+                t.add_row(str(k), _fmt(v))
+            out.append(t)
+        records = nested and all(isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in nested.values())
+        if records:
+            cols = list(dict.fromkeys(c for v in nested.values() for c in v))
+            t = Table(title=title if not scalars else f"{title} (by key)", title_justify="left")
+            t.add_column("")
+            for c in cols:
+                t.add_column(str(c), justify="right")
+            for k, v in nested.items():
+                t.add_row(str(k), *(_fmt(v.get(c)) for c in cols))
+            out.append(t)
+        else:
+            for k, v in nested.items():
+                out += render_mapping(f"{title} › {k}", v)
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        cols = list(dict.fromkeys(c for v in obj for c in v))
+        t = Table(title=title, title_justify="left")
+        for c in cols:
+            t.add_column(str(c))
+        for v in obj:
+            t.add_row(*(_fmt(v.get(c)) if _is_scalar(v.get(c)) else "…" for c in cols))
+        out.append(t)
+    else:
+        out.append(Text(f"{title}: {_fmt(obj)}"))
+    return out
+
+
+def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> list[RenderableType]:
+    """Everything ``models info`` shows, as rich renderables (also usable by reports)."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("name", m.name)
+    head.add_row("version", m.version)
+    head.add_row("task", m.task.value)
+    head.add_row("manifest", str(m.path))
+    head.add_row("onnx file", str(m.onnx_file))
+    head.add_row("sha256", f"{m.sha256} " + ("[green](verified)[/]" if sha_ok else f"[red](MISMATCH: {sha_msg})[/]"))
+    head.add_row("input", f"{m.input_name} {list(m.input_shape)}")
+    head.add_row("outputs", ", ".join(f"{k} → {v}" for k, v in m.outputs.items()))
+    if m.head is not None:
+        head.add_row("CAM head", f"{m.head.pooling}, weight {m.head.weight}" + (f", bias {m.head.bias}" if m.head.bias else ""))
+    head.add_row("model card", str(m.model_card) if m.model_card else "-")
+    parts: list[RenderableType] = [Panel(head, title=f"Model {m.name}", title_align="left")]
+
+    labels = Table(title="Labels, operating points and calibration", title_justify="left")
+    for col in ("#", "label", "rule-out thr", "sens", "spec", "balanced thr", "sens", "spec", "Platt a", "Platt b"):
+        labels.add_column(col, justify="left" if col == "label" else "right", overflow="fold")
+    cal = m.calibration
+    for i, lab in enumerate(m.labels):
+        t = m.thresholds.get(lab)
+        ro = (t.rule_out.threshold, t.rule_out.sensitivity, t.rule_out.specificity) if t else (None, None, None)
+        ba = (t.balanced.threshold, t.balanced.sensitivity, t.balanced.specificity) if t else (None, None, None)
+        a = cal.a.get(lab) if cal else None
+        b = cal.b.get(lab) if cal else None
+        labels.add_row(str(i), lab, *(_fmt(v) for v in (*ro, *ba, a, b)))
+    parts.append(labels)
+    if cal is not None:
+        parts.append(f"Calibration: {cal.method} (score = sigmoid(a · logit + b)); thresholds apply to calibrated scores.")
+    else:
+        parts.append("Calibration: none (score = sigmoid(logit)).")
+
+    parts += render_mapping("Preprocessing recipe", m.preprocessing.to_dict())
+    parts.append(Panel(m.intended_use or "[red]not stated[/]", title="Intended use", title_align="left"))
+    parts.append(Panel(m.training_data or "[red]not stated[/]", title="Training data", title_align="left"))
+    if m.metrics:
+        parts += render_mapping("Metrics", m.metrics)
+    else:
+        parts.append("Metrics: none recorded in the manifest.")
+    if m.extra:
+        parts += render_mapping("Other manifest fields", m.extra)
+    return parts
+
+
+@models_app.command("info")
+def info_cmd(
+    model: str = typer.Argument(..., help="Model name in the models folder, or path to its ONNX file, manifest or folder."),
+) -> None:
+    """Show a model's manifest: labels, preprocessing, thresholds, calibration, intended use, metrics."""
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.model.registry import resolve_manifest
+
+    with exit_on_error():
+        m = resolve_manifest(model)
+        ok, msg = _sha_status(m)
+        for part in manifest_renderables(m, sha_ok=ok, sha_msg=msg):
+            console.print(part)
+
+
+@models_app.command("verify")
+def verify_cmd(
+    model: str | None = typer.Argument(None, help="Verify only this model (name or path); default: all installed models."),
+) -> None:
+    """Check every model's ONNX sha256 against its manifest; exit 3 on any mismatch."""
+    from rich.table import Table
+
+    from cxrtriage.cli.render import console, exit_on_error, print_error
+    from cxrtriage.errors import ModelError
+    from cxrtriage.model.registry import list_models, models_dir, resolve_manifest
+
+    with exit_on_error():
+        rows: list[tuple[str, bool, str]] = []
+        if model is not None:
+            m = resolve_manifest(model)
+            rows.append((m.name, *_sha_status(m)))
+        else:
+            entries = list_models()
+            if not entries:
+                raise ModelError(f"no models found in {models_dir()}; nothing to verify")
+            for e in entries:
+                if e.manifest is None:
+                    rows.append((e.name, False, f"invalid manifest: {e.error}"))
+                else:
+                    rows.append((e.name, *_sha_status(e.manifest)))
+        table = Table(title="Model integrity (sha256 of the ONNX file vs the manifest)", title_justify="left")
+        table.add_column("model", overflow="fold")
+        table.add_column("status")
+        table.add_column("detail", overflow="fold")
+        for name, ok, msg in rows:
+            table.add_row(name, "[green]ok[/]" if ok else "[red]FAILED[/]", "" if ok else msg)
+        console.print(table)
+        bad = [name for name, ok, _ in rows if not ok]
+        if bad:
+            print_error(f"{len(bad)} model(s) failed verification: {', '.join(bad)}")
+            raise typer.Exit(ModelError.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,372 @@
+"""The predict pipeline: files → decode workers → batched ONNX inference → extensions → results rows.
+
+Read ``run_predict`` top to bottom for the stages:
+
+1. ``discover`` the input files (streamed; folders are walked lazily);
+2. ``decode_stream`` probes, selects (``--rules``), reads and preprocesses each file in worker
+   processes, in input order, with a bounded number of files in flight;
+3. scored files are batched (``batch_size``) and run through the classifier in this process;
+4. every ``PredictHook`` sees each batch and may add columns and write artefacts;
+5. one row per input file goes to ``DIR/results.csv`` + ``DIR/results.jsonl`` (crash-safe).
+
+Extension point (for heatmaps, triage priority, site calibration, reports, lung measures):
+subclass ``PredictHook`` and return it from ``build_hooks`` (or pass ``hooks=`` to
+``run_predict``)::
+
+    class PriorityHook(PredictHook):
+        name = "triage"
+        columns = ("priority", "priority_reason")   # columns it fills (extra ones join the header)
+        needs_images = False                       # True: batch.items[i].image is the full Image2D
+        needs_features = False                     # True: batch.output.features is [N, C, h, w]
+
+        def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
+            return [{"priority": ..., "priority_reason": ...} for item in batch.items]
+
+        def on_finish(self, ctx: RunContext, summary: PredictSummary) -> None:
+            ...  # run-level artefacts (worklist, report), after results.csv is in place
+
+``on_batch`` gets a ``ScoredBatch`` (``items[i].path/.image/.model_input/.row``, where ``row`` is
+a read-only view of the row so far, scores included; ``output`` is the batch's
+``ClassifierOutput``, row ``i`` of its arrays is ``items[i]``) and a ``RunContext`` (config, model,
+``out_dir``, ``stem_for(path)`` for unique artefact names). It returns one dict per item; hooks run
+in list order, so a later hook sees an earlier one's columns (site calibration before triage).
+A hook may overwrite any column except ``path`` and ``status``; artefact paths in rows are
+relative to ``out_dir``. A hook that raises does not stop the run: its columns stay empty and
+the rows' ``reason`` says why. Only scored files reach hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from cxrtriage.errors import ConfigError, CxrTriageError, InputError
+from cxrtriage.model import Classifier, ClassifierOutput, load_classifier
+from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream
+from cxrtriage.preprocess import ModelInput
+from cxrtriage.report.results import ResultsWriter, result_columns, score_column
+from cxrtriage.types import Image2D
+
+log = logging.getLogger(__name__)
+
+PROTECTED_COLUMNS = frozenset({"path", "status"})
+
+
+@dataclass(frozen=True, slots=True)
+class PredictConfig:
+    """Every option of a predict run (``cxrtriage predict`` maps its options 1:1 onto these)."""
+
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    model: str | None = None  # name in the models dir, or path to .onnx / manifest; None = default classifier
+    batch_size: int = 16
+    device: str = "auto"
+    strict_device: bool = False
+    workers: int | None = None  # decode processes; None = auto, 0 = decode in this process
+    intra_op_threads: int | None = None  # onnxruntime threads; None = one per core
+    fail_on_error: bool = False
+    rules: Path | None = None  # selection rules TOML; None = the built-in frontal-CXR rules
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("no INPUT given; pass one or more files or folders")
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError(f"--batch-size must be within 1..1024, got {self.batch_size}")
+        if self.workers is not None and not 0 <= self.workers <= 64:
+            raise ConfigError(f"--workers must be within 0..64, got {self.workers}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.intra_op_threads}")
+
+
+def auto_workers() -> int:
+    """Decode processes when none are asked for: half the cores (at least 1, at most 4).
+
+    On 2 cores one decode process beside onnxruntime's threads keeps both cores busy for
+    PNG/JPEG/uncompressed DICOM; see benchmarks/bench_predict.py.
+    """
+    n = os.cpu_count() or 1
+    return max(1, min(4, n // 2))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One scored file inside a batch, as a hook sees it."""
+
+    index: int
+    path: str
+    model_input: ModelInput
+    row: Mapping[str, Any]
+    image: Image2D | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    items: tuple[BatchItem, ...]
+    output: ClassifierOutput
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictSummary:
+    total: int
+    scored: int
+    excluded: int
+    failed: int
+    seconds: float
+    results_csv: Path
+    results_jsonl: Path
+    model_name: str
+    model_version: str
+    device: str
+
+    @property
+    def images_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    done: int
+    scored: int
+    excluded: int
+    failed: int
+    elapsed: float
+
+
+@dataclass(slots=True)
+class RunContext:
+    """What a hook may use: the run's config, the model, the output folder, unique file stems."""
+
+    config: PredictConfig
+    model: Classifier
+    out_dir: Path
+    _stems: dict[str, str] = field(default_factory=dict)
+    _taken: set[str] = field(default_factory=set)
+
+    def stem_for(self, path: str | Path) -> str:
+        """A file-name stem for ``path``'s artefacts, unique within this run and stable per path."""
+        return unique_stem(str(path), self._stems, self._taken)
+
+
+def unique_stem(path: str, assigned: dict[str, str], taken: set[str]) -> str:
+    """``name`` for ``.../name.dcm``; ``name_2``, ``name_3``... when another input had that stem."""
+    if path in assigned:
+        return assigned[path]
+    base = Path(path).name
+    for suffix in (".gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".mha", ".nrrd"):
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "image"
+    stem, k = base, 1
+    while stem.lower() in taken:
+        k += 1
+        stem = f"{base}_{k}"
+    taken.add(stem.lower())
+    assigned[path] = stem
+    return stem
+
+
+def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:
+    """How many files may be decoded ahead of inference: enough for the next batch to be
+    decoded while this one runs, few enough that memory stays flat (fewer when full images travel)."""
+    if override:
+        return max(1, override)
+    if keep_images:
+        return batch_size + 2 * max(workers, 1)
+    return 2 * batch_size + 4 * max(workers, 1)
+
+
+class PredictHook:
+    """Base class of a per-batch extension of ``run_predict`` (see the module docstring)."""
+
+    name: str = "hook"
+    columns: tuple[str, ...] = ()
+    needs_images: bool = False
+    needs_features: bool = False
+
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
+        return [{} for _ in batch.items]
+
+    def on_finish(self, ctx: RunContext, summary: PredictSummary) -> None:
+        return None
+
+
+def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
+    """The hooks a run uses, from its config. Owners of an extension add their line here."""
+    hooks: list[PredictHook] = []
+    return hooks
+
+
+def discover_paths(inputs: Iterable[Path]) -> Iterator[str]:
+    """Every input file under ``inputs`` (files as given, folders walked), streamed."""
+    from cxrtriage.io import discover
+
+    for p in discover(list(inputs)):
+        yield str(p)
+
+
+def selection_rules(path: Path | None) -> Any:
+    """The selection rules of a run: the TOML file given, else the built-in frontal-CXR rules."""
+    from cxrtriage.io import SelectionRules, load_rules
+
+    return load_rules(path) if path is not None else SelectionRules()
+
+
+def _base_row(d: Decoded, model: Classifier) -> dict[str, Any]:
+    m = model.manifest
+    row: dict[str, Any] = {"path": d.path, "status": {OK: "scored", EXCLUDED: "excluded", FAILED: "failed"}[d.status],
+                           "reason": d.reason or None}
+    row.update(d.meta)
+    row.update(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
+    return row
+
+
+class ProgressCounter:
+    """Counts rows by status and reports each one to an optional callback."""
+
+    def __init__(self, callback: Callable[[ProgressUpdate], None] | None) -> None:
+        self.callback = callback
+        self.t0 = time.perf_counter()
+        self.counts = {"scored": 0, "excluded": 0, "failed": 0}
+
+    def add(self, status: str) -> None:
+        self.counts[status] += 1
+        if self.callback is not None:
+            c = self.counts
+            self.callback(ProgressUpdate(sum(c.values()), c["scored"], c["excluded"], c["failed"],
+                                         time.perf_counter() - self.t0))
+
+
+def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook], ctx: RunContext) -> list[dict[str, Any]]:
+    """Run the classifier and the hooks on ``items`` (all decoded OK); returns their rows."""
+    rows = [_base_row(d, model) for d in items]
+    inputs = [d.model_input for d in items]
+    assert all(mi is not None for mi in inputs)
+    batch = np.stack([mi.array for mi in inputs if mi is not None])
+    want_features = any(h.needs_features for h in hooks) and model.has_features
+    try:
+        out = model.run(batch, features=want_features)
+    except CxrTriageError as exc:
+        for row in rows:
+            row.update(status="failed", reason=f"inference failed: {exc}")
+        return rows
+    for i, row in enumerate(rows):
+        for j, label in enumerate(model.labels):
+            row[score_column(label)] = float(out.scores[i, j])
+    for hook in hooks:
+        view = ScoredBatch(
+            items=tuple(BatchItem(d.index, d.path, mi, MappingProxyType(row), d.image)  # type: ignore[arg-type]
+                        for d, mi, row in zip(items, inputs, rows, strict=True)),
+            output=out,
+        )
+        try:
+            extra = list(hook.on_batch(view, ctx))
+            if len(extra) != len(rows):
+                raise ValueError(f"returned {len(extra)} rows for a batch of {len(rows)}")
+            for row, cols in zip(rows, extra, strict=True):
+                bad = set(cols) & PROTECTED_COLUMNS
+                if bad:
+                    raise ValueError(f"may not change column(s) {sorted(bad)}")
+                row.update(cols)
+        except Exception as exc:  # an extension's failure must not lose the scores
+            log.warning("extension %s failed on a batch: %s", hook.name, exc)
+            for row in rows:
+                note = f"{hook.name} failed: {exc}"
+                row["reason"] = f"{row['reason']}; {note}" if row.get("reason") else note
+    return rows
+
+
+def run_predict(
+    config: PredictConfig,
+    *,
+    model: Classifier | None = None,
+    hooks: Sequence[PredictHook] | None = None,
+    on_progress: Callable[[ProgressUpdate], None] | None = None,
+) -> PredictSummary:
+    """Score every input file and write ``results.csv`` / ``results.jsonl`` under ``config.out_dir``.
+
+    Raises ``InputError`` when no input file exists, ``ModelError`` when the model cannot be
+    loaded, ``OutputError`` when the output cannot be written. Problems of single files never
+    raise: they become ``failed`` / ``excluded`` rows.
+    """
+    t0 = time.perf_counter()
+    missing = [str(p) for p in config.inputs if not Path(p).exists()]
+    if missing:  # checked before anything is written (discover would raise the same later)
+        raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    if model is None:
+        model = load_classifier(config.model, device=config.device, strict_device=config.strict_device,
+                                intra_op_threads=config.intra_op_threads)
+    hooks = build_hooks(config, model) if hooks is None else list(hooks)
+    rules = selection_rules(config.rules)
+    ctx = RunContext(config=config, model=model, out_dir=Path(config.out_dir))
+    extra_cols = [c for h in hooks for c in h.columns]
+    writer = ResultsWriter(config.out_dir, result_columns(model.labels, extra_cols))
+    workers = auto_workers() if config.workers is None else config.workers
+    keep_images = any(h.needs_images for h in hooks)
+    window = in_flight_window(config.batch_size, workers, keep_images)
+    recipe = model.manifest.preprocessing
+    tasks = (DecodeTask(i, p, recipe, rules, keep_images) for i, p in enumerate(discover_paths(config.inputs)))
+    counter = ProgressCounter(on_progress)
+    pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
+
+    def flush() -> None:
+        ok = [d for d in pending if d.status == OK]
+        scored = iter(_score_batch(ok, model, hooks, ctx) if ok else [])
+        for d in pending:
+            row = next(scored) if d.status == OK else _base_row(d, model)
+            writer.write(row)
+            counter.add(row["status"])
+        writer.flush()
+        pending.clear()
+
+    try:
+        n_ok = 0
+        for d in decode_stream(tasks, workers=workers, window=window):
+            if d.status != OK and not pending:  # nothing waits for a batch: write it now, order is kept
+                row = _base_row(d, model)
+                writer.write(row)
+                counter.add(row["status"])
+                continue
+            pending.append(d)
+            n_ok += d.status == OK
+            if n_ok >= config.batch_size:
+                flush()
+                n_ok = 0
+        if pending:
+            flush()
+        if writer.rows_written == 0:
+            writer.abort(remove=True)
+            raise InputError(f"no input files found in {', '.join(str(p) for p in config.inputs)}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    c = counter.counts
+    summary = PredictSummary(
+        total=writer.rows_written, scored=c["scored"], excluded=c["excluded"], failed=c["failed"],
+        seconds=time.perf_counter() - t0, results_csv=writer.csv_path,
+        results_jsonl=writer.jsonl_path or writer.csv_path,
+        model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
+    )
+    for hook in hooks:
+        hook.on_finish(ctx, summary)
+    return summary
+
+
+def predict(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, **options: Any) -> PredictSummary:
+    """Library entry point: ``cxrtriage.predict("scans/", "results/", model="cxr-classifier")``.
+
+    ``options`` are ``PredictConfig`` fields.
+    """
+    paths = (inputs,) if isinstance(inputs, str | Path) else tuple(inputs)
+    return run_predict(PredictConfig(inputs=tuple(Path(p) for p in paths), out_dir=Path(out_dir), **options))

@@ -1,0 +1,164 @@
+"""The decode stage of the pipelines: probe, select, read and preprocess files in worker processes.
+
+``decode_stream`` turns a stream of paths into a stream of ``Decoded`` items in input order,
+with at most ``window`` files in flight, so memory stays flat however many files there are.
+Every per-file problem becomes a ``failed``/``excluded`` item; a decoder that crashes its worker
+process is isolated by re-running the in-flight files one at a time in a fresh pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxrtriage.errors import CxrTriageError
+from cxrtriage.preprocess import ModelInput, PreprocessRecipe, to_model_input
+from cxrtriage.types import Image2D
+
+log = logging.getLogger(__name__)
+
+OK, EXCLUDED, FAILED = "ok", "excluded", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeTask:
+    """One file to examine; ``rules`` is a ``cxrtriage.io.SelectionRules`` (None = the io defaults)."""
+
+    index: int
+    path: str
+    recipe: PreprocessRecipe
+    rules: Any = None
+    keep_image: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What the decode stage learnt about one file.
+
+    ``meta`` holds the results-table facts known before inference (input_kind, study_key, UIDs,
+    view, rows, columns, pixel_spacing_mm). ``model_input`` is set when ``status`` is ``ok``;
+    ``image`` only when the task asked to keep it.
+    """
+
+    index: int
+    path: str
+    status: str
+    reason: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    model_input: ModelInput | None = None
+    image: Image2D | None = None
+    seconds: float = 0.0
+
+
+def _meta_from_image(image: Image2D) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "input_kind": image.source.kind.value,
+        "rows": image.shape[0],
+        "columns": image.shape[1],
+        "pixel_spacing_mm": list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None,
+    }
+    if image.dicom is not None:
+        d = image.dicom
+        meta.update(
+            study_instance_uid=d.study_instance_uid or None,
+            series_instance_uid=d.series_instance_uid or None,
+            sop_instance_uid=d.sop_instance_uid or None,
+        )
+    return meta
+
+
+def examine(task: DecodeTask) -> Decoded:
+    """Probe, select, read and preprocess one file; never raises for a problem of the file."""
+    from cxrtriage import io
+
+    t0 = time.perf_counter()
+    meta: dict[str, Any] = {}
+    try:
+        info = io.probe(task.path)
+        meta.update(io.probe_meta(info))
+        decision = io.select(info, task.rules)
+        if not decision.included:
+            return Decoded(task.index, task.path, EXCLUDED, decision.reason, meta, seconds=time.perf_counter() - t0)
+        image = io.read_image(task.path)
+        meta.update({k: v for k, v in _meta_from_image(image).items() if v is not None or k not in meta})
+        mi = to_model_input(image, task.recipe)
+        reason = "; ".join(image.notes)
+        return Decoded(task.index, task.path, OK, reason, meta, mi, image if task.keep_image else None,
+                       time.perf_counter() - t0)
+    except CxrTriageError as exc:
+        return Decoded(task.index, task.path, FAILED, str(exc), meta, seconds=time.perf_counter() - t0)
+    except MemoryError:
+        return Decoded(task.index, task.path, FAILED, f"{task.path}: not enough memory to decode this image", meta)
+    except Exception as exc:  # a decoder bug on one odd file must not stop the run
+        msg = f"{task.path}: unexpected {type(exc).__name__} while reading ({str(exc)[:200]}); please report this file"
+        return Decoded(task.index, task.path, FAILED, msg, meta, seconds=time.perf_counter() - t0)
+
+
+def _context() -> Any:
+    """forkserver on POSIX (workers never inherit onnxruntime's threads), spawn elsewhere."""
+    if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["cxrtriage.pipeline_decode", "cxrtriage.io"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _crashed(task: DecodeTask) -> Decoded:
+    return Decoded(task.index, task.path, FAILED,
+                   f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)")
+
+
+def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> Iterator[Decoded]:
+    """Examine ``tasks`` with ``workers`` processes (0 = in this process), yielding results in input order."""
+    if workers <= 0:
+        for t in tasks:
+            yield examine(t)
+        return
+    ctx = _context()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
+    source = iter(tasks)
+    window = max(window, workers)
+
+    def fill() -> None:
+        while len(pending) < window:
+            task = next(source, None)
+            if task is None:
+                return
+            pending.append((task, pool.submit(examine, task)))
+
+    try:
+        fill()
+        while pending:
+            task, fut = pending[0]
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                # Some file in flight killed a worker: re-run each in-flight file alone in a fresh pool.
+                retry = [t for t, _ in pending]
+                pending.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                for t in retry:
+                    try:
+                        yield pool.submit(examine, t).result()
+                    except BrokenProcessPool:
+                        log.warning("%s: decoder crashed its worker process; marked failed", t.path)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                        yield _crashed(t)
+                fill()
+                continue
+            pending.popleft()
+            fill()
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

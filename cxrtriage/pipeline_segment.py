@@ -1,0 +1,193 @@
+"""The segment pipeline: files → decode workers → lung segmenter → mask PNGs + lung areas in segment.csv."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cxrtriage.errors import ConfigError, CxrTriageError, InputError, OutputError
+from cxrtriage.measure.lungs import lung_area
+from cxrtriage.model import Segmenter, load_segmenter
+from cxrtriage.pipeline import (
+    ProgressCounter,
+    ProgressUpdate,
+    auto_workers,
+    discover_paths,
+    in_flight_window,
+    selection_rules,
+    unique_stem,
+)
+from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream
+from cxrtriage.report.results import ResultsWriter
+from cxrtriage.types import InputKind, SourceRef
+
+log = logging.getLogger(__name__)
+
+SEGMENT_CSV = "segment.csv"
+MASKS_DIR = "masks"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentConfig:
+    """Every option of a segment run (``cxrtriage segment`` maps its options 1:1 onto these)."""
+
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    model: str | None = None  # None = the default lung segmenter
+    batch_size: int = 8
+    device: str = "auto"
+    strict_device: bool = False
+    workers: int | None = None
+    intra_op_threads: int | None = None
+    fail_on_error: bool = False
+    rules: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("no INPUT given; pass one or more files or folders")
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError(f"--batch-size must be within 1..1024, got {self.batch_size}")
+        if self.workers is not None and not 0 <= self.workers <= 64:
+            raise ConfigError(f"--workers must be within 0..64, got {self.workers}")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSummary:
+    total: int
+    scored: int
+    excluded: int
+    failed: int
+    seconds: float
+    segment_csv: Path
+    masks_dir: Path
+    model_name: str
+    model_version: str
+    device: str
+
+    @property
+    def images_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def segment_columns(labels: Sequence[str]) -> list[str]:
+    """Header of segment.csv: per-label pixel and mm² columns for each non-background label."""
+    per_label = [c for lab in labels[1:] for c in (f"{lab}_px", f"{lab}_mm2")]
+    return ["path", "status", "reason", "input_kind", "study_key", "sop_instance_uid", "rows", "columns",
+            "pixel_spacing_mm", "mask_path", "lung_area_px", "lung_area_mm2", *per_label,
+            "model_name", "model_version", "model_sha256"]
+
+
+def write_mask_png(path: Path, labels: np.ndarray) -> None:
+    """Write a uint8 label map as a PNG, atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".partial.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(tmp), labels):
+            raise OSError("OpenCV could not write the PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the mask ({exc}); check the --out folder") from exc
+
+
+def _row(d: Decoded, model: Segmenter) -> dict[str, Any]:
+    m = model.manifest
+    row: dict[str, Any] = {"path": d.path, "status": {OK: "scored", EXCLUDED: "excluded", FAILED: "failed"}[d.status],
+                           "reason": d.reason or None, "model_name": m.name, "model_version": m.version,
+                           "model_sha256": m.sha256}
+    for k in ("input_kind", "study_key", "sop_instance_uid", "rows", "columns", "pixel_spacing_mm"):
+        row[k] = d.meta.get(k)
+    return row
+
+
+def _segment_batch(
+    items: list[Decoded], model: Segmenter, out_dir: Path, stems: tuple[dict[str, str], set[str]]
+) -> list[dict[str, Any]]:
+    rows = [_row(d, model) for d in items]
+    try:
+        logits = model.run(np.stack([d.model_input.array for d in items if d.model_input is not None]))
+    except CxrTriageError as exc:
+        for row in rows:
+            row.update(status="failed", reason=f"inference failed: {exc}")
+        return rows
+    for i, (d, row) in enumerate(zip(items, rows, strict=True)):
+        assert d.model_input is not None
+        spacing = d.meta.get("pixel_spacing_mm")
+        mask = model.to_mask(logits[i], d.model_input.geometry,
+                             source=SourceRef(d.path, InputKind(d.meta.get("input_kind") or "unknown")),
+                             pixel_spacing_mm=tuple(spacing) if spacing else None)  # type: ignore[arg-type]
+        rel = Path(MASKS_DIR) / f"{unique_stem(d.path, *stems)}.png"
+        write_mask_png(out_dir / rel, mask.labels)
+        area = lung_area(mask)
+        row.update(mask_path=rel.as_posix(), lung_area_px=area.total_px, lung_area_mm2=area.total_mm2)
+        for lab, px in area.per_label_px.items():
+            row[f"{lab}_px"] = px
+            row[f"{lab}_mm2"] = None if area.per_label_mm2 is None else area.per_label_mm2[lab]
+    return rows
+
+
+def run_segment(
+    config: SegmentConfig,
+    *,
+    model: Segmenter | None = None,
+    on_progress: Callable[[ProgressUpdate], None] | None = None,
+) -> SegmentSummary:
+    """Segment the lungs of every input file: ``DIR/masks/<stem>.png`` and ``DIR/segment.csv``."""
+    t0 = time.perf_counter()
+    missing = [str(p) for p in config.inputs if not Path(p).exists()]
+    if missing:  # checked before anything is written (discover would raise the same later)
+        raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    if model is None:
+        model = load_segmenter(config.model, device=config.device, strict_device=config.strict_device,
+                               intra_op_threads=config.intra_op_threads)
+    rules = selection_rules(config.rules)
+    out_dir = Path(config.out_dir)
+    writer = ResultsWriter(out_dir, segment_columns(model.labels), csv_name=SEGMENT_CSV, jsonl_name=None)
+    workers = auto_workers() if config.workers is None else config.workers
+    recipe = model.manifest.preprocessing
+    tasks = (DecodeTask(i, p, recipe, rules) for i, p in enumerate(discover_paths(config.inputs)))
+    counter = ProgressCounter(on_progress)
+    stems: tuple[dict[str, str], set[str]] = ({}, set())
+    pending: list[Decoded] = []
+
+    def flush() -> None:
+        ok = [d for d in pending if d.status == OK]
+        done = iter(_segment_batch(ok, model, out_dir, stems) if ok else [])
+        for d in pending:
+            row = next(done) if d.status == OK else _row(d, model)
+            writer.write(row)
+            counter.add(row["status"])
+        writer.flush()
+        pending.clear()
+
+    try:
+        n_ok = 0
+        for d in decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, False)):
+            pending.append(d)
+            n_ok += d.status == OK
+            if n_ok >= config.batch_size or (n_ok == 0):
+                flush()
+                n_ok = 0
+        if pending:
+            flush()
+        if writer.rows_written == 0:
+            writer.abort(remove=True)
+            raise InputError(f"no input files found in {', '.join(str(p) for p in config.inputs)}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    c = counter.counts
+    return SegmentSummary(
+        total=writer.rows_written, scored=c["scored"], excluded=c["excluded"], failed=c["failed"],
+        seconds=time.perf_counter() - t0, segment_csv=writer.csv_path, masks_dir=out_dir / MASKS_DIR,
+        model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
+    )

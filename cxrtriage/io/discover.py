@@ -1,0 +1,249 @@
+"""Find input files (recursive, sorted, deterministic), probe each one cheaply, and group them by study/series."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtriage.errors import InputError
+from cxrtriage.io.sniff import sniff
+from cxrtriage.types import DicomInfo, InputKind
+
+log = logging.getLogger(__name__)
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+
+
+def discover(inputs: Sequence[str | Path], *, include_hidden: bool = False) -> Iterator[Path]:
+    """Yield every file under ``inputs`` (files or folders, walked recursively), sorted and de-duplicated.
+
+    Order is deterministic: inputs in the order given; inside a folder, paths sorted by their parts.
+    Hidden files and folders (name starting with ``.``, e.g. ``.DS_Store``, ``.git``) are skipped unless
+    ``include_hidden``; a file named explicitly is always yielded. Every other file is yielded, whatever its
+    name or content: `probe` and `select` decide what it is and report it.
+
+    Raises:
+        InputError: an input does not exist (checked for all inputs before anything is yielded).
+    """
+    paths = [Path(i) for i in inputs]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    seen: set[Path] = set()
+    skipped = 0
+    for root in paths:
+        if root.is_file():
+            candidates: Iterable[Path] = [root]
+        else:
+            found: list[Path] = []
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+                if not include_hidden:
+                    hidden = [d for d in dirnames if d.startswith(".")]
+                    skipped += len(hidden)
+                    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for name in filenames:
+                    if not include_hidden and name.startswith("."):
+                        skipped += 1
+                        continue
+                    found.append(Path(dirpath) / name)
+            candidates = sorted(found, key=lambda q: q.relative_to(root).parts)
+        for path in candidates:
+            if not path.is_file():
+                continue
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            yield path
+    if skipped:
+        log.info("skipped %d hidden file(s)/folder(s) (names starting with '.')", skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What a cheap look at one file found (DICOM header only; raster header; SimpleITK image information).
+
+    ``error`` set means the file is unusable (unreadable, not recognised, damaged): `select` reports it as
+    ``failed``. ``not_an_image`` set means a recognised file that is not an image (DICOMDIR, the raw data file
+    of a MetaImage header): `select` reports it as ``excluded``.
+    """
+
+    path: Path
+    kind: InputKind
+    fmt: str = ""
+    dicom: DicomInfo | None = None
+    rows: int | None = None
+    columns: int | None = None
+    frames: int = 1
+    samples_per_pixel: int = 1
+    bits: int | None = None  # bits allocated (DICOM) or bits per sample (raster / SimpleITK)
+    has_pixel_data: bool = False
+    colour: bool = False  # true colour content (DICOM: photometric; raster: decoded content check)
+    presentation_intent: str = ""
+    file_size: int = 0
+    assumed_transfer_syntax: str | None = None
+    not_an_image: str | None = None
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def size_text(self) -> str:
+        if self.rows is None or self.columns is None:
+            return "unknown"
+        frames = f" x {self.frames} frames" if self.frames > 1 else ""
+        return f"{self.columns}x{self.rows}{frames}"
+
+
+def probe(path: str | Path) -> Probe:
+    """Probe one file by content. Never raises for a bad file: problems go into ``Probe.error``."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        sniffed = sniff(p)
+    except OSError as exc:
+        return Probe(p, InputKind.UNKNOWN, error=f"cannot read the file ({exc.strerror or exc})")
+    if sniffed.kind is InputKind.DICOM:
+        return _probe_dicom(p, size)
+    if sniffed.kind is InputKind.RASTER:
+        return _probe_raster(p, sniffed.fmt, size)
+    if sniffed.kind is InputKind.SITK:
+        return _probe_sitk(p, sniffed.fmt, size)
+    companion = _companion_of(p)
+    if companion:
+        return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image=f"pixel data file of {companion}")
+    if sniffed.text:
+        return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image="text file (e.g. README, CSV, JSON), not an image")
+    hint = f" ({sniffed.hint})" if sniffed.hint else ""
+    named = f"; it is named '{p.suffix}' but its content does not match" if p.suffix.lower() in _KNOWN_SUFFIXES else ""
+    return Probe(p, InputKind.UNKNOWN, file_size=size,
+                 error=f"not a recognised image file{hint}: no DICOM preamble or parseable DICOM data set, and not "
+                       f"PNG/JPEG/TIFF/NIfTI/MHA/NRRD content{named}")
+
+
+_KNOWN_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz",
+                   ".mha", ".mhd", ".nrrd", ".nhdr"}
+
+
+def _probe_dicom(p: Path, size: int) -> Probe:
+    from cxrtriage.io.dicom import read_header
+
+    try:
+        header = read_header(p)
+    except InputError as exc:
+        return Probe(p, InputKind.DICOM, "dicom", file_size=size, error=_strip_path(str(exc), p))
+    ds, info = header.dataset, header.info
+    from cxrtriage.io.dicom import _int
+
+    error = None
+    if header.pixel.problem:
+        error = header.pixel.problem
+    not_image = None
+    if info.sop_class_uid == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        not_image = "DICOMDIR (media directory index), not an image"
+    colour = info.samples_per_pixel != 1 or (bool(info.photometric_interpretation)
+                                             and info.photometric_interpretation not in ("MONOCHROME1", "MONOCHROME2"))
+    return Probe(
+        path=p, kind=InputKind.DICOM, fmt="dicom", dicom=info,
+        rows=info.rows or None, columns=info.columns or None, frames=info.number_of_frames,
+        samples_per_pixel=info.samples_per_pixel, bits=_int(ds, "BitsAllocated", 0) or None,
+        has_pixel_data=header.pixel.present, colour=colour and header.pixel.present,
+        presentation_intent=header.presentation_intent, file_size=size,
+        assumed_transfer_syntax=header.assumed_transfer_syntax, not_an_image=not_image,
+        notes=header.notes, error=error,
+    )
+
+
+def _probe_raster(p: Path, fmt: str, size: int) -> Probe:
+    from cxrtriage.io.raster import colour_check, read_raster_header
+
+    try:
+        header = read_raster_header(p, fmt)
+    except InputError as exc:
+        return Probe(p, InputKind.RASTER, fmt, file_size=size, error=_strip_path(str(exc), p))
+    colour = False
+    notes: list[str] = []
+    if header.channels >= 3:
+        try:
+            colour = colour_check(p)
+        except InputError as exc:
+            return Probe(p, InputKind.RASTER, fmt, rows=header.rows, columns=header.columns, file_size=size,
+                         error=_strip_path(str(exc), p))
+        notes.append("colour content" if colour else "grey content stored as colour channels")
+    return Probe(p, InputKind.RASTER, fmt, rows=header.rows, columns=header.columns,
+                 samples_per_pixel=header.channels, bits=header.bits, has_pixel_data=True, colour=colour,
+                 file_size=size, notes=tuple(notes))
+
+
+def _probe_sitk(p: Path, fmt: str, size: int) -> Probe:
+    from cxrtriage.io.sitk import read_sitk_header
+
+    try:
+        header = read_sitk_header(p)
+    except InputError as exc:
+        return Probe(p, InputKind.SITK, fmt, file_size=size, error=_strip_path(str(exc), p))
+    bits = {"8": 8, "16": 16, "32": 32, "64": 64}.get(header.pixel_type.replace("vector of ", "").split("-")[0])
+    return Probe(p, InputKind.SITK, fmt, rows=header.rows, columns=header.columns, frames=header.slices,
+                 samples_per_pixel=header.components, bits=bits, has_pixel_data=True, colour=header.components > 1,
+                 file_size=size, notes=(f"SimpleITK {header.pixel_type}, size {'x'.join(map(str, header.size))}",))
+
+
+_DATA_FILE = re.compile(r"^\s*(ElementDataFile\s*=|data file\s*:|datafile\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _companion_of(p: Path) -> str | None:
+    """The .mhd / .nhdr header in the same folder that names ``p`` as its pixel data file, if any."""
+    try:
+        siblings = [q for q in p.parent.iterdir() if q.suffix.lower() in (".mhd", ".nhdr") and q.is_file()]
+    except OSError:
+        return None
+    for header in sorted(siblings):
+        try:
+            text = header.read_text(encoding="ascii", errors="replace")[:8192]
+        except OSError:
+            continue
+        for match in _DATA_FILE.finditer(text):
+            if Path(match.group(2)).name == p.name:
+                return header.name
+    return None
+
+
+def _strip_path(message: str, p: Path) -> str:
+    prefix = f"{p}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def study_key(probe: Probe) -> str:
+    """StudyInstanceUID for DICOM, else ``folder:<parent folder>`` (also for DICOM without a StudyInstanceUID)."""
+    if probe.dicom is not None and probe.dicom.study_instance_uid:
+        return probe.dicom.study_instance_uid
+    return f"folder:{probe.path.parent}"
+
+
+def series_key(probe: Probe) -> str:
+    """SeriesInstanceUID for DICOM, else the study key (one series per folder for non-DICOM files)."""
+    if probe.dicom is not None and probe.dicom.series_instance_uid:
+        return probe.dicom.series_instance_uid
+    return study_key(probe)
+
+
+def group_by_study(probes: Iterable[Probe]) -> dict[str, list[Probe]]:
+    """Probes by `study_key`, studies in first-seen order; inside a study, ordered by series then path."""
+    groups: dict[str, list[Probe]] = {}
+    for pr in probes:
+        groups.setdefault(study_key(pr), []).append(pr)
+    return {k: sorted(v, key=lambda q: (series_key(q), str(q.path))) for k, v in groups.items()}
+
+
+def group_by_series(probes: Iterable[Probe]) -> dict[str, dict[str, list[Probe]]]:
+    """Probes by study, then by series (both in first-seen order after `group_by_study` sorting)."""
+    out: dict[str, dict[str, list[Probe]]] = {}
+    for study, members in group_by_study(probes).items():
+        series: dict[str, list[Probe]] = {}
+        for pr in members:
+            series.setdefault(series_key(pr), []).append(pr)
+        out[study] = series
+    return out

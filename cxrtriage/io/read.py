@@ -1,0 +1,72 @@
+"""One entry point to read any supported file (dispatch by content) and one to probe + select + read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtriage.errors import InputError
+from cxrtriage.io.discover import Probe, probe
+from cxrtriage.io.select import DEFAULT_RULES, Selection, SelectionRules, select
+from cxrtriage.io.sniff import sniff
+from cxrtriage.types import Image2D, InputKind
+
+
+def read_image(path: str | Path) -> Image2D:
+    """Read a radiograph by content: DICOM (any supported transfer syntax), PNG/JPEG/TIFF, NIfTI/MHA/NRRD.
+
+    Returns float32 pixels after the modality LUT in MONOCHROME2 sense, with value range, VOI window,
+    pixel spacing and notes saying what was assumed.
+
+    Raises:
+        InputError: unreadable, unrecognised, not a single-frame greyscale image, damaged or absurdly large;
+            the message names the file and what to do.
+    """
+    p = Path(path)
+    try:
+        sniffed = sniff(p)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the file ({exc.strerror or exc}); check the path and permissions") from exc
+    if sniffed.kind is InputKind.DICOM:
+        from cxrtriage.io.dicom import read_dicom
+
+        return read_dicom(p)
+    if sniffed.kind is InputKind.RASTER:
+        from cxrtriage.io.raster import read_raster
+
+        return read_raster(p, sniffed.fmt)
+    if sniffed.kind is InputKind.SITK:
+        from cxrtriage.io.sitk import read_sitk
+
+        return read_sitk(p)
+    hint = f" ({sniffed.hint})" if sniffed.hint else ""
+    raise InputError(f"{p}: not a recognised image file{hint}; expected DICOM, PNG, JPEG, TIFF, NIfTI, MHA or NRRD "
+                     "content (the file name does not matter)")
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """Probe, selection and (when scored) the image of one input file: everything a results row needs."""
+
+    probe: Probe
+    selection: Selection
+    image: Image2D | None = None
+
+
+def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: bool = True) -> Assessment:
+    """Probe ``path``, apply ``rules`` and, when scored and ``read``, read the image.
+
+    A read failure turns a ``scored`` selection into ``failed`` with the reader's reason; never raises
+    for a bad file.
+    """
+    pr = probe(path)
+    sel = select(pr, rules)
+    if sel.status != "scored" or not read:
+        return Assessment(pr, sel)
+    try:
+        image = read_image(pr.path)
+    except InputError as exc:
+        msg = str(exc)
+        prefix = f"{pr.path}: "
+        return Assessment(pr, Selection("failed", msg[len(prefix):] if msg.startswith(prefix) else msg))
+    return Assessment(pr, sel, image)

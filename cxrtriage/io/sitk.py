@@ -1,0 +1,109 @@
+"""Read NIfTI / MetaImage (MHA/MHD) / NRRD radiographs with SimpleITK: 2-D images, or 3-D with a single slice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrtriage.errors import InputError
+from cxrtriage.io.limits import check_size
+from cxrtriage.types import Image2D, InputKind, SourceRef
+
+_BYTES = {"8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
+          "16-bit signed integer": 2, "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+          "32-bit float": 4, "64-bit float": 8, "64-bit unsigned integer": 8, "64-bit signed integer": 8}
+_RANGES = {"8-bit unsigned integer": (0.0, 255.0), "16-bit unsigned integer": (0.0, 65535.0),
+           "8-bit signed integer": (-128.0, 127.0), "16-bit signed integer": (-32768.0, 32767.0)}
+
+
+@dataclass(frozen=True, slots=True)
+class SitkHeader:
+    """Image information SimpleITK reads without loading the voxels."""
+
+    size: tuple[int, ...]  # x, y[, z...] as ITK orders them
+    spacing: tuple[float, ...]
+    components: int
+    pixel_type: str
+    direction_is_identity: bool
+
+    @property
+    def rows(self) -> int:
+        return self.size[1] if len(self.size) > 1 else 1
+
+    @property
+    def columns(self) -> int:
+        return self.size[0]
+
+    @property
+    def slices(self) -> int:
+        return int(np.prod(self.size[2:])) if len(self.size) > 2 else 1
+
+
+def read_sitk_header(path: str | Path) -> SitkHeader:
+    """Size, spacing and pixel type from the header. Raises InputError when SimpleITK cannot read it."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: SimpleITK cannot read this image header ({_itk_message(exc)})") from exc
+    size = tuple(int(s) for s in reader.GetSize())
+    direction = np.asarray(reader.GetDirection(), dtype=float)
+    dim = len(size)
+    identity = direction.size == dim * dim and np.allclose(direction.reshape(dim, dim), np.eye(dim))
+    return SitkHeader(size=size, spacing=tuple(float(s) for s in reader.GetSpacing()),
+                      components=int(reader.GetNumberOfComponents()),
+                      pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+                      direction_is_identity=bool(identity))
+
+
+def read_sitk(path: str | Path) -> Image2D:
+    """Read a 2-D image (or a 3-D image with one slice); a true volume or a colour image is an InputError."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    header = read_sitk_header(p)
+    if header.slices > 1:
+        raise InputError(f"{p}: a {'x'.join(map(str, header.size))} volume ({header.slices} slices), not a 2-D "
+                         "radiograph; export the single projection image instead")
+    if header.components != 1:
+        raise InputError(f"{p}: {header.components} components per pixel (colour/vector image); expected greyscale")
+    check_size(p, header.rows, header.columns, bytes_per_sample=_BYTES.get(_scalar(header.pixel_type), 8))
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise InputError(f"{p}: SimpleITK cannot read the pixel data ({_itk_message(exc)})") from exc
+    arr = sitk.GetArrayFromImage(image)  # [z,] y, x
+    arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
+    notes = [f"read with SimpleITK ({header.pixel_type})"]
+    if not header.direction_is_identity:
+        notes.append("direction matrix is not identity: rows/columns kept as stored (not reoriented)")
+    scalar = _scalar(header.pixel_type)
+    if scalar in _RANGES:
+        vr = _RANGES[scalar]
+    else:
+        vr = (float(np.min(arr)), float(np.max(arr)))
+        notes.append(f"{scalar} samples: value range taken from the data")
+    spacing: tuple[float, float] | None = None
+    sx, sy = header.spacing[0], header.spacing[1] if len(header.spacing) > 1 else header.spacing[0]
+    if all(np.isfinite(v) and v > 0 for v in (sx, sy)) and not (sx == 1.0 and sy == 1.0):
+        spacing = (float(sy), float(sx))
+        notes.append("pixel spacing from the image header")
+    else:
+        notes.append("pixel spacing unknown (header spacing is 1x1 default or invalid)")
+    return Image2D(pixels=np.ascontiguousarray(arr, dtype=np.float32), value_range=vr,
+                   source=SourceRef(path=str(p), kind=InputKind.SITK), pixel_spacing_mm=spacing, notes=tuple(notes))
+
+
+def _scalar(pixel_type: str) -> str:
+    return pixel_type.replace("vector of ", "")
+
+
+def _itk_message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line or "error" in line] or lines
+    return (useful[-1] if useful else type(exc).__name__)[:240]

@@ -1,3 +1,4 @@
 from cxrtriage.cli.app import main
 
-main()
+if __name__ == "__main__":  # decode worker processes re-import the main module: it must not run the CLI again
+    main()

@@ -1,0 +1,238 @@
+"""Shared pieces of every explanation method: the Heatmap result, the method record and the map normalisation.
+
+Exact normalisation of every map (all methods, see docs/explain.md):
+
+1. the method gives a raw map on its own grid (the h x w feature grid for CAM methods, the
+   S x S model input for occlusion);
+2. ReLU (negative evidence is dropped);
+3. bilinear resize to the S x S model input (OpenCV ``INTER_LINEAR``, half-pixel centres, the
+   same as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``);
+4. min-max scaling over the whole S x S input: ``(m - min) / (max - min)``, so the hottest point is
+   1 and the coolest 0.
+
+A map that is zero everywhere after the ReLU (no positive evidence) or flat (no localisation)
+is reported as "no map" (``Heatmap.values is None`` with a ``reason``), never drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from cxrtriage.errors import ConfigError
+from cxrtriage.preprocess import Geometry, to_original
+from cxrtriage.types import FloatArray
+
+if TYPE_CHECKING:
+    from cxrtriage.model import Classifier
+
+# A map whose (max - min) after ReLU is below this fraction of its max is "flat": it says nothing
+# about where the evidence is. Below ``ZERO_EPS`` in absolute terms the map is "all zero".
+FLAT_RELATIVE = 1e-6
+ZERO_EPS = 1e-12
+
+
+class Family(StrEnum):
+    """How a method gets its map (decides what it needs from the model)."""
+
+    GRADIENT = "gradient"  # analytic gradient of the logit through the GAP + linear head
+    ACTIVATION = "activation"  # the feature map alone (no gradient, no extra passes)
+    PERTURBATION = "perturbation"  # extra forward passes over modified inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Heatmap:
+    """One explanation map for one image and one finding.
+
+    ``values``: float32 [S, S] in [0, 1] at the model-input resolution, or None ("no map").
+    ``original``: the same map on the ORIGINAL image grid [H, W] (inverse of the letterbox /
+    crop / resize of preprocessing; pixels the model never saw are 0), or None.
+    ``raw``: the method's map on its own grid after the ReLU, before resizing and scaling (keeps
+    the method's units, e.g. logit contributions per cell for Grad-CAM); None when not computed.
+    ``reason``: why there is no map (empty when there is one). ``notes``: facts to show with the
+    map (e.g. class-agnostic method, lung-mask gating).
+    """
+
+    label: str
+    method: str
+    values: FloatArray | None
+    original: FloatArray | None
+    geometry: Geometry
+    raw: FloatArray | None = None
+    score: float | None = None
+    logit: float | None = None
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """True when there is no map to draw (see ``reason``)."""
+        return self.values is None
+
+
+@dataclass(frozen=True, slots=True)
+class HeadWeights:
+    """The linear head after global average pooling: logits = mean_ij(A) @ weight.T + bias.
+
+    ``weight`` is [labels, channels] (already transposed when the ONNX graph stores [C, L]).
+    """
+
+    weight: FloatArray
+    bias: FloatArray
+    source: str
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.weight.shape[1])
+
+
+@dataclass(frozen=True, slots=True)
+class CamContext:
+    """Everything a method may use for ONE image and ONE label.
+
+    ``activations``: post-ReLU feature map [C, h, w] (None when the model exports none).
+    ``gradient``: d logit / d activations, broadcastable to [C, h, w] (None without a usable head).
+    ``model``/``model_input``/``baseline``: for methods that run extra forward passes.
+    """
+
+    label: str
+    label_index: int
+    size: int
+    activations: FloatArray | None = None
+    gradient: FloatArray | None = None
+    model: Classifier | None = None
+    model_input: FloatArray | None = None
+    baseline: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CamMethod:
+    """A registered explanation method.
+
+    ``compute`` returns the raw map (before ReLU) either on the feature grid [h, w] or at the
+    model input [S, S]; ``finalize`` does the rest identically for every method.
+    ``options`` lists the keyword options the method accepts, with their defaults.
+    """
+
+    name: str
+    title: str
+    family: Family
+    needs_head: bool
+    needs_features: bool
+    needs_forward: bool
+    class_specific: bool
+    summary: str
+    compute: Callable[[CamContext], FloatArray]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by ``given``; an unknown option is a ConfigError naming the valid ones."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise ConfigError(f"method '{self.name}' has no option(s) {unknown}; its options are: {valid}")
+        return {**self.options, **given}
+
+
+def analytic_gradient(head: HeadWeights, label_index: int, grid: tuple[int, int]) -> FloatArray:
+    """d logit_c / d A_kij for a GAP + linear head: W_ck / (h * w), the same at every position.
+
+    Returned as [C, 1, 1] so that it broadcasts against the [C, h, w] activations.
+    """
+    h, w = grid
+    return (head.weight[label_index].astype(np.float32) / np.float32(h * w))[:, None, None]
+
+
+def weighted_sum(weights: FloatArray, activations: FloatArray) -> FloatArray:
+    """sum_k weights_k * A_k for weights [C] (or [C, h, w], element-wise) and activations [C, h, w]."""
+    a = activations.astype(np.float32, copy=False)
+    if weights.ndim == 1:
+        return np.tensordot(weights.astype(np.float32), a, axes=(0, 0)).astype(np.float32)
+    return np.sum(weights.astype(np.float32) * a, axis=0, dtype=np.float32)
+
+
+def upsample(grid_map: FloatArray, size: int) -> FloatArray:
+    """Bilinear resize of an [h, w] map to [size, size] (half-pixel centres, no anti-aliasing)."""
+    m = np.ascontiguousarray(grid_map, dtype=np.float32)
+    if m.shape == (size, size):
+        return m
+    return cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
+
+
+def normalize(raw: FloatArray, size: int) -> tuple[FloatArray | None, FloatArray, str]:
+    """ReLU → bilinear resize to S x S → min-max to [0, 1]. Returns (values or None, relu'd raw, reason)."""
+    relu = np.maximum(np.asarray(raw, dtype=np.float32), np.float32(0.0))
+    peak = float(relu.max(initial=0.0))
+    if not np.isfinite(relu).all():
+        return None, relu, "the map has non-finite values (the model produced NaN or inf)"
+    if peak <= ZERO_EPS:
+        return None, relu, "no positive evidence for this finding (the map is zero everywhere after ReLU)"
+    up = upsample(relu, size)
+    lo, hi = float(up.min()), float(up.max())
+    if hi - lo <= FLAT_RELATIVE * hi:
+        return None, relu, "the map is uniform (no localisation)"
+    values = (up.astype(np.float64) - lo) / (hi - lo)
+    return np.clip(values, 0.0, 1.0).astype(np.float32), relu, ""
+
+
+def make_heatmap(
+    raw: FloatArray,
+    *,
+    label: str,
+    method: CamMethod,
+    geometry: Geometry,
+    score: float | None = None,
+    logit: float | None = None,
+    notes: tuple[str, ...] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> Heatmap:
+    """Normalise a method's raw map and map it back onto the original image."""
+    values, relu, reason = normalize(raw, geometry.size)
+    original = None if values is None else np.clip(to_original(values, geometry, fill=0.0), 0.0, 1.0)
+    if not method.class_specific:
+        notes = (*notes, "class-agnostic: the same map for every finding")
+    return Heatmap(
+        label=label,
+        method=method.name,
+        values=values,
+        original=original,
+        geometry=geometry,
+        raw=relu,
+        score=score,
+        logit=logit,
+        reason=reason,
+        notes=notes,
+        extra=dict(extra or {}),
+    )
+
+
+def baseline_value(model: Classifier) -> float:
+    """The model-input value meaning "no image here": the manifest's letterbox pad value.
+
+    Occlusion, Score-CAM and the deletion/insertion metrics replace pixels with this value, i.e.
+    with what the model sees outside the radiograph in every letterboxed input.
+    """
+    recipe = model.manifest.preprocessing
+    lo, hi = recipe.output_range
+    return float(recipe.pad_value * (hi - lo) + lo)
+
+
+def label_index(labels: tuple[str, ...], label: str) -> int:
+    """Index of ``label`` (case-insensitive match allowed); ConfigError naming the valid labels."""
+    if label in labels:
+        return labels.index(label)
+    folded = [lab.lower() for lab in labels]
+    if label.lower() in folded:
+        return folded.index(label.lower())
+    raise ConfigError(f"label '{label}' is not a finding of this model; its labels are: {', '.join(labels)}")

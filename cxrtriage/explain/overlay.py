@@ -1,0 +1,200 @@
+"""Overlay PNGs a clinician can read: the radiograph, the same with the heat map, a colour bar and the facts.
+
+Layout (RGB, at the ORIGINAL image geometry, downscaled only for the PNG when the long side is
+above ``max_side``, keeping the aspect ratio): a text band (finding, calibrated score, threshold
+and operating point, model name + version, method, notes) above two panels — the plain
+radiograph in grey (display window = percentiles of its pixels) and the same radiograph with the
+heat map (turbo colour map) blended where the map is above ``floor`` — then a 0..1 colour bar and
+the line "Decision support only - not a diagnosis". The raw map is saved beside it as ``.npy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from cxrtriage.errors import OutputError
+from cxrtriage.explain.base import Heatmap
+from cxrtriage.explain.registry import METHODS
+from cxrtriage.model.manifest import ModelManifest
+from cxrtriage.types import FloatArray, Image2D
+
+DISCLAIMER = "Decision support only - not a diagnosis"
+OPERATING_POINTS = {"balanced": "balanced (Youden) operating point", "rule_out": "rule-out (high-sensitivity) operating point"}
+UInt8Image = NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayText:
+    """The facts printed on an overlay."""
+
+    finding: str
+    score: float | None
+    threshold: float | None
+    operating_point: str
+    model: str
+    method: str
+    notes: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        score = "n/a" if self.score is None else f"{self.score:.3f}"
+        if self.threshold is None:
+            thr = "threshold: none in the model manifest"
+        else:
+            above = self.score is not None and self.score >= self.threshold
+            thr = f"threshold {self.threshold:.3f} at the {self.operating_point} -> {'FLAGGED' if above else 'not flagged'}"
+        out = [
+            f"Finding: {self.finding}    calibrated score {score}    {thr}",
+            f"Model: {self.model}    Method: {self.method}",
+        ]
+        out += [f"Note: {n}" for n in self.notes]
+        return out
+
+
+def overlay_text(manifest: ModelManifest, heatmap: Heatmap, *, operating_point: str = "balanced") -> OverlayText:
+    """Overlay facts from the model manifest (thresholds, name, version) and the heat map."""
+    if operating_point not in OPERATING_POINTS:
+        raise ValueError(f"operating point must be one of {sorted(OPERATING_POINTS)}, got {operating_point!r}")
+    t = manifest.thresholds.get(heatmap.label)
+    method = METHODS[heatmap.method].title if heatmap.method in METHODS else heatmap.method
+    return OverlayText(
+        finding=heatmap.label,
+        score=heatmap.score,
+        threshold=None if t is None else getattr(t, operating_point).threshold,
+        operating_point=OPERATING_POINTS[operating_point],
+        model=f"{manifest.name} {manifest.version} (sha256 {manifest.short_sha})",
+        method=method,
+        notes=heatmap.notes,
+    )
+
+
+def display_grey(pixels: FloatArray, percentiles: tuple[float, float] = (0.5, 99.5)) -> FloatArray:
+    """Radiograph pixels (MONOCHROME2 sense) windowed to [0, 1] between two percentiles."""
+    lo, hi = (float(v) for v in np.percentile(pixels, percentiles))
+    if hi <= lo:
+        return np.full(pixels.shape, 0.5, np.float32)
+    return np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def colorize(values: FloatArray) -> UInt8Image:
+    """Turbo colour map of a [0, 1] map → RGB uint8."""
+    u8 = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+
+
+def blend(grey: FloatArray, values: FloatArray, *, floor: float = 0.2, alpha: float = 0.5) -> UInt8Image:
+    """Grey radiograph with the coloured map blended in where the map exceeds ``floor``.
+
+    The opacity ramps from 0 at ``floor`` to ``alpha`` at ``floor + 0.1`` so the edge of the
+    coloured region is not a hard line; below ``floor`` the radiograph is untouched.
+    """
+    base = np.repeat((grey * 255.0)[:, :, None], 3, axis=2)
+    a = alpha * np.clip((values - floor) / 0.1, 0.0, 1.0)[:, :, None]
+    out = (1.0 - a) * base + a * colorize(values).astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _font(px: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow built without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _colour_bar(height: int, width: int, font_px: int) -> UInt8Image:
+    from PIL import Image, ImageDraw
+
+    bar_w = max(12, width // 4)
+    pad = font_px
+    ramp = np.linspace(1.0, 0.0, height - 2 * pad, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    canvas.paste(Image.fromarray(colorize(ramp)), (4, pad))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_px)
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = pad + round((1.0 - t) * (height - 2 * pad - 1))
+        draw.line([(4 + bar_w, y), (4 + bar_w + 6, y)], fill=(255, 255, 255), width=2)
+        draw.text((4 + bar_w + 9, y - font_px // 2), f"{t:g}", font=font, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+def render_overlay(
+    image: Image2D,
+    heatmap: Heatmap,
+    text: OverlayText,
+    *,
+    max_side: int = 1024,
+    floor: float = 0.2,
+    alpha: float = 0.5,
+) -> UInt8Image:
+    """The overlay as an RGB uint8 array (see the module docstring for the layout)."""
+    from PIL import Image, ImageDraw
+
+    if heatmap.empty or heatmap.original is None:
+        raise OutputError(f"{image.source.path}: no map for '{heatmap.label}' ({heatmap.reason}); nothing to draw")
+    if heatmap.original.shape != image.shape:
+        raise OutputError(f"{image.source.path}: map shape {heatmap.original.shape} differs from the image {image.shape}")
+    h, w = image.shape
+    scale = min(1.0, max_side / max(h, w))
+    dh, dw = max(1, round(h * scale)), max(1, round(w * scale))
+    grey = display_grey(image.pixels)
+    values = heatmap.original
+    if (dh, dw) != (h, w):
+        grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA)
+        values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+    left = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    right = blend(grey, values, floor=floor, alpha=alpha)
+    font_px = max(14, min(28, round(max(dh, 2 * dw) / 55)))
+    gap = max(4, font_px // 2)
+    bar = _colour_bar(dh, 5 * font_px, font_px)
+    lines = text.lines()
+    band_h = (len(lines) + 1) * round(font_px * 1.35) + gap
+    foot_h = round(font_px * 1.8)
+    total_w = dw * 2 + gap * 2 + bar.shape[1]
+    canvas = Image.new("RGB", (total_w, band_h + dh + foot_h), (0, 0, 0))
+    canvas.paste(Image.fromarray(left), (0, band_h))
+    canvas.paste(Image.fromarray(right), (dw + gap, band_h))
+    canvas.paste(Image.fromarray(bar), (2 * dw + 2 * gap, band_h))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_px)
+    y = gap // 2
+    for i, line in enumerate(lines):
+        draw.text((gap, y), line, font=font, fill=(255, 255, 255) if i == 0 else (210, 210, 210))
+        y += round(font_px * 1.35)
+    draw.text((gap, y), f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
+              f"shown where > {floor:g}.", font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
+    draw.text((gap, band_h + dh + (foot_h - font_px) // 2), DISCLAIMER, font=font, fill=(255, 215, 0))
+    return np.asarray(canvas)
+
+
+def save_heatmap(
+    png_path: Path,
+    image: Image2D,
+    heatmap: Heatmap,
+    text: OverlayText,
+    *,
+    max_side: int = 1024,
+    floor: float = 0.2,
+) -> tuple[Path, Path]:
+    """Write the overlay PNG and, beside it (same stem, ``.npy``), the map at the original geometry.
+
+    The ``.npy`` holds ``heatmap.original``: float32 [H, W] in [0, 1], exactly what is drawn.
+    """
+    rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
+    png_path = Path(png_path)
+    npy_path = png_path.with_suffix(".npy")
+    try:
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(png_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{png_path}: OpenCV could not write the PNG; check the folder and its permissions")
+        assert heatmap.original is not None
+        np.save(npy_path, heatmap.original.astype(np.float32))
+    except OSError as exc:
+        raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
+    return png_path, npy_path

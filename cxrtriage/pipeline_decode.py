@@ -58,39 +58,41 @@ class Decoded:
     seconds: float = 0.0
 
 
-def _meta_from_image(image: Image2D) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "input_kind": image.source.kind.value,
-        "rows": image.shape[0],
-        "columns": image.shape[1],
-        "pixel_spacing_mm": list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None,
+def probe_meta(probe: Any) -> dict[str, Any]:
+    """Results-table facts from a ``cxrtriage.io.Probe`` (header only, no pixels)."""
+    from cxrtriage.io import study_key
+
+    d = probe.dicom
+    return {
+        "input_kind": probe.kind.value,
+        "study_key": study_key(probe),
+        "study_instance_uid": (d.study_instance_uid or None) if d else None,
+        "series_instance_uid": (d.series_instance_uid or None) if d else None,
+        "sop_instance_uid": (d.sop_instance_uid or None) if d else None,
+        "view": (d.view_position or None) if d else None,
+        "rows": probe.rows,
+        "columns": probe.columns,
+        "pixel_spacing_mm": None,
     }
-    if image.dicom is not None:
-        d = image.dicom
-        meta.update(
-            study_instance_uid=d.study_instance_uid or None,
-            series_instance_uid=d.series_instance_uid or None,
-            sop_instance_uid=d.sop_instance_uid or None,
-        )
-    return meta
 
 
 def examine(task: DecodeTask) -> Decoded:
     """Probe, select, read and preprocess one file; never raises for a problem of the file."""
-    from cxrtriage import io
+    from cxrtriage.io import assess
 
     t0 = time.perf_counter()
     meta: dict[str, Any] = {}
     try:
-        info = io.probe(task.path)
-        meta.update(io.probe_meta(info))
-        decision = io.select(info, task.rules)
-        if not decision.included:
-            return Decoded(task.index, task.path, EXCLUDED, decision.reason, meta, seconds=time.perf_counter() - t0)
-        image = io.read_image(task.path)
-        meta.update({k: v for k, v in _meta_from_image(image).items() if v is not None or k not in meta})
+        a = assess(task.path, task.rules) if task.rules is not None else assess(task.path)
+        meta = probe_meta(a.probe)
+        if a.selection.status != "scored" or a.image is None:
+            status = EXCLUDED if a.selection.status == "excluded" else FAILED
+            return Decoded(task.index, task.path, status, a.selection.reason, meta, seconds=time.perf_counter() - t0)
+        image = a.image
+        meta.update(rows=image.shape[0], columns=image.shape[1],
+                    pixel_spacing_mm=list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None)
         mi = to_model_input(image, task.recipe)
-        reason = "; ".join(image.notes)
+        reason = "; ".join([a.selection.reason, *image.notes])
         return Decoded(task.index, task.path, OK, reason, meta, mi, image if task.keep_image else None,
                        time.perf_counter() - t0)
     except CxrTriageError as exc:
@@ -116,6 +118,10 @@ def _crashed(task: DecodeTask) -> Decoded:
                    f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)")
 
 
+class WorkerStartError(CxrTriageError):
+    """The decode worker processes die before examining any file (environment problem, not a file problem)."""
+
+
 def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> Iterator[Decoded]:
     """Examine ``tasks`` with ``workers`` processes (0 = in this process), yielding results in input order."""
     if workers <= 0:
@@ -127,6 +133,7 @@ def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> 
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
     window = max(window, workers)
+    worked = False  # has any worker ever returned a result? (if not, a crash is not a file's fault)
 
     def fill() -> None:
         while len(pending) < window:
@@ -134,6 +141,15 @@ def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> 
             if task is None:
                 return
             pending.append((task, pool.submit(examine, task)))
+
+    def restart() -> ProcessPoolExecutor:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not worked:
+            raise WorkerStartError(
+                "the decode worker processes exited before reading any file (see the messages above); "
+                "run with --workers 0 to decode in the main process"
+            )
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
     try:
         fill()
@@ -145,18 +161,17 @@ def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> 
                 # Some file in flight killed a worker: re-run each in-flight file alone in a fresh pool.
                 retry = [t for t, _ in pending]
                 pending.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                pool = restart()
                 for t in retry:
                     try:
                         yield pool.submit(examine, t).result()
                     except BrokenProcessPool:
                         log.warning("%s: decoder crashed its worker process; marked failed", t.path)
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                        pool = restart()
                         yield _crashed(t)
                 fill()
                 continue
+            worked = True
             pending.popleft()
             fill()
             yield result

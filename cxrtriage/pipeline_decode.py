@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -119,37 +120,58 @@ def _crashed(task: DecodeTask) -> Decoded:
 
 
 class WorkerStartError(CxrTriageError):
-    """The decode worker processes die before examining any file (environment problem, not a file problem)."""
+    """The decode worker processes cannot run at all (environment problem, not a file problem)."""
 
 
-def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> Iterator[Decoded]:
-    """Examine ``tasks`` with ``workers`` processes (0 = in this process), yielding results in input order."""
+def _ping() -> int:
+    return os.getpid()
+
+
+def _start_pool(workers: int, ctx: Any) -> ProcessPoolExecutor:
+    """A pool whose workers are known to start: a crash after this is a file's fault, not the environment's."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        pool.submit(_ping).result()
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise WorkerStartError(
+            "the decode worker processes exit as soon as they start (see the messages above); "
+            "run with --workers 0 to decode in the main process"
+        ) from exc
+    return pool
+
+
+def decode_stream(
+    tasks: Iterable[DecodeTask],
+    *,
+    workers: int,
+    window: int,
+    fn: Callable[[DecodeTask], Decoded] = examine,
+) -> Iterator[Decoded]:
+    """Examine ``tasks`` with ``workers`` processes (0 = in this process), yielding results in input order.
+
+    ``fn`` (a module-level function, so that workers can import it) does the per-file work.
+    """
     if workers <= 0:
         for t in tasks:
-            yield examine(t)
+            yield fn(t)
         return
     ctx = _context()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = _start_pool(workers, ctx)
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
     window = max(window, workers)
-    worked = False  # has any worker ever returned a result? (if not, a crash is not a file's fault)
 
     def fill() -> None:
         while len(pending) < window:
             task = next(source, None)
             if task is None:
                 return
-            pending.append((task, pool.submit(examine, task)))
+            pending.append((task, pool.submit(fn, task)))
 
     def restart() -> ProcessPoolExecutor:
         pool.shutdown(wait=False, cancel_futures=True)
-        if not worked:
-            raise WorkerStartError(
-                "the decode worker processes exited before reading any file (see the messages above); "
-                "run with --workers 0 to decode in the main process"
-            )
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return _start_pool(workers, ctx)
 
     try:
         fill()
@@ -164,14 +186,13 @@ def decode_stream(tasks: Iterable[DecodeTask], *, workers: int, window: int) -> 
                 pool = restart()
                 for t in retry:
                     try:
-                        yield pool.submit(examine, t).result()
+                        yield pool.submit(fn, t).result()
                     except BrokenProcessPool:
                         log.warning("%s: decoder crashed its worker process; marked failed", t.path)
                         pool = restart()
                         yield _crashed(t)
                 fill()
                 continue
-            worked = True
             pending.popleft()
             fill()
             yield result

@@ -76,22 +76,35 @@ def predict_cmd(
 
 @contextmanager
 def progress_display(err_console: Console, description: str) -> Iterator[Callable[[ProgressUpdate], None]]:
-    """A rich progress display fed by the pipeline's ProgressUpdate callbacks (total unknown while streaming)."""
+    """A rich progress display fed by the pipeline's ProgressUpdate callbacks (total unknown while streaming).
+
+    It appears with the first finished file, so that an error before any file (model, output folder)
+    prints as one line.
+    """
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(
+    prog = Progress(
         SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} files"),
         TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err_console, transient=False,
-    ) as prog:
-        task = prog.add_task(description, total=None, counts="")
+    )
+    task = prog.add_task(description, total=None, counts="")
+    started = False
 
-        def update(u: ProgressUpdate) -> None:
-            rate = u.scored / max(u.elapsed, 1e-9)
-            prog.update(task, completed=u.done,
-                        counts=f"scored {u.scored} · excluded {u.excluded} · failed {u.failed} · {rate:.1f} img/s")
+    def update(u: ProgressUpdate) -> None:
+        nonlocal started
+        if not started:
+            prog.start()
+            started = True
+        rate = u.scored / max(u.elapsed, 1e-9)
+        prog.update(task, completed=u.done,
+                    counts=f"scored {u.scored} · excluded {u.excluded} · failed {u.failed} · {rate:.1f} img/s")
 
+    try:
         yield update
         prog.update(task, total=prog.tasks[0].completed)
+    finally:
+        if started:
+            prog.stop()
 
 
 def summary_table(s: PredictSummary | SegmentSummary, title: str) -> Table:

@@ -142,7 +142,8 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
     head.add_row("outputs", ", ".join(f"{k} → {v}" for k, v in m.outputs.items()))
     if m.head is not None:
         head.add_row("CAM head", f"{m.head.pooling}, weight {m.head.weight}" + (f", bias {m.head.bias}" if m.head.bias else ""))
-    head.add_row("model card", str(m.model_card) if m.model_card else "-")
+    card = "-" if m.model_card is None else str(m.model_card) + ("" if m.model_card.is_file() else " [red](missing)[/]")
+    head.add_row("model card", card)
     parts: list[RenderableType] = [Panel(head, title=f"Model {m.name}", title_align="left")]
 
     labels = Table(title="Labels, operating points and calibration", title_justify="left")

@@ -107,14 +107,17 @@ def _font(px: int):  # type: ignore[no-untyped-def]
         return ImageFont.load_default()
 
 
-def _colour_bar(height: int, width: int, font_px: int) -> UInt8Image:
+def _colour_bar(height: int, width: int, font_px: int, floor: float) -> UInt8Image:
+    """Vertical 0..1 colour bar with ticks; the part below ``floor`` (not drawn on the map) is dimmed."""
     from PIL import Image, ImageDraw
 
     bar_w = max(12, width // 4)
     pad = font_px
     ramp = np.linspace(1.0, 0.0, height - 2 * pad, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    rgb = colorize(ramp).astype(np.float32)
+    rgb[ramp < floor] *= 0.3
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    canvas.paste(Image.fromarray(colorize(ramp)), (4, pad))
+    canvas.paste(Image.fromarray(rgb.astype(np.uint8)), (4, pad))
     draw = ImageDraw.Draw(canvas)
     font = _font(font_px)
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -152,7 +155,7 @@ def render_overlay(
     right = blend(grey, values, floor=floor, alpha=alpha)
     font_px = max(14, min(28, round(max(dh, 2 * dw) / 55)))
     gap = max(4, font_px // 2)
-    bar = _colour_bar(dh, 5 * font_px, font_px)
+    bar = _colour_bar(dh, 5 * font_px, font_px, floor)
     lines = text.lines()
     band_h = (len(lines) + 1) * round(font_px * 1.35) + gap
     foot_h = round(font_px * 1.8)
@@ -168,7 +171,7 @@ def render_overlay(
         draw.text((gap, y), line, font=font, fill=(255, 255, 255) if i == 0 else (210, 210, 210))
         y += round(font_px * 1.35)
     draw.text((gap, y), f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
-              f"shown where > {floor:g}.", font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
+              f"drawn where > {floor:g} (dimmed part of the bar).", font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
     draw.text((gap, band_h + dh + (foot_h - font_px) // 2), DISCLAIMER, font=font, fill=(255, 215, 0))
     return np.asarray(canvas)
 

@@ -182,7 +182,7 @@ def _probe_sitk(p: Path, fmt: str, size: int) -> Probe:
     from cxrtriage.io.sitk import read_sitk_header
 
     try:
-        header = read_sitk_header(p)
+        header = read_sitk_header(p, fmt)
     except InputError as exc:
         return Probe(p, InputKind.SITK, fmt, file_size=size, error=_strip_path(str(exc), p))
     bits = {"8": 8, "16": 16, "32": 32, "64": 64}.get(header.pixel_type.replace("vector of ", "").split("-")[0])

@@ -38,7 +38,7 @@ def read_image(path: str | Path) -> Image2D:
     if sniffed.kind is InputKind.SITK:
         from cxrtriage.io.sitk import read_sitk
 
-        return read_sitk(p)
+        return read_sitk(p, sniffed.fmt)
     hint = f" ({sniffed.hint})" if sniffed.hint else ""
     raise InputError(f"{p}: not a recognised image file{hint}; expected DICOM, PNG, JPEG, TIFF, NIfTI, MHA or NRRD "
                      "content (the file name does not matter)")

@@ -20,7 +20,7 @@ LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LAT DECU
 # Non-image SOP class families (PS3.4 B.5): (UID prefix, what it is).
 _NON_IMAGE_SOP_PREFIXES = (
     ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),
-    ("1.2.840.10008.5.1.4.1.1.66", "segmentation / raw data / registration / fiducials"),
+    ("1.2.840.10008.5.1.4.1.1.66", "segmentation, registration or raw data"),
     ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
     ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document (PDF/CDA/STL)"),
     ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
@@ -147,7 +147,7 @@ def _select_dicom(probe: Probe, rules: SelectionRules) -> Selection:
     sop = info.sop_class_uid
     for prefix, what in _NON_IMAGE_SOP_PREFIXES:
         if sop.startswith(prefix):
-            return Selection("excluded", f"non-image object: {what} ({_sop_name(sop)})")
+            return Selection("excluded", f"non-image object: {_sop_name(sop, what)}")
     if not probe.has_pixel_data:
         return Selection("excluded", f"no pixel data ({_sop_name(sop) if sop else 'no SOP Class UID'})")
     if not info.rows or not info.columns:
@@ -219,8 +219,11 @@ def _accepted(values: tuple[str, ...]) -> str:
     return ", ".join(shown) + (" or absent" if "" in values else "")
 
 
-def _sop_name(sop: str) -> str:
+def _sop_name(sop: str, family: str = "") -> str:
+    """'Basic Text SR Storage (1.2...)'; the family name when pydicom does not know the UID."""
     from pydicom.uid import UID
 
     name = UID(sop).name if sop else ""
-    return f"{name}, {sop}" if name and name != sop else sop or "unknown SOP class"
+    if name and name != sop:
+        return f"{name} ({sop})"
+    return f"{family} ({sop})" if family else (sop or "unknown SOP class")

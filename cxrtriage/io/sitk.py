@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,16 +47,58 @@ class SitkHeader:
         return int(np.prod(self.size[2:])) if len(self.size) > 2 else 1
 
 
-def read_sitk_header(path: str | Path) -> SitkHeader:
-    """Size, spacing and pixel type from the header. Raises InputError when SimpleITK cannot read it."""
+_IMAGE_IO = {"nifti": "NiftiImageIO", "metaimage": "MetaImageIO", "nrrd": "NrrdImageIO"}
+
+
+@contextmanager
+def _readable_by_itk(path: Path, fmt: str) -> Iterator[str]:
+    """A path ITK will open as ``fmt``: ITK's NIfTI reader insists on a .nii/.nii.gz name, so a file recognised
+    by content under another name is reached through a temporary, correctly named link."""
+    name = path.name.lower()
+    if fmt != "nifti" or name.endswith((".nii", ".nii.gz")):
+        yield str(path)
+        return
+    with path.open("rb") as fh:
+        suffix = ".nii.gz" if fh.read(2) == b"\x1f\x8b" else ".nii"
+    with tempfile.TemporaryDirectory(prefix="cxrtriage-") as tmp:
+        link = Path(tmp) / f"image{suffix}"
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError:
+            shutil.copyfile(path, link)
+        yield str(link)
+
+
+def _reader(path: str, fmt: str) -> Any:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(f"{path}: SimpleITK cannot read this image header ({_itk_message(exc)})") from exc
+    if fmt in _IMAGE_IO:
+        reader.SetImageIO(_IMAGE_IO[fmt])
+    reader.SetFileName(path)
+    return reader
+
+
+def _fmt(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt
+    from cxrtriage.io.sniff import sniff
+
+    return sniff(path).fmt
+
+
+def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
+    """Size, spacing and pixel type from the header. Raises InputError when SimpleITK cannot read it."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    fmt = _fmt(p, fmt)
+    with _readable_by_itk(p, fmt) as itk_path:
+        reader = _reader(itk_path, fmt)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(f"{path}: SimpleITK cannot read this image header ({_itk_message(exc)})") from exc
     size = tuple(int(s) for s in reader.GetSize())
     direction = np.asarray(reader.GetDirection(), dtype=float)
     dim = len(size)
@@ -61,22 +109,25 @@ def read_sitk_header(path: str | Path) -> SitkHeader:
                       direction_is_identity=bool(identity))
 
 
-def read_sitk(path: str | Path) -> Image2D:
+def read_sitk(path: str | Path, fmt: str | None = None) -> Image2D:
     """Read a 2-D image (or a 3-D image with one slice); a true volume or a colour image is an InputError."""
     import SimpleITK as sitk
 
     p = Path(path)
-    header = read_sitk_header(p)
+    fmt = _fmt(p, fmt)
+    header = read_sitk_header(p, fmt)
     if header.slices > 1:
         raise InputError(f"{p}: a {'x'.join(map(str, header.size))} volume ({header.slices} slices), not a 2-D "
                          "radiograph; export the single projection image instead")
     if header.components != 1:
         raise InputError(f"{p}: {header.components} components per pixel (colour/vector image); expected greyscale")
     check_size(p, header.rows, header.columns, bytes_per_sample=_BYTES.get(_scalar(header.pixel_type), 8))
-    try:
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise InputError(f"{p}: SimpleITK cannot read the pixel data ({_itk_message(exc)})") from exc
+    with _readable_by_itk(p, fmt) as itk_path:
+        reader = _reader(itk_path, fmt)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"{p}: SimpleITK cannot read the pixel data ({_itk_message(exc)})") from exc
     arr = sitk.GetArrayFromImage(image)  # [z,] y, x
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
     notes = [f"read with SimpleITK ({header.pixel_type})"]

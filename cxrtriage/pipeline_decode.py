@@ -128,7 +128,11 @@ def _ping() -> int:
 
 
 def _start_pool(workers: int, ctx: Any) -> ProcessPoolExecutor:
-    """A pool whose workers are known to start: a crash after this is a file's fault, not the environment's."""
+    """A pool whose workers are known to start: a crash after this is a file's fault, not the environment's.
+
+    Used after a crash; the first pool of a run starts without this check so that starting the
+    workers overlaps with the first files (a first pool that breaks is replaced by a checked one).
+    """
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
         pool.submit(_ping).result()
@@ -157,7 +161,7 @@ def decode_stream(
             yield fn(t)
         return
     ctx = _context()
-    pool = _start_pool(workers, ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
     window = max(window, workers)

@@ -1,0 +1,228 @@
+"""What every DICOM result shares: source study modules, stable UIDs, IHE AIR contributing equipment, codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from cxrtriage import __version__
+from cxrtriage.errors import InputError
+
+MANUFACTURER = "cxrtriage"
+PRIVATE_SCHEME = "99CXRTRIAGE"
+IHE_SCHEME = "99IHE"
+# IHE AI Results (AIR) Rev 1.1: Purpose of Reference for the algorithm in the Contributing Equipment Sequence.
+PURPOSE_PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", IHE_SCHEME, "Processing Algorithm")
+NOT_FOR_DIAGNOSIS = "decision support, not for diagnosis"
+
+# Series numbers of the result series (one series per object type, as each type has its own Modality).
+SERIES_NUMBERS = {"sr": 9901, "sc": 9902, "seg": 9903, "pdf": 9904}
+
+# Finding codes: terminology facts (not model facts). A manifest may override them with an
+# ``label_codes`` entry: {"label": {"value": ..., "scheme": ..., "meaning": ...}}.
+_SCT = "SCT"
+FINDING_CODES: dict[str, tuple[str, str, str]] = {
+    "pneumothorax": ("36118008", _SCT, "Pneumothorax"),
+    "effusion": ("60046008", _SCT, "Pleural effusion"),
+    "pleural_effusion": ("60046008", _SCT, "Pleural effusion"),
+    "cardiomegaly": ("287272002", _SCT, "Cardiomegaly"),
+    "edema": ("19242006", _SCT, "Pulmonary edema"),
+    "pulmonary_edema": ("19242006", _SCT, "Pulmonary edema"),
+    "fibrosis": ("112674009", _SCT, "Fibrosis"),
+    "nodule": ("27925004", _SCT, "Nodule"),
+    "mass": ("4147007", _SCT, "Mass"),
+    "infiltration": ("112121", "DCM", "Infiltrate"),
+    "infiltrate": ("112121", "DCM", "Infiltrate"),
+    "lung_opacity": ("112033", "DCM", "Abnormal opacity"),
+    "opacity": ("112033", "DCM", "Abnormal opacity"),
+    "pneumomediastinum": ("16838000", _SCT, "Pneumomediastinum"),
+    "abnormal": ("408574004", _SCT, "Imaging result abnormal"),
+    "atelectasis": ("46621007", _SCT, "Atelectasis"),
+    "pneumonia": ("233604007", _SCT, "Pneumonia"),
+    "consolidation": ("95436008", _SCT, "Lung consolidation"),
+    "emphysema": ("87433001", _SCT, "Pulmonary emphysema"),
+}
+# Lung segmentation labels → anatomy codes.
+ANATOMY_CODES: dict[str, tuple[str, str, str]] = {
+    "lung": ("39607008", _SCT, "Lung"),
+    "lungs": ("39607008", _SCT, "Lung"),
+    "right_lung": ("3341006", _SCT, "Right lung"),
+    "left_lung": ("44029006", _SCT, "Left lung"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmInfo:
+    """The algorithm that produced a result (the classifier, or the segmenter for SEG/areas)."""
+
+    name: str
+    version: str
+    sha256: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    label_codes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def versions(self) -> list[str]:
+        return [f"{self.name} {self.version}"[:64], f"cxrtriage {__version__}"]
+
+
+def _norm(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def finding_code(label: str, algo: AlgorithmInfo | None = None) -> hd.sr.CodedConcept:
+    """SCT/DCM code of a finding label, else a private ``99CXRTRIAGE`` code (value ≤ 16 chars)."""
+    if algo and label in algo.label_codes:
+        c = algo.label_codes[label]
+        return hd.sr.CodedConcept(str(c["value"]), str(c["scheme"]), str(c["meaning"]))
+    hit = FINDING_CODES.get(_norm(label))
+    if hit:
+        return hd.sr.CodedConcept(*hit)
+    return private_code(label)
+
+
+def anatomy_code(label: str) -> hd.sr.CodedConcept:
+    hit = ANATOMY_CODES.get(_norm(label))
+    return hd.sr.CodedConcept(*hit) if hit else private_code(label)
+
+
+def private_code(label: str) -> hd.sr.CodedConcept:
+    value = re.sub(r"[^A-Z0-9]+", "-", label.upper()).strip("-")
+    if len(value) > 16:  # SH: keep it unique with a short hash
+        value = value[:11] + "-" + _short(label)
+    return hd.sr.CodedConcept(value or "UNNAMED", PRIVATE_SCHEME, label[:64])
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:4].upper()
+
+
+def coding_schemes() -> list[hd.coding_schemes.CodingSchemeIdentificationItem]:
+    """Declare the private coding schemes used in the objects (PS3.3 C.12.1.1.8)."""
+    return [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=PRIVATE_SCHEME, name="cxrtriage private codes", responsible_organization="cxrtriage project"),
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=IHE_SCHEME, name="IHE Radiology codes", responsible_organization="IHE"),
+    ]
+
+
+def contributing_equipment(algo: AlgorithmInfo) -> Dataset:
+    """The IHE AIR Contributing Equipment item naming the algorithm, its version and cxrtriage.
+
+    Built with pydicom because highdicom only accepts the CID 7005 purposes, and IHE AIR uses
+    (Newcode1, 99IHE, "Processing Algorithm").
+    """
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    code = Dataset()
+    code.CodeValue = PURPOSE_PROCESSING_ALGORITHM.value
+    code.CodingSchemeDesignator = PURPOSE_PROCESSING_ALGORITHM.scheme_designator
+    code.CodeMeaning = PURPOSE_PROCESSING_ALGORITHM.meaning
+    item.PurposeOfReferenceCodeSequence = [code]
+    item.ManufacturerModelName = algo.name[:64]
+    item.SoftwareVersions = algo.versions
+    item.ContributionDateTime = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = f"AI result by {algo.name} {algo.version} ({NOT_FOR_DIAGNOSIS})"[:64]
+    return item
+
+
+def set_contributing_equipment(ds: Dataset, algo: AlgorithmInfo) -> None:
+    """Append the algorithm to the Contributing Equipment Sequence (kept items from the source stay)."""
+    items = list(ds.get("ContributingEquipmentSequence", []))
+    items.append(contributing_equipment(algo))
+    ds.ContributingEquipmentSequence = items
+
+
+def series_description(kind: str) -> str:
+    """SeriesDescription (LO, ≤ 64 chars) saying what the series is and that it is not for diagnosis."""
+    what = {"sr": "AI findings SR", "sc": "AI overlay SC", "seg": "AI lung SEG", "pdf": "AI report PDF"}[kind]
+    return f"{what} - {NOT_FOR_DIAGNOSIS}"[:64]
+
+
+def stable_uid(*parts: str) -> str:
+    """A UID derived from ``parts``: writing the same result twice gives the same UID (no PACS duplicates)."""
+    return generate_uid(entropy_srcs=["cxrtriage", __version__, *parts])
+
+
+def result_uids(kind: str, source: Dataset, algo: AlgorithmInfo) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) for a result of ``kind`` about ``source``.
+
+    The series depends on the study, the kind and the algorithm; the instance also on the source image
+    and the algorithm parameters (so new thresholds give a new instance, never a silent overwrite).
+    """
+    params = json.dumps(algo.parameters, sort_keys=True)
+    series = stable_uid("series", kind, str(source.StudyInstanceUID), algo.name, algo.version, algo.sha256)
+    instance = stable_uid("instance", kind, str(source.SOPInstanceUID), algo.name, algo.version, algo.sha256, params)
+    return series, instance
+
+
+def read_source(path: Path) -> Dataset:
+    """The source DICOM dataset (with pixels: SEG and SC need the geometry and the image)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise InputError(f"{path}: source DICOM cannot be read ({type(exc).__name__}: {exc})") from exc
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not str(ds.get(kw, "")):
+            raise InputError(f"{path}: source DICOM has no {kw}; DICOM results cannot reference it")
+    for kw in TYPE2_PATIENT_STUDY:  # absent Type 2 attributes are "known to be unknown": empty, in memory only
+        if kw not in ds:
+            setattr(ds, kw, "")
+    return ds
+
+
+# Patient, Clinical Trial Subject, General Study, Patient Study and Clinical Trial Study modules (PS3.3).
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID",
+    "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientComments",
+    "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
+    "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence", "QualityControlSubject",
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "ProcedureCodeSequence", "PhysiciansOfRecord",
+    "ReferencedStudySequence", "RequestingService", "ReasonForPerformedProcedureCodeSequence",
+    "AdmittingDiagnosesDescription", "PatientAge", "PatientSize", "PatientWeight", "Occupation",
+    "AdditionalPatientHistory", "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription",
+)
+
+
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the patient and study modules from the source so the result lands in the source study."""
+    if "SpecificCharacterSet" in source:
+        target.SpecificCharacterSet = source.SpecificCharacterSet
+    for kw in PATIENT_STUDY_KEYWORDS:
+        if kw in source:
+            target[kw] = source[kw]
+    for kw in TYPE2_PATIENT_STUDY:
+        if kw not in target:  # Type 2: present, possibly empty
+            setattr(target, kw, "")
+
+
+def content_date_time(ds: Dataset) -> None:
+    now = dt.datetime.now()
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate
+    ds.SeriesTime = ds.ContentTime
+
+
+def save(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

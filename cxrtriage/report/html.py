@@ -1,0 +1,38 @@
+"""Self-contained HTML reports (Jinja2): CSS inline, images as data URIs, nothing fetched at view time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from cxrtriage.report.view import StudyView
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+
+
+def _css() -> str:
+    return (TEMPLATES / "style.css").read_text(encoding="utf-8")
+
+
+def render_study_html(view: StudyView) -> str:
+    """One study's report as a single HTML document."""
+    return _env().get_template("study.html").render(v=view, css=_css())
+
+
+def render_index_html(**context: Any) -> str:
+    """The batch page (worklist, counts, failures, provenance); see ``batch.write_index`` for the context."""
+    return _env().get_template("index.html").render(css=_css(), **context)

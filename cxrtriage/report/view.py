@@ -1,0 +1,251 @@
+"""What a study report says, computed once and rendered by both the HTML and the PDF writers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cxrtriage import __version__
+from cxrtriage.report import imaging
+from cxrtriage.report.study import UNKNOWN, Finding, ImageResult, ResultsBundle, StudyReport
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = (
+    "Decision support only; not a diagnosis; a qualified clinician must review the images. "
+    "Scores are model outputs with known error rates at the stated operating points, not findings."
+)
+FIGURE_MAX_SIDE = 1024
+_KIND_TEXT = {
+    "rule_out": "rule-out (high sensitivity)",
+    "balanced": "balanced (Youden)",
+    "run": "set for this run",
+    UNKNOWN: "unknown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A picture for a report: JPEG (quality 90) bytes, small enough to inline, with its pixel size."""
+
+    caption: str
+    data: bytes
+    width: int
+    height: int
+    mime: str = "image/jpeg"
+
+    @property
+    def data_uri(self) -> str:
+        return imaging.data_uri(self.data, self.mime)
+
+
+@dataclass(frozen=True, slots=True)
+class FindingRow:
+    label: str
+    score: str
+    threshold: str
+    kind: str
+    status: str  # "above" / "below" / "not scored"
+    sensitivity: str
+    specificity: str
+
+    @property
+    def positive(self) -> bool:
+        return self.status == "above"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageView:
+    title: str
+    source: str
+    status: str
+    reason: str
+    priority: str
+    priority_reason: str
+    figures: tuple[Figure, ...]
+    findings: tuple[FindingRow, ...]
+    measurements: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyView:
+    title: str
+    slug: str
+    header: tuple[tuple[str, str], ...]
+    priority: str
+    priority_reason: str
+    images: tuple[ImageView, ...]
+    model: tuple[tuple[str, str], ...]
+    metrics: tuple[tuple[str, str], ...]
+    provenance: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+    disclaimer: str
+    generated_at: str
+    deidentified: bool
+
+
+def _pct(v: float | None) -> str:
+    return "not validated" if v is None else f"{100 * v:.1f} %"
+
+
+def finding_row(f: Finding) -> FindingRow:
+    pos = f.positive
+    return FindingRow(
+        label=f.label,
+        score="not scored" if f.score is None else f"{f.score:.3f}",
+        threshold=UNKNOWN if f.threshold is None else f"{f.threshold:.3f}",
+        kind=_KIND_TEXT.get(f.threshold_kind, f.threshold_kind),
+        status="not scored" if f.score is None else (UNKNOWN if pos is None else ("above" if pos else "below")),
+        sensitivity=_pct(f.sensitivity),
+        specificity=_pct(f.specificity),
+    )
+
+
+def flatten_metrics(metrics: Any, prefix: str = "", limit: int = 24) -> list[tuple[str, str]]:
+    """Numeric leaves of the manifest's ``metrics`` as ("a.b.c", "0.912") pairs, at most ``limit``."""
+    out: list[tuple[str, str]] = []
+
+    def walk(v: Any, key: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(sub, f"{key}.{k}" if key else str(k))
+        elif isinstance(v, bool):
+            return
+        elif isinstance(v, int | float):
+            out.append((key, f"{v:.3f}" if isinstance(v, float) else str(v)))
+        elif isinstance(v, str) and len(v) <= 80:
+            out.append((key, v))
+
+    walk(metrics, prefix)
+    return out
+
+
+def _primary_heatmap_first(img: ImageResult) -> list[Any]:
+    order = {f.label: (not bool(f.positive), -(f.score or 0.0)) for f in img.findings}
+    return sorted(img.heatmaps, key=lambda h: order.get(h.label, (True, 0.0)))
+
+
+def _figure(caption: str, rgb: imaging.U8) -> Figure:
+    return Figure(caption, imaging.jpeg_bytes(rgb), width=int(rgb.shape[1]), height=int(rgb.shape[0]))
+
+
+def image_figures(img: ImageResult, *, max_side: int = FIGURE_MAX_SIDE) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
+    """The source image (with the lung outline when a mask exists) and each overlay, plus problems met."""
+    problems: list[str] = []
+    try:
+        base = imaging.read_display_image(img.path)
+    except Exception as exc:
+        return (), (f"image not shown: {exc}",)
+    rgb = imaging.to_rgb(base)
+    caption = "Source image"
+    if img.mask_path is not None:
+        try:
+            rgb = imaging.draw_mask_outline(rgb, imaging.read_mask(img.mask_path, base.shape))
+            caption = "Source image with the lung segmentation outline"
+        except Exception as exc:
+            problems.append(f"lung mask not shown: {exc}")
+    figures = [_figure(caption, imaging.fit(rgb, max_side))]
+    for hm in _primary_heatmap_first(img):
+        try:
+            ov = imaging.read_overlay(hm.path, base)
+        except Exception as exc:
+            problems.append(f"overlay for {hm.label} not shown: {exc}")
+            continue
+        figures.append(_figure(f"Model attention heatmap for '{hm.label}' (where the model looked; not a lesion outline)",
+                               imaging.fit(ov, max_side)))
+    return tuple(figures), tuple(problems)
+
+
+def image_view(img: ImageResult, number: int, *, deidentified: bool) -> ImageView:
+    figures, problems = image_figures(img) if img.path.exists() else ((), ("source image file not found",))
+    meas: list[tuple[str, str]] = []
+    if img.lung_area_mm2 is not None:
+        meas.append(("Lung area", f"{img.lung_area_mm2:,.0f} mm² ({img.lung_area_mm2 / 100:,.1f} cm²)"))
+    elif img.lung_area_px is not None:
+        meas.append(("Lung area", f"{img.lung_area_px:,.0f} pixels (pixel spacing unknown: no physical area)"))
+    if img.mask_path is None and img.scored:
+        meas.append(("Lung segmentation", "not available for this image"))
+    view = img.view or "view unknown"
+    return ImageView(
+        title=f"Image {number} ({view})",
+        source=f"image {number}" if deidentified else str(img.path),
+        status=img.status,
+        reason=img.reason,
+        priority=img.priority,
+        priority_reason=img.priority_reason,
+        figures=figures,
+        findings=tuple(finding_row(f) for f in img.findings),
+        measurements=tuple(meas),
+        notes=img.notes + problems,
+    )
+
+
+def model_summary(bundle: ResultsBundle) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    m, run = bundle.manifest, bundle.run
+    rows_model = [r for r in bundle.images if r.row.get("model_name")]
+    name = m.name if m else (str(rows_model[0].row.get("model_name")) if rows_model else run.model_name)
+    version = m.version if m else (str(rows_model[0].row.get("model_version")) if rows_model else run.model_version)
+    sha = m.sha256 if m else (str(rows_model[0].row.get("model_sha256")) if rows_model else run.model_sha256)
+    fields = [
+        ("Model", name or UNKNOWN),
+        ("Version", version or UNKNOWN),
+        ("SHA-256", (sha[:12] + "…") if sha and sha != UNKNOWN else UNKNOWN),
+        ("Operating point", f"{_KIND_TEXT.get(bundle.operating_point, bundle.operating_point)} "
+                            f"({bundle.operating_point_source})"),
+        ("Intended use", (m.intended_use if m else "") or UNKNOWN),
+        ("Training data", (m.training_data if m else "") or UNKNOWN),
+        ("Model card", str(m.model_card) if m and m.model_card else UNKNOWN),
+    ]
+    metrics = tuple(flatten_metrics(m.metrics)) if m else ()
+    return tuple(fields), metrics
+
+
+def provenance(bundle: ResultsBundle) -> tuple[tuple[str, str], ...]:
+    run = bundle.run
+    thr = ", ".join(f"{k}={v:.3f}" for k, v in sorted(run.thresholds.items())) if run.thresholds else (
+        f"manifest '{bundle.operating_point}' thresholds" if bundle.manifest else UNKNOWN)
+    return (
+        ("cxrtriage version (predict)", run.tool_version),
+        ("cxrtriage version (report)", __version__),
+        ("Model", f"{run.model_name} {run.model_version}".strip()),
+        ("Model SHA-256", run.model_sha256),
+        ("Thresholds", thr),
+        ("Triage policy", run.policy),
+        ("Run started", run.started_at),
+        ("Run finished", run.finished_at),
+    )
+
+
+def study_view(study: StudyReport, bundle: ResultsBundle, *, deidentified: bool) -> StudyView:
+    h = study.header
+    header = (
+        ("Patient name", h.patient_name),
+        ("Patient ID", h.patient_id),
+        ("Birth date", h.birth_date),
+        ("Sex", h.sex),
+        ("Study date", h.study_date),
+        ("Accession number", h.accession),
+        ("Study description", h.description),
+        ("Study Instance UID", h.study_uid),
+    )
+    model, metrics = model_summary(bundle)
+    return StudyView(
+        title="Chest X-ray decision-support report",
+        slug=study.slug,
+        header=header,
+        priority=study.priority or UNKNOWN,
+        priority_reason=study.priority_reason or ("no priority recorded" if not study.priority else ""),
+        images=tuple(image_view(img, n, deidentified=deidentified) for n, img in enumerate(study.images, start=1)),
+        model=model,
+        metrics=metrics,
+        provenance=provenance(bundle),
+        notes=bundle.notes,
+        disclaimer=DISCLAIMER,
+        generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        deidentified=deidentified,
+    )

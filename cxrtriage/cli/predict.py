@@ -68,7 +68,7 @@ def predict_cmd(
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)
-        console.print(summary_table(summary, "predict summary"))
+        console.print(summary_table(summary, "predict summary", [summary.results_csv, summary.results_jsonl]))
         if summary.failed and config.fail_on_error:
             print_error(f"{summary.failed} of {summary.total} input(s) failed; see the 'reason' column of {summary.results_csv}")
             raise typer.Exit(FAILED_INPUTS_EXIT)
@@ -107,7 +107,7 @@ def progress_display(err_console: Console, description: str) -> Iterator[Callabl
             prog.stop()
 
 
-def summary_table(s: PredictSummary | SegmentSummary, title: str) -> Table:
+def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[Path]) -> Table:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_header=False)
@@ -120,8 +120,7 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str) -> Table:
     t.add_row("time", f"{s.seconds:.1f} s")
     t.add_row("throughput", f"{s.images_per_s:.1f} images/s")
     t.add_row("model", f"{s.model_name} {s.model_version} on {s.device}")
-    outputs = [s.results_csv, s.results_jsonl] if hasattr(s, "results_csv") else [s.segment_csv, s.masks_dir]
-    t.add_row("written", "\n".join(str(p) for p in dict.fromkeys(outputs)))
+    t.add_row("written", "\n".join(str(p) for p in written))
     return t
 
 

@@ -52,7 +52,7 @@ def segment_cmd(
         )
         with progress_display(err_console, "segmenting") as update:
             summary = run_segment(config, on_progress=update)
-        console.print(summary_table(summary, "segment summary"))
+        console.print(summary_table(summary, "segment summary", [summary.segment_csv, summary.masks_dir]))
         if summary.failed and config.fail_on_error:
             print_error(f"{summary.failed} of {summary.total} input(s) failed; see the 'reason' column of {summary.segment_csv}")
             raise typer.Exit(FAILED_INPUTS_EXIT)

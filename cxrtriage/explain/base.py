@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.preprocess import Geometry, to_original
@@ -50,8 +51,11 @@ class Heatmap:
     """One explanation map for one image and one finding.
 
     ``values``: float32 [S, S] in [0, 1] at the model-input resolution, or None ("no map").
-    ``original``: the same map on the ORIGINAL image grid [H, W] (inverse of the letterbox /
-    crop / resize of preprocessing; pixels the model never saw are 0), or None.
+    ``original`` (property, computed on first use and cached): the same map on the ORIGINAL image
+    grid [H, W] via ``preprocess.to_original`` (inverse of the letterbox / crop / resize; bilinear;
+    pixels the model never saw are 0), times ``gate`` when set; None when there is no map. It is
+    lazy because at full DICOM size it is large (3000 x 2500 float32 = 30 MB) and only overlays need it.
+    ``gate``: optional boolean mask on the original grid (lung-mask gating) applied to ``original``.
     ``raw``: the method's map on its own grid after the ReLU, before resizing and scaling (keeps
     the method's units, e.g. logit contributions per cell for Grad-CAM); None when not computed.
     ``reason``: why there is no map (empty when there is one). ``notes``: facts to show with the
@@ -61,19 +65,33 @@ class Heatmap:
     label: str
     method: str
     values: FloatArray | None
-    original: FloatArray | None
     geometry: Geometry
     raw: FloatArray | None = None
     score: float | None = None
     logit: float | None = None
     reason: str = ""
     notes: tuple[str, ...] = ()
+    gate: NDArray[np.bool_] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # init=False: dataclasses.replace() gives the new Heatmap a fresh (empty) cache
+    _cache: dict[str, FloatArray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def empty(self) -> bool:
         """True when there is no map to draw (see ``reason``)."""
         return self.values is None
+
+    @property
+    def original(self) -> FloatArray | None:
+        """The map on the original image grid, float32 [H, W] in [0, 1] (None when there is no map)."""
+        if self.values is None:
+            return None
+        if "original" not in self._cache:
+            m = np.clip(to_original(self.values, self.geometry, fill=0.0), 0.0, 1.0)
+            if self.gate is not None:
+                m = m * self.gate
+            self._cache["original"] = m.astype(np.float32, copy=False)
+        return self._cache["original"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,14 +217,12 @@ def make_heatmap(
 ) -> Heatmap:
     """Normalise a method's raw map and map it back onto the original image."""
     values, relu, reason = normalize(raw, geometry.size)
-    original = None if values is None else np.clip(to_original(values, geometry, fill=0.0), 0.0, 1.0)
     if not method.class_specific:
         notes = (*notes, "class-agnostic: the same map for every finding")
     return Heatmap(
         label=label,
         method=method.name,
         values=values,
-        original=original,
         geometry=geometry,
         raw=relu,
         score=score,

@@ -27,16 +27,21 @@ def dilated_mask(mask: LungMask, *, dilate_fraction: float = 0.03) -> tuple[np.n
 
 def gate_heatmap(heatmap: Heatmap, mask: LungMask, *, dilate_fraction: float = 0.03) -> Heatmap:
     """The heat map restricted to the dilated lung mask (see the module docstring)."""
-    if heatmap.empty or heatmap.values is None or heatmap.original is None:
+    if heatmap.empty or heatmap.values is None:
         return heatmap
     if mask.shape != heatmap.geometry.original_shape:
         raise ValueError(f"lung mask {mask.shape} and image {heatmap.geometry.original_shape} differ in shape")
     binary, radius = dilated_mask(mask, dilate_fraction=dilate_fraction)
     note = f"gated by the lung mask (dilated by {radius} px); evidence outside it is hidden"
-    original = (heatmap.original * binary).astype(np.float32)
-    small = from_original(binary.astype(np.float32), heatmap.geometry, nearest=True)
+    gate = binary if heatmap.gate is None else binary & heatmap.gate
+    small = from_original(gate.astype(np.float32), heatmap.geometry, nearest=True)
     values = (heatmap.values * (small > 0.5)).astype(np.float32)
+    original = heatmap.original
+    assert original is not None
+    original = (original * gate).astype(np.float32)
+    gated = dataclasses.replace(heatmap, values=values, gate=gate, notes=(*heatmap.notes, note))
+    gated._cache["original"] = original  # the full-resolution map times the full-resolution mask
     if float(original.max(initial=0.0)) <= 0.0:
-        return dataclasses.replace(heatmap, values=None, original=None, notes=(*heatmap.notes, note),
+        return dataclasses.replace(heatmap, values=None, gate=None, notes=(*heatmap.notes, note),
                                    reason="all of the map's evidence lies outside the (dilated) lung mask")
-    return dataclasses.replace(heatmap, values=values, original=original, notes=(*heatmap.notes, note))
+    return gated

@@ -139,15 +139,16 @@ def render_overlay(
     """The overlay as an RGB uint8 array (see the module docstring for the layout)."""
     from PIL import Image, ImageDraw
 
-    if heatmap.empty or heatmap.original is None:
+    original = heatmap.original
+    if original is None:
         raise OutputError(f"{image.source.path}: no map for '{heatmap.label}' ({heatmap.reason}); nothing to draw")
-    if heatmap.original.shape != image.shape:
-        raise OutputError(f"{image.source.path}: map shape {heatmap.original.shape} differs from the image {image.shape}")
+    if original.shape != image.shape:
+        raise OutputError(f"{image.source.path}: map shape {original.shape} differs from the image {image.shape}")
     h, w = image.shape
     scale = min(1.0, max_side / max(h, w))
     dh, dw = max(1, round(h * scale)), max(1, round(w * scale))
     grey = display_grey(image.pixels)
-    values = heatmap.original
+    values = original
     if (dh, dw) != (h, w):
         grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA)
         values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0)

@@ -75,7 +75,7 @@ def test_large_images_are_downscaled_for_the_png_only(tiny: Classifier, tmp_path
 def test_no_map_is_never_drawn(tiny: Classifier) -> None:
     img = _image(64, 64)
     hm = _first_map(tiny, img)
-    empty = Heatmap(label=hm.label, method=hm.method, values=None, original=None, geometry=hm.geometry,
+    empty = Heatmap(label=hm.label, method=hm.method, values=None, geometry=hm.geometry,
                     reason="no positive evidence")
     with pytest.raises(OutputError, match="no positive evidence"):
         render_overlay(img, empty, overlay_text(tiny.manifest, empty))

@@ -1,0 +1,229 @@
+"""Triage policy: loading and validation, and decide_priority's rules (normal, routine, urgent, critical, not_assessed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from factories import make_tiny_classifier
+
+from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.model.manifest import LabelThresholds, ModelManifest, OperatingPoint, load_manifest
+from cxrtriage.triage import (
+    LabelSiteCalibration,
+    Priority,
+    SiteCalibration,
+    ThresholdKind,
+    decide_priority,
+    load_policy,
+    triage_row,
+)
+from cxrtriage.triage.policy import format_pair, parse_policy
+
+LABELS = ("abnormal", "pneumothorax", "effusion", "nodule", "no_finding")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> ModelManifest:
+    """Tiny model whose labels cover a critical, an urgent, a routine, a summary and an ignored label.
+
+    Thresholds differ per label so that a wrong lookup cannot pass by accident.
+    """
+    folder = tmp_path_factory.mktemp("model")
+    man = load_manifest(make_tiny_classifier(folder, labels=LABELS))
+    thr = {
+        "abnormal": (0.30, 0.60),
+        "pneumothorax": (0.10, 0.41),
+        "effusion": (0.20, 0.50),
+        "nodule": (0.25, 0.70),
+        "no_finding": (0.20, 0.50),
+    }
+    return dataclasses.replace(man, thresholds={
+        lab: LabelThresholds(OperatingPoint(ro, 0.95), OperatingPoint(ba, 0.8)) for lab, (ro, ba) in thr.items()
+    })
+
+
+@pytest.fixture(scope="module")
+def policy():  # type: ignore[no-untyped-def]
+    return load_policy()
+
+
+def scores(**kw: float) -> dict[str, float]:
+    base = dict.fromkeys(LABELS, 0.01)
+    base.update(kw)
+    return base
+
+
+def test_normal_only_when_every_finding_is_below_rule_out(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    d = decide_priority(scores(), manifest=manifest, policy=policy)
+    assert d.priority is Priority.NORMAL
+    assert d.threshold_kind is ThresholdKind.RULE_OUT
+    assert "below their rule-out thresholds" in d.reason
+    # One routine finding just at its rule-out threshold (>= counts as above) is enough to lose "normal".
+    d = decide_priority(scores(nodule=0.25), manifest=manifest, policy=policy)
+    assert d.priority is Priority.ROUTINE
+    assert (d.deciding_label, d.threshold) == ("nodule", 0.25)
+    assert d.reason.startswith("nodule 0.25 >= 0.25 (rule_out)")
+    # Just below it is normal again.
+    assert decide_priority(scores(nodule=0.2499), manifest=manifest, policy=policy).priority is Priority.NORMAL
+
+
+def test_urgent_finding_between_rule_out_and_balanced_is_routine(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    d = decide_priority(scores(effusion=0.3), manifest=manifest, policy=policy)
+    assert d.priority is Priority.ROUTINE and d.deciding_label == "effusion"
+    d = decide_priority(scores(effusion=0.5), manifest=manifest, policy=policy)
+    assert d.priority is Priority.URGENT
+    assert d.reason == "effusion 0.50 >= 0.50 (balanced)"
+    assert (d.deciding_score, d.threshold, d.threshold_kind, d.threshold_source) == (0.5, 0.5, ThresholdKind.BALANCED, "model")
+
+
+def test_critical_beats_urgent_even_with_a_lower_score(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    d = decide_priority(scores(pneumothorax=0.83, effusion=0.99, nodule=0.99), manifest=manifest, policy=policy)
+    assert d.priority is Priority.CRITICAL
+    assert d.deciding_label == "pneumothorax"
+    assert d.reason == "pneumothorax 0.83 >= 0.41 (balanced)"
+
+
+def test_summary_label_counts_for_routine_but_never_urgent(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    d = decide_priority(scores(abnormal=0.99), manifest=manifest, policy=policy)
+    assert d.priority is Priority.ROUTINE and d.deciding_label == "abnormal"
+    assert decide_priority(scores(abnormal=0.29), manifest=manifest, policy=policy).priority is Priority.NORMAL
+
+
+def test_ignored_inverse_label_plays_no_part(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    assert decide_priority(scores(no_finding=0.99), manifest=manifest, policy=policy).priority is Priority.NORMAL
+    # ...and need not even be scored.
+    s = scores()
+    del s["no_finding"]
+    assert decide_priority(s, manifest=manifest, policy=policy).priority is Priority.NORMAL
+
+
+@pytest.mark.parametrize("bad", [math.nan, None, "", "x"])
+def test_missing_or_invalid_score_is_not_assessed(manifest: ModelManifest, policy, bad: object) -> None:  # type: ignore[no-untyped-def]
+    s: dict[str, object] = dict(scores(pneumothorax=0.99))
+    s["effusion"] = bad
+    d = decide_priority(s, manifest=manifest, policy=policy)  # type: ignore[arg-type]
+    assert d.priority is Priority.NOT_ASSESSED
+    assert "effusion" in d.reason
+
+
+def test_per_label_threshold_override(manifest: ModelManifest) -> None:
+    pol = parse_policy({
+        "schema_version": 1, "name": "sensitive-ptx",
+        "levels": {"critical": {"findings": ["Pneumothorax"], "threshold": "balanced"}},
+        "thresholds": {"pneumothorax": "rule_out"},
+    }, source="test")
+    d = decide_priority(scores(pneumothorax=0.2), manifest=manifest, policy=pol)
+    assert d.priority is Priority.CRITICAL
+    assert d.reason == "pneumothorax 0.20 >= 0.10 (rule_out)"
+
+
+def _site(manifest: ModelManifest, **overrides: object) -> SiteCalibration:
+    fields = {"model_name": manifest.name, "model_version": manifest.version, "model_sha256": manifest.sha256}
+    fields.update(overrides)  # type: ignore[arg-type]
+    return SiteCalibration(
+        method="platt", target_sensitivity=0.95,
+        labels={"pneumothorax": LabelSiteCalibration("pneumothorax", "platt", rule_out=0.3, balanced=0.9, a=1.0, b=0.0)},
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_site_thresholds_override_the_manifest(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    site = _site(manifest)
+    # 0.83 is critical with the model's 0.41 but only routine at the site's balanced 0.9 (rule-out 0.3).
+    d = decide_priority(scores(pneumothorax=0.83), manifest=manifest, policy=policy, site=site)
+    assert d.priority is Priority.ROUTINE
+    assert d.reason.startswith("pneumothorax 0.83 >= 0.30 (site rule_out)")
+    d = decide_priority(scores(pneumothorax=0.95), manifest=manifest, policy=policy, site=site)
+    assert (d.priority, d.threshold, d.threshold_source) == (Priority.CRITICAL, 0.9, "site")
+    assert d.reason == "pneumothorax 0.95 >= 0.90 (site balanced)"
+    # A label the site did not calibrate keeps the manifest threshold.
+    d = decide_priority(scores(effusion=0.5), manifest=manifest, policy=policy, site=site)
+    assert (d.priority, d.threshold_source) == (Priority.URGENT, "model")
+    # The site's rule-out 0.3 also governs "normal": 0.2 is below it (the model's 0.10 would not be).
+    assert decide_priority(scores(pneumothorax=0.2), manifest=manifest, policy=policy, site=site).priority is Priority.NORMAL
+
+
+@pytest.mark.parametrize("field", ["model_version", "model_sha256", "model_name"])
+def test_site_for_another_model_is_refused(manifest: ModelManifest, policy, field: str) -> None:  # type: ignore[no-untyped-def]
+    site = _site(manifest, **{field: "0" * 64 if field == "model_sha256" else "other"})
+    with pytest.raises(ConfigError, match="re-run `cxrtriage calibrate`"):
+        decide_priority(scores(), manifest=manifest, policy=policy, site=site)
+
+
+def test_label_without_thresholds_is_a_model_error(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    man = dataclasses.replace(manifest, thresholds={k: v for k, v in manifest.thresholds.items() if k != "nodule"})
+    with pytest.raises(ModelError, match="no thresholds for label 'nodule'"):
+        decide_priority(scores(), manifest=man, policy=policy)
+
+
+def test_triage_row_fills_priority_columns(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    row = {"path": "a.dcm", "status": "scored", "reason": ""} | {f"score_{k}": f"{v:.6g}" for k, v in scores().items()}
+    row["score_pneumothorax"] = "0.83"
+    out = triage_row(row, manifest=manifest, policy=policy)
+    assert out["priority"] == "critical"
+    assert out["priority_reason"] == "pneumothorax 0.83 >= 0.41 (balanced)"
+    assert (out["priority_finding"], out["priority_score"]) == ("pneumothorax", 0.83)
+    assert "priority" not in row  # the input row is not modified
+    excluded = triage_row({"path": "lat.dcm", "status": "excluded", "reason": "lateral view (ViewPosition LL)"},
+                          manifest=manifest, policy=policy)
+    assert excluded["priority"] == "not_assessed"
+    assert excluded["priority_reason"] == "excluded: lateral view (ViewPosition LL)"
+    failed = triage_row({"path": "x.dcm", "status": "failed", "reason": ""}, manifest=manifest, policy=policy)
+    assert (failed["priority"], failed["priority_reason"]) == ("not_assessed", "failed")
+
+
+def test_default_policy_is_packaged_and_documented(repo_root: Path) -> None:
+    pol = load_policy()
+    assert pol.name == "default"
+    assert [lv.priority for lv in pol.levels] == [Priority.CRITICAL, Priority.URGENT]
+    assert pol.levels[0].findings == ("pneumothorax",)
+    assert set(pol.levels[1].findings) == {"effusion", "consolidation", "pneumonia", "edema", "mass"}
+    assert pol.summary_labels == ("abnormal",)
+    doc = (repo_root / "docs" / "triage.md").read_text(encoding="utf-8")
+    for finding in (*pol.levels[0].findings, *pol.levels[1].findings, *pol.summary_labels):
+        assert finding in doc
+
+
+def test_labels_missing_from_the_model_warn_at_load(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cxrtriage.triage.policy"):
+        load_policy(labels=["Pneumothorax", "Effusion", "Pneumonia"])
+    assert "consolidation, edema, mass, abnormal" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxrtriage.triage.policy"):
+        load_policy(labels=["pneumothorax", "effusion", "consolidation", "pneumonia", "edema", "mass", "abnormal"])
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('schema_version = 2', "schema_version must be 1"),
+    ('schema_version = 1\ncolour = "red"', r"unknown key\(s\) \['colour'\]"),
+    ('schema_version = 1\n[levels.routine]\nfindings = ["nodule"]\nthreshold = "rule_out"', "cannot be configured"),
+    ('schema_version = 1\n[levels.urgent]\nfindings = ["effusion"]\nthreshold = "high"', "threshold must be one of"),
+    ('schema_version = 1\n[levels.urgent]\nfindings = ["effusion"]', "'threshold' is missing"),
+    ('schema_version = 1\n[levels.critical]\nfindings = ["effusion"]\nthreshold = "balanced"\n'
+     '[levels.urgent]\nfindings = ["Effusion"]\nthreshold = "balanced"', "already listed under"),
+    ('schema_version = 1\n[levels.urgent]\nfindings = ["abnormal"]\nthreshold = "balanced"\n[labels]\nsummary = ["abnormal"]',
+     "summary label"),
+    ('schema_version = 1\n[levels.urgent]\nfindings = "effusion"\nthreshold = "balanced"', "must be a list"),
+    ('schema_version = 1\nname = [', "not valid TOML"),
+])
+def test_invalid_policy_files_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "policy.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_policy(p)
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="policy file not found"):
+        load_policy(tmp_path / "nope.toml")
+
+
+def test_format_pair_never_prints_equal_numbers_for_different_values() -> None:
+    assert format_pair(0.4099, 0.41) == ("0.4099", "0.4100")
+    assert format_pair(0.83, 0.41) == ("0.83", "0.41")
+    assert format_pair(0.5, 0.5) == ("0.50", "0.50")

@@ -1,0 +1,101 @@
+"""Site files: TOML round trip, apply_site, and refusal of files made for another model or malformed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import make_tiny_classifier
+
+from cxrtriage.errors import ConfigError
+from cxrtriage.model.manifest import ModelManifest, load_manifest
+from cxrtriage.triage import LabelSiteCalibration, SiteCalibration, apply_site, dump_site, load_site, write_site
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> ModelManifest:
+    return load_manifest(make_tiny_classifier(tmp_path_factory.mktemp("m")))
+
+
+def make_site(manifest: ModelManifest) -> SiteCalibration:
+    return SiteCalibration(
+        model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256,
+        method="platt", target_sensitivity=0.95, created="2026-01-01T00:00:00+00:00",
+        source={"labels": "site labels.csv", "matched_scored": 120},
+        labels={
+            "pneumonia": LabelSiteCalibration(
+                "pneumonia", "platt", rule_out=0.123456789012345, balanced=0.5, a=1.7, b=-0.3, n=120, n_positive=40,
+                stats={"auroc": 0.81, "rule_out_sensitivity_ci95": [0.8, 0.99]}),
+            "effusion": LabelSiteCalibration(
+                "effusion", "isotonic", rule_out=0.1, balanced=0.4, x=tuple(np.linspace(0, 1, 20)),
+                y=tuple(np.linspace(0, 1, 20) ** 2), n=120, n_positive=30),
+        },
+    )
+
+
+def test_round_trip_is_exact(tmp_path: Path, manifest: ModelManifest) -> None:
+    site = make_site(manifest)
+    path = write_site(tmp_path / "site.toml", site)
+    back = load_site(path, manifest=manifest)
+    assert dataclasses.replace(back, path=None) == site
+    assert back.path == path.resolve()
+    assert "cxrtriage predict --site" in path.read_text()
+
+
+def test_apply_site_maps_only_calibrated_labels(manifest: ModelManifest) -> None:
+    site = make_site(manifest)
+    out = apply_site({"abnormal": 0.3, "pneumonia": 0.3, "effusion": 0.5, "extra": 0.9}, site)
+    assert out["abnormal"] == 0.3 and out["extra"] == 0.9
+    z = math.log(0.3 / 0.7)
+    assert out["pneumonia"] == pytest.approx(1 / (1 + math.exp(-(1.7 * z - 0.3))), abs=1e-12)
+    assert out["effusion"] == pytest.approx(0.25, abs=2e-3)  # interpolated on y = x^2
+    assert math.isnan(apply_site({"pneumonia": math.nan}, site)["pneumonia"])
+    assert apply_site({"pneumonia": 0.3}, None) == {"pneumonia": 0.3}
+
+
+def test_site_maps_are_monotone(manifest: ModelManifest) -> None:
+    p = np.linspace(0, 1, 501)
+    for cal in make_site(manifest).labels.values():
+        assert np.all(np.diff(cal.apply(p)) >= 0)
+
+
+@pytest.mark.parametrize("field", ["name", "version", "sha256"])
+def test_site_file_for_another_model_version_is_refused(tmp_path: Path, manifest: ModelManifest, field: str) -> None:
+    site = make_site(manifest)
+    other = {"name": {"model_name": "other-model"}, "version": {"model_version": "9.9.9"},
+             "sha256": {"model_sha256": "ab" * 32}}[field]
+    path = write_site(tmp_path / "site.toml", dataclasses.replace(site, **other))  # type: ignore[arg-type]
+    load_site(path)  # readable on its own...
+    with pytest.raises(ConfigError, match="was made for model .* but the model in use is"):
+        load_site(path, manifest=manifest)  # ...but not for this model
+
+
+def test_site_naming_unknown_label_is_refused(tmp_path: Path, manifest: ModelManifest) -> None:
+    site = make_site(manifest)
+    labels = dict(site.labels) | {"cardiomegaly": dataclasses.replace(site.labels["pneumonia"], label="cardiomegaly")}
+    path = write_site(tmp_path / "site.toml", dataclasses.replace(site, labels=labels))
+    with pytest.raises(ConfigError, match=r"\['cardiomegaly'\] are not labels of model"):
+        load_site(path, manifest=manifest)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda t: t.replace("schema_version = 1", "schema_version = 7"), "schema_version 7 is not supported"),
+    (lambda t: t.replace('"a" = 1.7', '"a" = -1.7'), "platt needs finite a > 0"),
+    (lambda t: t.replace('"rule_out" = 0.1\n', ""), "field 'rule_out' is missing"),
+    (lambda t: t.replace('"method" = "platt"', '"method" = "magic"'), "method must be one of"),
+    (lambda t: t + "\n[oops", "not valid TOML"),
+])
+def test_malformed_site_files(tmp_path: Path, manifest: ModelManifest, edit, match: str) -> None:  # type: ignore[no-untyped-def]
+    text = edit(dump_site(make_site(manifest)))
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_site(path)
+
+
+def test_missing_site_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="site file not found"):
+        load_site(tmp_path / "none.toml")

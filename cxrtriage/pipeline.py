@@ -303,15 +303,15 @@ def run_predict(
     missing = [str(p) for p in config.inputs if not Path(p).exists()]
     if missing:  # checked before anything is written (discover would raise the same later)
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    workers = auto_workers() if config.workers is None else config.workers
     if model is None:
         model = load_classifier(config.model, device=config.device, strict_device=config.strict_device,
-                                intra_op_threads=config.intra_op_threads)
+                                intra_op_threads=config.intra_op_threads, spinning=workers == 0)
     hooks = build_hooks(config, model) if hooks is None else list(hooks)
     rules = selection_rules(config.rules)
     ctx = RunContext(config=config, model=model, out_dir=Path(config.out_dir))
     extra_cols = [c for h in hooks for c in h.columns]
     writer = ResultsWriter(config.out_dir, result_columns(model.labels, extra_cols))
-    workers = auto_workers() if config.workers is None else config.workers
     keep_images = any(h.needs_images for h in hooks)
     window = in_flight_window(config.batch_size, workers, keep_images)
     recipe = model.manifest.preprocessing

@@ -145,13 +145,13 @@ def run_segment(
     missing = [str(p) for p in config.inputs if not Path(p).exists()]
     if missing:  # checked before anything is written (discover would raise the same later)
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    workers = auto_workers() if config.workers is None else config.workers
     if model is None:
         model = load_segmenter(config.model, device=config.device, strict_device=config.strict_device,
-                               intra_op_threads=config.intra_op_threads)
+                               intra_op_threads=config.intra_op_threads, spinning=workers == 0)
     rules = selection_rules(config.rules)
     out_dir = Path(config.out_dir)
     writer = ResultsWriter(out_dir, segment_columns(model.labels), csv_name=SEGMENT_CSV, jsonl_name=None)
-    workers = auto_workers() if config.workers is None else config.workers
     recipe = model.manifest.preprocessing
     tasks = (DecodeTask(i, p, recipe, rules) for i, p in enumerate(discover_paths(config.inputs)))
     counter = ProgressCounter(on_progress)

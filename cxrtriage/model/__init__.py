@@ -49,6 +49,7 @@ def load_model(
     device: str = "auto",
     strict_device: bool = False,
     intra_op_threads: int | None = None,
+    spinning: bool = True,
     task: Task | str | None = None,
     default: str | None = None,
 ) -> Classifier | Segmenter:
@@ -57,7 +58,8 @@ def load_model(
     ``None`` loads ``default`` (the default classifier unless given). The ONNX file's sha256 is
     always checked against the manifest and a modified file is refused (``ModelError``); so is a
     manifest whose input/output names are not in the graph. ``task`` refuses a model of another
-    task (e.g. a segmenter passed to ``predict``).
+    task (e.g. a segmenter passed to ``predict``). ``spinning=False`` keeps idle onnxruntime
+    threads from busy-waiting, for when decode processes share the CPU cores.
     """
     fallback = default or (DEFAULT_SEGMENTER if task is not None and Task(task) is Task.SEGMENTATION else DEFAULT_CLASSIFIER)
     manifest = resolve_manifest(name_or_path, default=fallback)
@@ -72,6 +74,7 @@ def load_model(
         device=device,
         strict_device=strict_device,
         intra_op_threads=intra_op_threads,
+        spinning=spinning,
         required_inputs=[manifest.input_name],
         required_outputs=list(manifest.outputs.values()),
         where=str(manifest.path),

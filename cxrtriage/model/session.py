@@ -122,7 +122,15 @@ def _info(arg: object) -> TensorInfo:
 class OrtSession:
     """A loaded ONNX graph on one device. ``run`` is thread-safe (as ``InferenceSession.run`` is)."""
 
-    def __init__(self, path: Path, *, device: Device, providers: list[str], intra_op_threads: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: Device,
+        providers: list[str],
+        intra_op_threads: int | None,
+        spinning: bool = True,
+    ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -131,6 +139,11 @@ class OrtSession:
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = 1
+        if not spinning:
+            # Idle ORT threads busy-wait by default; with decode processes sharing the cores that
+            # spinning steals the CPU the decoders need.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
@@ -141,6 +154,7 @@ class OrtSession:
         self.path = path
         self.device = device
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
         self.inputs = tuple(_info(i) for i in self._sess.get_inputs())
         self.outputs = tuple(_info(o) for o in self._sess.get_outputs())
 
@@ -184,13 +198,15 @@ def create_session(
     device: str | Device = Device.AUTO,
     strict_device: bool = False,
     intra_op_threads: int | None = None,
+    spinning: bool = True,
     required_inputs: Iterable[str] = (),
     required_outputs: Iterable[str] = (),
     where: str = "manifest",
 ) -> OrtSession:
     """Open ``path`` in onnxruntime with graph optimisation on, and check the I/O names.
 
-    ``intra_op_threads`` None lets onnxruntime use one thread per physical core.
+    ``intra_op_threads`` None lets onnxruntime use one thread per physical core. ``spinning=False``
+    stops idle onnxruntime threads from busy-waiting (use it when other processes share the cores).
     """
     p = Path(path)
     if intra_op_threads is not None and intra_op_threads < 1:
@@ -198,7 +214,7 @@ def create_session(
     if not p.is_file():
         raise ModelError(f"{p}: ONNX file not found")
     chosen, providers = resolve_providers(device, strict=strict_device)
-    sess = OrtSession(p, device=chosen, providers=providers, intra_op_threads=intra_op_threads)
+    sess = OrtSession(p, device=chosen, providers=providers, intra_op_threads=intra_op_threads, spinning=spinning)
     primary = providers[0]
     if primary not in sess.providers:  # ORT drops a provider whose libraries fail to load, with no error
         msg = f"{p}: onnxruntime could not start {primary} (missing driver or libraries?); running on {sess.providers}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,13 +23,10 @@ CSV_FIELDS = (
 )
 
 
-def _safe(name: str) -> str:
-    """A file-name-safe version of a stem or label."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
-
-
 def _unique_stem(path: Path, taken: set[str]) -> str:
-    stem = _safe(path.name.split(".")[0] if path.suffix.lower() == ".gz" else path.stem)
+    from cxrtriage.explain.overlay import safe_name
+
+    stem = safe_name(path.name.split(".")[0] if path.suffix.lower() == ".gz" else path.stem)
     candidate, k = stem, 2
     while candidate in taken:
         candidate, k = f"{stem}-{k}", k + 1
@@ -61,7 +57,7 @@ def _explain_file(
     from cxrtriage.explain.base import label_index
     from cxrtriage.explain.faithfulness import deletion_insertion
     from cxrtriage.explain.gating import gate_heatmap
-    from cxrtriage.explain.overlay import overlay_text, save_heatmap
+    from cxrtriage.explain.overlay import heatmap_filename, overlay_text, save_heatmap
     from cxrtriage.explain.registry import get_method
 
     m = clf.manifest
@@ -91,7 +87,7 @@ def _explain_file(
         if h.empty:
             rows.append({**row, "status": "no_map", "reason": h.reason})
             continue
-        png = out / f"{stem}__{_safe(h.label)}__{h.method}.png"
+        png = out / heatmap_filename(stem, h.label, h.method)
         png_path, npy_path = save_heatmap(png, image, h, overlay_text(m, h, operating_point=operating_point), max_side=max_side)
         row.update(status="map", png=png_path.name, npy=npy_path.name)
         if evaluate:

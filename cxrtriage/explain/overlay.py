@@ -10,6 +10,8 @@ the line "Decision support only - not a diagnosis". The raw map is saved beside 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +204,37 @@ def save_heatmap(
     except OSError as exc:
         raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
     return png_path, npy_path
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a stem or label (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
+
+
+def heatmap_filename(stem: str, label: str, method: str) -> str:
+    """``<stem>__<label>__<method>.png``: the overlay name used by `explain` and `predict --heatmaps`."""
+    return f"{safe_name(stem)}__{safe_name(label)}__{safe_name(method)}.png"
+
+
+def write_overlays(
+    out_dir: Path,
+    stem: str,
+    image: Image2D,
+    heatmaps: Sequence[Heatmap],
+    manifest: ModelManifest,
+    *,
+    operating_point: str = "balanced",
+    max_side: int = 1024,
+) -> list[Path]:
+    """Write the overlay PNG + .npy of every non-empty heat map of one image; returns the PNG paths.
+
+    Empty maps ("no map") are skipped: nothing is drawn for them.
+    """
+    written = []
+    for hm in heatmaps:
+        if hm.empty:
+            continue
+        png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method), image, hm,
+                              overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side)
+        written.append(png)
+    return written

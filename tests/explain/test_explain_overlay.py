@@ -113,3 +113,15 @@ def test_lung_mask_gating_hides_evidence_outside_the_dilated_mask(tiny: Classifi
     assert any("lung mask" in n for n in gated.notes)
     nothing = gate_heatmap(hm, _mask((200, 300), (0, 0, 0, 0)))
     assert nothing.empty and "outside the (dilated) lung mask" in nothing.reason
+
+
+def test_write_overlays_names_files_and_skips_no_map(tiny: Classifier, tmp_path: Path) -> None:
+    from cxrtriage.explain.overlay import write_overlays
+
+    img = _image(80, 120)
+    hm = _first_map(tiny, img)
+    empty = Heatmap(label="effusion", method="gradcam", values=None, geometry=hm.geometry, reason="no positive evidence")
+    written = write_overlays(tmp_path, "pat 1/img", img, [hm, empty], tiny.manifest)
+    assert [p.name for p in written] == [f"pat_1_img__{hm.label}__layercam.png"]
+    assert written[0].is_file() and written[0].with_suffix(".npy").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written[0].name, written[0].with_suffix(".npy").name])

@@ -86,3 +86,12 @@ def test_bad_thread_count_and_non_onnx_file(tmp_path: Path) -> None:
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="onnxruntime could not load"):
         create_session(junk)
+
+
+def test_spinning_off_session_runs(tmp_path: Path) -> None:
+    import numpy as np
+
+    sess = create_session(_tiny(tmp_path), device="cpu", intra_op_threads=2, spinning=False)
+    assert sess.spinning is False
+    (logits,) = sess.run(["logits"], {"image": np.zeros((2, 1, 16, 16), np.float32)})
+    assert logits.shape == (2, 3)

@@ -89,7 +89,7 @@ def _explain_file(
             continue
         png = out / heatmap_filename(stem, h.label, h.method)
         png_path, npy_path = save_heatmap(png, image, h, overlay_text(m, h, operating_point=operating_point), max_side=max_side)
-        row.update(status="map", png=png_path.name, npy=npy_path.name)
+        row.update(status="map", png=png_path.name, npy=npy_path.name if npy_path else "")
         if evaluate:
             assert h.values is not None
             f = deletion_insertion(clf, mi, h.values, idx, steps=steps)

@@ -187,10 +187,12 @@ def save_heatmap(
     *,
     max_side: int = 1024,
     floor: float = 0.2,
-) -> tuple[Path, Path]:
+    save_npy: bool = True,
+) -> tuple[Path, Path | None]:
     """Write the overlay PNG and, beside it (same stem, ``.npy``), the map at the original geometry.
 
-    The ``.npy`` holds ``heatmap.original``: float32 [H, W] in [0, 1], exactly what is drawn.
+    The ``.npy`` holds ``heatmap.original``: float32 [H, W] in [0, 1], exactly what is drawn (4 bytes per
+    image pixel: 14 MB for a 1955 x 1841 radiograph; ``save_npy=False`` skips it).
     """
     rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
     png_path = Path(png_path)
@@ -199,11 +201,12 @@ def save_heatmap(
         png_path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(png_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OutputError(f"{png_path}: OpenCV could not write the PNG; check the folder and its permissions")
-        assert heatmap.original is not None
-        np.save(npy_path, heatmap.original.astype(np.float32))
+        if save_npy:
+            assert heatmap.original is not None
+            np.save(npy_path, heatmap.original.astype(np.float32))
     except OSError as exc:
         raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
-    return png_path, npy_path
+    return png_path, (npy_path if save_npy else None)
 
 
 def safe_name(name: str) -> str:
@@ -225,8 +228,11 @@ def write_overlays(
     *,
     operating_point: str = "balanced",
     max_side: int = 1024,
+    save_npy: bool = True,
 ) -> list[Path]:
-    """Write the overlay PNG + .npy of every non-empty heat map of one image; returns the PNG paths.
+    """Write the overlay PNG (+ .npy unless ``save_npy`` is false) of every non-empty map of one image.
+
+    Returns the PNG paths.
 
     Empty maps ("no map") are skipped: nothing is drawn for them.
     """
@@ -235,6 +241,7 @@ def write_overlays(
         if hm.empty:
             continue
         png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method), image, hm,
-                              overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side)
+                              overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side,
+                              save_npy=save_npy)
         written.append(png)
     return written

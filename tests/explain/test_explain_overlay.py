@@ -67,6 +67,7 @@ def test_large_images_are_downscaled_for_the_png_only(tiny: Classifier, tmp_path
     png, npy = save_heatmap(tmp_path / "a__x__layercam.png", img, hm, overlay_text(tiny.manifest, hm), max_side=600)
     out = cv2.imread(str(png))
     assert out is not None and out.shape[0] < 900  # the 2400-row radiograph was drawn 600 rows high
+    assert npy is not None
     raw = np.load(npy)
     assert raw.shape == (2400, 1800) and raw.dtype == np.float32  # the raw map keeps the original size
     np.testing.assert_array_equal(raw, hm.original)

@@ -88,6 +88,14 @@ def flagged_labels(model: Classifier, scores: Sequence[float] | FloatArray, *, o
     return out
 
 
+def _calibration_notes(model: Classifier, label: str) -> tuple[str, ...]:
+    """Maps explain the logit; say so when the calibrated score does not rise with it (Platt a <= 0)."""
+    cal = model.manifest.calibration
+    if cal is not None and cal.a.get(label, 1.0) <= 0:
+        return ("the calibrated score falls as the logit rises (Platt a <= 0): the map shows evidence for the logit",)
+    return ()
+
+
 def _heatmaps_for_input(
     model: Classifier,
     methods: Sequence[CamMethod],
@@ -127,6 +135,7 @@ def _heatmaps_for_input(
                 geometry=geometry,
                 score=float(output.scores[row, idx]),
                 logit=float(output.logits[row, idx]),
+                notes=_calibration_notes(model, name),
                 extra={"options": {k: v for k, v in opts.items() if v is not None}} if opts else None,
             ))
     return out

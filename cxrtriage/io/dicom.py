@@ -86,7 +86,12 @@ def read_header(path: str | Path) -> DicomHeader:
     Raises:
         InputError: the file is not a parseable DICOM data set.
     """
-    p = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on invalid values as they are converted; they are noted where they matter
+        return _read_header(Path(path))
+
+
+def _read_header(p: Path) -> DicomHeader:
     file_size = p.stat().st_size
     notes: list[str] = []
     with p.open("rb") as fh:
@@ -101,11 +106,14 @@ def read_header(path: str | Path) -> DicomHeader:
             raise InputError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {_first_line(exc)}); "
                              "check that the file was transferred completely") from exc
         notes.extend(_warning_notes(caught))
+        stop_pos = fh.tell()
         ts = _transfer_syntax(ds)
         if ts == _DEFLATED:
             pixel = _deflated_pixel_status(p)
         else:
             pixel = _scan_pixel_data(fh, ds, file_size)
+            if not pixel.present and stop_pos >= file_size:
+                pixel = _ended_early(ds) or pixel
     if len(ds) == 0 and not _has_meta(ds):
         raise InputError(f"{p}: no DICOM elements could be parsed; the file is not DICOM or is corrupt")
     assumed = None
@@ -117,11 +125,12 @@ def read_header(path: str | Path) -> DicomHeader:
     if not has_preamble:
         notes.append("no 128-byte preamble / 'DICM' marker: read as a bare data set")
     info = dicom_info(ds, p)
+    intent = _text(ds, "PresentationIntentType").upper()
     if not info.sop_class_uid and not info.modality and "Rows" not in ds:
         if pixel.problem is None and not pixel.present and len(ds) < 3:
             raise InputError(f"{p}: parsed as DICOM but holds no usable elements; the file is corrupt or not DICOM")
     return DicomHeader(path=p, dataset=ds, info=info, pixel=pixel, has_preamble=has_preamble,
-                       assumed_transfer_syntax=assumed, presentation_intent=_text(ds, "PresentationIntentType").upper(),
+                       assumed_transfer_syntax=assumed, presentation_intent=intent,
                        notes=tuple(notes))
 
 
@@ -213,6 +222,28 @@ def _scan_pixel_data(fh: Any, ds: Dataset, file_size: int) -> PixelDataStatus:
     return PixelDataStatus(True, keyword, encapsulated=True, length=total, fragments=fragments)
 
 
+def _ended_early(ds: Dataset) -> PixelDataStatus | None:
+    """The file ended without pixel data: a problem when the last element is cut short, or when the object is an
+    image (image SOP class or image attributes present) -- both mean the file was truncated."""
+    if not len(ds):
+        return PixelDataStatus(problem="the file ends inside or right after the file meta information: truncated file")
+    if len(ds):
+        last = ds.get_item(list(ds.keys())[-1])
+        length = getattr(last, "length", None)
+        value = getattr(last, "value", None)
+        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < int(length or 0):
+            return PixelDataStatus(problem=f"the file ends inside element {last.tag} ({len(value)} of {length} bytes): "
+                                           "truncated header")
+    meta = getattr(ds, "file_meta", None)
+    sop = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+    name = UID(sop).name if sop else ""
+    if "Image Storage" in name or any(k in ds for k in ("Rows", "BitsAllocated", "PhotometricInterpretation")):
+        return PixelDataStatus(problem=f"the file ends before the pixel data of this {name or 'image'}: truncated file")
+    if sop and not UID(sop).is_valid:
+        return PixelDataStatus(problem=f"SOP Class UID '{sop}' is malformed and the file ends early: truncated file")
+    return None
+
+
 def _deflated_pixel_status(p: Path) -> PixelDataStatus:
     # Deflated data sets are inflated in memory by pydicom; read them whole (they are small by nature).
     try:
@@ -242,6 +273,12 @@ def read_dicom_detailed(path: str | Path) -> tuple[Image2D, DicomReadFacts]:
         InputError: not an image, colour, multi-frame, truncated, undecodable or absurdly large;
             the message names the file, the tag and what to do.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # malformed values are handled (and noted) where they are used
+        return _read_dicom_detailed(Path(path))
+
+
+def _read_dicom_detailed(path: Path) -> tuple[Image2D, DicomReadFacts]:
     header = read_header(path)
     p = header.path
     hds, info, pixel = header.dataset, header.info, header.pixel

@@ -70,8 +70,11 @@ def sniff(path: str | Path) -> Sniffed:
     return Sniffed(InputKind.UNKNOWN, "", hint=_unknown_hint(head))
 
 
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10, 12, 13)) + b"\x7f"
+
+
 def _is_text(head: bytes) -> bool:
-    if b"\x00" in head:
+    if any(c in _CONTROL for c in head):
         return False
     try:
         head.decode("utf-8")

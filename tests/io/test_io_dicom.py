@@ -302,3 +302,19 @@ def test_no_patient_identifiers_in_errors_or_notes(tmp_path: Path) -> None:
     img = read_image(save(ds, tmp_path / "phi.dcm"))
     text = " ".join(img.notes) + repr(img.dicom)
     assert "Test^Factory" not in text and "FACTORY-1" not in text
+
+
+def test_truncation_anywhere_fails_and_never_raises(tmp_path: Path) -> None:
+    from cxrtriage.io import assess
+
+    data = save(make_cxr_dataset(16, 16, pixels=ramp(16, 16), WindowCenter="100", WindowWidth="200"),
+                tmp_path / "full.dcm").read_bytes()
+    statuses = set()
+    for cut in range(0, len(data) - 1, 13):
+        path = tmp_path / f"cut{cut}.dcm"
+        path.write_bytes(data[:cut])
+        a = assess(path)
+        statuses.add(a.selection.status)
+        assert a.selection.status == "failed", (cut, a.selection)
+        assert a.selection.reason
+    assert statuses == {"failed"}

@@ -96,12 +96,22 @@ def test_non_image_sop_classes_excluded(tmp_path: Path, sop: str, modality: str,
     assert f"non-image object: {what}" in sel.reason
 
 
-def test_image_without_pixel_data_excluded(tmp_path: Path) -> None:
+def test_missing_pixel_data(tmp_path: Path) -> None:
+    # An image object without pixel data cannot be told from a truncated file: failed, so that it is noticed.
     ds = make_cxr_dataset(4, 4)
     del ds.PixelData
     ds.save_as(tmp_path / "nopix.dcm", enforce_file_format=True)
     sel = select(probe(tmp_path / "nopix.dcm"))
-    assert sel == Selection("excluded", "no pixel data (Computed Radiography Image Storage (1.2.840.10008.5.1.4.1.1.1))")
+    assert sel.status == "failed" and "ends before the pixel data of this Computed Radiography Image Storage" in sel.reason
+    # An object of a class not known as an image, without image attributes: excluded for having no pixel data.
+    other = Dataset()
+    other.file_meta = FileMetaDataset()
+    other.file_meta.MediaStorageSOPClassUID = other.SOPClassUID = "1.2.3.4.5"
+    other.file_meta.MediaStorageSOPInstanceUID = other.SOPInstanceUID = generate_uid()
+    other.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    other.Modality = "XX"
+    other.save_as(tmp_path / "unknown.dcm", enforce_file_format=True)
+    assert select(probe(tmp_path / "unknown.dcm")) == Selection("excluded", "no pixel data (1.2.3.4.5)")
 
 
 def test_normalise() -> None:

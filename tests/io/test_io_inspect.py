@@ -1,0 +1,67 @@
+"""inspect_file() facts and the `cxrtriage inspect` command (rendered in-process; no patient data printed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from factories import make_cxr_dataset
+from typer.testing import CliRunner
+
+from cxrtriage.cli.app import app
+from cxrtriage.io.inspect import inspect_file
+
+
+def _cr(tmp_path: Path, name: str = "cr.dcm", **attrs: object) -> Path:
+    px = (np.arange(64).reshape(8, 8) * 50).astype(np.uint16)
+    ds = make_cxr_dataset(8, 8, pixels=px, photometric="MONOCHROME1", RescaleSlope="2", RescaleIntercept="-5",
+                          WindowCenter="1000", WindowWidth="2000", ImagerPixelSpacing=["0.15", "0.15"], **attrs)
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_inspect_file_reports_what_was_read(tmp_path: Path) -> None:
+    r = inspect_file(_cr(tmp_path))
+    assert (r.status, r.reason, r.kind, r.size) == ("scored", "CR CHEST PA", "dicom", "8x8")
+    assert (r.photometric, r.bits_stored, r.bits_allocated) == ("MONOCHROME1", 12, 16)
+    assert r.transfer_syntax == "Explicit VR Little Endian" and r.decoder == "pydicom"
+    assert r.modality_lut == "RescaleSlope 2 / RescaleIntercept -5"
+    assert r.monochrome1_inverted
+    assert r.voi.startswith("WindowCenter 1000 / WindowWidth 2000 LINEAR")
+    assert (r.pixel_spacing_mm, r.spacing_source) == ((0.15, 0.15), "ImagerPixelSpacing")
+    assert r.value_range == (-5.0, 4095 * 2 - 5.0)
+    assert r.read_error is None
+
+
+def test_inspect_file_on_excluded_and_broken_files(tmp_path: Path) -> None:
+    r = inspect_file(_cr(tmp_path, "lat.dcm", ViewPosition="LL"))
+    assert r.status == "excluded" and "lateral" in r.reason and r.value_range is not None  # still read and shown
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x01\x02" * 300)
+    r = inspect_file(junk)
+    assert (r.status, r.kind) == ("failed", "unknown") and "not a recognised image file" in r.reason
+
+
+def test_cli_inspect_renders_and_never_prints_patient_data(tmp_path: Path) -> None:
+    _cr(tmp_path)
+    _cr(tmp_path, "lat.dcm", ViewPosition="LL")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for text in ("scored", "CR CHEST PA", "excluded", "lateral view", "MONOCHROME1 inverted", "RescaleSlope 2",
+                 "0.15 x 0.15 mm (row x column) from ImagerPixelSpacing", "WindowCenter 1000", "Explicit VR Little Endian"):
+        assert text in out, text
+    assert "Test^Factory" not in out and "FACTORY-1" not in out
+
+
+def test_cli_inspect_json_and_rules(tmp_path: Path) -> None:
+    path = _cr(tmp_path, "lat.dcm", ViewPosition="LL")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[selection]\nviews = ["LL"]\n')
+    result = CliRunner().invoke(app, ["inspect", "--json", "--rules", str(rules), str(path)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.strip())
+    assert (row["status"], row["reason"], row["path"]) == ("scored", "CR CHEST LL", str(path))
+    assert "Test^Factory" not in result.output

@@ -180,3 +180,26 @@ def reliability(y_true: ArrayLike, y_prob: ArrayLike, *, n_bins: int = 10) -> Re
         obs = np.where(counts > 0, sum_y / counts, np.nan)
     ece = float(np.nansum(counts * np.abs(obs - mean_p)) / max(y.size, 1))
     return Reliability(bin_edges=edges, mean_predicted=mean_p, observed=obs, counts=counts, ece=ece)
+
+
+def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default); (NaN, NaN) when ``n`` is 0.
+
+    Used for sensitivity/specificity, where the normal approximation fails near 0 and 1.
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def positives_for_precision(target: float, half_width: float, *, z: float = 1.959963984540054, limit: int = 100_000) -> int:
+    """Fewest cases for which the Wilson interval around a proportion ``target`` is at most ±``half_width``."""
+    for n in range(1, limit + 1):
+        lo, hi = wilson_interval(round(target * n), n, z=z)
+        if (hi - lo) / 2 <= half_width:
+            return n
+    return limit

@@ -346,19 +346,24 @@ def decide_priority(
     return TriageDecision(Priority.ROUTINE, reason, lab, score, t, ThresholdKind.RULE_OUT, src)
 
 
-def _finite(v: Any) -> bool:
+def _to_float(v: Any) -> float:
+    """``v`` as a finite float, else NaN (None, "", text and inf included)."""
     try:
-        return v is not None and v != "" and math.isfinite(float(v))
+        f = float(v)
     except (TypeError, ValueError):
-        return False
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+def _finite(v: Any) -> bool:
+    return not math.isnan(_to_float(v))
 
 
 def scores_from_row(row: Mapping[str, Any], labels: Iterable[str]) -> dict[str, float]:
     """The ``score_<label>`` values of a results row as floats (empty or unparsable values become NaN)."""
     out: dict[str, float] = {}
     for lab in labels:
-        v = row.get(SCORE_PREFIX + lab)
-        out[lab] = float(v) if _finite(v) else math.nan
+        out[lab] = _to_float(row.get(SCORE_PREFIX + lab))
     return out
 
 

@@ -83,6 +83,7 @@ def build_worklist(rows: Iterable[Mapping[str, Any]]) -> list[WorklistEntry]:
         n_scored = sum(1 for r in members if str(r.get("status", "")) == "scored")
         uid = next((str(r["study_instance_uid"]) for r in members if r.get("study_instance_uid")), "")
         paths = tuple(str(r.get("path", "")) for r in members)
+        prio: Priority
         if assessed:
             def order(item: tuple[Priority, Mapping[str, Any]]) -> tuple[int, float]:
                 score = _deciding(item[1])[1]

@@ -1,0 +1,225 @@
+"""Read results and a labels CSV, and match label rows to results rows by file name, path or SOP Instance UID.
+
+LABELS.csv has one row per image: an ``image`` column (a file name, a path relative to any common
+root, an absolute path, or a DICOM SOP Instance UID), optionally a ``sop_instance_uid`` column,
+0/1 columns named like the model's labels, and any other columns (subgroups such as sex or view).
+Nothing is silently dropped: every unmatched or ambiguous row is returned with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cxrtriage.errors import InputError
+from cxrtriage.triage.policy import SCORE_PREFIX, normalize_label
+
+IMAGE_COLUMN = "image"
+UID_COLUMN = "sop_instance_uid"
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+_TRUE = {"1", "1.0", "true", "yes", "positive", "pos"}
+_FALSE = {"0", "0.0", "false", "no", "negative", "neg"}
+_MISSING = {"", "nan", "na", "n/a", "none", "-1", "-1.0", "uncertain", "?"}
+
+
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = [dict(r) for r in reader]
+            return list(reader.fieldnames or []), rows
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: {what} file not found") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the {what} CSV ({exc})") from exc
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``results.csv`` or ``results.jsonl`` (as written by ``cxrtriage predict``)."""
+    p = Path(path)
+    if p.suffix.lower() == ".jsonl":
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as exc:
+            raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first") from exc
+        rows: list[dict[str, Any]] = []
+        for i, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{p}:{i}: not valid JSON ({exc})") from exc
+        columns = sorted({k for r in rows for k in r})
+    else:
+        if not p.is_file():
+            raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first")
+        columns, csv_rows = _read_csv(p, "results")
+        rows = list(csv_rows)
+    for col in ("path", "status"):
+        if col not in columns:
+            raise InputError(f"{p}: results have no '{col}' column; is this a results.csv written by `cxrtriage predict`?")
+    return rows
+
+
+def score_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model labels present as ``score_<label>`` keys, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k.startswith(SCORE_PREFIX):
+                seen.setdefault(k[len(SCORE_PREFIX):], None)
+    return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelTable:
+    """A parsed labels CSV: truth per model label (NaN = unknown), and the remaining (subgroup) columns."""
+
+    path: Path
+    rows: list[dict[str, str]]
+    image_column: str | None
+    uid_column: str | None
+    label_columns: dict[str, str]  # model label -> CSV column
+    truth: dict[str, NDArray[np.float64]]  # model label -> [n_rows] of 0/1/NaN
+    subgroup_columns: tuple[str, ...]
+    unused_label_like: tuple[str, ...] = ()  # 0/1 columns that name no model label
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _truth_value(raw: str, where: str) -> float:
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return 1.0
+    if v in _FALSE:
+        return 0.0
+    if v in _MISSING:
+        return math.nan
+    raise InputError(f"{where}: value {raw!r} is not a label; use 1 (present), 0 (absent) or leave it empty (unknown)")
+
+
+def read_labels(path: str | Path, model_labels: Sequence[str]) -> LabelTable:
+    """Read LABELS.csv; label columns are matched to ``model_labels`` ignoring case, spaces, '-' and '_'."""
+    p = Path(path)
+    columns, rows = _read_csv(p, "labels")
+    by_norm = {c.strip().lower(): c for c in columns}
+    image_col = by_norm.get(IMAGE_COLUMN)
+    uid_col = by_norm.get(UID_COLUMN)
+    if image_col is None and uid_col is None:
+        raise InputError(
+            f"{p}: the labels CSV needs an '{IMAGE_COLUMN}' column (file name or path of each image, or its SOP Instance "
+            f"UID) or a '{UID_COLUMN}' column; found columns {columns}"
+        )
+    label_columns: dict[str, str] = {}
+    norm_cols = {normalize_label(c): c for c in columns if c not in (image_col, uid_col)}
+    for lab in model_labels:
+        col = norm_cols.get(normalize_label(lab))
+        if col is not None:
+            label_columns[lab] = col
+    truth: dict[str, NDArray[np.float64]] = {}
+    for lab, col in label_columns.items():
+        truth[lab] = np.array(
+            [_truth_value(r.get(col) or "", f"{p}: row {i + 2}, column '{col}'") for i, r in enumerate(rows)], dtype=np.float64
+        )
+    used = {image_col, uid_col, *label_columns.values()}
+    others = tuple(c for c in columns if c not in used)
+    label_like = tuple(
+        c for c in others
+        if rows and all((r.get(c) or "").strip().lower() in (_TRUE | _FALSE | {""}) for r in rows)
+        and any((r.get(c) or "").strip() for r in rows)
+    )
+    return LabelTable(p, rows, image_col, uid_col, label_columns, truth, others, label_like)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """Which labels row goes with which results row, and every row that found no partner (with why)."""
+
+    pairs: list[tuple[int, int]]  # (results index, labels index)
+    unmatched_labels: list[tuple[int, str]] = field(default_factory=list)  # (labels index, reason)
+    unmatched_results: list[int] = field(default_factory=list)  # results indices with no label row
+    how: dict[str, int] = field(default_factory=dict)  # match method -> count
+
+
+def _norm_path(text: str) -> str:
+    t = text.strip().replace("\\", "/").lower()
+    while t.startswith("./"):
+        t = t[2:]
+    return t
+
+
+def _suffixes(path: str) -> list[str]:
+    parts = [q for q in PurePosixPath(_norm_path(path)).parts if q not in ("/", "")]
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+def match_labels(results: Sequence[Mapping[str, Any]], table: LabelTable) -> MatchResult:
+    """Match each labels row to one results row.
+
+    In order: by SOP Instance UID (``sop_instance_uid`` column, or an ``image`` value that is a UID);
+    by path, where the labels ``image`` must equal the whole results path or its trailing components
+    (so "images/a.png" matches "/data/nih/images/a.png"; case-insensitive); by file name alone when
+    that is unique. Ambiguous and duplicate matches are reported, never guessed.
+    """
+    by_uid: dict[str, list[int]] = {}
+    by_suffix: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
+    for i, r in enumerate(results):
+        uid = str(r.get("sop_instance_uid", "") or "").strip()
+        if uid:
+            by_uid.setdefault(uid, []).append(i)
+        sfx = _suffixes(str(r.get("path", "") or ""))
+        for s in sfx:
+            by_suffix.setdefault(s, []).append(i)
+        if sfx:
+            by_name.setdefault(sfx[-1], []).append(i)
+
+    taken: dict[int, int] = {}
+    pairs: list[tuple[int, int]] = []
+    unmatched: list[tuple[int, str]] = []
+    how: dict[str, int] = {}
+    for j, row in enumerate(table.rows):
+        image = (row.get(table.image_column) or "").strip() if table.image_column else ""
+        uid = (row.get(table.uid_column) or "").strip() if table.uid_column else ""
+        if not uid and _UID_RE.match(image):
+            uid = image
+        cands: list[int] = []
+        method = ""
+        if uid and uid in by_uid:
+            cands, method = by_uid[uid], "sop_instance_uid"
+        elif image:
+            key = _norm_path(image).lstrip("/")
+            if key in by_suffix:
+                cands, method = by_suffix[key], "path" if "/" in key else "file name"
+            else:
+                name = PurePosixPath(key).name
+                cands, method = by_name.get(name, []), "file name"
+        if not image and not uid:
+            unmatched.append((j, "empty image and sop_instance_uid"))
+            continue
+        if not cands:
+            unmatched.append((j, "no results row with this file name, path or SOP Instance UID"))
+            continue
+        if len(cands) > 1:
+            why = f"ambiguous: {len(cands)} results rows match by {method}; give a longer path in '{IMAGE_COLUMN}'"
+            unmatched.append((j, why))
+            continue
+        i = cands[0]
+        if i in taken:
+            unmatched.append((j, f"duplicate: labels row {taken[i] + 2} already matched {results[i].get('path')}"))
+            continue
+        taken[i] = j
+        pairs.append((i, j))
+        how[method] = how.get(method, 0) + 1
+    unmatched_results = [i for i in range(len(results)) if i not in taken]
+    return MatchResult(pairs, unmatched, unmatched_results, how)

@@ -31,6 +31,8 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                           "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,9 +391,21 @@ def _with_ts(info: DicomInfo, ts: str) -> DicomInfo:
 
 
 def _decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
-    """pydicom first (it tries every installed plugin for the syntax), then GDCM directly."""
+    """pydicom first (it tries every installed plugin for the syntax), then GDCM directly.
+
+    For JPEG 2000 the OpenJPEG plugin (pylibjpeg) is asked first: on the RG1 chest it needs ~0.6-0.85x the CPU
+    time of pydicom's default choice (GDCM), which matters when several decode workers share the cores.
+    """
     errors: list[str] = []
     notes: list[str] = []
+    if ts in _J2K_SYNTAXES and _has_plugin(ts, "pylibjpeg"):
+        try:
+            ds.pixel_array_options(decoding_plugin="pylibjpeg")
+            return ds.pixel_array, "pydicom (pylibjpeg-openjpeg)", notes
+        except Exception as exc:  # fall through to every plugin
+            log.debug("%s: pylibjpeg could not decode (%s); trying all plugins", p, _first_line(exc))
+        finally:
+            ds.pixel_array_options(decoding_plugin="")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -412,6 +426,15 @@ def _decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
         errors.append(f"gdcm: {' '.join(str(exc).split())}")
     raise InputError(f"{p}: pixel data cannot be decoded ({UID(ts).name}, {ts}); tried {'; '.join(errors)}. "
                      "Re-export the image uncompressed or with a standard lossless syntax")
+
+
+def _has_plugin(ts: str, name: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return name in get_decoder(UID(ts)).available_plugins
+    except Exception:
+        return False
 
 
 @contextmanager

@@ -429,7 +429,7 @@ def _decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
 
 
 def _has_plugin(ts: str, name: str) -> bool:
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     try:
         return name in get_decoder(UID(ts)).available_plugins

@@ -85,9 +85,9 @@ def _is_text(head: bytes) -> bool:
 
 def _is_nifti(head: bytes) -> bool:
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return struct.unpack("<i", head[:4])[0] == 348 or struct.unpack(">i", head[:4])[0] == 348
+        return 348 in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0])
     if len(head) >= 12 and head[4:12] in (b"n+2\x00\r\n\x1a\n", b"ni2\x00\r\n\x1a\n"):
-        return struct.unpack("<i", head[:4])[0] == 540 or struct.unpack(">i", head[:4])[0] == 540
+        return 540 in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0])
     return False
 
 

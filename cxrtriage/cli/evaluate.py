@@ -148,15 +148,15 @@ def _print(ev: Evaluation, by: Sequence[str]) -> None:
     if worst:
         mt = Table(title="Worst misses: positives below rule-out, negatives at/above balanced (all in --json/--html)",
                    title_justify="left")
-        for col in ("label", "case", "score", "path", *by):
+        for col in ("label", "case", "score", "file", *by):
             mt.add_column(col, justify="right" if col == "score" else "left")
         shown: dict[tuple[str, str], int] = {}
         for miss in worst:
             key = (miss.label, miss.kind)
             shown[key] = shown.get(key, 0) + 1
-            if shown[key] <= 3:
+            if shown[key] <= 2:
                 kind = "missed positive" if miss.kind.endswith("positive") else "false alarm"
-                mt.add_row(miss.label, kind, _num(miss.score, 4), miss.path, *[miss.groups.get(c, "") for c in by])
+                mt.add_row(miss.label, kind, _num(miss.score, 4), Path(miss.path).name, *[miss.groups.get(c, "") for c in by])
         console.print(mt)
     for u in ev.unmatched_labels[:5]:
         print_warning(f"labels row {u['row']} ({u['image']}): {u['reason']}")

@@ -213,8 +213,18 @@ def _group_values(table: LabelTable, column: str, rows: Sequence[int]) -> list[s
         x = float(v)
         k = int(np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2))
         hi_br = "]" if k == len(edges) - 2 else ")"
-        out.append(f"{column} [{edges[k]:g}, {edges[k + 1]:g}{hi_br}")
+        out.append(f"[{edges[k]:g}, {edges[k + 1]:g}{hi_br}")
     return out
+
+
+def _group_key(value: str) -> tuple[int, float, str]:
+    """Sort subgroup values numerically when they are numbers or "[lo, hi)" bins, else by text; missing last."""
+    if value == MISSING_GROUP:
+        return (2, 0.0, value)
+    try:
+        return (0, float(value.lstrip("[").split(",")[0]), value)
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _truth_category(truths: Mapping[str, float], policy: TriagePolicy) -> str:
@@ -284,7 +294,7 @@ def evaluate_results(
             warnings.append(f"{lab}: only one class among {m.n} labelled images; AUROC is undefined")
         for col in by:
             vals = np.array(groups[col], dtype=object)
-            for v in sorted(set(groups[col])):
+            for v in sorted(set(groups[col]), key=_group_key):
                 sel = vals == v
                 if not np.any(sel & scored):
                     continue  # e.g. view=LL: only excluded images, nothing to evaluate
@@ -307,7 +317,7 @@ def evaluate_results(
         lab_clusters = []
         for col in by:
             vals = np.array(groups[col], dtype=object)
-            for v in sorted(set(groups[col])):
+            for v in sorted(set(groups[col]), key=_group_key):
                 sel = (vals == v) & keep
                 if not np.any((vals == v) & scored):
                     continue

@@ -128,6 +128,13 @@ def test_numeric_subgroups_are_binned(tmp_path: Path, manifest: ModelManifest) -
     ev = evaluate_results(rows, table, match_labels(rows, table), manifest=manifest, policy=load_policy(), by=("age",),
                           n_boot=0)
     groups = list(ev.subgroups["age"])
-    assert len(groups) == 4 and all(g.startswith("age [") for g in groups)
+    assert groups == ["[20, 39.75)", "[39.75, 59.5)", "[59.5, 79.25)", "[79.25, 99]"]
     assert sum(ev.subgroups["age"][g]["effusion"].n for g in groups) == ev.labels["effusion"].n
     assert all(math.isnan(ev.subgroups["age"][g]["effusion"].auroc_ci[0]) for g in groups)  # n_boot=0: no CI
+
+
+def test_subgroup_values_sort_numerically() -> None:
+    from cxrtriage.evaluate.runner import MISSING_GROUP, _group_key
+
+    values = ["[10, 20)", MISSING_GROUP, "[5, 10)", "PA", "[20, 30]", "AP"]
+    assert sorted(values, key=_group_key) == ["[5, 10)", "[10, 20)", "[20, 30]", "AP", "PA", MISSING_GROUP]

@@ -10,7 +10,7 @@ import numpy as np
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.discover import Probe, probe, study_key
-from cxrtriage.io.select import DEFAULT_RULES, SelectionRules, select
+from cxrtriage.io.selection import DEFAULT_RULES, SelectionRules, select
 from cxrtriage.types import Image2D, InputKind
 
 

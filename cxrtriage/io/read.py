@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.discover import Probe, probe
-from cxrtriage.io.select import DEFAULT_RULES, Selection, SelectionRules, select
+from cxrtriage.io.selection import DEFAULT_RULES, Selection, SelectionRules, select
 from cxrtriage.io.sniff import sniff
 from cxrtriage.types import Image2D, InputKind
 

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.io import SelectionRules, load_rules, normalise, probe, select
-from cxrtriage.io.select import Selection
+from cxrtriage.io.selection import Selection
 
 
 def decide(tmp_path: Path, rules: SelectionRules | None = None, **kwargs: object) -> Selection:

@@ -1,0 +1,1 @@
+"""Training recipes (PyTorch, the ``train`` extra): the only package that imports torch."""

@@ -1,0 +1,189 @@
+"""MODEL_CARD.md generators: everything is rendered from the manifest data and the training record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ci(ci: Any) -> str:
+    return "–" if not ci or ci[0] is None else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def _op(d: Any) -> str:
+    if not d:
+        return "–"
+    return f"{_f(d.get('sensitivity'), 2)} / {_f(d.get('specificity'), 2)}"
+
+
+def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[str, int]) -> str:
+    met = m["metrics"]
+    arch = m["architecture"]
+    cfg = info["config"]
+    speed = met.get("speed") or {}
+    labels = m["labels"]
+    L: list[str] = []
+    add = L.append
+    add(f"# Model card: {m['name']} {m['version']}\n")
+    add(f"**Intended use.** {m['intended_use']}\n")
+    add("**Out of scope.** Autonomous diagnosis or reporting; lateral views; non-chest images; images from "
+        "populations or devices unlike the training data without local validation; any use where a missed "
+        "finding is not caught by a human reader.\n")
+    add("## Model\n")
+    add(f"- Architecture: {arch['name']} (single-channel ResNet-style CNN; stem /4, residual stages of widths "
+        f"{arch['widths']} with depths {arch['depths']}, overall stride 32), global average pooling, ONE linear layer "
+        f"→ {len(labels)} logits. Trained from scratch (no pretrained weights are reachable offline).")
+    add(f"- ONNX outputs: `logits` [N, {len(labels)}] and `features` = {arch['feature_map']} "
+        f"[N, {arch['widths'][-1]}, {m['input']['shape'][2] // 32}, {m['input']['shape'][3] // 32}], so Grad-CAM from the head "
+        f"weights is exact. Head initializers: weight `{m['head']['weight']}`, bias `{m['head']['bias']}`, "
+        f"transposed={m['head']['transposed']} (checked against the exported graph by value and shape).")
+    add(f"- Input: `image` [N, 1, {m['input']['shape'][2]}, {m['input']['shape'][3]}] float32; preprocessing "
+        f"(identical in training and inference, `cxrtriage.preprocess.to_model_input`): `{m['preprocessing']}`.")
+    add(f"- ONNX size: {met.get('onnx_mb')} MB. Speed (model only, onnxruntime CPU, {speed.get('threads', '?')} threads, "
+        f"batch {speed.get('batch', '?')}, `benchmarks/bench_model_speed.py`): "
+        f"**{speed.get('images_per_s', 'not measured')} images/s** (median batch {speed.get('batch_ms_median', '?')} ms).")
+    add("- Scores: one calibrated probability per label, p = sigmoid(a·logit + b) (Platt scaling fitted per label on the "
+        "validation split).\n")
+    add("## Labels and label mapping\n")
+    add("Labels: " + ", ".join(f"`{x}`" for x in labels) + ".\n")
+    add("| label | nih14 | kermany224 | ieee_lungs |\n|---|---|---|---|")
+    for lab in labels:
+        mp = m["label_mapping"].get(lab, {})
+        add(f"| `{lab}` | {mp.get('nih14', '–')} | {mp.get('kermany224', '–')} | {mp.get('ieee_lungs', '–')} |")
+    add("\nWhere a source does not define a label, that label's loss is masked for its images (no guessing).\n")
+    add("**Which NIH findings became labels, and why.** The NIH subset has 486 patients; a finding is a label only "
+        "with >= 40 positive patients, so that the patient-level 60/20/20 split leaves roughly 8+ positives each in "
+        "validation (thresholds, calibration) and test. Positive counts: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(nih_counts.items(), key=lambda kv: -kv[1]) if k != "no_finding")
+        + f" (and {nih_counts.get('no_finding')} with No Finding). Excluded for too few positives: "
+        "Pneumothorax (33), Emphysema (33), Hernia (14), Edema (12) — these are "
+        "NOT detected by this model and a negative score says nothing about them. NIH `Pneumonia` (23) is merged "
+        "into the `pneumonia` label together with Kermany and ieee.\n")
+    add("## Training data and splits\n")
+    add(f"{m['training_data']}.\n")
+    add("Splits are by patient, never by image (`splits/splits.csv`: relative image path, patient id, source, split). "
+        "NIH and ieee: 60/20/20 by patient (stratified by abnormal). Kermany: the published test split is the test set; "
+        "10% of the published-training patients are validation. Kermany patient ids (`personN`) recur across the "
+        "published train and test folders (170 ids): their training images (457) were dropped so no test id is trained on.\n")
+    add("| split | nih14 | kermany224 | ieee_lungs |\n|---|---|---|---|")
+    for s, c in met["images"].items():
+        add(f"| {s} | {c.get('nih14')} | {c.get('kermany224')} | {c.get('ieee_lungs')} |")
+    add("")
+    add(f"Recipe (`cxrtriage train classifier --data ../shared/data --out models/cxr-classifier --seed {cfg['seed']}`): "
+        f"{cfg['epochs']} epochs of {cfg['samples_per_epoch']} images drawn per epoch with source shares "
+        f"{dict(cfg['source_share'])} (the large pediatric set acts as the pre-training signal, the "
+        f"adult sets are over-sampled), batch {cfg['batch']}, AdamW lr {cfg['lr']} (cosine, {cfg['warmup_epochs']} warm-up "
+        f"epoch), weight decay {cfg['weight_decay']}, dropout {cfg['dropout']}, masked binary cross-entropy; augmentation "
+        "on the preprocessed tensors: random rotation ±8°, scale ±10%, shift ±6%, gamma/contrast/brightness jitter (no "
+        f"flips: laterality matters). Best epoch by validation mean AUROC: {info['best_epoch']} "
+        f"(val {_f(info['best_val_score'])}). Training wall time {info['train_seconds'] / 60:.1f} min on 2 CPU cores "
+        f"(torch {info['torch']}, seed {cfg['seed']}).\n")
+    add("## Results on held-out test patients\n")
+    add("AUROC with 95% bootstrap CI (1000 resamples of cases); ECE of the calibrated score (10 bins); "
+        "sensitivity / specificity at the manifest thresholds (set on validation, never on test).\n")
+    for setname, per in met["test"].items():
+        add(f"### {setname}\n")
+        add("| label | n pos / neg | AUROC | 95% CI | ECE | rule-out sens / spec | balanced sens / spec |\n"
+            "|---|---|---|---|---|---|---|")
+        for lab, r in per.items():
+            add(f"| `{lab}` | {r['n_pos']} / {r['n_neg']} | {_f(r['auroc'])} | {_ci(r['ci95'])} | {_f(r['ece'])} | "
+                f"{_op(r.get('rule_out'))} | {_op(r.get('balanced'))} |")
+        add("")
+    ds = met["domain_shift"]
+    add("## Pediatric → adult domain shift (stated plainly)\n")
+    add(f"`pneumonia` AUROC is {_f(ds['pneumonia_auroc_kermany224_test'])} on the pediatric Kermany test split but "
+        f"{_f(ds['pneumonia_auroc_adult_test'])} on adult test patients (NIH + ieee pooled; NIH alone "
+        f"{_f(ds['pneumonia_auroc_nih14_test'])}, on very few positives). `abnormal` AUROC is "
+        f"{_f(ds['abnormal_auroc_kermany224_test'])} on Kermany test vs {_f(ds['abnormal_auroc_nih14_test'])} on NIH "
+        "test patients. Most of the pneumonia signal was learned from children aged 1–5; pneumonia scores on adults "
+        "must not be read as if they had the pediatric performance. The pooled adult pneumonia AUROC mixes sources "
+        "(ieee is mostly COVID-19 positives) and partly measures source identity.\n")
+    add("## Subgroups (test split, all sources pooled)\n")
+    for lab, groups in met["subgroups"].items():
+        add(f"**`{lab}`**\n\n| subgroup | n pos / neg | AUROC | 95% CI |\n|---|---|---|---|")
+        for g, r in groups.items():
+            add(f"| {g} | {r['n_pos']} / {r['n_neg']} | {_f(r['auroc'])} | {_ci(r['ci95'])} |")
+        add("")
+    add("Sex, age and view are unknown for Kermany images (children aged 1–5, presumably AP); subgroup AUROCs on a "
+        "handful of cases have wide intervals and are shown for transparency, not as evidence of equity.\n")
+    add("## Thresholds (validation split, calibrated score)\n")
+    add("| label | rule_out thr (sens / spec on val) | balanced thr (sens / spec on val) | Platt a | Platt b |\n"
+        "|---|---|---|---|---|")
+    for lab in labels:
+        t = m["thresholds"].get(lab)
+        a, b = m["calibration"]["a"][lab], m["calibration"]["b"][lab]
+        if t:
+            add(f"| `{lab}` | {_f(t['rule_out']['threshold'])} ({_op(t['rule_out'])}) | "
+                f"{_f(t['balanced']['threshold'])} ({_op(t['balanced'])}) | {a:.3f} | {b:.3f} |")
+        else:
+            add(f"| `{lab}` | – | – | {a:.3f} | {b:.3f} |")
+    add("\nValidation positives are few for NIH-only labels (7–18), so the thresholds carry real uncertainty; "
+        "pooled validation for `abnormal`/`pneumonia` is dominated by pediatric images, so calibration for adults is weaker "
+        "(see `reliability_test.png`, `reliability_val.png`).\n")
+    add("## Limitations\n")
+    add("- Small adult training set (292 NIH + 65 ieee training images), trained from scratch: adult finding AUROCs are "
+        "modest and their confidence intervals wide; several test labels have < 15 positives.\n"
+        "- NIH labels were mined from reports by NLP (noisy); Kermany images were resized to 224x224 without keeping "
+        "aspect ratio by the uploader; ieee images are heterogeneous web/paper figures.\n"
+        "- Source identity is learnable (image size, padding, contrast): pooled AUROCs can overstate performance.\n"
+        "- Not evaluated on DICOM from real scanners beyond smoke tests; no prospective validation.\n")
+    add("## Files\n")
+    add("`model.onnx` (sha256 in `manifest.json`), `model.pt` (PyTorch state_dict for parity tests), `manifest.json`, "
+        "`splits/splits.csv`, `train_config.json` (full recipe and per-epoch history), `train_log.txt`, "
+        "`reliability_test.png`, `reliability_val.png`.\n")
+    add("Data credits: NIH Clinical Center (Wang et al., CVPR 2017, ChestX-ray8); Kermany et al. 2018 (CC BY 4.0); "
+        "Cohen et al. covid-chestxray-dataset with v7labs lung masks (CC BY / CC BY-SA per image).")
+    return "\n".join(L) + "\n"
+
+
+def segmenter_card(m: dict[str, Any], info: dict[str, Any], per_image: dict[str, Any]) -> str:
+    met = m["metrics"]
+    cfg = info["config"]
+    speed = met.get("speed") or {}
+    arch = m["architecture"]
+    L: list[str] = []
+    add = L.append
+    add(f"# Model card: {m['name']} {m['version']}\n")
+    add(f"**Intended use.** {m['intended_use']}\n")
+    add("**Out of scope.** Diagnosis; lateral views; pediatric images (not in the training data); images with "
+        "devices, large effusions or collapse may give wrong masks — always overlay and review.\n")
+    add("## Model\n")
+    add(f"- Architecture: compact U-Net (base {arch['base']} channels, 4 down-samplings, stem stride {arch['stem_stride']} "
+        f"with a learned 2x up-sampling back to full resolution), trained from scratch.")
+    add(f"- Input `image` [N, 1, {m['input']['shape'][2]}, {m['input']['shape'][3]}]; output `masks` = per-class logits "
+        f"[N, 3, S, S] for labels {m['labels']} (argmax gives the label map; map it back to the image with "
+        "`cxrtriage.preprocess.to_original(..., nearest=True)`).")
+    add(f"- Preprocessing (same in training and inference): `{m['preprocessing']}`.")
+    add(f"- Label definition: {m['label_definition']} This was checked on every mask: 89 of 90 masks have exactly two "
+        "components, one has a small third fragment.")
+    add(f"- ONNX size {met['onnx_mb']} MB; speed (onnxruntime CPU, {speed.get('threads', '?')} threads, batch "
+        f"{speed.get('batch', '?')}): **{speed.get('images_per_s', 'not measured')} images/s**.\n")
+    add("## Data and splits\n")
+    add(f"{m['training_data']}. Images per split: {met['images']} (ieee patients split 60/20/20 exactly as for the "
+        "classifier; masked images only). Several images can share a patient: splits are by patient.\n")
+    add(f"Recipe (`cxrtriage train segmenter --data ../shared/data --out models/lung-segmenter --seed {cfg['seed']}`): "
+        f"{cfg['epochs']} epochs, batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, cross-entropy + soft Dice; "
+        "augmentation: rotation ±10°, scale ±12%, shift ±6% (image and mask warped together), gamma/contrast/brightness "
+        f"jitter; no flips (they would swap right and left). Best epoch by validation Dice: {info['best_epoch']}. "
+        f"Training wall time {info['train_seconds'] / 60:.1f} min on 2 CPU cores.\n")
+    add("## Results (Dice at the ORIGINAL image size, held-out patients)\n")
+    add("| split | structure | mean Dice | 5th percentile | min | n |\n|---|---|---|---|---|---|")
+    for s, d in met["dice"].items():
+        for k, v in d.items():
+            add(f"| {s} | {k} | {_f(v['mean'])} | {_f(v['p5'])} | {_f(v['min'])} | {v['n']} |")
+    add("\n`lungs` = both lungs as one structure (target: mean >= 0.93 on test); right/left also require the side to be right.\n")
+    add("## Limitations\n")
+    add("- Very small training set (adult, mostly COVID-19 AP/PA images from web and paper figures); test set of "
+        f"{met['images'].get('test')} images: the 5th percentile is close to the minimum.\n"
+        "- The masks include the retrocardiac lung; other datasets (e.g. JSRT/Montgomery) exclude it, so areas are "
+        "not comparable across definitions.\n"
+        "- Not validated on pediatric images, lateral views or post-operative chests.\n")
+    add("Data credits: Cohen et al. covid-chestxray-dataset (CC BY / CC BY-SA per image), v7labs lung masks (CC BY 4.0).")
+    return "\n".join(L) + "\n"

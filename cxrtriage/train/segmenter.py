@@ -1,0 +1,214 @@
+"""Training recipe for the default lung segmenter (compact U-Net, right/left lung) on ieee_lungs masks."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from cxrtriage.io.raster import read_raster
+from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
+from cxrtriage.preprocess import PreprocessRecipe, to_model_input
+from cxrtriage.preprocess.apply import to_original
+from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
+from cxrtriage.train.data import Record, cached_arrays, segmenter_records, split_lungs, write_splits
+from cxrtriage.train.evaluation import dice, dice_summary
+from cxrtriage.train.export import export_onnx
+from cxrtriage.train.nets import UNet
+
+SEG_LABELS = ("background", "right_lung", "left_lung")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterConfig:
+    size: int = 256
+    epochs: int = 60
+    batch: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    base: int = 16
+    stem_stride: int = 2
+    seed: int = 0
+    tiny: bool = False
+
+    @classmethod
+    def tiny_config(cls, seed: int = 0) -> SegmenterConfig:
+        return cls(size=64, epochs=1, batch=4, base=4, seed=seed, tiny=True)
+
+    def recipe(self) -> PreprocessRecipe:
+        return PreprocessRecipe(size=self.size)
+
+
+def build_unet(cfg: dict[str, Any]) -> UNet:
+    return UNet(int(cfg["n_classes"]), int(cfg["base"]), int(cfg["stem_stride"]))
+
+
+@torch.no_grad()
+def predict_masks(model: UNet, x: np.ndarray, batch: int = 8) -> np.ndarray:
+    model.eval()
+    out = [model(torch.from_numpy(x[i : i + batch].astype(np.float32))[:, None]).argmax(1).numpy().astype(np.uint8)
+           for i in range(0, len(x), batch)]
+    return np.concatenate(out)
+
+
+def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()[:, 1:]
+    inter = (prob * onehot).sum((2, 3))
+    denom = prob.sum((2, 3)) + onehot.sum((2, 3))
+    return 1 - ((2 * inter + 1) / (denom + 1)).mean()
+
+
+def _mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([np.mean([dice(p, t, k) for k in (1, 2)]) for p, t in zip(pred, truth, strict=True)]))
+
+
+def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
+                    log_file: Path | None = None) -> Path:
+    t0 = time.time()
+    cfg = SegmenterConfig.tiny_config(seed) if tiny else SegmenterConfig(seed=seed)
+    if epochs is not None:
+        cfg = SegmenterConfig(**{**asdict(cfg), "epochs": epochs})
+    out.mkdir(parents=True, exist_ok=True)
+    handler = file_logger(log_file or (out / "train_log.txt"))
+    g = seed_everything(cfg.seed)
+    records = segmenter_records(data_root, seed=cfg.seed)
+    if tiny:
+        records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
+    write_splits(records, out / "splits" / "splits.csv")
+    recipe = cfg.recipe()
+    log.info("segmenter: %d images, config %s", len(records), asdict(cfg))
+    x_all, m_all = cached_arrays(data_root, records, recipe, masks=True)
+    assert m_all is not None
+    split = np.array([r.split for r in records])
+    tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
+    model = UNet(len(SEG_LABELS), cfg.base, cfg.stem_stride)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, int(np.ceil(len(tr) / cfg.batch)))
+    total, warm = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
+    rng = np.random.default_rng(cfg.seed)
+    best, best_state, best_epoch, history, step = -1.0, None, 0, [], 0
+    for ep in range(cfg.epochs):
+        te = time.time()
+        model.train()
+        idx = rng.permutation(tr)
+        losses = []
+        for b in range(steps):
+            bi = idx[b * cfg.batch : (b + 1) * cfg.batch]
+            xb = torch.from_numpy(x_all[bi].astype(np.float32))[:, None]
+            yb = torch.from_numpy(m_all[bi].astype(np.int64))
+            xb, yb2 = random_affine(xb, g, rot_deg=10, scale=0.12, shift=0.06, extra=yb)
+            assert yb2 is not None
+            xb = random_intensity(xb, g)
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, total, cfg.lr, warm)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb2) + _dice_loss(logits, yb2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+        score = _mean_dice(predict_masks(model, x_all[va]), m_all[va]) if len(va) else float("nan")
+        history.append({"epoch": ep + 1, "loss": float(np.mean(losses)), "val_dice": score, "seconds": time.time() - te})
+        log.info("epoch %d/%d loss %.4f val Dice %.4f (%.0fs, total %.0fs)", ep + 1, cfg.epochs, np.mean(losses), score,
+                 time.time() - te, time.time() - t0)
+        if best_state is None or (np.isfinite(score) and score > best):
+            best, best_epoch = (score if np.isfinite(score) else best), ep + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
+    info = {"config": asdict(cfg), "labels": list(SEG_LABELS), "best_epoch": best_epoch, "best_val_dice": best,
+            "history": history, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+            "preprocessing": recipe.to_dict()}
+    (out / "train_config.json").write_text(json.dumps(info, indent=2))
+    log.info("training done: best epoch %d (val Dice %.4f), %.0fs", best_epoch, best, time.time() - t0)
+    manifest = finalize_segmenter(data_root, out, records=records)
+    log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
+    log.removeHandler(handler)
+    return manifest
+
+
+def _eval_original(model: UNet, data_root: Path, recs: list[Record], recipe: PreprocessRecipe) -> dict[str, list[float]]:
+    """Dice at the ORIGINAL image size: the predicted label map mapped back with to_original vs the true mask."""
+    import cv2
+
+    res: dict[str, list[float]] = {"lungs": [], "right_lung": [], "left_lung": []}
+    for r in recs:
+        image = read_raster(data_root / r.path)
+        mi = to_model_input(image, recipe)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(mi.array[None]))[0].numpy()
+        pred = to_original(logits.argmax(0).astype(np.float32), mi.geometry, nearest=True).astype(np.uint8)
+        truth = split_lungs(cv2.imread(str(data_root / r.mask), cv2.IMREAD_GRAYSCALE))
+        res["right_lung"].append(dice(pred, truth, 1))
+        res["left_lung"].append(dice(pred, truth, 2))
+        res["lungs"].append(dice((pred > 0).astype(np.uint8), (truth > 0).astype(np.uint8), 1))
+    return res
+
+
+def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | None = None) -> Path:
+    from cxrtriage.train.card import segmenter_card
+    from cxrtriage.train.finalize import run_speed_benchmark, write_manifest
+
+    info = json.loads((out / "train_config.json").read_text())
+    cfg = info["config"]
+    tiny = bool(cfg["tiny"])
+    recipe = PreprocessRecipe.from_dict(info["preprocessing"])
+    if records is None:
+        records = segmenter_records(data_root, seed=int(cfg["seed"]))
+        if tiny:
+            records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    model = build_unet(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    onnx_path = out / "model.onnx"
+    export_onnx(model, onnx_path, recipe.size, ("masks",))
+    dice_metrics: dict[str, Any] = {}
+    per_image: dict[str, Any] = {}
+    for s in ("val", "test"):
+        recs = [r for r in records if r.split == s]
+        if not recs:
+            continue
+        d = _eval_original(model, data_root, recs, recipe)
+        dice_metrics[s] = {k: dice_summary(v) for k, v in d.items()}
+        per_image[s] = d
+    speed = None if tiny else run_speed_benchmark(onnx_path, batch=8)
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": "lung-segmenter" if not tiny else "lung-segmenter-tiny",
+        "version": "1.0.0" if not tiny else "0.0.1-tiny",
+        "task": "segmentation",
+        "onnx_file": "model.onnx",
+        "sha256": sha256_file(onnx_path),
+        "input": {"name": "image", "shape": [None, 1, recipe.size, recipe.size]},
+        "labels": list(SEG_LABELS),
+        "outputs": {"masks": "masks"},
+        "preprocessing": recipe.to_dict(),
+        "intended_use": ("Research and decision support: lung field masks (patient's right and left lung) for measurements "
+                         "and for limiting attention maps to the lungs. Not a diagnostic device; review every mask."),
+        "training_data": ("ieee covid-chestxray images with v7labs human lung masks (adults, mostly COVID-19; "
+                          f"{len(records)} masked images); patient-level splits in splits/splits.csv"),
+        "metrics": {"dice": dice_metrics, "speed": speed or {}, "onnx_mb": round(onnx_path.stat().st_size / 1e6, 2),
+                    "images": counts},
+        "model_card": "MODEL_CARD.md",
+        "label_definition": ("right_lung = the connected mask component on the IMAGE LEFT (patient's right in a standard "
+                             "PA/AP display), left_lung = the one on the image right; derived from the single 0/255 "
+                             "lung mask by connected components (two largest components; fragments join the nearer lung)."),
+        "output_semantics": "masks = per-class logits [N, 3, S, S]; argmax over classes gives the label map",
+        "architecture": {"name": "UNet", **ckpt["config"]},
+        "training": {"best_epoch": info["best_epoch"], "epochs": cfg["epochs"], "seed": cfg["seed"],
+                     "train_seconds": info["train_seconds"]},
+    }
+    path = write_manifest(out, data)
+    (out / "MODEL_CARD.md").write_text(segmenter_card(data, info, per_image), encoding="utf-8")
+    return path

@@ -1,0 +1,110 @@
+"""The shipped models: sha256 matches, head initializers exist, and ONNX equals the PyTorch model from model.pt."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cxrtriage.io.raster import read_raster
+from cxrtriage.model.manifest import load_manifest, verify_onnx
+from cxrtriage.preprocess import to_model_input
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSIFIER = REPO / "models" / "cxr-classifier"
+SEGMENTER = REPO / "models" / "lung-segmenter"
+
+
+@pytest.mark.parametrize("folder", [CLASSIFIER, SEGMENTER], ids=["classifier", "segmenter"])
+def test_shipped_manifest_sha256_matches_onnx(folder: Path) -> None:
+    m = load_manifest(folder / "manifest.json")
+    verify_onnx(m)
+    assert m.model_card is not None and m.model_card.is_file()
+    assert m.version == "1.0.0" and m.metrics
+
+
+def test_shipped_classifier_head_and_thresholds() -> None:
+    m = load_manifest(CLASSIFIER / "manifest.json")
+    assert m.head is not None and m.calibration is not None and m.calibration.method == "platt"
+    inits = {i.name: tuple(i.dims) for i in onnx.load(str(m.onnx_file)).graph.initializer}
+    n = len(m.labels)
+    shape = inits[m.head.weight]
+    assert shape[1 if m.head.transposed else 0] == n
+    assert m.head.bias is not None and inits[m.head.bias] == (n,)
+    assert set(m.thresholds) == set(m.labels) == set(m.calibration.a)
+    for t in m.thresholds.values():
+        assert 0.0 <= t.rule_out.threshold <= t.balanced.threshold <= 1.0
+        assert t.rule_out.sensitivity is not None and t.rule_out.sensitivity >= 0.95
+    assert all(lab == lab.lower() and " " not in lab for lab in m.labels)
+
+
+def _images(shared_data: Path, folder: Path, per_source: int = 2) -> list[Path]:
+    with open(folder / "splits" / "splits.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    picked: list[Path] = []
+    for src in ("nih14", "kermany224", "ieee_lungs"):
+        picked += [shared_data / r["path"] for r in rows if r["source"] == src][:per_source]
+    return picked
+
+
+def _torch_and_session(folder: Path):  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    if "n_labels" in ckpt["config"]:
+        from cxrtriage.train.classifier import build_model
+
+        net = build_model(ckpt["config"])
+    else:
+        from cxrtriage.train.segmenter import build_unet
+
+        net = build_unet(ckpt["config"])
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    m = load_manifest(folder / "manifest.json")
+    return torch, net, m, ort.InferenceSession(str(m.onnx_file), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.data
+def test_shipped_classifier_onnx_matches_pytorch_on_real_images(shared_data: Path) -> None:
+    torch, net, m, sess = _torch_and_session(CLASSIFIER)
+    paths = _images(shared_data, CLASSIFIER)
+    assert len(paths) == 6
+    x = np.stack([to_model_input(read_raster(p), m.preprocessing).array for p in paths])
+    logits, feats = sess.run([m.outputs["logits"], m.outputs["features"]], {m.input_name: x})
+    with torch.no_grad():
+        t_logits, t_feats = net(torch.from_numpy(x))
+    assert np.abs(logits - t_logits.numpy()).max() <= 1e-4
+    assert np.abs(feats - t_feats.numpy()).max() <= 1e-4
+    # Grad-CAM exactness: GAP(features) through the named head initializers gives the logits.
+    assert m.head is not None
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(m.onnx_file)).graph.initializer}
+    w = inits[m.head.weight].T if m.head.transposed else inits[m.head.weight]
+    assert m.head.bias is not None
+    assert np.abs(feats.mean(axis=(2, 3)) @ w.T + inits[m.head.bias] - logits).max() <= 1e-4
+    assert feats.min() >= 0.0
+
+
+@pytest.mark.data
+def test_shipped_segmenter_onnx_matches_pytorch_on_real_images(shared_data: Path) -> None:
+    torch, net, m, sess = _torch_and_session(SEGMENTER)
+    paths = _images(shared_data, SEGMENTER, per_source=3)
+    assert paths
+    x = np.stack([to_model_input(read_raster(p), m.preprocessing).array for p in paths])
+    (masks,) = sess.run([m.outputs["masks"]], {m.input_name: x})
+    with torch.no_grad():
+        t_masks = net(torch.from_numpy(x)).numpy()
+    assert masks.shape == (len(paths), 3, m.preprocessing.size, m.preprocessing.size)
+    assert np.abs(masks - t_masks).max() <= 1e-4
+    # each lung label occupies its own side of the image
+    lab = masks.argmax(1)
+    for k in range(len(paths)):
+        cols = np.arange(lab.shape[2])
+        right_x = cols[np.any(lab[k] == 1, axis=0)].mean()
+        left_x = cols[np.any(lab[k] == 2, axis=0)].mean()
+        assert right_x < left_x

@@ -1,0 +1,143 @@
+"""Reading a results directory: grouping, order, thresholds, provenance and de-identification."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from report_fixtures import LABELS, make_results
+
+from cxrtriage.errors import ConfigError, InputError
+from cxrtriage.report.study import (
+    ENV_PSEUDONYM_KEY,
+    UNKNOWN,
+    deidentify,
+    load_results,
+    pseudonym,
+    read_header,
+    study_slug,
+)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_results(tmp_path_factory.mktemp("study"))
+
+
+def test_groups_rows_into_studies_in_worklist_order(results: Path) -> None:
+    b = load_results(results)
+    assert [len(s.images) for s in b.studies] == [2, 1, 1, 1]
+    assert [s.priority for s in b.studies][:3] == ["urgent", "urgent", "routine"]
+    first = b.studies[0]
+    assert [i.status for i in first.images] == ["scored", "excluded"]
+    assert first.header.patient_id == "PID-123" and first.header.birth_date == "1960-01-02"
+    assert first.header.patient_name == "Doe Jane"
+    assert b.labels == LABELS
+    assert b.run.model_name == "tiny-classifier" and b.run.started_at.startswith("2025-03-12")
+
+
+def test_thresholds_and_validation_figures_come_from_the_manifest(results: Path) -> None:
+    b = load_results(results)
+    f = {x.label: x for x in b.studies[0].images[0].findings}
+    assert b.operating_point == "balanced" and b.operating_point_source == "run.json"
+    assert f["pneumothorax"].threshold == 0.5 and f["pneumothorax"].threshold_kind == "balanced"
+    assert f["pneumothorax"].sensitivity == 0.8 and f["pneumothorax"].positive is True
+    assert f["effusion"].positive is False
+    rule_out = load_results(results, operating_point="rule_out")
+    g = {x.label: x for x in rule_out.studies[0].images[0].findings}
+    assert g["effusion"].threshold == 0.2 and g["effusion"].sensitivity == 0.95 and g["effusion"].positive is False
+
+
+def test_run_json_thresholds_win_and_unknown_ones_are_marked(results: Path, tmp_path: Path) -> None:
+    run = json.loads((results / "run.json").read_text())
+    run["thresholds"] = {"pneumothorax": 0.2, "effusion": 0.1}
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    for name in ("results.jsonl", "worklist.csv"):
+        (alt / name).write_text((results / name).read_text())
+    (alt / "run.json").write_text(json.dumps(run))
+    b = load_results(alt)
+    f = {x.label: x for x in b.studies[0].images[0].findings}
+    assert f["pneumothorax"].threshold_kind == "rule_out" and f["pneumothorax"].sensitivity == 0.95
+    assert f["effusion"].threshold == 0.1 and f["effusion"].threshold_kind == "run"
+    assert f["effusion"].sensitivity is None and f["effusion"].positive is True  # 0.12 >= 0.10
+
+
+def test_without_run_json_or_manifest_everything_unknown_is_said(results: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["model_name"] = "no-such-model"
+    (bare / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    b = load_results(bare)
+    assert b.manifest is None and not b.run.found and b.run.tool_version == UNKNOWN
+    assert any("run.json not found" in n for n in b.notes)
+    assert any("manifest not found" in n and "no-such-model" in n for n in b.notes)
+    f = b.studies[0].images[0].findings
+    assert all(x.threshold is None and x.threshold_kind == UNKNOWN and x.positive is None for x in f)
+    assert [x.label for x in f] == list(LABELS)  # labels recovered from the score columns
+
+
+def test_manifest_with_another_sha_is_refused(results: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["model_sha256"] = "0" * 64
+    d = tmp_path / "sha"
+    d.mkdir()
+    (d / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (d / "run.json").write_text((results / "run.json").read_text())
+    b = load_results(d)
+    assert b.manifest is None
+    assert any("000000000000" in n for n in b.notes)
+
+
+def test_csv_fallback_reads_semicolon_lists(results: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    d = tmp_path / "csv"
+    shutil.copytree(results / "overlays", d / "overlays")
+    with open(d / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in rows:
+            w.writerow([";".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v)
+                        else ("" if v is None else v) for v in (r.get(k) for k in keys)])
+    b = load_results(d, model=str(results.parent / "models" / "tiny"))
+    study = next(s for s in b.studies if s.key.endswith(".1001"))
+    img = study.images[0]
+    assert [h.label for h in img.heatmaps] == ["pneumothorax", "effusion"]
+    assert all(h.path.is_file() for h in img.heatmaps)
+    assert img.findings[0].score == pytest.approx(0.81)
+
+
+def test_missing_folder_and_bad_operating_point_are_clear_errors(results: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="results folder not found"):
+        load_results(tmp_path / "nope")
+    with pytest.raises(InputError, match="results.jsonl"):
+        load_results(tmp_path)
+    with pytest.raises(ConfigError, match="rule_out, balanced"):
+        load_results(results, operating_point="youden")
+
+
+def test_deidentified_header_has_no_identifiers_and_stable_pseudonyms(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = load_results(results, deidentify_headers=True)
+    h = b.studies[0].header
+    text = " ".join(str(v) for v in (h.patient_name, h.patient_id, h.birth_date, h.study_date, h.accession, h.study_uid))
+    for ident in ("Doe", "Jane", "PID-123", "1960", "2025", "ACC-9", "1.2.826.0.1.3680043.8.498.1001"):
+        assert ident not in text
+    assert h.patient_name.startswith("ANON-") and h.study_uid.startswith("2.25.") and h.deidentified
+    assert load_results(results, deidentify_headers=True).studies[0].header == h  # stable
+    assert b.studies[0].slug.startswith("study-") and "1001" not in b.studies[0].slug
+    monkeypatch.setenv(ENV_PSEUDONYM_KEY, "site-secret")
+    assert deidentify(read_header(b.studies[0].images, "k"), "k").patient_id != h.patient_id  # keyed
+
+
+def test_pseudonym_and_slug_helpers() -> None:
+    assert pseudonym("x", key=b"k") == pseudonym("x", key=b"k") != pseudonym("y", key=b"k")
+    assert study_slug("1.2.3", deidentified=False) == "1.2.3"
+    s = study_slug("/data/Doe John/case 1", deidentified=False)
+    assert "/" not in s and " " not in s and s.startswith("case_1-")

@@ -50,7 +50,7 @@ import numpy as np
 
 from cxrtriage.errors import ConfigError, CxrTriageError, InputError
 from cxrtriage.model import Classifier, ClassifierOutput, load_classifier
-from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream
+from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream, prestart
 from cxrtriage.preprocess import ModelInput
 from cxrtriage.report.results import ResultsWriter, result_columns, score_column
 from cxrtriage.types import Image2D
@@ -304,6 +304,7 @@ def run_predict(
     if missing:  # checked before anything is written (discover would raise the same later)
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
     workers = auto_workers() if config.workers is None else config.workers
+    prestart(workers)
     if model is None:
         model = load_classifier(config.model, device=config.device, strict_device=config.strict_device,
                                 intra_op_threads=config.intra_op_threads, spinning=workers == 0)

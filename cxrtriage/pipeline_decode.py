@@ -114,6 +114,17 @@ def _context() -> Any:
     return mp.get_context("spawn")
 
 
+def prestart(workers: int) -> None:
+    """Start the process that forks the decode workers now, so that its imports overlap with model loading."""
+    if workers <= 0:
+        return
+    ctx = _context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _crashed(task: DecodeTask) -> Decoded:
     return Decoded(task.index, task.path, FAILED,
                    f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)")

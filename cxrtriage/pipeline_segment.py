@@ -25,7 +25,7 @@ from cxrtriage.pipeline import (
     selection_rules,
     unique_stem,
 )
-from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream
+from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream, prestart
 from cxrtriage.report.results import ResultsWriter
 from cxrtriage.types import InputKind, SourceRef
 
@@ -146,6 +146,7 @@ def run_segment(
     if missing:  # checked before anything is written (discover would raise the same later)
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
     workers = auto_workers() if config.workers is None else config.workers
+    prestart(workers)
     if model is None:
         model = load_segmenter(config.model, device=config.device, strict_device=config.strict_device,
                                intra_op_threads=config.intra_op_threads, spinning=workers == 0)

@@ -102,6 +102,11 @@ def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: st
     local = Path(name)
     if local.is_dir() and (local / MANIFEST_NAME).is_file():
         return local / MANIFEST_NAME
+    if (root / name).is_dir():
+        raise ModelError(
+            f"model '{name}': {root / name} has no {MANIFEST_NAME} (not trained/exported yet, or an incomplete copy); "
+            f"install the model folder with its ONNX file and manifest, or pass --model with another name or path"
+        )
     known = [e.name for e in list_models(root)]
     hint = f"available models: {', '.join(known)}" if known else "no models are installed there"
     raise ModelError(

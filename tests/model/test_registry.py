@@ -80,3 +80,9 @@ def test_list_models_reports_broken_manifests(mdir: Path) -> None:
     assert entries["broken"].manifest is None and "not valid JSON" in (entries["broken"].error or "")
     assert entries["cxr-classifier"].manifest is not None
     assert entries["cxr-classifier"].manifest.task.value == "classification"
+
+
+def test_folder_without_manifest_says_so(mdir: Path) -> None:
+    (mdir / "half").mkdir()
+    with pytest.raises(ModelError, match="half has no manifest.json"):
+        resolve_manifest_path("half")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from cxrtriage.report import dicom_common as common
 from cxrtriage.report.dicom_common import AlgorithmInfo
@@ -32,8 +32,8 @@ def build_encapsulated_pdf(
     series_uid, sop_uid = common.result_uids("pdf", src, algo)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     common.copy_patient_study(src, ds)

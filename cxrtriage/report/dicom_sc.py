@@ -42,7 +42,7 @@ def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, de
         patient_orientation=patient_orientation,  # type: ignore[arg-type]
     )
     if not known:
-        sc.PatientOrientation = ""
+        setattr(sc, "PatientOrientation", "")  # noqa: B010  (Type 2: empty = unknown)
     common.copy_patient_study(source, sc)
     common.set_contributing_equipment(sc, algo)
     lat = str(source.get("Laterality", "") or source.get("ImageLaterality", "") or "")

@@ -71,7 +71,7 @@ def build_seg(
         instance_number=1,
         manufacturer=common.MANUFACTURER,
         manufacturer_model_name=algo.name[:64],
-        software_versions=algo.versions,
+        software_versions=algo.versions,  # type: ignore[arg-type]  # LO, multi-valued
         device_serial_number=algo.sha256[:16] or "unknown",
         content_description="AI lung segmentation - not for diagnosis"[:64],
         content_label="LUNGS",

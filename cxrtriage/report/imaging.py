@@ -6,6 +6,7 @@ import base64
 import logging
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 U8 = NDArray[np.uint8]
 # BGR→RGB is done at the edges; every array here is RGB uint8 [H, W, 3] or grey uint8 [H, W].
 MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255))
+
+
+def _u8(a: Any) -> U8:
+    return np.asarray(a, dtype=np.uint8)
 
 
 def read_display_image(path: Path) -> U8:
@@ -62,7 +67,7 @@ def _dicom_display(p: Path) -> U8:
     if spp == 3:
         pi = str(ds.get("PhotometricInterpretation", "RGB"))
         rgb = convert_color_space(arr, pi, "RGB") if pi.startswith("YBR") else arr
-        return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+        return _u8(cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY))
     values = apply_modality_lut(arr, ds).astype(np.float32)
     window = None
     if "WindowCenter" in ds or "VOILUTSequence" in ds:
@@ -97,7 +102,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> U8:
     m = m.astype(np.uint8)
     if m.shape != shape:
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return m
+    return _u8(m)
 
 
 def read_overlay(path: Path, base: U8) -> U8:
@@ -109,17 +114,17 @@ def read_overlay(path: Path, base: U8) -> U8:
     if o.shape[:2] != (h, w):
         o = cv2.resize(o, (w, h), interpolation=cv2.INTER_LINEAR)
     if o.ndim == 2:
-        return cv2.cvtColor(o.astype(np.uint8), cv2.COLOR_GRAY2RGB)
+        return _u8(cv2.cvtColor(o.astype(np.uint8), cv2.COLOR_GRAY2RGB))
     if o.shape[2] == 4:
         alpha = o[:, :, 3:4].astype(np.float32) / 255.0
         fg = cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB).astype(np.float32)
         bg = to_rgb(base).astype(np.float32)
         return np.clip(fg * alpha + bg * (1 - alpha), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB)
+    return _u8(cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB))
 
 
 def to_rgb(img: U8) -> U8:
-    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
+    return _u8(cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)) if img.ndim == 2 else img
 
 
 def draw_mask_outline(rgb: U8, mask: U8) -> U8:
@@ -139,7 +144,7 @@ def fit(img: U8, max_side: int) -> U8:
     if s <= max_side:
         return img
     f = max_side / s
-    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return _u8(cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA))
 
 
 def at_least(img: U8, min_side: int) -> U8:
@@ -149,7 +154,7 @@ def at_least(img: U8, min_side: int) -> U8:
     if s >= min_side:
         return img
     f = min_side / s
-    return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR)
+    return _u8(cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR))
 
 
 def png_bytes(img: U8) -> bytes:

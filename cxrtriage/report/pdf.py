@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 from fpdf import FPDF
@@ -104,7 +105,7 @@ class _ReportPDF(FPDF):
                 r.cell(self.t(v))
         self.ln(1)
 
-    def grid(self, header: tuple[str, ...], rows: list[tuple[str, ...]], widths: tuple[int, ...],
+    def grid(self, header: tuple[str, ...], rows: Sequence[Sequence[str]], widths: tuple[int, ...],
              emphasise: list[bool] | None = None) -> None:
         self.set_font(self.family, "", 8)
         with self.table(col_widths=widths, line_height=4.4, text_align="LEFT",

@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cxrtriage.errors import ConfigError
 
@@ -50,7 +51,7 @@ def send_files(files: list[Path], dest: Destination, *, timeout: float = 30.0) -
 
     if not files:
         return []
-    datasets: list[tuple[Path, object]] = []
+    datasets: list[tuple[Path, Any]] = []
     results: list[SendResult] = []
     contexts: dict[tuple[str, str], object] = {}
     for f in files:

@@ -213,8 +213,8 @@ def read_run_info(results_dir: Path) -> RunInfo:
         raise InputError(f"{path}: cannot read run provenance ({exc}); fix or delete the file and run the report again") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: run.json must hold a JSON object")
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    seg = data.get("segmenter") if isinstance(data.get("segmenter"), dict) else {}
+    model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
+    seg: dict[str, Any] = data["segmenter"] if isinstance(data.get("segmenter"), dict) else {}
 
     def pick(*vals: Any) -> str:
         for v in vals:

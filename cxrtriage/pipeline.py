@@ -336,6 +336,7 @@ def run_predict(
             if d.status != OK and not pending:  # nothing waits for a batch: write it now, order is kept
                 row = _base_row(d, model)
                 writer.write(row)
+                writer.flush()
                 counter.add(row["status"])
                 continue
             pending.append(d)

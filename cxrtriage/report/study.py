@@ -285,18 +285,18 @@ def read_rows(results_dir: Path) -> list[dict[str, Any]]:
     )
 
 
-def read_worklist_order(results_dir: Path) -> list[str]:
-    """Study keys in worklist.csv order (the triage order), or [] when there is no worklist."""
+def read_worklist(results_dir: Path) -> dict[str, tuple[str, str]]:
+    """worklist.csv (the triage's study-level decision): study key → (priority, reason), in worklist order."""
     path = results_dir / "worklist.csv"
     if not path.is_file():
-        return []
-    order: list[str] = []
+        return {}
+    out: dict[str, tuple[str, str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             key = _text(r.get("study_key") or r.get("study_instance_uid"))
-            if key and key not in order:
-                order.append(key)
-    return order
+            if key and key not in out:
+                out[key] = (_text(r.get("priority")), _text(r.get("priority_reason") or r.get("reason")))
+    return out
 
 
 # --------------------------------------------------------------------------- manifest and thresholds
@@ -514,7 +514,7 @@ def study_slug(key: str, *, deidentified: bool) -> str:
 # --------------------------------------------------------------------------- priorities
 
 
-def _rank_fn(run: RunInfo, worklist: list[str]) -> Any:
+def _rank_fn(run: RunInfo) -> Any:
     levels = run.priority_levels
 
     def rank(priority: str) -> int:
@@ -570,15 +570,18 @@ def load_results(
 
     groups: dict[str, list[ImageResult]] = {}
     for img in images:
-        key = _text(img.row.get("study_key")) or _text(img.row.get("study_instance_uid")) or str(img.path.parent)
+        key = _text(img.row.get("study_key")) or _text(img.row.get("path")) or str(img.path)
         groups.setdefault(key, []).append(img)
-    worklist = read_worklist_order(rdir)
-    rank = _rank_fn(run, worklist)
+    worklist = read_worklist(rdir)
+    rank = _rank_fn(run)
     studies: list[StudyReport] = []
     for key, imgs in groups.items():
         t = tuple(imgs)
         prioritised = [i for i in t if i.priority]
         top = min(prioritised, key=lambda i: rank(i.priority)) if prioritised else None
+        priority, reason = (top.priority, top.priority_reason) if top else ("", "")
+        if key in worklist and worklist[key][0]:  # the triage's own study-level decision wins
+            priority, reason = worklist[key]
         header = read_header(t, key)
         if deidentify_headers:
             header = deidentify(header, key)
@@ -587,9 +590,9 @@ def load_results(
             slug=study_slug(key, deidentified=deidentify_headers),
             header=header,
             images=t,
-            priority=top.priority if top else "",
-            priority_reason=top.priority_reason if top else "",
-            rank=rank(top.priority) if top else rank(""),
+            priority=priority,
+            priority_reason=reason,
+            rank=rank(priority),
         ))
     if worklist:
         pos = {k: n for n, k in enumerate(worklist)}

@@ -154,12 +154,16 @@ def make_results(
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    with open(out / "worklist.csv", "w", newline="", encoding="utf-8") as f:
+    with open(out / "worklist.csv", "w", newline="", encoding="utf-8") as f:  # the triage's columns
         w = csv.writer(f)
-        w.writerow(["rank", "priority", "study_key", "reason"])
-        w.writerow([1, "urgent", study_a, "pneumothorax"])
-        w.writerow([2, "urgent", str(png_dir), "effusion"])
-        w.writerow([3, "routine", study_b, ""])
+        w.writerow(["rank", "priority", "study_key", "study_instance_uid", "priority_reason", "top_finding", "top_score",
+                    "n_images", "n_scored", "paths"])
+        w.writerow([1, "urgent", study_a, study_a, "pneumothorax 0.81 >= 0.50 [pa.dcm]; 1 of 2 images not assessed",
+                    "pneumothorax", 0.81, 2, 1, f"{a1};{a2}"])
+        w.writerow([2, "urgent", str(png_dir), "", "effusion 0.70 >= 0.50", "effusion", 0.7, 1, 1, str(png)])
+        w.writerow([3, "routine", study_b, study_b, "no finding above threshold", "effusion", 0.3, 1, 1, str(b1)])
+        w.writerow([4, "not_assessed", str(src), "", "failed: not a readable DICOM or image file", "", "", 1, 0,
+                    str(broken)])
     if with_run_json:
         (out / "run.json").write_text(json.dumps({
             "tool_version": "0.1.0",
@@ -168,7 +172,7 @@ def make_results(
                           "labels": ["background", "right_lung", "left_lung"]},
             "operating_point": "balanced",
             "policy": "default",
-            "priority_levels": ["urgent", "routine"],
+            "priority_levels": ["critical", "urgent", "routine", "not_assessed", "normal"],
             "started_at": "2025-03-12T10:00:00Z",
             "finished_at": "2025-03-12T10:00:05Z",
         }))

@@ -30,7 +30,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_groups_rows_into_studies_in_worklist_order(results: Path) -> None:
     b = load_results(results)
     assert [len(s.images) for s in b.studies] == [2, 1, 1, 1]
-    assert [s.priority for s in b.studies][:3] == ["urgent", "urgent", "routine"]
+    assert [s.priority for s in b.studies] == ["urgent", "urgent", "routine", "not_assessed"]
+    assert b.studies[0].priority_reason.endswith("1 of 2 images not assessed")  # worklist.csv's study-level reason
+    assert b.studies[3].priority_reason.startswith("failed: not a readable")
     first = b.studies[0]
     assert [i.status for i in first.images] == ["scored", "excluded"]
     assert first.header.patient_id == "PID-123" and first.header.birth_date == "1960-01-02"
@@ -64,6 +66,18 @@ def test_run_json_thresholds_win_and_unknown_ones_are_marked(results: Path, tmp_
     assert f["pneumothorax"].threshold_kind == "rule_out" and f["pneumothorax"].sensitivity == 0.95
     assert f["effusion"].threshold == 0.1 and f["effusion"].threshold_kind == "run"
     assert f["effusion"].sensitivity is None and f["effusion"].positive is True  # 0.12 >= 0.10
+
+
+def test_without_worklist_studies_are_ordered_by_priority_level(results: Path, tmp_path: Path) -> None:
+    d = tmp_path / "nowl"
+    d.mkdir()
+    (d / "results.jsonl").write_text((results / "results.jsonl").read_text())
+    run = json.loads((results / "run.json").read_text())
+    run["priority_levels"] = ["routine", "urgent"]  # a site that reads routine first (odd, but it decides)
+    (d / "run.json").write_text(json.dumps(run))
+    b = load_results(d)
+    assert [s.priority for s in b.studies][:3] == ["routine", "urgent", "urgent"]
+    assert b.studies[0].priority_reason == "no finding above threshold"  # the image's own reason
 
 
 def test_without_run_json_or_manifest_everything_unknown_is_said(results: Path, tmp_path: Path) -> None:

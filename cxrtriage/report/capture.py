@@ -1,14 +1,13 @@
-"""The burned-in picture for the Secondary Capture: image, lung outline, main overlay and a legend."""
+"""The burned-in picture for the Secondary Capture: image, main explanation map, lung outline and a legend."""
 
 from __future__ import annotations
 
-from numpy.typing import NDArray
-
 from cxrtriage.report import imaging
-from cxrtriage.report.study import ImageResult, ResultsBundle
+from cxrtriage.report.study import Heatmap, ImageResult, ResultsBundle
 
 SC_MAX_SIDE = 2048
 SC_MIN_SIDE = 768  # tiny images are upscaled so that the burned-in legend stays legible
+MAP_FLOOR = 0.2  # map values below this are not drawn (as in the explain overlays)
 RED, GREEN, GREY, WHITE = (255, 80, 80), (120, 230, 120), (190, 190, 190), (235, 235, 235)
 
 
@@ -16,34 +15,51 @@ def _short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, ...] = ()) -> tuple[NDArray, list[str]]:
-    """The RGB picture for one scored image, and notes on anything left out (mask or overlay unreadable)."""
-    notes: list[str] = []
-    base = imaging.at_least(imaging.fit(imaging.read_display_image(img.path), SC_MAX_SIDE), SC_MIN_SIDE)
-    rgb = imaging.to_rgb(base)
-    shown = None
+def _main_heatmap(img: ImageResult) -> Heatmap | None:
+    """The map of the most relevant finding: the highest-scoring one above threshold, else the highest score."""
     ranked = sorted(img.findings, key=lambda f: (not bool(f.positive), -(f.score or 0.0)))
     by_label = {h.label: h for h in img.heatmaps}
     for f in ranked:
         if f.label in by_label:
-            shown = by_label[f.label]
-            break
-    if shown is None and img.heatmaps:
-        shown = img.heatmaps[0]
-    if shown is not None:
+            return by_label[f.label]
+    return img.heatmaps[0] if img.heatmaps else None
+
+
+def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, ...] = ()) -> tuple[imaging.U8, list[str]]:
+    """The RGB picture for one scored image, and notes on anything left out.
+
+    The source image (as displayed) gets the main explanation map blended in from its ``.npy`` (same
+    colour map and floor as the explain overlays) and the lung outline. When only the overlay PNG
+    exists (it is a composite, not aligned with the image), that PNG is used as it is, without outline.
+    """
+    notes: list[str] = []
+    full = imaging.read_display_image(img.path)
+    base = imaging.at_least(imaging.fit(full, SC_MAX_SIDE), SC_MIN_SIDE)
+    rgb = imaging.to_rgb(base)
+    shown = _main_heatmap(img)
+    drawn_map = False
+    aligned = True
+    if shown is not None and shown.map_path is not None:
         try:
-            rgb = imaging.read_overlay(shown.path, base)
+            rgb = imaging.heat_blend(base, imaging.read_map(shown.map_path, base.shape), floor=MAP_FLOOR)
+            drawn_map = True
         except Exception as exc:
-            notes.append(f"overlay {shown.path.name} left out of the secondary capture: {exc}")
+            notes.append(f"{img.path.name}: map {shown.map_path.name} not drawn on the secondary capture: {exc}")
+    if shown is not None and not drawn_map:
+        try:
+            rgb = imaging.at_least(imaging.fit(imaging.read_png_rgb(shown.path), SC_MAX_SIDE), SC_MIN_SIDE)
+            aligned = False
+        except Exception as exc:
+            notes.append(f"{img.path.name}: overlay {shown.path.name} left out of the secondary capture: {exc}")
             shown = None
     mask_values: list[int] = []
-    if img.mask_path is not None:
+    if img.mask_path is not None and aligned:
         try:
             mask = imaging.read_mask(img.mask_path, base.shape)
             rgb = imaging.draw_mask_outline(rgb, mask)
             mask_values = sorted(int(v) for v in set(mask.flatten().tolist()) if v != 0)
         except Exception as exc:
-            notes.append(f"lung mask left out of the secondary capture: {exc}")
+            notes.append(f"{img.path.name}: lung mask left out of the secondary capture: {exc}")
 
     man = bundle.manifest
     name = man.name if man else str(img.row.get("model_name") or bundle.run.model_name)
@@ -53,7 +69,7 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, .
         (f"Operating point: {bundle.operating_point}", WHITE),
         ("", WHITE),
     ]
-    for f in ranked:
+    for f in sorted(img.findings, key=lambda f: (not bool(f.positive), -(f.score or 0.0))):
         if f.score is None:
             continue
         if f.threshold is None:
@@ -64,14 +80,17 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, .
     lines.append(("", WHITE))
     if img.priority:
         lines.append((_short(f"Priority: {img.priority}" + (f" - {img.priority_reason}" if img.priority_reason else "")), WHITE))
-    if shown is not None:
-        lines.append((f"Heatmap: {shown.label} (warm = model attention)", WHITE))
     for n, v in enumerate(mask_values):
         label = mask_names[v] if v < len(mask_names) else f"lung region {v}"
-        colour = imaging.MASK_COLOURS[n % len(imaging.MASK_COLOURS)]
-        lines.append((f"Outline: {label}", colour))
+        lines.append((f"Outline: {label}", imaging.MASK_COLOURS[n % len(imaging.MASK_COLOURS)]))
     if img.lung_area_mm2 is not None:
         lines.append((f"Lung area: {img.lung_area_mm2 / 100:,.1f} cm2", WHITE))
+    if shown is not None:
+        method = f" ({shown.method})" if shown.method else ""
+        what = "colour = model evidence, not a lesion outline" if drawn_map else "picture drawn by the explain step"
+        lines.append((f"Map{method}: {shown.label}", WHITE))
+        lines.append((f"  {what}", WHITE))
     footer = "Decision support only; not a diagnosis.\nA qualified clinician must review\nthe original image."
-    picture = imaging.burn_legend(rgb, "AI RESULT - NOT FOR DIAGNOSIS", lines, footer)
+    picture = imaging.burn_legend(rgb, "AI RESULT - NOT FOR DIAGNOSIS", lines, footer, colour_bar=drawn_map,
+                                  bar_floor=MAP_FLOOR)
     return picture, notes

@@ -105,22 +105,46 @@ def read_mask(path: Path, shape: tuple[int, int]) -> U8:
     return _u8(m)
 
 
-def read_overlay(path: Path, base: U8) -> U8:
-    """An overlay PNG as RGB at ``base``'s size; a PNG with alpha is composited over ``base``."""
+def read_png_rgb(path: Path) -> U8:
+    """An overlay picture as it was drawn (RGB uint8); transparency is flattened onto black."""
     o = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if o is None:
         raise InputError(f"{path}: overlay PNG cannot be read")
-    h, w = base.shape[:2]
-    if o.shape[:2] != (h, w):
-        o = cv2.resize(o, (w, h), interpolation=cv2.INTER_LINEAR)
+    if o.dtype != np.uint8:
+        o = cv2.normalize(o, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if o.ndim == 2:
-        return _u8(cv2.cvtColor(o.astype(np.uint8), cv2.COLOR_GRAY2RGB))
+        return _u8(cv2.cvtColor(o, cv2.COLOR_GRAY2RGB))
+    rgb = cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB)
     if o.shape[2] == 4:
-        alpha = o[:, :, 3:4].astype(np.float32) / 255.0
-        fg = cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB).astype(np.float32)
-        bg = to_rgb(base).astype(np.float32)
-        return np.clip(fg * alpha + bg * (1 - alpha), 0, 255).astype(np.uint8)
-    return _u8(cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB))
+        rgb = (rgb.astype(np.float32) * (o[:, :, 3:4].astype(np.float32) / 255.0)).astype(np.uint8)
+    return _u8(rgb)
+
+
+def read_map(path: Path, shape: tuple[int, int]) -> NDArray[np.float32]:
+    """A saved explanation map (.npy, float in [0, 1] on the original image grid), resized to ``shape``."""
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: explanation map cannot be read ({exc})") from exc
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.floating):
+        raise InputError(f"{path}: explanation map must be a 2-D float array, got {values.dtype} {values.shape}")
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0)
+    if values.shape != shape:
+        values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(values, 0.0, 1.0)
+
+
+def turbo(values: NDArray[np.float32]) -> U8:
+    """Turbo colour map of a [0, 1] array → RGB uint8."""
+    u8 = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    return _u8(cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB))
+
+
+def heat_blend(base: U8, values: NDArray[np.float32], *, floor: float = 0.2, alpha: float = 0.5) -> U8:
+    """``base`` with the turbo-coloured map blended where the map exceeds ``floor`` (opacity ramps up over 0.1)."""
+    rgb = to_rgb(base).astype(np.float32)
+    a = (alpha * np.clip((values - floor) / 0.1, 0.0, 1.0))[:, :, None]
+    return _u8(np.clip(np.rint((1.0 - a) * rgb + a * turbo(values).astype(np.float32)), 0, 255))
 
 
 def to_rgb(img: U8) -> U8:
@@ -183,10 +207,12 @@ def ascii_text(text: str) -> str:
     return "".join(c if ord(c) < 128 else ("" if unicodedata.combining(c) else "?") for c in decomposed)
 
 
-def burn_legend(image: U8, title: str, lines: list[tuple[str, tuple[int, int, int]]], footer: str) -> U8:
+def burn_legend(image: U8, title: str, lines: list[tuple[str, tuple[int, int, int]]], footer: str,
+                *, colour_bar: bool = False, bar_floor: float = 0.2) -> U8:
     """``image`` (RGB) with a black panel on its right holding the title, coloured lines and a footer.
 
-    The text is scaled to the image height so that it stays legible on a full-size radiograph.
+    With ``colour_bar`` a 0..1 turbo bar follows the lines (the part below ``bar_floor``, which is not
+    drawn on the image, dimmed). The text is scaled to the image height so that it stays legible.
     """
     h, w = image.shape[:2]
     scale = max(0.4, h / 1400)
@@ -196,7 +222,7 @@ def burn_legend(image: U8, title: str, lines: list[tuple[str, tuple[int, int, in
     texts = [ascii_text(title)] + [ascii_text(t) for t, _ in lines] + ascii_text(footer).split("\n")
     width_px = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in texts) + round(40 * scale)
     panel_w = max(width_px, round(w * 0.3))
-    needed_h = line_h * (len(texts) + 3)
+    needed_h = line_h * (len(texts) + 3 + (2 if colour_bar else 0))
     canvas_h = max(h, needed_h)
     canvas = np.zeros((canvas_h, w + panel_w, 3), dtype=np.uint8)
     canvas[:h, :w] = image
@@ -207,6 +233,20 @@ def burn_legend(image: U8, title: str, lines: list[tuple[str, tuple[int, int, in
     for (_, colour), t in zip(lines, texts[1:1 + len(lines)], strict=True):
         cv2.putText(canvas, t, (x, y), font, scale, colour, thick, cv2.LINE_AA)
         y += line_h
+    if colour_bar:
+        bar_w, bar_h = max(40, panel_w - 2 * (x - w)), max(6, line_h // 2)
+        ramp = np.linspace(0.0, 1.0, bar_w, dtype=np.float32)[None, :].repeat(bar_h, axis=0)
+        bar = turbo(ramp).astype(np.float32)
+        bar[ramp < bar_floor] *= 0.3
+        y0 = y - line_h // 2
+        if y0 + bar_h + line_h < canvas_h:
+            canvas[y0:y0 + bar_h, x:x + bar_w] = bar.astype(np.uint8)
+            small = scale * 0.8
+            cv2.putText(canvas, "0", (x, y0 + bar_h + line_h - line_h // 4), font, small, (235, 235, 235), thick, cv2.LINE_AA)
+            label = "1  relative evidence"
+            tw = cv2.getTextSize(label, font, small, thick)[0][0]
+            cv2.putText(canvas, label, (x + bar_w - tw, y0 + bar_h + line_h - line_h // 4), font, small, (235, 235, 235),
+                        thick, cv2.LINE_AA)
     y = canvas_h - line_h * (len(texts) - 1 - len(lines)) + round(line_h / 2)
     for t in texts[1 + len(lines):]:
         cv2.putText(canvas, t, (x, y - line_h // 2), font, scale, (255, 220, 0), thick, cv2.LINE_AA)

@@ -70,8 +70,12 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Heatmap:
+    """An overlay PNG from the explain step and, when saved beside it, its map at the original geometry (.npy)."""
+
     label: str
     path: Path
+    method: str = ""
+    map_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,20 +381,35 @@ def labels_from(rows: list[dict[str, Any]], manifest: ModelManifest | None) -> t
     return tuple(seen)
 
 
+_OVERLAY_NAME = re.compile(r"^(?P<stem>.*)__(?P<label>[^_].*?)__(?P<method>[A-Za-z0-9.-]+)$")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
+
+
 def _heatmaps(value: Any, labels: tuple[str, ...], results_dir: Path) -> tuple[Heatmap, ...]:
+    """Overlay entries: paths (``<stem>__<label>__<method>.png`` names the label) or {path, label, method} dicts."""
     out: list[Heatmap] = []
+    by_safe = {_safe(lab): lab for lab in labels}
     for item in _list(value):
         if isinstance(item, dict):
-            p, label = _text(item.get("path")), _text(item.get("label"))
+            p, label, method = _text(item.get("path")), _text(item.get("label")), _text(item.get("method"))
         else:
-            p, label = _text(item), ""
+            p, label, method = _text(item), "", ""
         if not p:
             continue
-        if not label:  # infer the label from the file name: the longest label it contains
-            stem = Path(p).stem.lower()
-            hits = [lab for lab in labels if lab.lower() in stem]
-            label = max(hits, key=len) if hits else Path(p).stem
-        out.append(Heatmap(label=label, path=_resolve(p, results_dir)))
+        stem = Path(p).stem
+        m = _OVERLAY_NAME.match(stem)
+        if m:
+            label = label or by_safe.get(m.group("label"), m.group("label"))
+            method = method or m.group("method")
+        if not label:  # another naming: the longest label the file name contains
+            hits = [lab for lab in labels if lab.lower() in stem.lower()]
+            label = max(hits, key=len) if hits else stem
+        path = _resolve(p, results_dir)
+        npy = path.with_suffix(".npy")
+        out.append(Heatmap(label=label, path=path, method=method, map_path=npy if npy.is_file() else None))
     return tuple(out)
 
 

@@ -152,12 +152,13 @@ def image_figures(img: ImageResult, *, max_side: int = FIGURE_MAX_SIDE) -> tuple
     figures = [_figure(caption, imaging.fit(rgb, max_side))]
     for hm in _primary_heatmap_first(img):
         try:
-            ov = imaging.read_overlay(hm.path, base)
+            ov = imaging.read_png_rgb(hm.path)
         except Exception as exc:
             problems.append(f"overlay for {hm.label} not shown: {exc}")
             continue
-        figures.append(_figure(f"Model attention heatmap for '{hm.label}' (where the model looked; not a lesion outline)",
-                               imaging.fit(ov, max_side)))
+        method = f" ({hm.method})" if hm.method else ""
+        figures.append(_figure(f"Explanation map{method} for '{hm.label}': where the model's evidence was, "
+                               "not a lesion outline", imaging.fit(ov, max_side)))
     return tuple(figures), tuple(problems)
 
 

@@ -48,15 +48,30 @@ def lung_mask_from(img: np.ndarray) -> np.ndarray:
     return labels
 
 
-def overlay_from(img: np.ndarray) -> np.ndarray:
-    """A JET heat overlay (BGR) computed from the image itself (blurred at low resolution), blended over it."""
-    grey = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+def map_from(img: np.ndarray) -> np.ndarray:
+    """A smooth map in [0, 1] on the image grid (high where the image is dark), computed at low resolution."""
+    grey = cv2.normalize(img.astype(np.float32), None, 0, 1, cv2.NORM_MINMAX)
     h, w = grey.shape
     f = min(1.0, 128 / max(h, w))
-    small = cv2.resize(255 - grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    heat = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigmaX=max(2.0, small.shape[1] / 12)), (w, h))
-    colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
-    return cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 0.6, colour, 0.4, 0)
+    small = cv2.resize(1.0 - grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), sigmaX=max(2.0, small.shape[1] / 12))
+    values = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.normalize(values, None, 0, 1, cv2.NORM_MINMAX).astype(np.float32)
+
+
+def composite_overlay(img: np.ndarray, values: np.ndarray, label: str) -> np.ndarray:
+    """An overlay PNG laid out like the explain step's (BGR): a text band over the image and the image with the
+    map, side by side: a picture NOT aligned with the source image."""
+    grey = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    left = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    colour = cv2.applyColorMap((values * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    right = cv2.addWeighted(left, 0.5, colour, 0.5, 0)
+    h, w = grey.shape
+    band = np.zeros((max(20, h // 6), 2 * w + 4, 3), np.uint8)
+    cv2.putText(band, f"Finding: {label}", (4, band.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, max(0.3, h / 600),
+                (255, 255, 255), 1)
+    panels = np.hstack([left, np.zeros((h, 4, 3), np.uint8), right])
+    return np.vstack([band, panels])
 
 
 def make_results(
@@ -116,11 +131,15 @@ def make_results(
     broken.write_bytes(b"\x00" * 10)
 
     def scored(path: Path, study: str, pixels: np.ndarray, tag: str, scores: tuple[float, ...], prio: str, why: str,
-               spacing: float | None) -> dict[str, Any]:
-        ov = out / "overlays" / f"{tag}_pneumothorax.png"
-        cv2.imwrite(str(ov), overlay_from(pixels))
-        ov2 = out / "overlays" / f"{tag}_effusion.png"
-        cv2.imwrite(str(ov2), cv2.flip(overlay_from(pixels), 1))
+               spacing: float | None, *, save_maps: bool = True) -> dict[str, Any]:
+        heatmaps = []
+        values = map_from(pixels)
+        for label, vals in (("pneumothorax", values), ("effusion", np.ascontiguousarray(values[:, ::-1]))):
+            name = f"overlays/{tag}__{label}__gradcam"
+            cv2.imwrite(str(out / f"{name}.png"), composite_overlay(pixels, vals, label))
+            if save_maps:
+                np.save(out / f"{name}.npy", vals)
+            heatmaps.append(f"{name}.png")
         mask = lung_mask_from(pixels)
         mp = out / "masks" / f"{tag}.png"
         cv2.imwrite(str(mp), mask)
@@ -132,7 +151,7 @@ def make_results(
             "columns": int(pixels.shape[1]), "pixel_spacing_mm": [spacing, spacing] if spacing else None,
             "model_name": "tiny-classifier", "model_version": "0.0.1-test", "model_sha256": sha,
             "priority": prio, "priority_reason": why, "site_file": "",
-            "heatmaps": [f"overlays/{tag}_pneumothorax.png", f"overlays/{tag}_effusion.png"],
+            "heatmaps": heatmaps,
             "mask_path": f"masks/{tag}.png", "lung_area_px": area_px,
             "lung_area_mm2": area_px * spacing * spacing if spacing else None,
             "notes": ["image is slightly rotated"] if tag == "a1" else [],
@@ -146,7 +165,8 @@ def make_results(
                  "input_kind": "dicom", "study_key": study_a, "study_instance_uid": study_a, "view": "LL",
                  "priority": "", "priority_reason": "", "heatmaps": [], "mask_path": "",
                  **{f"score_{lab}": None for lab in LABELS}})
-    rows.append(scored(b1, study_b, pix_b, "b1", (0.05, 0.3, 0.1), "routine", "no finding above threshold", None))
+    rows.append(scored(b1, study_b, pix_b, "b1", (0.05, 0.3, 0.1), "routine", "no finding above threshold", None,
+                       save_maps=False))  # only the overlay PNGs: the SC falls back to the composite picture
     rows.append(scored(png, str(png_dir), chest_like(64, 64, seed=2), "p1", (0.2, 0.7, 0.4), "urgent",
                        "effusion 0.70 >= 0.50", None))
     rows.append({"path": str(broken), "status": "failed", "reason": "not a readable DICOM or image file (10 bytes)",

@@ -14,7 +14,15 @@ import pytest
 from report_fixtures import LABELS, dciodvfy, make_results, require_tool
 
 from cxrtriage.report.batch import ReportSummary, build_reports
-from cxrtriage.report.dicom_common import FINDING_CODES, PRIVATE_SCHEME, finding_code, private_code
+from cxrtriage.report.dicom_common import (
+    FINDING_CODES,
+    PRIVATE_SCHEME,
+    AlgorithmInfo,
+    finding_code,
+    private_code,
+    result_uids,
+)
+from cxrtriage.report.dicom_pdf import build_encapsulated_pdf
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.1001"
 
@@ -134,6 +142,13 @@ def test_secondary_capture_is_a_marked_rgb_picture(built: ReportSummary) -> None
     assert (panel > 150).any(axis=2).mean() > 0.005  # legend text
     red = (panel[:, :, 0] > 200) & (panel[:, :, 1] < 120)
     assert red.sum() > 20  # a finding above threshold is written in red
+    hsv = cv2.cvtColor(np.ascontiguousarray(panel), cv2.COLOR_RGB2HSV)
+    bar_rows = [r for r in range(hsv.shape[0]) if (hsv[r, :, 1] > 150).mean() > 0.5
+                and len(np.unique(hsv[r, :, 0][hsv[r, :, 1] > 150] // 10)) >= 6]
+    assert bar_rows  # the turbo colour bar of the map (drawn from its .npy) is in the legend
+    # study B has overlay PNGs but no .npy maps: its SC shows the explain step's side-by-side picture instead
+    b = pydicom.dcmread(_files(built, "2002")["sc_001"])
+    assert b.Columns > 2 * b.Rows and list(b.ImageType) == ["DERIVED", "SECONDARY"]
 
 
 def test_encapsulated_pdf_wraps_a_renderable_report(built: ReportSummary, tmp_path: Path) -> None:
@@ -147,16 +162,26 @@ def test_encapsulated_pdf_wraps_a_renderable_report(built: ReportSummary, tmp_pa
     assert list(tmp_path.glob("p-*.png"))
 
 
-def test_uids_are_stable_and_change_with_parameters(tmp_path: Path) -> None:
-    out = make_results(tmp_path)
-    first = build_reports(out, pdf=False, dicom=True, modality="OT")
-    uids1 = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in first.dicom_files}
-    again = build_reports(out, pdf=False, dicom=True, modality="OT")
-    assert {p.name: pydicom.dcmread(p).SOPInstanceUID for p in again.dicom_files} == uids1
-    assert pydicom.dcmread(next(p for p in again.dicom_files if p.name == "report_pdf.dcm")).Modality == "OT"
-    rule_out = build_reports(out, pdf=False, dicom=True, operating_point="rule_out")
-    sr = {p.parent.name: pydicom.dcmread(p).SOPInstanceUID for p in rule_out.dicom_files if p.name == "sr_001.dcm"}
-    assert all(uid not in uids1.values() for uid in sr.values())
+def test_uids_are_stable_and_change_with_parameters(built: ReportSummary) -> None:
+    uids = {p: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in built.dicom_files}
+    again = build_reports(built.results_dir, pdf=False, dicom=True)  # a re-run overwrites, never duplicates
+    assert {p: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in again.dicom_files} == uids
+    src = pydicom.dcmread(built.results_dir.parent / "inputs" / "a" / "pa.dcm", stop_before_pixels=True)
+    a = AlgorithmInfo("m", "1", "s", {"threshold.x": "0.5000 (balanced)"})
+    b = AlgorithmInfo("m", "1", "s", {"threshold.x": "0.2000 (rule_out)"})
+    assert result_uids("sr", src, a)[0] == result_uids("sr", src, b)[0]  # same series
+    assert result_uids("sr", src, a)[1] != result_uids("sr", src, b)[1]  # new thresholds: a new instance
+    assert result_uids("sr", src, a)[1] != result_uids("sc", src, a)[1]
+
+
+def test_encapsulated_pdf_modality_is_configurable(built: ReportSummary) -> None:
+    src = pydicom.dcmread(built.results_dir.parent / "inputs" / "a" / "pa.dcm", stop_before_pixels=True)
+    algo = AlgorithmInfo("m", "1")
+    assert build_encapsulated_pdf([src], b"%PDF-1.4 x", algo, modality="ot").Modality == "OT"
+    with pytest.raises(ValueError, match="not a PDF"):
+        build_encapsulated_pdf([src], b"hello", algo)
+    with pytest.raises(ValueError, match="modality"):
+        build_encapsulated_pdf([src], b"%PDF-1.4 x", algo, modality="")
 
 
 def test_finding_codes() -> None:

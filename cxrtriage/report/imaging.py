@@ -111,7 +111,7 @@ def read_png_rgb(path: Path) -> U8:
     if o is None:
         raise InputError(f"{path}: overlay PNG cannot be read")
     if o.dtype != np.uint8:
-        o = cv2.normalize(o, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        o = np.clip(o.astype(np.float32) * (255.0 / max(float(o.max()), 1.0)), 0, 255).astype(np.uint8)
     if o.ndim == 2:
         return _u8(cv2.cvtColor(o, cv2.COLOR_GRAY2RGB))
     rgb = cv2.cvtColor(o[:, :, :3], cv2.COLOR_BGR2RGB)

@@ -46,6 +46,7 @@ class RunInfo:
     segmenter_version: str = ""
     segmenter_labels: tuple[str, ...] = ()
     priority_levels: tuple[str, ...] = ()
+    cwd: str = ""
     found: bool = False
 
 
@@ -195,12 +196,13 @@ def _list(value: Any) -> list[Any]:
     return [value]
 
 
-def _resolve(path_text: str, results_dir: Path) -> Path:
-    """Input paths may be absolute, relative to the results dir, or relative to the working directory."""
+def _resolve(path_text: str, results_dir: Path, input_base: Path | None = None) -> Path:
+    """Paths may be absolute, relative to the results dir, to the folder `predict` ran in (run.json ``cwd``),
+    or to the working directory."""
     p = Path(path_text).expanduser()
     if p.is_absolute():
         return p
-    for base in (results_dir, Path.cwd()):
+    for base in (results_dir, *([input_base] if input_base else []), Path.cwd()):
         if (base / p).exists():
             return (base / p).resolve()
     return (results_dir / p)
@@ -260,6 +262,7 @@ def read_run_info(results_dir: Path) -> RunInfo:
         segmenter_version=_text(seg.get("version") or data.get("segmenter_version")),
         segmenter_labels=tuple(str(x) for x in (seg.get("labels") or data.get("segmenter_labels") or [])),
         priority_levels=tuple(str(x).lower() for x in levels if isinstance(x, str)),
+        cwd=_text(data.get("cwd") or data.get("working_directory")),
         found=True,
     )
 
@@ -423,23 +426,29 @@ def _notes(row: dict[str, Any]) -> tuple[str, ...]:
 def image_result(index: int, row: dict[str, Any], labels: tuple[str, ...], manifest: ModelManifest | None, run: RunInfo,
                  operating_point: str, results_dir: Path) -> ImageResult:
     mask = _text(row.get("mask_path"))
+    status = _text(row.get("status")) or UNKNOWN
+    reason = _text(row.get("reason"))
+    notes = _notes(row)
+    if status == "scored" and reason:  # for a scored file, 'reason' holds reading notes, not a reason to exclude
+        notes = tuple(dict.fromkeys((*(n.strip() for n in reason.split("; ") if n.strip()), *notes)))
+        reason = ""
     return ImageResult(
         index=index,
-        path=_resolve(_text(row.get("path")), results_dir),
-        status=_text(row.get("status")) or UNKNOWN,
-        reason=_text(row.get("reason")),
+        path=_resolve(_text(row.get("path")), results_dir, Path(run.cwd) if run.cwd else None),
+        status=status,
+        reason=reason,
         input_kind=_text(row.get("input_kind")).lower(),
         sop_instance_uid=_text(row.get("sop_instance_uid")),
         series_instance_uid=_text(row.get("series_instance_uid")),
         view=_text(row.get("view")),
-        findings=resolve_findings(row, labels, manifest, run, operating_point) if _text(row.get("status")) == "scored" else (),
+        findings=resolve_findings(row, labels, manifest, run, operating_point) if status == "scored" else (),
         heatmaps=_heatmaps(row.get("heatmaps"), labels, results_dir),
         mask_path=_resolve(mask, results_dir) if mask else None,
         lung_area_mm2=_float(row.get("lung_area_mm2")),
         lung_area_px=_float(row.get("lung_area_px")),
         priority=_text(row.get("priority")),
         priority_reason=_text(row.get("priority_reason")),
-        notes=_notes(row),
+        notes=notes,
         row=row,
     )
 

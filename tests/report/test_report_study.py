@@ -155,3 +155,24 @@ def test_pseudonym_and_slug_helpers() -> None:
     assert study_slug("1.2.3", deidentified=False) == "1.2.3"
     s = study_slug("/data/Doe John/case 1", deidentified=False)
     assert "/" not in s and " " not in s and s.startswith("case_1-")
+
+
+def test_relative_paths_resolve_against_run_cwd_and_scored_reasons_become_notes(results: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    base = results.parent
+    for r in rows:
+        r["path"] = str(Path(r["path"]).relative_to(base))
+    rows[0]["reason"] = "CR CHEST PA; PixelSpacing '0.000\\\\0.000' treated as unknown"
+    d = tmp_path / "rel"
+    d.mkdir()
+    (d / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    run = json.loads((results / "run.json").read_text())
+    run["cwd"] = str(base)
+    (d / "run.json").write_text(json.dumps(run))
+    img = next(s for s in load_results(d).studies if s.key.endswith(".1001")).images[0]
+    assert img.path == base / "inputs" / "a" / "pa.dcm" and img.path.is_file()
+    assert img.reason == "" and img.notes[:2] == ("CR CHEST PA", "PixelSpacing '0.000\\\\0.000' treated as unknown")
+    run["cwd"] = str(tmp_path / "elsewhere")
+    (d / "run.json").write_text(json.dumps(run))
+    again = next(s for s in load_results(d).studies if s.key.endswith(".1001")).images[0]
+    assert not again.path.is_file()  # honest: not found, never guessed

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs: the package with its dev + train extras, and the real
-# validators the tests run (dciodvfy from dicom3tools, headless Chromium, pdftoppm from poppler-utils).
+# validators the tests run (dciodvfy from dicom3tools, headless Chromium, pdftoppm from poppler-utils,
+# DejaVu fonts for Unicode text in PDF reports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[dev,train]'
@@ -8,6 +9,7 @@ missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${missing[*]}"

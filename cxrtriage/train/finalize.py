@@ -111,6 +111,17 @@ def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
     plt.close(fig)
 
 
+def write_classifier_card(data_root: Path, out: Path) -> Path:
+    """(Re)render MODEL_CARD.md from an existing manifest.json and train_config.json (no retraining, no re-export)."""
+    from cxrtriage.train.card import classifier_card
+
+    data = json.loads((out / "manifest.json").read_text())
+    info = json.loads((out / "train_config.json").read_text())
+    path = out / "MODEL_CARD.md"
+    path.write_text(classifier_card(data, info, nih_positive_counts(data_root)), encoding="utf-8")
+    return path
+
+
 def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | None = None,
                         x_all: np.ndarray | None = None) -> Path:
     """Export model.pt → model.onnx; calibrate + threshold on val; evaluate on test; write manifest.json and MODEL_CARD.md."""

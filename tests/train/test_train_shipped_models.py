@@ -37,7 +37,7 @@ def test_shipped_classifier_head_and_thresholds() -> None:
     assert m.head.bias is not None and inits[m.head.bias] == (n,)
     assert set(m.thresholds) == set(m.labels) == set(m.calibration.a)
     for t in m.thresholds.values():
-        assert 0.0 <= t.rule_out.threshold <= t.balanced.threshold <= 1.0
+        assert 0.0 <= t.rule_out.threshold <= 1.0 and 0.0 <= t.balanced.threshold <= 1.0
         assert t.rule_out.sensitivity is not None and t.rule_out.sensitivity >= 0.95
     assert all(lab == lab.lower() and " " not in lab for lab in m.labels)
 

@@ -77,12 +77,32 @@ def _is_scalar(value: Any) -> bool:
     )
 
 
+MAX_COLUMNS = 12  # a wider table is split into one table per key instead
+
+
+def _flat(record: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any] | None:
+    """A record's scalars, with nested dicts (up to two levels) as dotted keys; None when it is deeper."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if _is_scalar(v):
+            out[key] = v
+        elif isinstance(v, dict) and depth < 2:
+            sub = _flat(v, f"{key}.", depth + 1)
+            if sub is None:
+                return None
+            out.update(sub)
+        else:
+            return None
+    return out
+
+
 def render_mapping(title: str, obj: Any) -> list[RenderableType]:
     """Render any JSON-like metrics structure as rich tables, whatever its nesting.
 
-    Scalars of a dict become a key/value table; a dict of flat dicts (records) becomes one table
-    with a row per key; deeper dicts recurse with the path in the title; lists of dicts become
-    a table with a row per item.
+    Scalars of a dict become a key/value table; a dict of records (dicts of scalars, possibly
+    with small nested dicts, shown as dotted columns) becomes one table with a row per key;
+    deeper dicts recurse with the path in the title; lists of dicts become a row per item.
     """
     from rich.table import Table
     from rich.text import Text
@@ -98,15 +118,16 @@ def render_mapping(title: str, obj: Any) -> list[RenderableType]:
             for k, v in scalars.items():
                 t.add_row(str(k), _fmt(v))
             out.append(t)
-        records = nested and all(isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in nested.values())
-        if records:
-            cols = list(dict.fromkeys(c for v in nested.values() for c in v))
+        flat = {k: _flat(v) for k, v in nested.items() if isinstance(v, dict)}
+        cols = list(dict.fromkeys(c for f in flat.values() if f is not None for c in f))
+        if nested and len(flat) == len(nested) and all(f is not None for f in flat.values()) and len(cols) <= MAX_COLUMNS:
             t = Table(title=title if not scalars else f"{title} (by key)", title_justify="left")
             t.add_column("")
             for c in cols:
-                t.add_column(str(c), justify="right")
-            for k, v in nested.items():
-                t.add_row(str(k), *(_fmt(v.get(c)) for c in cols))
+                t.add_column(str(c), justify="right", overflow="fold")
+            for k, f in flat.items():
+                assert f is not None
+                t.add_row(str(k), *(_fmt(f.get(c)) for c in cols))
             out.append(t)
         else:
             for k, v in nested.items():
@@ -115,7 +136,7 @@ def render_mapping(title: str, obj: Any) -> list[RenderableType]:
         cols = list(dict.fromkeys(c for v in obj for c in v))
         t = Table(title=title, title_justify="left")
         for c in cols:
-            t.add_column(str(c))
+            t.add_column(str(c), overflow="fold")
         for v in obj:
             t.add_row(*(_fmt(v.get(c)) if _is_scalar(v.get(c)) else "…" for c in cols))
         out.append(t)

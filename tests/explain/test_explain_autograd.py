@@ -78,6 +78,7 @@ def autograd_cams(
 ) -> dict[str, list[np.ndarray | None]]:
     """Reference maps from autograd: hooks on ``layer`` (the post-ReLU map), one backward per label.
 
+    The forward hook keeps the layer's output and registers a tensor hook that records d logit_c / d output.
     Same post-processing as cxrtriage: ReLU → bilinear resize (align_corners=False) → min-max; an
     all-zero map is None. Grad-CAM++ uses eq. 19 with no epsilon (zero where the gradient is 0).
     """
@@ -88,13 +89,15 @@ def autograd_cams(
         out.register_hook(lambda g: store.__setitem__("grad", g))
 
     handle = layer.register_forward_hook(fwd_hook)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one thread is faster, and kinder to a shared machine
     try:
         inp = torch.from_numpy(x[None].astype(np.float32))
         logits, _ = net(inp)
         maps: dict[str, list[np.ndarray | None]] = {m: [] for m in METHODS}
         for c in range(n_labels):
-            net.zero_grad()
-            logits[0, c].backward(retain_graph=True)
+            # backpropagate only down to the hooked layer (its tensor hook records the gradient)
+            torch.autograd.grad(logits[0, c], [store["act"]], retain_graph=True)
             a = store["act"].detach().double()[0]
             g = store["grad"].detach().double()[0]
             s = a.sum(dim=(1, 2), keepdim=True)
@@ -118,6 +121,7 @@ def autograd_cams(
         return maps
     finally:
         handle.remove()
+        torch.set_num_threads(threads)
 
 
 def _compare(clf: Classifier, net: nn.Module, layer: nn.Module, image_paths: list[Path]) -> int:

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,9 +69,9 @@ def label_matrix(records: list[Record], labels: tuple[str, ...]) -> np.ndarray:
     return y
 
 
-def build_model(cfg: dict[str, object]) -> SlimResNet:
-    return SlimResNet(int(cfg["n_labels"]), tuple(cfg["widths"]), tuple(cfg["depths"]), int(cfg["stem"]),  # type: ignore[arg-type]
-                      float(cfg["dropout"]))  # type: ignore[arg-type]
+def build_model(cfg: dict[str, Any]) -> SlimResNet:
+    """Rebuild the network from the ``config`` stored in model.pt."""
+    return SlimResNet(int(cfg["n_labels"]), tuple(cfg["widths"]), tuple(cfg["depths"]), int(cfg["stem"]), float(cfg["dropout"]))
 
 
 @torch.no_grad()

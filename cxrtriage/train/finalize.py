@@ -215,7 +215,7 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
 
     speed = None if tiny else run_speed_benchmark(onnx_path)
     size_mb = round(onnx_path.stat().st_size / 1e6, 2)
-    counts = {"train": {}, "val": {}, "test": {}}
+    counts: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
     for s in counts:
         for src in ("nih14", "kermany224", "ieee_lungs"):
             counts[s][src] = int(((split == s) & (source == src)).sum())

@@ -147,7 +147,10 @@ def _eval_original(model: UNet, data_root: Path, recs: list[Record], recipe: Pre
         with torch.no_grad():
             logits = model(torch.from_numpy(mi.array[None]))[0].numpy()
         pred = to_original(logits.argmax(0).astype(np.float32), mi.geometry, nearest=True).astype(np.uint8)
-        truth = split_lungs(cv2.imread(str(data_root / r.mask), cv2.IMREAD_GRAYSCALE))
+        raw = cv2.imread(str(data_root / r.mask), cv2.IMREAD_GRAYSCALE)
+        if raw is None:
+            raise ValueError(f"{data_root / r.mask}: lung mask could not be read")
+        truth = split_lungs(raw)
         res["right_lung"].append(dice(pred, truth, 1))
         res["left_lung"].append(dice(pred, truth, 2))
         res["lungs"].append(dice((pred > 0).astype(np.uint8), (truth > 0).astype(np.uint8), 1))

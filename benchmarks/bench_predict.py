@@ -4,7 +4,9 @@ Both sides use the same model session (same intra-op threads), the same batch si
 same images; the model-only side runs on inputs preprocessed beforehand, so the ratio shows how
 much of the model's own speed the pipeline keeps (decode, selection, preprocessing, results
 writing overlapped with inference). Runs are interleaved round by round (model-only, then each
-pipeline setting) and the ratio is the median of per-round ratios, because the machine is shared.
+pipeline setting) and the ratio is the median of per-round ratios, because the machine is shared;
+rounds in which other processes used more than ``--max-others`` of the CPUs are dropped when at
+least three clean rounds remain (the CPU of others is metered from /proc on Linux).
 
 Usage (not a test; runnable by anyone):
 
@@ -32,6 +34,49 @@ import numpy as np
 
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+class CpuMeter:
+    """CPU used by OTHER processes during a measurement (Linux /proc), as a fraction of the machine.
+
+    Our own CPU is this process plus the forkserver, which reaps the decode workers (so their
+    CPU lands in its cutime/cstime). Rounds where others used much CPU are not trusted.
+    """
+
+    def __init__(self) -> None:
+        self.ok = Path("/proc/stat").is_file()
+        self.hz = os.sysconf("SC_CLK_TCK") if self.ok else 100
+
+    @staticmethod
+    def _busy() -> int:
+        vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(vals) - vals[3] - vals[4]  # minus idle and iowait
+
+    @staticmethod
+    def _proc(pid: int, children: bool) -> int:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+
+    def _ours(self) -> int:
+        from multiprocessing import forkserver
+
+        fs_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # noqa: SLF001
+        return self._proc(os.getpid(), True) + (self._proc(fs_pid, True) if fs_pid else 0)
+
+    def start(self) -> None:
+        if self.ok:
+            self._t, self._busy0, self._ours0 = time.perf_counter(), self._busy(), self._ours()
+
+    def others(self) -> float:
+        """Fraction (0..1) of all CPUs used by other processes since ``start``."""
+        if not self.ok:
+            return float("nan")
+        wall = time.perf_counter() - self._t
+        others = (self._busy() - self._busy0) - (self._ours() - self._ours0)
+        return max(0.0, others / self.hz / (wall * (os.cpu_count() or 1)))
 
 
 def model_only(model: Any, x: np.ndarray, batch_size: int) -> float:
@@ -75,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=_int_list, default=[1, 2], help="decode process counts to try, e.g. 1,2")
     ap.add_argument("--threads", type=_int_list, default=[0],
                     help="onnxruntime intra-op thread counts to try (0 = onnxruntime default), e.g. 1,2")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--max-others", type=float, default=0.10,
+                    help="drop rounds where other processes used more than this fraction of the CPUs (default 0.10)")
     ap.add_argument("--json", type=Path, default=None, help="write the raw figures here")
     args = ap.parse_args(argv)
 
@@ -114,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in args.workers:
             runs[f"e2e_w{w}_wall"] = []
             runs[f"e2e_w{w}_steady"] = []
+        others: list[float] = []
+        meter = CpuMeter()
         for r in range(args.rounds):
+            meter.start()
             mo = model_only(model, x, args.batch_size)
             runs["model_only"].append(mo)
             line = [f"round {r + 1} {key}: model-only {mo:6.1f} img/s"]
@@ -123,12 +173,20 @@ def main(argv: list[str] | None = None) -> int:
                 runs[f"e2e_w{w}_wall"].append(wall)
                 runs[f"e2e_w{w}_steady"].append(steady)
                 line.append(f"e2e w={w} {wall:6.1f} (steady {steady:6.1f})")
+            others.append(meter.others())
+            line.append(f"others {100 * others[-1]:.0f}% CPU")
             print(" | ".join(line), flush=True)
-        summary: dict[str, Any] = {"n_scored": n_scored, "runs": runs, "median_img_s": {}, "ratio_vs_model_only": {}}
+        clean = [i for i, o in enumerate(others) if not o > args.max_others]
+        if len(clean) < 3:
+            print(f"warning: only {len(clean)} round(s) with other processes under {100 * args.max_others:.0f}% CPU; "
+                  "using all rounds", file=sys.stderr)
+            clean = list(range(len(others)))
+        summary: dict[str, Any] = {"n_scored": n_scored, "runs": runs, "others_cpu": others, "clean_rounds": clean,
+                                   "median_img_s": {}, "ratio_vs_model_only": {}}
         for name, vals in runs.items():
-            summary["median_img_s"][name] = statistics.median(vals)
+            summary["median_img_s"][name] = statistics.median(vals[i] for i in clean)
             if name != "model_only":
-                ratios = [v / mo for v, mo in zip(vals, runs["model_only"], strict=True)]
+                ratios = [vals[i] / runs["model_only"][i] for i in clean]
                 summary["ratio_vs_model_only"][name] = {"median": statistics.median(ratios), "min": min(ratios),
                                                         "max": max(ratios)}
         results["configs"][key] = summary
@@ -138,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs")
     print(f"{'config':<22}{'setting':<18}{'median img/s':>14}{'ratio median [min-max]':>28}")
     for key, s in results["configs"].items():
+        print(f"{key}: {len(s['clean_rounds'])} of {len(s['others_cpu'])} rounds used "
+              f"(others' CPU per round: {', '.join(f'{100 * o:.0f}%' for o in s['others_cpu'])})")
         for name, v in s["median_img_s"].items():
             rr = s["ratio_vs_model_only"].get(name)
             ratio = f"{rr['median']:.2f} [{rr['min']:.2f}-{rr['max']:.2f}]" if rr else "1.00"

@@ -18,6 +18,8 @@ from cxrtriage.explain.base import (
     baseline_value,
     label_index,
     make_heatmap,
+    normalize_stack,
+    weighted_sum,
 )
 from cxrtriage.explain.head import check_head, read_head
 from cxrtriage.explain.registry import get_method, require_method
@@ -107,38 +109,47 @@ def _heatmaps_for_input(
     options: Mapping[str, Mapping[str, Any]],
     head: HeadWeights | None,
 ) -> list[Heatmap]:
+    """Maps of one image for every (label, method), label-major.
+
+    Gradient methods run for all labels at once: gradients [L, C] → channel weights [L, C] → one
+    matrix product with the [C, h*w] activations → one resize of the [L, h, w] stack.
+    """
     feats = None if output.features is None else output.features[row]
     grid = None if feats is None else (int(feats.shape[1]), int(feats.shape[2]))
-    out: list[Heatmap] = []
-    for lab in labels:
-        idx = label_index(model.labels, lab)
-        name = model.labels[idx]
-        grad = analytic_gradient(head, idx, grid) if head is not None and grid is not None else None
-        for method in methods:
-            opts = method.resolve_options(options.get(method.name, {}))
+    idxs = [label_index(model.labels, lab) for lab in labels]
+    names = [model.labels[i] for i in idxs]
+    by_method: dict[str, list[Heatmap]] = {}
+    for method in methods:
+        opts = method.resolve_options(options.get(method.name, {}))
+        extra = {"options": {k: v for k, v in opts.items() if v is not None}} if opts else None
+
+        def build(raw: FloatArray, j: int, normalized: Any = None, *, _m: CamMethod = method, _e: Any = extra) -> Heatmap:
+            return make_heatmap(raw, label=names[j], method=_m, geometry=geometry, score=float(output.scores[row, idxs[j]]),
+                                logit=float(output.logits[row, idxs[j]]), notes=_calibration_notes(model, names[j]),
+                                extra=_e, normalized=normalized)
+
+        if method.channel_weights is not None and head is not None and feats is not None and grid is not None:
+            grads = analytic_gradient(head, idxs, grid)
+            raws = weighted_sum(method.channel_weights(grads, feats), feats)
+            norms = normalize_stack(raws, model.input_size)
+            by_method[method.name] = [build(raws[j], j, norms[j]) for j in range(len(idxs))]
+            continue
+        maps = []
+        for j, idx in enumerate(idxs):
             ctx = CamContext(
-                label=name,
+                label=names[j],
                 label_index=idx,
                 size=model.input_size,
                 activations=feats,
-                gradient=grad if method.needs_head else None,
+                gradient=analytic_gradient(head, idx, grid) if head is not None and grid is not None else None,
                 model=model if method.needs_forward else None,
                 model_input=model_input if method.needs_forward else None,
                 baseline=baseline_value(model) if method.needs_forward else None,
                 options=opts,
             )
-            raw = method.compute(ctx)
-            out.append(make_heatmap(
-                raw,
-                label=name,
-                method=method,
-                geometry=geometry,
-                score=float(output.scores[row, idx]),
-                logit=float(output.logits[row, idx]),
-                notes=_calibration_notes(model, name),
-                extra={"options": {k: v for k, v in opts.items() if v is not None}} if opts else None,
-            ))
-    return out
+            maps.append(build(method.compute(ctx), j))
+        by_method[method.name] = maps
+    return [by_method[m.name][j] for j in range(len(idxs)) for m in methods]
 
 
 def explain_input(

@@ -16,7 +16,7 @@ is reported as "no map" (``Heatmap.values is None`` with a ``reason``), never dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -119,7 +119,8 @@ class CamContext:
     """Everything a method may use for ONE image and ONE label.
 
     ``activations``: post-ReLU feature map [C, h, w] (None when the model exports none).
-    ``gradient``: d logit / d activations, broadcastable to [C, h, w] (None without a usable head).
+    ``gradient``: d logit / d A_kij for a GAP + linear head, the same at every position, so one value
+    per channel: [C] (None without a usable head).
     ``model``/``model_input``/``baseline``: for methods that run extra forward passes.
     """
 
@@ -139,7 +140,10 @@ class CamMethod:
     """A registered explanation method.
 
     ``compute`` returns the raw map (before ReLU) either on the feature grid [h, w] or at the
-    model input [S, S]; ``finalize`` does the rest identically for every method.
+    model input [S, S]; ``normalize`` does the rest identically for every method.
+    ``channel_weights`` (gradient methods): (gradients [L, C], activations [C, h, w]) -> weights
+    [L, C] such that the raw map of label l is sum_k weights[l, k] * A_k. ``compute`` uses the same
+    function, and batches use it to explain many labels with one matrix product.
     ``options`` lists the keyword options the method accepts, with their defaults.
     """
 
@@ -153,6 +157,7 @@ class CamMethod:
     summary: str
     compute: Callable[[CamContext], FloatArray]
     options: Mapping[str, Any] = field(default_factory=dict)
+    channel_weights: Callable[[FloatArray, FloatArray], FloatArray] | None = None
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overridden by ``given``; an unknown option is a ConfigError naming the valid ones."""
@@ -163,21 +168,28 @@ class CamMethod:
         return {**self.options, **given}
 
 
-def analytic_gradient(head: HeadWeights, label_index: int, grid: tuple[int, int]) -> FloatArray:
+def analytic_gradient(head: HeadWeights, label_index: int | Sequence[int], grid: tuple[int, int]) -> FloatArray:
     """d logit_c / d A_kij for a GAP + linear head: W_ck / (h * w), the same at every position.
 
-    Returned as [C, 1, 1] so that it broadcasts against the [C, h, w] activations.
+    One value per channel: [C] for one label index, [L, C] for a sequence of them.
     """
     h, w = grid
-    return (head.weight[label_index].astype(np.float32) / np.float32(h * w))[:, None, None]
+    idx = label_index if isinstance(label_index, int) else list(label_index)
+    return (head.weight[idx] / np.float32(h * w)).astype(np.float32)
 
 
 def weighted_sum(weights: FloatArray, activations: FloatArray) -> FloatArray:
-    """sum_k weights_k * A_k for weights [C] (or [C, h, w], element-wise) and activations [C, h, w]."""
-    a = activations.astype(np.float32, copy=False)
-    if weights.ndim == 1:
-        return np.tensordot(weights.astype(np.float32), a, axes=(0, 0)).astype(np.float32)
-    return np.sum(weights.astype(np.float32) * a, axis=0, dtype=np.float32)
+    """sum_k weights[..., k] * A_k for weights [C] or [L, C] and activations [C, h, w] → [h, w] or [L, h, w]."""
+    c, h, w = activations.shape
+    a = activations.reshape(c, h * w).astype(np.float32, copy=False)
+    out = weights.astype(np.float32, copy=False) @ a
+    return out.reshape(*weights.shape[:-1], h, w)
+
+
+def gradient_cam(ctx: CamContext, channel_weights: Callable[[FloatArray, FloatArray], FloatArray]) -> FloatArray:
+    """A gradient method's raw map for one label: sum_k w_k A_k with w = channel_weights(G, A)."""
+    assert ctx.activations is not None and ctx.gradient is not None
+    return weighted_sum(channel_weights(ctx.gradient[None, :], ctx.activations)[0], ctx.activations)
 
 
 def upsample(grid_map: FloatArray, size: int) -> FloatArray:
@@ -188,20 +200,43 @@ def upsample(grid_map: FloatArray, size: int) -> FloatArray:
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
 
 
-def normalize(raw: FloatArray, size: int) -> tuple[FloatArray | None, FloatArray, str]:
-    """ReLU → bilinear resize to S x S → min-max to [0, 1]. Returns (values or None, relu'd raw, reason)."""
+def normalize_stack(raw: FloatArray, size: int) -> list[tuple[FloatArray | None, FloatArray, str]]:
+    """``normalize`` for a stack of maps [L, h, w] (one vectorised ReLU / emptiness check for all)."""
     relu = np.maximum(np.asarray(raw, dtype=np.float32), np.float32(0.0))
-    peak = float(relu.max(initial=0.0))
-    if not np.isfinite(relu).all():
-        return None, relu, "the map has non-finite values (the model produced NaN or inf)"
-    if peak <= ZERO_EPS:
-        return None, relu, "no positive evidence for this finding (the map is zero everywhere after ReLU)"
-    up = upsample(relu, size)
-    lo, hi = float(up.min()), float(up.max())
-    if hi - lo <= FLAT_RELATIVE * hi:
-        return None, relu, "the map is uniform (no localisation)"
-    values = (up.astype(np.float64) - lo) / (hi - lo)
-    return np.clip(values, 0.0, 1.0).astype(np.float32), relu, ""
+    n = relu.shape[0]
+    flat = relu.reshape(n, -1)
+    finite = np.isfinite(flat).all(axis=1)
+    peak = np.where(finite, flat.max(axis=1, initial=0.0), 0.0)
+    results: list[tuple[FloatArray | None, FloatArray, str]] = []
+    for i in range(n):
+        if not finite[i]:
+            results.append((None, relu[i], "the map has non-finite values (the model produced NaN or inf)"))
+            continue
+        if peak[i] <= ZERO_EPS:
+            results.append((None, relu[i], "no positive evidence for this finding (the map is zero everywhere after ReLU)"))
+            continue
+        up = upsample(relu[i], size)
+        if np.shares_memory(up, relu):  # already at model-input size (occlusion): work on a copy
+            up = up.copy()
+        lo, hi = float(up.min()), float(up.max())
+        if hi - lo <= FLAT_RELATIVE * hi:
+            results.append((None, relu[i], "the map is uniform (no localisation)"))
+            continue
+        # in place; x - lo >= 0 and (x - lo) <= (hi - lo) hold exactly in floating point, so the
+        # result is in [0, 1] with exact 0 at the minimum and exact 1 at the maximum
+        up -= np.float32(lo)
+        up /= np.float32(hi - lo)
+        results.append((up, relu[i], ""))
+    return results
+
+
+def normalize(raw: FloatArray, size: int) -> tuple[FloatArray | None, FloatArray, str]:
+    """ReLU → bilinear resize to S x S → min-max to [0, 1]. Returns (values or None, relu'd raw, reason).
+
+    float32 throughout, in place after the resize (this runs for every map, also inside ``predict``):
+    ``(m - min) / (max - min)`` maps the minimum to exactly 0 and the maximum to exactly 1.
+    """
+    return normalize_stack(np.asarray(raw, dtype=np.float32)[None], size)[0]
 
 
 def make_heatmap(
@@ -214,9 +249,10 @@ def make_heatmap(
     logit: float | None = None,
     notes: tuple[str, ...] = (),
     extra: Mapping[str, Any] | None = None,
+    normalized: tuple[FloatArray | None, FloatArray, str] | None = None,
 ) -> Heatmap:
-    """Normalise a method's raw map and map it back onto the original image."""
-    values, relu, reason = normalize(raw, geometry.size)
+    """A Heatmap from a method's raw map (normalised here unless ``normalized`` is given)."""
+    values, relu, reason = normalized if normalized is not None else normalize(raw, geometry.size)
     if not method.class_specific:
         notes = (*notes, "class-agnostic: the same map for every finding")
     return Heatmap(

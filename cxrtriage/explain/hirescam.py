@@ -1,22 +1,25 @@
 """HiResCAM (Draelos & Carin 2020): element-wise gradient x activation, summed over channels.
 
-Because the gradient through a GAP + linear head is the same at every position
-(W_ck / (h*w)), HiResCAM = sum_k W_ck A_k / (h*w) = Grad-CAM = CAM. HiResCAM differs from
-Grad-CAM only for heads whose gradient varies over space (not the case for our models).
+The gradient through a GAP + linear head is the same at every position (G_k = W_ck / (h*w)), so
+sum_k G_k ⊙ A_k = sum_k G_k A_k: channel weights G, i.e. HiResCAM = Grad-CAM = CAM. It differs from
+Grad-CAM only for heads whose gradient varies over space (not the case for our models). The
+tests compare it with autograd's element-wise G ⊙ A on real images.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from cxrtriage.explain.base import CamContext, CamMethod, Family
+from cxrtriage.explain.base import CamContext, CamMethod, Family, gradient_cam
 from cxrtriage.types import FloatArray
+
+
+def weights(grads: FloatArray, activations: FloatArray) -> FloatArray:
+    """G_k ⊙ A_k summed over k with G constant over positions: channel weights G_k."""
+    return grads
 
 
 def hirescam(ctx: CamContext) -> FloatArray:
     """sum_k (dy_c/dA_k ⊙ A_k) on the feature grid."""
-    assert ctx.activations is not None and ctx.gradient is not None
-    return np.sum(ctx.gradient * ctx.activations, axis=0, dtype=np.float32)
+    return gradient_cam(ctx, weights)
 
 
 METHOD = CamMethod(
@@ -29,4 +32,5 @@ METHOD = CamMethod(
     class_specific=True,
     summary="element-wise gradient x activation; equals Grad-CAM/CAM for a GAP + linear head",
     compute=hirescam,
+    channel_weights=weights,
 )

@@ -284,3 +284,25 @@ def test_gradcam_is_more_faithful_than_a_random_ranking(tmp_path: Path) -> None:
     assert span > 0.2
     assert real.deletion_auc < rand.deletion_auc - 0.15 * span < worst.deletion_auc - 0.3 * span
     assert real.insertion_auc > rand.insertion_auc + 0.02 > worst.insertion_auc + 0.04
+
+
+def test_vectorised_label_path_equals_the_per_label_formula(tmp_path: Path) -> None:
+    from cxrtriage.explain import read_head
+    from cxrtriage.explain.registry import GRADIENT_METHODS, METHODS
+
+    clf = build_classifier(tmp_path / "m")
+    mi = clf.preprocess(blob_image(200, 300, (120, 100), 15))
+    out = clf.run(mi.array[None], features=True)
+    assert out.features is not None
+    feats = out.features[0]
+    head = read_head(clf.manifest)
+    maps = {(h.label, h.method): h for h in explain_input(clf, mi, clf.labels, GRADIENT_METHODS)}
+    for name in GRADIENT_METHODS:
+        for c, lab in enumerate(clf.labels):
+            ctx = CamContext(label=lab, label_index=c, size=64, activations=feats,
+                             gradient=analytic_gradient(head, c, feats.shape[1:]))
+            v, _, _ = normalize(METHODS[name].compute(ctx), 64)
+            h = maps[(lab, name)]
+            assert (v is None) == h.empty
+            if v is not None:
+                np.testing.assert_allclose(h.values, v, atol=1e-6)

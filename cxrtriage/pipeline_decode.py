@@ -138,13 +138,20 @@ def _ping() -> int:
     return os.getpid()
 
 
+def _init_worker() -> None:
+    """One decode process = one core: OpenCV's own thread pool would only compete with onnxruntime."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _start_pool(workers: int, ctx: Any) -> ProcessPoolExecutor:
     """A pool whose workers are known to start: a crash after this is a file's fault, not the environment's.
 
     Used after a crash; the first pool of a run starts without this check so that starting the
     workers overlaps with the first files (a first pool that breaks is replaced by a checked one).
     """
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     try:
         pool.submit(_ping).result()
     except BrokenProcessPool as exc:
@@ -172,7 +179,7 @@ def decode_stream(
             yield fn(t)
         return
     ctx = _context()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
     window = max(window, workers)

@@ -30,7 +30,11 @@ WorkersOpt = Annotated[
     typer.Option("--workers", "-w", min=0, max=64,
                  help="Decode processes (0 = decode in the main process). Default: half the CPU cores, at least 1."),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads. Default: one per core.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="onnxruntime intra-op threads. Default: one per core. With a small model on few cores, "
+                                          "cores minus --workers keeps inference off the decoders' cores."),
+]
 FailOpt = Annotated[bool, typer.Option("--fail-on-error", help="Exit 1 when any input failed (default: exit 0).")]
 RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Selection rules TOML. Default: the built-in frontal-CXR rules.")]
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from cxrtriage.errors import ConfigError, CxrTriageError, InputError, OutputError
-from cxrtriage.measure.lungs import lung_area
-from cxrtriage.model import Segmenter, load_segmenter
+from cxrtriage.measure.lungs import LungArea, lung_area
+from cxrtriage.model import LungMask, Segmenter, load_segmenter
 from cxrtriage.pipeline import (
     ProgressCounter,
     ProgressUpdate,
@@ -26,6 +26,7 @@ from cxrtriage.pipeline import (
     unique_stem,
 )
 from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream, prestart
+from cxrtriage.preprocess import ModelInput
 from cxrtriage.report.results import ResultsWriter
 from cxrtriage.types import InputKind, SourceRef
 
@@ -108,26 +109,48 @@ def _row(d: Decoded, model: Segmenter) -> dict[str, Any]:
     return row
 
 
+def segment_inputs(
+    model: Segmenter,
+    inputs: Sequence[ModelInput],
+    sources: Sequence[SourceRef],
+    spacings: Sequence[tuple[float, float] | None],
+) -> list[LungMask]:
+    """Run the segmenter on preprocessed ``inputs`` (one batch) and map each mask back to its original grid."""
+    logits = model.run(np.stack([mi.array for mi in inputs]))
+    return [model.to_mask(logits[i], mi.geometry, source=src, pixel_spacing_mm=sp)
+            for i, (mi, src, sp) in enumerate(zip(inputs, sources, spacings, strict=True))]
+
+
+def save_mask(mask: LungMask, out_dir: Path, stem: str) -> tuple[dict[str, Any], LungArea]:
+    """Write ``out_dir/masks/<stem>.png`` and return the row columns (``mask_path`` relative to ``out_dir``,
+    ``lung_area_px``, ``lung_area_mm2``) and the area per label."""
+    rel = Path(MASKS_DIR) / f"{stem}.png"
+    write_mask_png(out_dir / rel, mask.labels)
+    area = lung_area(mask)
+    return {"mask_path": rel.as_posix(), "lung_area_px": area.total_px, "lung_area_mm2": area.total_mm2}, area
+
+
+def _spacing(meta: dict[str, Any]) -> tuple[float, float] | None:
+    spacing = meta.get("pixel_spacing_mm")
+    return (float(spacing[0]), float(spacing[1])) if spacing else None
+
+
 def _segment_batch(
     items: list[Decoded], model: Segmenter, out_dir: Path, stems: tuple[dict[str, str], set[str]]
 ) -> list[dict[str, Any]]:
     rows = [_row(d, model) for d in items]
+    inputs = [d.model_input for d in items if d.model_input is not None]
     try:
-        logits = model.run(np.stack([d.model_input.array for d in items if d.model_input is not None]))
+        masks = segment_inputs(
+            model, inputs, [SourceRef(d.path, InputKind(d.meta.get("input_kind") or "unknown")) for d in items],
+            [_spacing(d.meta) for d in items])
     except CxrTriageError as exc:
         for row in rows:
             row.update(status="failed", reason=f"inference failed: {exc}")
         return rows
-    for i, (d, row) in enumerate(zip(items, rows, strict=True)):
-        assert d.model_input is not None
-        spacing = d.meta.get("pixel_spacing_mm")
-        mask = model.to_mask(logits[i], d.model_input.geometry,
-                             source=SourceRef(d.path, InputKind(d.meta.get("input_kind") or "unknown")),
-                             pixel_spacing_mm=tuple(spacing) if spacing else None)  # type: ignore[arg-type]
-        rel = Path(MASKS_DIR) / f"{unique_stem(d.path, *stems)}.png"
-        write_mask_png(out_dir / rel, mask.labels)
-        area = lung_area(mask)
-        row.update(mask_path=rel.as_posix(), lung_area_px=area.total_px, lung_area_mm2=area.total_mm2)
+    for d, row, mask in zip(items, rows, masks, strict=True):
+        cols, area = save_mask(mask, out_dir, unique_stem(d.path, *stems))
+        row.update(cols)
         for lab, px in area.per_label_px.items():
             row[f"{lab}_px"] = px
             row[f"{lab}_mm2"] = None if area.per_label_mm2 is None else area.per_label_mm2[lab]

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 CSV_NAME = "explain.csv"
 CSV_FIELDS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged",
-    "png", "npy", "deletion_auc", "insertion_auc", "deletion_auc_random", "insertion_auc_random",
+    "png", "npy", "deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
+    "deletion_auc_random", "insertion_auc_random",
     "model_name", "model_version", "model_sha256",
 )
 
@@ -93,10 +94,12 @@ def _explain_file(
         if evaluate:
             assert h.values is not None
             f = deletion_insertion(clf, mi, h.values, idx, steps=steps)
+            rev = deletion_insertion(clf, mi, h.values, idx, steps=steps, reverse=True)
             if h.label not in random_scores:
                 r = deletion_insertion(clf, mi, random_heatmap(mi.geometry, label=h.label), idx, steps=steps)
                 random_scores[h.label] = (r.deletion_auc, r.insertion_auc)
             row.update(deletion_auc=_fmt(f.deletion_auc, 4), insertion_auc=_fmt(f.insertion_auc, 4),
+                       deletion_auc_reversed=_fmt(rev.deletion_auc, 4), insertion_auc_reversed=_fmt(rev.insertion_auc, 4),
                        deletion_auc_random=_fmt(random_scores[h.label][0], 4),
                        insertion_auc_random=_fmt(random_scores[h.label][1], 4))
         rows.append(row)
@@ -124,19 +127,21 @@ def _summary(rows: list[dict[str, Any]], evaluate: bool) -> None:
         table.add_row(*cells)
     console.print(table)
     if evaluate:
-        by_method: dict[str, list[tuple[float, float]]] = {}
+        keys = ("deletion_auc", "deletion_auc_reversed", "deletion_auc_random", "insertion_auc", "insertion_auc_reversed",
+                "insertion_auc_random")
+        by_method: dict[str, list[list[float]]] = {}
         for r in rows:
             if r.get("deletion_auc"):
-                by_method.setdefault(r["method"], []).append((float(r["deletion_auc"]), float(r["insertion_auc"])))
+                by_method.setdefault(r["method"], []).append([float(r[k]) for k in keys])
         if by_method:
-            agg = Table(title="Faithfulness, mean over maps (deletion: lower is better; insertion: higher is better)",
+            agg = Table(title="Faithfulness, mean over maps. Deletion: lower is better; insertion: higher is better. "
+                              "'reversed' = the map's ranking coldest first; 'random' = a random ranking.",
                         title_justify="left")
-            for c in ("method", "maps", "deletion AUC", "insertion AUC"):
+            for c in ("method", "maps", "deletion", "reversed", "random", "insertion", "reversed", "random"):
                 agg.add_column(c)
             for name, vals in by_method.items():
-                d = sum(v[0] for v in vals) / len(vals)
-                i = sum(v[1] for v in vals) / len(vals)
-                agg.add_row(name, str(len(vals)), f"{d:.4f}", f"{i:.4f}")
+                means = [sum(v[k] for v in vals) / len(vals) for k in range(len(keys))]
+                agg.add_row(name, str(len(vals)), *(f"{m:.4f}" for m in means))
             console.print(agg)
 
 
@@ -155,7 +160,8 @@ def explain_cmd(
     segmenter_name: Annotated[str | None, typer.Option(
         "--segmenter", help="Segmenter for --lung-mask (default: lung-segmenter).")] = None,
     evaluate: Annotated[bool, typer.Option(
-        "--evaluate", help="Also compute deletion/insertion AUC per map (many model passes).")] = False,
+        "--evaluate", help="Also compute deletion/insertion AUC per map, with reversed and random references "
+                               "(4 x (steps + 1) model passes per map).")] = False,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Steps of the deletion/insertion curves.")] = 24,
     top_k: Annotated[int | None, typer.Option("--scorecam-top-k", min=1, help="Score-CAM: channels used (default 64).")] = None,
     patch: Annotated[int | None, typer.Option(

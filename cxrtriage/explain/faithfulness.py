@@ -6,8 +6,13 @@ of pixels with the "no image" value (the letterbox pad value) and records the ca
 the finding; insertion starts from a blurred copy of the input (Gaussian, sigma = 5 px per 224 px
 of input) and puts back the top fraction f of the original pixels. Both curves are sampled at
 f = 0, 1/steps, ..., 1 and integrated with the trapezoid rule over f in [0, 1].
-A faithful map has a LOW deletion AUC (the score falls fast) and a HIGH insertion AUC; compare
-with the same metrics for a random ranking of the same image.
+A faithful map has a LOW deletion AUC (the score falls fast) and a HIGH insertion AUC. Two
+references put the numbers in context: the same metrics for a random ranking of the same image,
+and for the map's own ranking reversed (least relevant first, "LeRF" in the ROAD terminology of
+Rong et al. 2022): deletion(reversed) - deletion(map) > 0 says the hot regions matter more to the
+model than the cold ones. Pixel replacement takes images out of the training distribution (a
+scattered-pixel random deletion is the extreme case), which is why the reversed-map reference
+is the fairer one; see docs/explain.md.
 """
 
 from __future__ import annotations
@@ -58,8 +63,12 @@ def deletion_insertion(
     steps: int = 24,
     batch_size: int = 32,
     seed: int = 0,
+    reverse: bool = False,
 ) -> Faithfulness:
-    """Deletion and insertion AUC of ``values`` (an [S, S] map) for one finding of one input."""
+    """Deletion and insertion AUC of ``values`` (an [S, S] map) for one finding of one input.
+
+    ``reverse=True`` ranks the pixels coldest first (the "least relevant first" reference).
+    """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     s = model.input_size
@@ -67,6 +76,8 @@ def deletion_insertion(
         raise ValueError(f"the map must be [{s}, {s}] (model-input resolution), got {values.shape}")
     x = model_input.array.reshape(s, s).astype(np.float32)
     order = pixel_order(values, model_input.geometry.placed, seed=seed)
+    if reverse:
+        order = order[::-1]
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.rint(fractions * order.size).astype(int)
     py, px, ph, pw = model_input.geometry.placed

@@ -64,7 +64,8 @@ def test_explain_label_methods_evaluate_and_a_bad_file(setup: tuple[Path, Path, 
         raw = np.load(out / r["npy"])
         assert raw.shape == ((60, 90) if stem == "wide" else (90, 60))
         assert 0.0 <= float(raw.min()) and float(raw.max()) <= 1.0
-        for key in ("deletion_auc", "insertion_auc", "deletion_auc_random", "insertion_auc_random"):
+        for key in ("deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
+                    "deletion_auc_random", "insertion_auc_random"):
             assert 0.0 <= float(r[key]) <= 1.0
     assert any(r["status"] == "map" for r in done)
     assert "Decision support only" in res.output

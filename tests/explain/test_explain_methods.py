@@ -306,3 +306,19 @@ def test_vectorised_label_path_equals_the_per_label_formula(tmp_path: Path) -> N
             assert (v is None) == h.empty
             if v is not None:
                 np.testing.assert_allclose(h.values, v, atol=1e-6)
+
+
+def test_reversed_ranking_is_the_exact_reverse_and_is_less_faithful(tmp_path: Path) -> None:
+    from cxrtriage.explain.faithfulness import pixel_order
+
+    clf = build_classifier(tmp_path / "m")
+    img = blob_image(200, 300, (90, 120), radius=20)
+    mi = clf.preprocess(img)
+    hm = explain(clf, img, "lesion")
+    assert hm.values is not None
+    order = pixel_order(hm.values, mi.geometry.placed)
+    assert order.size == mi.geometry.placed[2] * mi.geometry.placed[3]  # only the image area, no padding
+    real = deletion_insertion(clf, mi, hm.values, 0, steps=8)
+    rev = deletion_insertion(clf, mi, hm.values, 0, steps=8, reverse=True)
+    assert rev.deletion_curve[-1] == pytest.approx(real.deletion_curve[-1])  # everything removed either way
+    assert rev.deletion_auc > real.deletion_auc and rev.insertion_auc < real.insertion_auc

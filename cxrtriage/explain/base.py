@@ -205,7 +205,7 @@ def normalize_stack(raw: FloatArray, size: int) -> list[tuple[FloatArray | None,
     relu = np.maximum(np.asarray(raw, dtype=np.float32), np.float32(0.0))
     n = relu.shape[0]
     flat = relu.reshape(n, -1)
-    finite = np.isfinite(flat).all(axis=1)
+    finite: NDArray[np.bool_] = np.asarray(np.isfinite(flat).all(axis=1))
     peak = np.where(finite, flat.max(axis=1, initial=0.0), 0.0)
     results: list[tuple[FloatArray | None, FloatArray, str]] = []
     for i in range(n):

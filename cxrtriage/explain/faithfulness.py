@@ -39,7 +39,7 @@ class Faithfulness:
     insertion_curve: FloatArray
 
 
-def _auc(fractions: FloatArray, curve: FloatArray) -> float:
+def _auc(fractions: np.ndarray, curve: np.ndarray) -> float:
     return float(np.sum((curve[1:] + curve[:-1]) * np.diff(fractions)) / 2.0)
 
 

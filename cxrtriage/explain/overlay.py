@@ -153,7 +153,7 @@ def render_overlay(
     values = original
     if (dh, dw) != (h, w):
         grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA)
-        values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+        values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)
     left = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     right = blend(grey, values, floor=floor, alpha=alpha)
     font_px = max(14, min(28, round(max(dh, 2 * dw) / 55)))

@@ -150,7 +150,7 @@ def render_overlay(
     scale = min(1.0, max_side / max(h, w))
     dh, dw = max(1, round(h * scale)), max(1, round(w * scale))
     grey = display_grey(image.pixels)
-    values = original
+    values: np.ndarray = original
     if (dh, dw) != (h, w):
         grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA)
         values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)

@@ -150,9 +150,9 @@ def render_overlay(
     scale = min(1.0, max_side / max(h, w))
     dh, dw = max(1, round(h * scale)), max(1, round(w * scale))
     grey = display_grey(image.pixels)
-    values: np.ndarray = original
+    values = original
     if (dh, dw) != (h, w):
-        grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA)
+        grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA).astype(np.float32)
         values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)
     left = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     right = blend(grey, values, floor=floor, alpha=alpha)

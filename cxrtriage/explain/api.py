@@ -33,30 +33,10 @@ def _as_classifier(model: Classifier | str | Path | None) -> Classifier:
 
 
 def read_any_image(path: str | Path) -> Image2D:
-    """Read a DICOM / PNG / JPEG / TIFF / NIfTI / MHA / NRRD file, recognised by content."""
-    from cxrtriage.errors import InputError
-    from cxrtriage.io.sniff import sniff
-    from cxrtriage.types import InputKind
+    """Read a DICOM / PNG / JPEG / TIFF / NIfTI / MHA / NRRD file, recognised by content (``cxrtriage.io.read_image``)."""
+    from cxrtriage.io import read_image
 
-    p = Path(path)
-    try:
-        kind = sniff(p)
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read the file ({exc.strerror or exc})") from exc
-    if kind.kind is InputKind.DICOM:
-        from cxrtriage.io.dicom import read_dicom
-
-        return read_dicom(p)
-    if kind.kind is InputKind.RASTER:
-        from cxrtriage.io.raster import read_raster
-
-        return read_raster(p)
-    if kind.kind is InputKind.SITK:
-        from cxrtriage.io.sitk import read_sitk
-
-        return read_sitk(p)
-    hint = f" ({kind.hint})" if kind.hint else ""
-    raise InputError(f"{p}: not a recognised image file{hint}; give a DICOM, PNG, JPEG, TIFF, NIfTI, MHA or NRRD file")
+    return read_image(path)
 
 
 def _as_image(image: Image2D | str | Path) -> Image2D:

@@ -32,11 +32,19 @@ a read-only view of the row so far, scores included; ``output`` is the batch's
 in list order, so a later hook sees an earlier one's columns (site calibration before triage).
 A hook may overwrite any column except ``path`` and ``status``; artefact paths in rows are
 relative to ``out_dir``. A hook that raises does not stop the run: its columns stay empty and
-the rows' ``reason`` says why. Only scored files reach hooks.
+the rows' ``reason`` says why. Only scored files reach ``on_batch``; excluded and failed rows go
+to ``on_unscored`` (triage gives them ``not_assessed``).
+
+``build_hooks`` runs the hooks in ``order`` (site calibration 10, lungs 20, quality 30, others such as
+heat maps 50, triage 90). ``ctx.lung_masks`` holds the current batch's lung masks (by item index)
+once the lungs hook ran. At the end: ``results.csv``/``.jsonl`` are closed, every hook's ``on_finish``
+runs (triage writes ``worklist.csv``; its return value lands in ``PredictSummary.outcomes``),
+``run.json`` is written from each hook's ``provenance()``, then the reports (``--report``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -49,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.errors import ConfigError, CxrTriageError, InputError
-from cxrtriage.model import Classifier, ClassifierOutput, load_classifier
+from cxrtriage.model import Classifier, ClassifierOutput, LungMask, load_classifier
 from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream, prestart
 from cxrtriage.preprocess import ModelInput
 from cxrtriage.report.results import ResultsWriter, result_columns, score_column
@@ -74,6 +82,30 @@ class PredictConfig:
     intra_op_threads: int | None = None  # onnxruntime threads; None = one per core
     fail_on_error: bool = False
     rules: Path | None = None  # selection rules TOML; None = the built-in frontal-CXR rules
+    policy: Path | None = None  # triage policy TOML; None = the packaged default policy
+    site: Path | None = None  # site calibration TOML (`cxrtriage calibrate`); None = the model's scores/thresholds
+    lungs: bool | None = None  # lung masks + areas; None = on exactly when reports are written
+    segmenter: str | None = None  # lung segmenter name or path; None = the default lung-segmenter
+    report: bool = False  # HTML (+PDF) study reports and DIR/report/index.html after the run
+    pdf: bool = True  # a PDF beside each HTML report
+    dicom: bool = False  # DICOM SR/SC/SEG/encapsulated PDF into DIR/dicom/ (implies report)
+    deidentify: bool = False  # pseudonyms instead of identities in the HTML/PDF reports
+    send: str | None = None  # HOST:PORT to C-STORE the DICOM results to (implies dicom)
+    aet: str = "CXRTRIAGE"  # our (calling) AE title for send
+    called_aet: str = "ANY-SCP"  # the PACS (called) AE title for send
+    modality: str = "DOC"  # Modality of the encapsulated PDF
+
+    @property
+    def dicom_on(self) -> bool:
+        return self.dicom or self.send is not None
+
+    @property
+    def reports_on(self) -> bool:
+        return self.report or self.dicom_on
+
+    @property
+    def lungs_on(self) -> bool:
+        return self.reports_on if self.lungs is None else self.lungs
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -128,6 +160,9 @@ class PredictSummary:
     model_name: str
     model_version: str
     device: str
+    outcomes: Mapping[str, Any] = field(default_factory=dict)  # hook name -> what its on_finish returned
+    run_json: Path | None = None
+    report: Any = None  # pipeline_run.ReportOutcome when reports were written
 
     @property
     def images_per_s(self) -> float:
@@ -150,6 +185,7 @@ class RunContext:
     config: PredictConfig
     model: Classifier
     out_dir: Path
+    lung_masks: dict[int, LungMask] = field(default_factory=dict)  # this batch's masks by item index (lungs hook)
     _stems: dict[str, str] = field(default_factory=dict)
     _taken: set[str] = field(default_factory=set)
 
@@ -193,18 +229,41 @@ class PredictHook:
     columns: tuple[str, ...] = ()
     needs_images: bool = False
     needs_features: bool = False
+    order: int = 50  # build_hooks runs hooks by this (site 10, lungs 20, quality 30, triage 90)
 
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
         return [{} for _ in batch.items]
 
-    def on_finish(self, ctx: RunContext, summary: PredictSummary) -> None:
+    def on_unscored(self, row: Mapping[str, Any], ctx: RunContext) -> Mapping[str, Any]:
+        """Columns for an excluded or failed row (read-only ``row``); must not raise."""
+        return {}
+
+    def on_finish(self, ctx: RunContext, summary: PredictSummary) -> Any:
+        """Run-level artefacts, after results.csv/.jsonl are closed; the return value is ``summary.outcomes[name]``."""
         return None
+
+    def provenance(self) -> Mapping[str, Any]:
+        """Keys this hook adds to run.json (called after ``on_finish``)."""
+        return {}
 
 
 def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
-    """The hooks a run uses, from its config. Owners of an extension add their line here."""
+    """The hooks a run uses, from its config, in run order. Owners of an extension add their line here.
+
+    Loads what they need (policy, site file, segmenter) now, so a bad option fails before any file is scored.
+    """
+    from cxrtriage.pipeline_lungs import LungsHook, QualityHook
+    from cxrtriage.pipeline_triage import SiteHook, TriageHook
+
     hooks: list[PredictHook] = []
-    return hooks
+    triage = TriageHook.from_config(config, model)
+    if triage.site is not None:
+        hooks.append(SiteHook(triage.site, model.labels))
+    if config.lungs_on:
+        hooks.append(LungsHook.from_config(config))
+    hooks.append(QualityHook())
+    hooks.append(triage)
+    return sorted(hooks, key=lambda h: h.order)
 
 
 def discover_paths(inputs: Iterable[Path]) -> Iterator[str]:
@@ -247,6 +306,19 @@ class ProgressCounter:
                                          time.perf_counter() - self.t0))
 
 
+def _unscored(row: dict[str, Any], hooks: Sequence[PredictHook], ctx: RunContext) -> dict[str, Any]:
+    """Let every hook add its columns to an excluded/failed row."""
+    for hook in hooks:
+        try:
+            cols = dict(hook.on_unscored(MappingProxyType(row), ctx))
+            if set(cols) & PROTECTED_COLUMNS:
+                raise ValueError(f"may not change column(s) {sorted(set(cols) & PROTECTED_COLUMNS)}")
+            row.update(cols)
+        except Exception as exc:  # a hook's bug must not lose the row
+            log.warning("extension %s failed on %s: %s", hook.name, row.get("path"), exc)
+    return row
+
+
 def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook], ctx: RunContext) -> list[dict[str, Any]]:
     """Run the classifier and the hooks on ``items`` (all decoded OK); returns their rows."""
     rows = [_base_row(d, model) for d in items]
@@ -259,6 +331,7 @@ def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[Predic
     except CxrTriageError as exc:
         for row in rows:
             row.update(status="failed", reason=f"inference failed: {exc}")
+            _unscored(row, hooks, ctx)
         return rows
     for i, row in enumerate(rows):
         for j, label in enumerate(model.labels):
@@ -299,10 +372,14 @@ def run_predict(
     loaded, ``OutputError`` when the output cannot be written. Problems of single files never
     raise: they become ``failed`` / ``excluded`` rows.
     """
+    from cxrtriage.pipeline_run import RUN_JSON, report_destination, run_record, run_reports, utc_now, write_json
+
     t0 = time.perf_counter()
+    started_at = utc_now()
     missing = [str(p) for p in config.inputs if not Path(p).exists()]
     if missing:  # checked before anything is written (discover would raise the same later)
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    destination = report_destination(config)
     workers = auto_workers() if config.workers is None else config.workers
     prestart(workers)
     if model is None:
@@ -324,7 +401,7 @@ def run_predict(
         ok = [d for d in pending if d.status == OK]
         scored = iter(_score_batch(ok, model, hooks, ctx) if ok else [])
         for d in pending:
-            row = next(scored) if d.status == OK else _base_row(d, model)
+            row = next(scored) if d.status == OK else _unscored(_base_row(d, model), hooks, ctx)
             writer.write(row)
             counter.add(row["status"])
         writer.flush()
@@ -334,7 +411,7 @@ def run_predict(
         n_ok = 0
         for d in decode_stream(tasks, workers=workers, window=window):
             if d.status != OK and not pending:  # nothing waits for a batch: write it now, order is kept
-                row = _base_row(d, model)
+                row = _unscored(_base_row(d, model), hooks, ctx)
                 writer.write(row)
                 writer.flush()
                 counter.add(row["status"])
@@ -360,9 +437,13 @@ def run_predict(
         results_jsonl=writer.jsonl_path or writer.csv_path,
         model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
     )
-    for hook in hooks:
-        hook.on_finish(ctx, summary)
-    return summary
+    outcomes = {hook.name: hook.on_finish(ctx, summary) for hook in hooks}
+    counts = {"files": summary.total, "scored": summary.scored, "excluded": summary.excluded, "failed": summary.failed}
+    record = run_record(config, model, started_at=started_at, finished_at=utc_now(), counts=counts, hooks=hooks)
+    run_json = write_json(ctx.out_dir / RUN_JSON, record)
+    report = run_reports(config, ctx.out_dir, destination) if config.reports_on else None
+    return dataclasses.replace(summary, seconds=time.perf_counter() - t0, outcomes=outcomes, run_json=run_json,
+                               report=report)
 
 
 def predict(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, **options: Any) -> PredictSummary:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -37,6 +37,49 @@ ThreadsOpt = Annotated[
 ]
 FailOpt = Annotated[bool, typer.Option("--fail-on-error", help="Exit 1 when any input failed (default: exit 0).")]
 RulesOpt = Annotated[Path | None, typer.Option("--rules", help="Selection rules TOML. Default: the built-in frontal-CXR rules.")]
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option("--policy", metavar="FILE.toml", help="Triage policy (which findings are critical/urgent; docs/triage.md). "
+                                                       "Default: the packaged policy."),
+]
+SiteOpt = Annotated[
+    Path | None,
+    typer.Option("--site", metavar="SITE.toml",
+                 help="Site calibration from `cxrtriage calibrate`, for this exact model version. With it, the score_<label> "
+                      "columns hold the SITE-calibrated scores, the site thresholds decide the priority, and the model's own "
+                      "calibrated scores are kept in model_score_<label> columns (only with --site)."),
+]
+LungsOpt = Annotated[
+    bool | None,
+    typer.Option("--lungs/--no-lungs",
+                 help="Segment the lungs: OUT/masks/<stem>.png, mask_path, lung_area_px, lung_area_mm2 columns and the "
+                      "lung quality checks. Default: on with --report, else off (faster)."),
+]
+SegmenterOpt = Annotated[
+    str | None,
+    typer.Option("--segmenter", metavar="NAME|PATH", help="Lung segmenter for --lungs. Default: lung-segmenter."),
+]
+ReportOpt = Annotated[
+    bool, typer.Option("--report", help="After scoring, write HTML (+PDF) study reports and OUT/report/index.html "
+                                        "(turns --lungs on unless --no-lungs).")
+]
+PdfOpt = Annotated[bool, typer.Option("--pdf/--no-pdf", help="With --report: a PDF beside each HTML report.")]
+DicomOpt = Annotated[
+    bool, typer.Option("--dicom", help="Write DICOM results into each source study under OUT/dicom/ (SR, secondary "
+                                       "capture, lung SEG, encapsulated PDF); implies --report.")
+]
+DeidOpt = Annotated[
+    bool, typer.Option("--deidentify", help="With --report: stable pseudonyms instead of names, IDs, accession and UIDs, "
+                                            "no dates, in the HTML/PDF reports (DICOM results keep the source identity).")
+]
+SendOpt = Annotated[
+    str | None, typer.Option("--send", metavar="HOST:PORT", help="C-STORE the DICOM results to this PACS; implies --dicom.")
+]
+AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title for --send.")]
+CalledAetOpt = Annotated[str, typer.Option("--called-aet", help="The PACS (called) AE title for --send.")]
+ModalityOpt = Annotated[
+    str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
+]
 
 
 def predict_cmd(
@@ -54,27 +97,48 @@ def predict_cmd(
     threads: ThreadsOpt = None,
     fail_on_error: FailOpt = False,
     rules: RulesOpt = None,
+    policy: PolicyOpt = None,
+    site: SiteOpt = None,
+    lungs: LungsOpt = None,
+    segmenter: SegmenterOpt = None,
+    report: ReportOpt = False,
+    pdf: PdfOpt = True,
+    dicom: DicomOpt = False,
+    deidentify: DeidOpt = False,
+    send: SendOpt = None,
+    aet: AetOpt = "CXRTRIAGE",
+    called_aet: CalledAetOpt = "ANY-SCP",
+    modality: ModalityOpt = "DOC",
 ) -> None:
-    """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl.
+    """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
-    Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run.
+    Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run. Images that fail a quality check (column `quality`) keep their scores but are `not_assessed`. Decision support only: every image must still be read.
 
-    Exit status: 0 when the run completed, 1 with --fail-on-error when an input failed, 2-5 when the run could not happen (inputs, model, options, output).
+    Exit status: 0 when the run completed, 1 with --fail-on-error when an input failed or a report could not be written, 2-5 when the run could not happen (inputs, model, options, output).
     """  # noqa: E501
-    from cxrtriage.cli.render import console, err_console, exit_on_error, print_error
+    from cxrtriage.cli.render import console, err_console, exit_on_error, print_error, print_warning
     from cxrtriage.pipeline import PredictConfig, run_predict
 
     with exit_on_error():
         config = PredictConfig(
             inputs=tuple(inputs), out_dir=out, model=model, batch_size=batch_size, device=device,
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
-            fail_on_error=fail_on_error, rules=rules,
+            fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
+            report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
+            modality=modality,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)
-        console.print(summary_table(summary, "predict summary", [summary.results_csv, summary.results_jsonl]))
-        if summary.failed and config.fail_on_error:
-            print_error(f"{summary.failed} of {summary.total} input(s) failed; see the 'reason' column of {summary.results_csv}")
+        console.print(summary_table(summary, "predict summary", written_paths(summary), run_rows(summary)))
+        report_errors = list(summary.report.errors) if summary.report is not None else []
+        for err in report_errors:
+            print_warning(err)
+        if config.fail_on_error and (summary.failed or report_errors):
+            if summary.failed:
+                print_error(f"{summary.failed} of {summary.total} input(s) failed; see the 'reason' column of "
+                            f"{summary.results_csv}")
+            if report_errors:
+                print_error(f"{len(report_errors)} report error(s); see above and {summary.report.index or 'the log'}")
             raise typer.Exit(FAILED_INPUTS_EXIT)
 
 
@@ -111,7 +175,8 @@ def progress_display(err_console: Console, description: str) -> Iterator[Callabl
             prog.stop()
 
 
-def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[Path]) -> Table:
+def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[Path],
+                  extra: Sequence[tuple[str, str]] = ()) -> Table:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_header=False)
@@ -124,8 +189,73 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[
     t.add_row("time", f"{s.seconds:.1f} s")
     t.add_row("throughput", f"{s.images_per_s:.1f} images/s")
     t.add_row("model", f"{s.model_name} {s.model_version} on {s.device}")
+    for key, value in extra:
+        t.add_row(key, value)
     t.add_row("written", "\n".join(str(p) for p in written))
     return t
+
+
+def written_paths(s: PredictSummary) -> list[Path]:
+    """The run's outputs that exist, in the order a user opens them."""
+    out = s.results_csv.parent
+    paths = [s.results_csv, s.results_jsonl, out / "worklist.csv"]
+    if s.run_json is not None:
+        paths.append(s.run_json)
+    paths += [p for p in (out / "masks", out / "heatmaps") if p.is_dir()]
+    if s.report is not None and s.report.index is not None:
+        paths.append(s.report.index)
+        if s.report.summary is not None and s.report.summary.dicom_files:
+            paths.append(out / "dicom")
+    return [p for p in paths if p.exists()]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    style = {"critical": "bold red", "urgent": "red", "routine": "yellow", "not_assessed": "magenta", "normal": "green"}
+    return " · ".join(f"[{style.get(k, 'default')}]{k} {n}[/]" for k, n in counts.items()) or "none"
+
+
+def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
+    """Triage, quality, lungs and report rows of the predict summary (from the hooks' outcomes and run.json)."""
+    import json
+
+    from cxrtriage.pipeline_triage import TriageOutcome
+
+    rows: list[tuple[str, str]] = []
+    record = json.loads(s.run_json.read_text(encoding="utf-8")) if s.run_json is not None else {}
+    triage = s.outcomes.get("triage")
+    if isinstance(triage, TriageOutcome):
+        rows.append(("priority (images)", _counts(triage.images_by_priority)))
+        rows.append(("priority (studies)", _counts(triage.studies_by_priority)))
+        policy = record.get("policy") or {}
+        where = policy.get("path", "default") if isinstance(policy, dict) else "default"
+        rows.append(("policy", f"{triage.policy_name}" + ("" if where == "default" else f" ({where})")))
+        rows.append(("site", triage.site_file or "none (model's own scores and thresholds)"))
+        for note in triage.notes:
+            rows.append(("note", f"[yellow]{note}[/]"))
+    quality = record.get("quality")
+    if isinstance(quality, dict):
+        failed = int(quality.get("failed", 0))
+        by = ", ".join(f"{k} {n}" for k, n in (quality.get("failed_by_check") or {}).items())
+        text = f"[magenta]{failed} image(s) failed ({by}): not_assessed[/]" if failed else "all scored images passed"
+        rows.append(("quality", text))
+    seg = record.get("segmenter")
+    if isinstance(seg, dict):
+        rows.append(("lungs", f"masks by {seg.get('name')} {seg.get('version')} on {seg.get('device')}"))
+    if s.report is not None:
+        rep = s.report.summary
+        text = "not written"
+        if rep is not None:
+            n_html = sum(1 for x in rep.studies if x.html)
+            n_pdf = sum(1 for x in rep.studies if x.pdf)
+            text = f"{n_html} HTML, {n_pdf} PDF study report(s)"
+            if rep.dicom_files:
+                text += f", {len(rep.dicom_files)} DICOM file(s)"
+            if rep.sent:
+                text += f", sent {sum(1 for r in rep.sent if r.ok)}/{len(rep.sent)}"
+        if s.report.errors:
+            text += f" · [red]{len(s.report.errors)} error(s)[/]"
+        rows.append(("reports", text))
+    return rows
 
 
 def register(app: typer.Typer) -> None:

@@ -47,6 +47,8 @@ MIN_LUNG_BALANCE = 0.10
 # radiographs; the estimate of p0.5/p99.5 moves by well under 1 % of the range).
 MAX_STATS_PIXELS = 512 * 512
 
+OK = "ok"  # the ``quality`` column of an image that passed every check
+
 
 @dataclass(frozen=True, slots=True)
 class QualityCheck:
@@ -75,7 +77,7 @@ class QualityReport:
 
     def summary(self) -> str:
         """``ok``, or the failed checks' messages joined with '; ' (the results column ``quality``)."""
-        return "ok" if self.ok else "; ".join(c.message for c in self.failed)
+        return OK if self.ok else "; ".join(c.message for c in self.failed)
 
 
 def check_size(image: Image2D, *, min_side: int = MIN_SHORT_SIDE_PX) -> QualityCheck:

@@ -1,0 +1,230 @@
+"""Predict hooks for triage: site calibration of the scores, each row's priority, and DIR/worklist.csv."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxrtriage.measure.quality import OK as QUALITY_OK
+from cxrtriage.model import Classifier, ModelManifest
+from cxrtriage.pipeline import PredictHook, PredictSummary, RunContext, ScoredBatch
+from cxrtriage.report.results import read_results_jsonl, score_column
+from cxrtriage.triage import (
+    Priority,
+    SiteCalibration,
+    ThresholdKind,
+    TriagePolicy,
+    apply_site,
+    build_worklist,
+    check_policy,
+    load_policy,
+    load_site,
+    normalize_label,
+    triage_row,
+    write_worklist,
+)
+
+if TYPE_CHECKING:
+    from cxrtriage.pipeline import PredictConfig
+
+log = logging.getLogger(__name__)
+
+WORKLIST_CSV = "worklist.csv"
+MODEL_SCORE_PREFIX = "model_score_"
+TRIAGE_COLUMNS = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file")
+# Worklist order, most urgent first (the order cxrtriage.triage ranks priorities in).
+PRIORITY_LEVELS: tuple[str, ...] = tuple(p.value for p in sorted(Priority, key=lambda p: p.rank))
+
+
+def model_score_column(label: str) -> str:
+    """The column that keeps the model's own calibrated score when a site file rewrote ``score_<label>``."""
+    return f"{MODEL_SCORE_PREFIX}{label}"
+
+
+class SiteHook(PredictHook):
+    """Replace each ``score_<label>`` by the site-calibrated score; keep the model's in ``model_score_<label>``."""
+
+    name = "site"
+    order = 10  # first: every later hook (heatmaps, triage) sees the scores the priority is decided on
+
+    def __init__(self, site: SiteCalibration, labels: Sequence[str]) -> None:
+        self.site = site
+        self.labels = tuple(labels)
+        self.columns = tuple(model_score_column(lab) for lab in self.labels)
+
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for item in batch.items:
+            model_scores = {lab: float(item.row[score_column(lab)]) for lab in self.labels}
+            site_scores = apply_site(model_scores, self.site)
+            cols: dict[str, Any] = {model_score_column(lab): model_scores[lab] for lab in self.labels}
+            cols.update({score_column(lab): site_scores[lab] for lab in self.labels})
+            out.append(cols)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TriageOutcome:
+    """What triage did in a run: priorities of images and of studies, the worklist, coverage notes."""
+
+    worklist: Path
+    images_by_priority: dict[str, int]
+    studies_by_priority: dict[str, int]
+    policy_name: str
+    site_file: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def covered_findings(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[str]]:
+    """Per policy level (critical, urgent): the model's labels it lists."""
+    return {lvl.priority.value: [lab for lab in labels if normalize_label(lab) in lvl.findings] for lvl in policy.levels}
+
+
+def coverage_notes(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
+    """Plain sentences for a level of the policy that no label of the model covers."""
+    notes: list[str] = []
+    for level, labels in covered_findings(policy, manifest.labels).items():
+        if not labels:
+            notes.append(f"no {level} finding of policy '{policy.name}' is covered by model '{manifest.name}' "
+                         f"({', '.join(next(lv.findings for lv in policy.levels if lv.priority.value == level))} "
+                         f"not among its labels): no image can be {level}")
+    return notes
+
+
+class TriageHook(PredictHook):
+    """Fill ``priority``, ``priority_reason``, ``priority_finding``, ``priority_score`` and ``site_file`` of every
+    row (scored or not) and write ``DIR/worklist.csv`` at the end.
+
+    A scored row whose ``quality`` column names a failed check is ``not_assessed`` with that reason (its
+    scores stay in the row).
+    """
+
+    name = "triage"
+    columns = TRIAGE_COLUMNS
+    order = 90  # last: it reads the site scores and the quality checks
+
+    def __init__(self, policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None,
+                 *, policy_path: Path | None = None) -> None:
+        check_policy(policy, manifest, site)
+        self.policy = policy
+        self.manifest = manifest
+        self.site = site
+        self.policy_path = policy_path
+        self.site_file = str(site.path) if site is not None and site.path is not None else ""
+        self.counts: Counter[str] = Counter()
+        self.outcome: TriageOutcome | None = None
+        self.notes = coverage_notes(policy, manifest)
+
+    @classmethod
+    def from_config(cls, config: PredictConfig, model: Classifier) -> TriageHook:
+        """Load the policy (``--policy`` or the packaged default) and the site file, and check them against the model.
+
+        Raises ``ConfigError``/``ModelError`` before any file is scored.
+        """
+        manifest = model.manifest
+        # A policy file the user wrote warns about labels the model lacks (a typo?); the packaged default
+        # names findings many models lack, which is said once at INFO level.
+        policy = load_policy(config.policy, labels=manifest.labels if config.policy is not None else None)
+        unknown = policy.unknown_labels(manifest.labels)
+        if config.policy is None and unknown:
+            log.info("triage policy '%s': %s not among the labels of model '%s'; they are not assessed",
+                     policy.name, ", ".join(unknown), manifest.name)
+        site = load_site(config.site, manifest=manifest) if config.site is not None else None
+        return cls(policy, manifest, site, policy_path=config.policy)
+
+    def decide(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        quality = str(row.get("quality") or "").strip()
+        if row.get("status") == "scored" and quality and quality != QUALITY_OK:
+            cols: dict[str, Any] = {"priority": Priority.NOT_ASSESSED.value,
+                                    "priority_reason": f"quality check failed: {quality}",
+                                    "priority_finding": "", "priority_score": None}
+        else:
+            t = triage_row(row, manifest=self.manifest, policy=self.policy, site=self.site)
+            cols = {k: t[k] for k in TRIAGE_COLUMNS[:4]}
+        cols["site_file"] = self.site_file
+        self.counts[cols["priority"]] += 1
+        return cols
+
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
+        return [self.decide(item.row) for item in batch.items]
+
+    def on_unscored(self, row: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
+        return self.decide(row)
+
+    def on_finish(self, ctx: RunContext, summary: PredictSummary) -> TriageOutcome:
+        """Write ``DIR/worklist.csv`` (atomically) from the results as written."""
+        entries = build_worklist(read_results_jsonl(summary.results_jsonl))
+        path = ctx.out_dir / WORKLIST_CSV
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            write_worklist(tmp, entries)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        studies = Counter(e.priority.value for e in entries)
+        self.outcome = TriageOutcome(
+            worklist=path,
+            images_by_priority={p: self.counts[p] for p in PRIORITY_LEVELS if self.counts[p]},
+            studies_by_priority={p: studies[p] for p in PRIORITY_LEVELS if studies[p]},
+            policy_name=self.policy.name,
+            site_file=self.site_file,
+            notes=tuple(self.notes),
+        )
+        return self.outcome
+
+    def thresholds(self) -> dict[str, dict[str, Any]]:
+        """Per label, the thresholds in force (the site's where it calibrated the label, else the manifest's),
+        and the one the policy decides on (``threshold``/``kind``)."""
+        out: dict[str, dict[str, Any]] = {}
+        op = operating_point(self.policy)
+        for lab in self.manifest.labels:
+            lt = self.manifest.thresholds.get(lab)
+            site_lab = self.site.labels.get(lab) if self.site is not None else None
+            if site_lab is not None:
+                vals, source = {"rule_out": site_lab.rule_out, "balanced": site_lab.balanced}, "site"
+            elif lt is not None:
+                vals, source = {"rule_out": lt.rule_out.threshold, "balanced": lt.balanced.threshold}, "model"
+            else:
+                continue
+            level = self.policy.level_of(lab)
+            kind = self.policy.label_thresholds.get(normalize_label(lab), level.threshold if level else ThresholdKind(op))
+            out[lab] = {**vals, "threshold": vals[kind.value], "kind": kind.value, "source": source}
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        levels = {lvl.priority.value: {"findings": list(lvl.findings), "threshold": lvl.threshold.value,
+                                       "covered_by_model": covered_findings(self.policy, self.manifest.labels)
+                                       .get(lvl.priority.value, [])}
+                  for lvl in self.policy.levels}
+        counts: dict[str, Any] = {"images_by_priority": {p: self.counts[p] for p in PRIORITY_LEVELS}}
+        if self.outcome is not None:
+            counts["studies_by_priority"] = self.outcome.studies_by_priority
+        return {
+            "operating_point": operating_point(self.policy),
+            "thresholds": self.thresholds(),
+            "policy": {
+                "name": self.policy.name,
+                "path": str(self.policy_path.resolve()) if self.policy_path is not None else "default",
+                "description": self.policy.description,
+                "levels": levels,
+                "summary_labels": list(self.policy.summary_labels),
+                "ignored_labels": list(self.policy.ignored_labels),
+                "label_thresholds": {k: v.value for k, v in self.policy.label_thresholds.items()},
+                "not_covered_by_model": list(self.policy.unknown_labels(self.manifest.labels)),
+            },
+            "priority_levels": list(PRIORITY_LEVELS),
+            "site_file": self.site_file,
+            "counts": counts,
+            "notes": list(self.notes),
+        }
+
+
+def operating_point(policy: TriagePolicy) -> str:
+    """The threshold kind the policy's levels decide on (``balanced`` when they differ or there is no level)."""
+    kinds = {lvl.threshold.value for lvl in policy.levels}
+    return kinds.pop() if len(kinds) == 1 else ThresholdKind.BALANCED.value

@@ -419,7 +419,10 @@ def _heatmaps(value: Any, labels: tuple[str, ...], results_dir: Path) -> tuple[H
 def _notes(row: dict[str, Any]) -> tuple[str, ...]:
     notes: list[str] = []
     for key in ("notes", "quality_notes", "quality", "warnings"):
-        notes.extend(_text(x) for x in _list(row.get(key)) if _text(x))
+        items = [_text(x) for x in _list(row.get(key)) if _text(x)]
+        if key == "quality":  # predict's quality column: "ok" or the failed checks
+            items = ["quality checks passed" if x == "ok" else f"quality check failed: {x}" for x in items]
+        notes.extend(items)
     return tuple(dict.fromkeys(notes))
 
 

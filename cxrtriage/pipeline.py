@@ -137,6 +137,7 @@ class BatchItem:
     model_input: ModelInput
     row: Mapping[str, Any]
     image: Image2D | None = None
+    image_checks: tuple[Any, ...] | None = None  # measure.quality image checks, run in the decode worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,7 @@ class PredictHook:
     columns: tuple[str, ...] = ()
     needs_images: bool = False
     needs_features: bool = False
+    needs_image_checks: bool = False  # True: items[i].image_checks holds measure.quality.image_checks(image)
     order: int = 50  # build_hooks runs hooks by this (site 10, lungs 20, quality 30, triage 90)
 
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
@@ -338,7 +340,7 @@ def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[Predic
             row[score_column(label)] = float(out.scores[i, j])
     for hook in hooks:
         view = ScoredBatch(
-            items=tuple(BatchItem(d.index, d.path, mi, MappingProxyType(row), d.image)  # type: ignore[arg-type]
+            items=tuple(BatchItem(d.index, d.path, mi, MappingProxyType(row), d.image, d.image_checks)  # type: ignore[arg-type]
                         for d, mi, row in zip(items, inputs, rows, strict=True)),
             output=out,
         )
@@ -391,9 +393,10 @@ def run_predict(
     extra_cols = [c for h in hooks for c in h.columns]
     writer = ResultsWriter(config.out_dir, result_columns(model.labels, extra_cols))
     keep_images = any(h.needs_images for h in hooks)
+    checks = any(h.needs_image_checks for h in hooks)
     window = in_flight_window(config.batch_size, workers, keep_images)
     recipe = model.manifest.preprocessing
-    tasks = (DecodeTask(i, p, recipe, rules, keep_images) for i, p in enumerate(discover_paths(config.inputs)))
+    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(discover_paths(config.inputs)))
     counter = ProgressCounter(on_progress)
     pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
 

@@ -38,6 +38,7 @@ class DecodeTask:
     recipe: PreprocessRecipe
     rules: Any = None
     keep_image: bool = False
+    image_checks: bool = False  # run cxrtriage.measure.quality.image_checks here, where the image is
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Decoded:
     model_input: ModelInput | None = None
     image: Image2D | None = None
     seconds: float = 0.0
+    image_checks: tuple[Any, ...] | None = None  # QualityChecks, when the task asked for them
 
 
 def probe_meta(probe: Any) -> dict[str, Any]:
@@ -93,9 +95,14 @@ def examine(task: DecodeTask) -> Decoded:
         meta.update(rows=image.shape[0], columns=image.shape[1],
                     pixel_spacing_mm=list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None)
         mi = to_model_input(image, task.recipe)
+        checks = None
+        if task.image_checks:
+            from cxrtriage.measure.quality import image_checks
+
+            checks = image_checks(image)
         reason = "; ".join([a.selection.reason, *image.notes])
         return Decoded(task.index, task.path, OK, reason, meta, mi, image if task.keep_image else None,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, checks)
     except CxrTriageError as exc:
         return Decoded(task.index, task.path, FAILED, str(exc), meta, seconds=time.perf_counter() - t0)
     except MemoryError:
@@ -109,7 +116,7 @@ def _context() -> Any:
     """forkserver on POSIX (workers never inherit onnxruntime's threads), spawn elsewhere."""
     if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["cxrtriage.pipeline_decode", "cxrtriage.io"])
+        ctx.set_forkserver_preload(["cxrtriage.pipeline_decode", "cxrtriage.io", "cxrtriage.measure.quality"])
         return ctx
     return mp.get_context("spawn")
 

@@ -72,11 +72,15 @@ class LungsHook(PredictHook):
 
 class QualityHook(PredictHook):
     """Column ``quality``: ``ok`` or the failed checks of ``cxrtriage.measure.quality`` (lung checks when the
-    lungs hook ran before it on the batch). Triage makes a failed row ``not_assessed``."""
+    lungs hook ran before it on the batch). Triage makes a failed row ``not_assessed``.
+
+    The image checks run in the decode workers (``needs_image_checks``), so the full images need not travel
+    to this process unless another hook needs them.
+    """
 
     name = "quality"
     columns = ("quality",)
-    needs_images = True
+    needs_image_checks = True
     order = 30  # after the lungs, before heat maps and triage
 
     def __init__(self) -> None:
@@ -86,7 +90,8 @@ class QualityHook(PredictHook):
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for item in batch.items:
-            report = assess_quality(_image(item, self.name), ctx.lung_masks.get(item.index))
+            first = item.image_checks if item.image_checks is not None else _image(item, self.name)
+            report = assess_quality(first, ctx.lung_masks.get(item.index))
             if not report.ok:
                 self.failed += 1
                 for c in report.failed:

@@ -91,6 +91,8 @@ def test_report_summary() -> None:
     labels[50:250, 20:140] = 1
     rep = q.assess_quality(img, _mask(labels))
     assert not rep.ok and [c.name for c in rep.failed] == ["lung_balance"]
+    # image checks computed earlier (in a decode worker) give the same report
+    assert q.assess_quality(q.image_checks(img), _mask(labels)) == rep
     small = q.assess_quality(_image(np.full((100, 120), 7.0)), _mask(np.zeros((100, 120))))
     assert [c.name for c in small.failed] == ["size", "dynamic_range", "lung_area", "lung_balance"]
     assert small.summary().count("; ") == 3

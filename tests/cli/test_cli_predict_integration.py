@@ -137,6 +137,35 @@ def test_predict_dicom_results(scans: Path, models: tuple[Path, Path], tmp_path:
     assert "DICOM file(s)" in output
 
 
+def test_predict_send_implies_dicom_and_sends(scans: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+    from pynetdicom import AE, StoragePresentationContexts, evt
+
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPClassUID))
+        return 0x0000
+
+    ae = AE(ae_title="TESTPACS")
+    ae.require_called_aet = True
+    ae.supported_contexts = StoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = int(server.server_address[1])
+        out = tmp_path / "out"
+        code, output = _invoke(*_base(scans / "p1", out, models, "--segmenter", str(models[1]), "--no-pdf",
+                                      "--send", f"127.0.0.1:{port}", "--called-aet", "TESTPACS", "--aet", "ME"))
+        assert code == 0, output
+        n = len(list((out / "dicom").rglob("*.dcm")))
+        assert n >= 4 and len(received) == n and f"sent{n}/{n}" in _flat(output)
+    finally:
+        server.shutdown()
+    # a PACS that does not answer: listed, exit 0 unless --fail-on-error
+    code, output = _invoke(*_base(scans / "p1", tmp_path / "o2", models, "--no-lungs", "--no-pdf", "--send",
+                                  f"127.0.0.1:{port}", "--fail-on-error"))
+    assert code == 1 and "not sent" in output
+
+
 def test_report_errors_are_listed_and_fail_only_with_fail_on_error(scans: Path, models: tuple[Path, Path],
                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cxrtriage.report.batch as batch

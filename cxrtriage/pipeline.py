@@ -94,6 +94,8 @@ class PredictConfig:
     aet: str = "CXRTRIAGE"  # our (calling) AE title for send
     called_aet: str = "ANY-SCP"  # the PACS (called) AE title for send
     modality: str = "DOC"  # Modality of the encapsulated PDF
+    heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
+    heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
 
     @property
     def dicom_on(self) -> bool:
@@ -264,6 +266,10 @@ def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
     if config.lungs_on:
         hooks.append(LungsHook.from_config(config))
     hooks.append(QualityHook())
+    if config.heatmaps:
+        from cxrtriage.pipeline_heatmaps import HeatmapsHook
+
+        hooks.append(HeatmapsHook.from_config(config, model))
     hooks.append(triage)
     return sorted(hooks, key=lambda h: h.order)
 

@@ -77,6 +77,15 @@ SendOpt = Annotated[
 ]
 AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title for --send.")]
 CalledAetOpt = Annotated[str, typer.Option("--called-aet", help="The PACS (called) AE title for --send.")]
+HeatmapsOpt = Annotated[
+    bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw .npy map) at the original image geometry for every finding at "
+                                          "or above its balanced threshold: OUT/heatmaps/<stem>__<label>__<method>.png, "
+                                          "column heatmaps. Computed from the same forward pass (no extra model run).")
+]
+HeatmapMethodOpt = Annotated[
+    str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
+                                               "for scorecam/occlusion use `cxrtriage explain`.")
+]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
 ]
@@ -109,6 +118,8 @@ def predict_cmd(
     aet: AetOpt = "CXRTRIAGE",
     called_aet: CalledAetOpt = "ANY-SCP",
     modality: ModalityOpt = "DOC",
+    heatmaps: HeatmapsOpt = False,
+    heatmap_method: HeatmapMethodOpt = "gradcam",
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
@@ -125,7 +136,7 @@ def predict_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
             fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)

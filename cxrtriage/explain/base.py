@@ -204,6 +204,8 @@ def normalize_stack(raw: FloatArray, size: int) -> list[tuple[FloatArray | None,
     """``normalize`` for a stack of maps [L, h, w] (one vectorised ReLU / emptiness check for all)."""
     relu = np.maximum(np.asarray(raw, dtype=np.float32), np.float32(0.0))
     n = relu.shape[0]
+    if n == 0:  # nothing to explain for this image (e.g. no finding flagged)
+        return []
     flat = relu.reshape(n, -1)
     finite: NDArray[np.bool_] = np.asarray(np.isfinite(flat).all(axis=1))
     peak = np.where(finite, flat.max(axis=1, initial=0.0), 0.0)

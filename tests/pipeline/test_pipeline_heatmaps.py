@@ -45,6 +45,7 @@ def test_flagged_findings_get_overlays_and_raw_maps_at_the_original_geometry(tmp
     run_predict(PredictConfig(inputs=(_inputs(tmp_path),), out_dir=out, model=str(manifest), workers=0, heatmaps=True))
     rows = {Path(r["path"]).name: r for r in read_results_jsonl(out / "results.jsonl")}
     assert rows["lat.dcm"]["heatmaps"] in (None, [], "")
+    assert "heatmaps failed" not in rows["a.dcm"]["reason"]
     pngs = rows["a.dcm"]["heatmaps"]
     assert pngs, "every label is flagged at threshold 0, so at least one non-empty map must be drawn"
     model = load_classifier(manifest, device="cpu")
@@ -69,6 +70,7 @@ def test_nothing_flagged_writes_no_overlay(tmp_path: Path) -> None:
     run_predict(PredictConfig(inputs=(_inputs(tmp_path),), out_dir=out, model=str(manifest), workers=0, heatmaps=True))
     rows = read_results_jsonl(out / "results.jsonl")
     assert all(not r["heatmaps"] for r in rows)
+    assert not any("failed" in (r["reason"] or "") for r in rows), [r["reason"] for r in rows]
     heatmaps = out / "heatmaps"
     assert not heatmaps.exists() or not list(heatmaps.glob("*.png"))
 

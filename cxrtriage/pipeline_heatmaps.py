@@ -27,7 +27,8 @@ HEATMAP_DIR = "heatmaps"
 class HeatmapsHook(PredictHook):
     """Column ``heatmaps``: overlay PNGs (relative to DIR) of every finding at or above its balanced threshold.
 
-    Files: ``DIR/heatmaps/<stem>__<label>__<method>.png`` and the raw map beside it as ``.npy``. A finding whose
+    Files: ``DIR/heatmaps/<stem>__<label>__<method>.png`` and the raw map beside it as ``.npy`` (float16, the
+    original geometry downscaled like the PNG to at most 1024 px on the long side, so batches stay small). A finding whose
     map is all zero (no positive evidence) gets no file ("no map" is never drawn). With lung masks in the run
     (``--lungs``), the maps are gated by the dilated lung mask, and the overlay says so.
     """
@@ -66,7 +67,8 @@ class HeatmapsHook(PredictHook):
             mask = ctx.lung_masks.get(item.index)
             if self.gate_with_lungs and mask is not None:
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
-            pngs = write_overlays(out_dir, ctx.stem_for(item.path), item.image, heatmaps, model.manifest)
+            pngs = write_overlays(out_dir, ctx.stem_for(item.path), item.image, heatmaps, model.manifest,
+                                  compact_npy=True)
             self.written += len(pngs)
             rows.append({"heatmaps": [str(Path(HEATMAP_DIR) / p.name) for p in pngs]})
         return rows

@@ -78,7 +78,8 @@ SendOpt = Annotated[
 AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title for --send.")]
 CalledAetOpt = Annotated[str, typer.Option("--called-aet", help="The PACS (called) AE title for --send.")]
 HeatmapsOpt = Annotated[
-    bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw .npy map) at the original image geometry for every finding at "
+    bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw map as float16 .npy, long side <= 1024 px) at the original "
+                                          "image geometry for every finding at "
                                           "or above its balanced threshold: OUT/heatmaps/<stem>__<label>__<method>.png, "
                                           "column heatmaps. Computed from the same forward pass (no extra model run).")
 ]

@@ -188,11 +188,15 @@ def save_heatmap(
     max_side: int = 1024,
     floor: float = 0.2,
     save_npy: bool = True,
+    compact_npy: bool = False,
 ) -> tuple[Path, Path | None]:
     """Write the overlay PNG and, beside it (same stem, ``.npy``), the map at the original geometry.
 
     The ``.npy`` holds ``heatmap.original``: float32 [H, W] in [0, 1], exactly what is drawn (4 bytes per
-    image pixel: 14 MB for a 1955 x 1841 radiograph; ``save_npy=False`` skips it).
+    image pixel: 14 MB for a 1955 x 1841 radiograph; ``save_npy=False`` skips it). ``compact_npy`` (used by
+    ``predict --heatmaps``, where thousands of maps add up) stores it as float16, downscaled like the PNG to at
+    most ``max_side`` pixels on the long side with the aspect ratio kept (about 2 MB instead of 14 MB);
+    resize it to the image size to overlay it.
     """
     rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
     png_path = Path(png_path)
@@ -203,7 +207,15 @@ def save_heatmap(
             raise OutputError(f"{png_path}: OpenCV could not write the PNG; check the folder and its permissions")
         if save_npy:
             assert heatmap.original is not None
-            np.save(npy_path, heatmap.original.astype(np.float32))
+            raw = heatmap.original
+            if compact_npy:
+                h, w = raw.shape
+                scale = max_side / max(h, w)
+                if scale < 1.0:
+                    raw = cv2.resize(raw, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+                np.save(npy_path, raw.astype(np.float16))
+            else:
+                np.save(npy_path, raw.astype(np.float32))
     except OSError as exc:
         raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
     return png_path, (npy_path if save_npy else None)
@@ -229,8 +241,11 @@ def write_overlays(
     operating_point: str = "balanced",
     max_side: int = 1024,
     save_npy: bool = True,
+    compact_npy: bool = False,
 ) -> list[Path]:
     """Write the overlay PNG (+ .npy unless ``save_npy`` is false) of every non-empty map of one image.
+
+    ``compact_npy``: see ``save_heatmap``.
 
     Returns the PNG paths.
 
@@ -242,6 +257,6 @@ def write_overlays(
             continue
         png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method), image, hm,
                               overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side,
-                              save_npy=save_npy)
+                              save_npy=save_npy, compact_npy=compact_npy)
         written.append(png)
     return written

@@ -73,6 +73,19 @@ def test_large_images_are_downscaled_for_the_png_only(tiny: Classifier, tmp_path
     np.testing.assert_array_equal(raw, hm.original)
 
 
+def test_compact_raw_maps_are_float16_at_the_png_scale(tiny: Classifier, tmp_path: Path) -> None:
+    img = _image(2400, 1800)
+    hm = _first_map(tiny, img)
+    _, npy = save_heatmap(tmp_path / "a__x__layercam.png", img, hm, overlay_text(tiny.manifest, hm), max_side=600,
+                          compact_npy=True)
+    assert npy is not None
+    raw = np.load(npy)
+    assert raw.shape == (600, 450) and raw.dtype == np.float16  # aspect ratio kept
+    assert hm.original is not None
+    ref = cv2.resize(hm.original, (450, 600), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(raw.astype(np.float32), ref, atol=2e-3)
+
+
 def test_no_map_is_never_drawn(tiny: Classifier) -> None:
     img = _image(64, 64)
     hm = _first_map(tiny, img)

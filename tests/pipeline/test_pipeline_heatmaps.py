@@ -55,11 +55,11 @@ def test_flagged_findings_get_overlays_and_raw_maps_at_the_original_geometry(tmp
         assert png.is_file() and png.stat().st_size > 0
         label = png.stem.split("__")[1]
         raw = np.load(png.with_suffix(".npy"))
-        assert raw.shape == (48, 32)
+        assert raw.shape == (48, 32) and raw.dtype == np.float16  # small images keep their size
         # The map written by predict equals the public API's map for the same image and label.
         ref = explain(model, image, label, method="gradcam")
         assert ref.original is not None
-        np.testing.assert_allclose(raw, ref.original, atol=1e-5)
+        np.testing.assert_allclose(raw.astype(np.float32), ref.original, atol=1e-3)
     run = json.loads((out / "run.json").read_text())
     assert run["heatmaps"]["method"] == "gradcam"
 

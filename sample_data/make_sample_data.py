@@ -2,7 +2,7 @@
 
 Sources (installed with `pip install pydicom pydicom-data`, both MIT):
 - RG1_UNCR.dcm from pydicom-data: the NEMA WG04 RG1 posteroanterior chest CR, 1955x1841, 15-bit MONOCHROME1.
-- reportsi.dcm from pydicom's own test files: a Basic Text SR (not an image: must be excluded).
+The Basic Text SR (not an image: must be excluded) is written from scratch here, in the RG1 study.
 
 Run from the repository root:  python sample_data/make_sample_data.py
 """
@@ -10,15 +10,14 @@ Run from the repository root:  python sample_data/make_sample_data.py
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 OUT = Path(__file__).resolve().parent
 ROOT_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, as used by generate_uid()
@@ -75,6 +74,45 @@ def _save(ds: Dataset, name: str) -> Path:
     return path
 
 
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _text_sr(src: Dataset) -> Dataset:
+    """A minimal Basic Text SR in the source's study: a non-image object that cxrtriage must exclude."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    sop = _uid("text-sr", "sop")
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+               "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+        setattr(ds, kw, getattr(src, kw, ""))
+    ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, sop
+    ds.SeriesInstanceUID = _uid("text-sr", "series")
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 99, 1
+    ds.Manufacturer = "cxrtriage sample_data generator"
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic Imaging Report")]
+    ds.CompletionFlag, ds.VerificationFlag = "PARTIAL", "UNVERIFIED"
+    ds.ReferencedPerformedProcedureStepSequence = []  # Type 2: present, empty
+    ds.PerformedProcedureCodeSequence = []
+    text = Dataset()
+    text.RelationshipType, text.ValueType = "CONTAINS", "TEXT"
+    text.ConceptNameCodeSequence = [_code("121071", "DCM", "Finding")]
+    text.TextValue = ("Test object written by cxrtriage's sample_data generator; not a clinical report. "
+                      "It has no pixel data, so cxrtriage must exclude it.")
+    ds.ContentSequence = [text]
+    return ds
+
+
 def main() -> None:
     src = pydicom.dcmread(_source("RG1_UNCR.dcm"))
     full = src.pixel_array.astype(np.uint16)
@@ -100,9 +138,8 @@ def main() -> None:
     lateral.SeriesDescription = "TEST: PA image re-tagged as lateral"
     _save(lateral, "cxr_retagged_lateral_rg1_quarter.dcm")
 
-    # 5. Must be EXCLUDED: a structured report (no pixels), copied unchanged from pydicom's test files.
-    shutil.copyfile(_source("reportsi.dcm"), OUT / "report_basic_text_sr.dcm")
-    print("report_basic_text_sr.dcm: copied")
+    # 5. Must be EXCLUDED: a structured report (no pixels), written here in the same study.
+    _save(_text_sr(src), "report_basic_text_sr.dcm")
 
     # 6. A PNG (8-bit, displayed with the file's own window, MONOCHROME1 inverted) at quarter size: the raster path.
     quarter = _downscale(full, 4).astype(np.float64)

@@ -17,6 +17,17 @@ _TINY = typer.Option(False, "--tiny", help="Smoke run: a handful of real images,
 _OUT_CLS = typer.Option(Path("models/cxr-classifier"), "--out", help="Model folder to write.")
 _OUT_SEG = typer.Option(Path("models/lung-segmenter"), "--out", help="Model folder to write.")
 _LOG = typer.Option(None, "--log", help="Progress log file (default: OUT/train_log.txt).")
+_LR = typer.Option(None, "--lr", help="Override the peak learning rate (default: the recipe's 0.002; e.g. 0.0005 to fine-tune).")
+_WARMUP = typer.Option(None, "--warmup-epochs", help="Override the linear warm-up length in epochs (default 1.0).")
+_SHARES = typer.Option(None, "--source-shares",
+                       help="Per-epoch sampling shares, e.g. nih14=0.7,ieee_lungs=0.15,kermany224=0.15 (must sum to 1; "
+                            "default kermany224=0.5,nih14=0.4,ieee_lungs=0.1).")
+_INIT = typer.Option(None, "--init-from",
+                     help="Fine-tune from this model.pt (e.g. models/cxr-classifier/model.pt); its splits/splits.csv must "
+                          "match this run's patient splits. Default: train from scratch.")
+_SELECT = typer.Option("mean", "--select-by",
+                       help="Validation metric that picks the best epoch: 'mean' (mean AUROC over source/label pairs) or "
+                            "SOURCE:LABEL, e.g. nih14:abnormal. Never the test split.")
 
 
 def _check(data: Path) -> None:
@@ -39,15 +50,22 @@ def classifier(
     seed: int = _SEED,
     tiny: bool = _TINY,
     log: Path | None = _LOG,
+    lr: float | None = _LR,
+    warmup_epochs: float | None = _WARMUP,
+    source_shares: str | None = _SHARES,
+    init_from: Path | None = _INIT,
+    select_by: str = _SELECT,
 ) -> None:
     """Train the multi-label classifier; writes model.onnx, manifest.json, MODEL_CARD.md, splits/ and plots to OUT."""
     from cxrtriage.cli.render import console
 
     _check(data)
-    from cxrtriage.train.classifier import train_classifier
+    from cxrtriage.train.classifier import parse_source_shares, train_classifier
 
+    shares = parse_source_shares(source_shares) if source_shares is not None else None
     t0 = time.time()
-    manifest = train_classifier(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log)
+    manifest = train_classifier(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log, lr=lr,
+                                warmup_epochs=warmup_epochs, source_shares=shares, init_from=init_from, select_by=select_by)
     console.print(f"wrote {manifest} (wall time {time.time() - t0:.0f} s)")
 
 

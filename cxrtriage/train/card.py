@@ -23,8 +23,12 @@ def _op(d: Any) -> str:
     return f"{_f(d.get('sensitivity'), 2)} / {_f(d.get('specificity'), 2)}"
 
 
-def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[str, int]) -> str:
-    """Render the classifier MODEL_CARD.md from its manifest data, training record and NIH label counts."""
+def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[str, int], experiments: str | None = None) -> str:
+    """Render the classifier MODEL_CARD.md from its manifest data, training record and NIH label counts.
+
+    ``experiments``: Markdown of other attempts (the model folder's ``experiments.md``), included verbatim as its
+    own section before the limitations, so a regenerated card keeps it.
+    """
     met = m["metrics"]
     arch = m["architecture"]
     cfg = info["config"]
@@ -86,6 +90,10 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
         f"flips: laterality matters). Best epoch by validation mean AUROC: {info['best_epoch']} "
         f"(val {_f(info['best_val_score'])}). Training wall time {info['train_seconds'] / 60:.1f} min on 2 CPU cores "
         f"(torch {info['torch']}, seed {cfg['seed']}).\n")
+    if cfg.get("init_from") or cfg.get("select_by", "mean") != "mean":
+        add(f"**This run differs from the recipe above:** fine-tuned from `{cfg.get('init_from') or 'scratch'}`, best "
+            f"epoch selected by validation `{cfg.get('select_by', 'mean')}` AUROC (the reported `val` above is that "
+            f"metric), source shares {dict(cfg['source_share'])}, lr {cfg['lr']}, {cfg['epochs']} epochs.\n")
     add("## Results on held-out test patients\n")
     add("AUROC with 95% bootstrap CI (1000 resamples of cases); ECE of the calibrated score (10 bins); "
         "sensitivity / specificity at the manifest thresholds (set on validation, never on test).\n")
@@ -114,7 +122,9 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
             "The 95% CI is wide (see above); the `abnormal` score on adults should be treated as weak evidence and the "
             "thresholds set on the pooled validation split (dominated by pediatric images) do not transfer to adults "
             "(NIH test rule-out specificity is very low). Next steps: more adult normal studies (e.g. the full NIH "
-            "ChestX-ray14 release) or pretrained CXR weights.\n")
+            "ChestX-ray14 release) or pretrained CXR weights."
+            + (" A second attempt (adult fine-tune) is reported under \"What else was tried\" below." if experiments else "")
+            + "\n")
     add("## Pediatric → adult domain shift (stated plainly)\n")
     add(f"`pneumonia` AUROC is {_f(ds['pneumonia_auroc_kermany224_test'])} on the pediatric Kermany test split but "
         f"{_f(ds['pneumonia_auroc_adult_test'])} on adult test patients (NIH + ieee pooled; NIH alone "
@@ -145,6 +155,8 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
     add("\nValidation positives are few for NIH-only labels (7–18), so the thresholds carry real uncertainty; "
         "pooled validation for `abnormal`/`pneumonia` is dominated by pediatric images, so calibration for adults is weaker "
         "(see `reliability_test.png`, `reliability_val.png`).\n")
+    if experiments:
+        add(experiments.strip() + "\n")
     add("## Limitations\n")
     add("- Small adult training set (292 NIH + 65 ieee training images), trained from scratch: adult finding AUROCs are "
         "modest and their confidence intervals wide; several test labels have < 15 positives.\n"
@@ -155,7 +167,8 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
     add("## Files\n")
     add("`model.onnx` (sha256 in `manifest.json`), `model.pt` (PyTorch state_dict for parity tests), `manifest.json`, "
         "`splits/splits.csv`, `train_config.json` (full recipe and per-epoch history), `train_log.txt`, "
-        "`reliability_test.png`, `reliability_val.png`.\n")
+        "`reliability_test.png`, `reliability_val.png`"
+        + (", `experiments.md` (other attempts; source of \"What else was tried\")" if experiments else "") + ".\n")
     add("Data credits: NIH Clinical Center (Wang et al., CVPR 2017, ChestX-ray8); Kermany et al. 2018 (CC BY 4.0); "
         "Cohen et al. covid-chestxray-dataset with v7labs lung masks (CC BY / CC BY-SA per image).")
     return "\n".join(L) + "\n"

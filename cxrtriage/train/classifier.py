@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from cxrtriage.errors import ConfigError
 from cxrtriage.evaluate.metrics import auroc
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
@@ -37,6 +40,8 @@ class ClassifierConfig:
     dropout: float = 0.2
     seed: int = 0
     tiny: bool = False
+    init_from: str | None = None  # checkpoint (model.pt) to fine-tune from; None = train from scratch
+    select_by: str = "mean"  # "mean" (mean val AUROC over source/label pairs) or "SOURCE:LABEL" (one val AUROC)
 
     @classmethod
     def tiny_config(cls, seed: int = 0) -> ClassifierConfig:
@@ -45,6 +50,72 @@ class ClassifierConfig:
 
     def recipe(self) -> PreprocessRecipe:
         return PreprocessRecipe(size=self.size)
+
+
+SOURCES = ("nih14", "kermany224", "ieee_lungs")
+
+
+def parse_source_shares(text: str) -> tuple[tuple[str, float], ...]:
+    """``"nih14=0.7,ieee_lungs=0.15,kermany224=0.15"`` → ((source, share), ...); shares must sum to 1."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, val = part.partition("=")
+        name = name.strip()
+        try:
+            share = float(val) if sep else float("nan")
+        except ValueError:
+            share = float("nan")
+        if name not in SOURCES or not math.isfinite(share) or share < 0 or name in out:
+            raise ConfigError(f"--source-shares: bad item {part!r}; write SOURCE=SHARE with SOURCE one of {list(SOURCES)} "
+                              "(each once) and SHARE a number >= 0, e.g. nih14=0.7,ieee_lungs=0.15,kermany224=0.15")
+        out[name] = share
+    if not out or abs(sum(out.values()) - 1.0) > 1e-3:
+        raise ConfigError(f"--source-shares: shares {out} must sum to 1 (they sum to {sum(out.values()):.3f}); fix the numbers")
+    return tuple(out.items())
+
+
+def check_selection(select_by: str, labels: tuple[str, ...]) -> None:
+    """``select_by`` is "mean" or "SOURCE:LABEL" with a known source and a model label."""
+    if select_by == "mean":
+        return
+    src, _, lab = select_by.partition(":")
+    if src not in SOURCES or lab not in labels:
+        raise ConfigError(f"--select-by {select_by!r}: write 'mean' or SOURCE:LABEL with SOURCE one of {list(SOURCES)} "
+                          f"and LABEL one of {list(labels)}, e.g. nih14:abnormal")
+
+
+def check_splits_match(records: list[Record], splits_csv: Path) -> int:
+    """Every image listed in the checkpoint's ``splits.csv`` must have the same split now (no test patient trained on).
+
+    Returns the number of rows checked; raises ConfigError on the first mismatch or a missing file.
+    """
+    if not splits_csv.is_file():
+        raise ConfigError(f"{splits_csv}: the --init-from checkpoint has no splits/splits.csv beside it, so its patient "
+                          "splits cannot be checked; fine-tune only from a model folder written by `cxrtriage train classifier`")
+    now = {r.path: r.split for r in records}
+    n = 0
+    with open(splits_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if now.get(row["path"]) != row["split"]:
+                raise ConfigError(f"{splits_csv}: image {row['path']} is in split {row['split']!r} there but "
+                                  f"{now.get(row['path'])!r} now; use the same --seed and data as the checkpoint's run")
+            n += 1
+    return n
+
+
+def load_init(model: SlimResNet, path: Path) -> None:
+    """Load a model.pt state_dict into ``model``; its architecture config must match exactly."""
+    if not path.is_file():
+        raise ConfigError(f"--init-from {path}: file not found; pass a model.pt written by `cxrtriage train classifier`")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"--init-from {path}: not a cxrtriage classifier checkpoint (needs 'config' and 'state_dict')")
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()}
+    got = {k: list(v) if isinstance(v, tuple) else v for k, v in ckpt["config"].items()}
+    if want != got:
+        raise ConfigError(f"--init-from {path}: architecture {got} differs from this recipe's {want}; use a checkpoint of "
+                          "the same recipe (--tiny checkpoints only fit --tiny runs)")
+    model.load_state_dict(ckpt["state_dict"])
 
 
 def tiny_subset(records: list[Record], per_group: int = 3) -> list[Record]:
@@ -84,8 +155,19 @@ def predict_logits(model: SlimResNet, x: np.ndarray, batch: int = 64) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
 
 
-def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labels: tuple[str, ...]) -> float:
-    """Mean validation AUROC over (source, label) pairs with >= 5 positives and >= 5 negatives."""
+def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labels: tuple[str, ...],
+                    select_by: str = "mean") -> float:
+    """Mean validation AUROC over (source, label) pairs with >= 5 positives and >= 5 negatives.
+
+    ``select_by="SOURCE:LABEL"`` gives that single pair's AUROC instead (NaN when it lacks either class).
+    """
+    if select_by != "mean":
+        src, _, lab = select_by.partition(":")
+        yy = y[sources == src, labels.index(lab)]
+        ok = np.isfinite(yy)
+        if not (yy[ok] == 1).any() or not (yy[ok] == 0).any():
+            return float("nan")
+        return float(auroc(yy[ok], logits[sources == src, labels.index(lab)][ok]))
     vals = []
     for src in np.unique(sources):
         m = sources == src
@@ -98,83 +180,124 @@ def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labe
 
 
 def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
-                     log_file: Path | None = None) -> Path:
-    """Train, pick the best epoch on validation, save model.pt and the split lists; then export (finalize)."""
+                     log_file: Path | None = None, lr: float | None = None, warmup_epochs: float | None = None,
+                     source_shares: tuple[tuple[str, float], ...] | None = None, init_from: Path | None = None,
+                     select_by: str = "mean") -> Path:
+    """Train, pick the best epoch on validation, save model.pt and the split lists; then export (finalize).
+
+    Defaults reproduce the shipped recipe. ``init_from`` fine-tunes from an existing model.pt (its splits.csv must
+    match this run's splits); ``source_shares`` sets the per-epoch sampling mix; ``select_by`` picks the validation
+    metric for checkpoint selection ("mean" or e.g. "nih14:abnormal").
+    """
     t0 = time.time()
     cfg = ClassifierConfig.tiny_config(seed) if tiny else ClassifierConfig(seed=seed)
+    overrides: dict[str, Any] = {"select_by": select_by}
     if epochs is not None:
-        cfg = ClassifierConfig(**{**asdict(cfg), "epochs": epochs})
+        overrides["epochs"] = epochs
+    if lr is not None:
+        if not lr > 0:
+            raise ConfigError(f"--lr {lr}: the learning rate must be > 0")
+        overrides["lr"] = lr
+    if warmup_epochs is not None:
+        if warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs {warmup_epochs}: must be >= 0")
+        overrides["warmup_epochs"] = warmup_epochs
+    if source_shares is not None:
+        overrides["source_share"] = tuple(source_shares)
+    if init_from is not None:
+        overrides["init_from"] = str(init_from)
+    cfg = ClassifierConfig(**{**asdict(cfg), **overrides})
+    if init_from is not None and init_from.resolve().parent == out.resolve():
+        raise ConfigError(f"--out {out}: is the folder of the --init-from checkpoint; write the fine-tuned model elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     handler = file_logger(log_file or (out / "train_log.txt"))
-    g = seed_everything(cfg.seed)
-    labels, records = classifier_records(data_root, seed=cfg.seed)
-    if cfg.tiny:
-        records = tiny_subset(records)
-    write_splits(records, out / "splits" / "splits.csv")
-    recipe = cfg.recipe()
-    log.info("classifier: %d images, labels %s, config %s", len(records), labels, asdict(cfg))
-    x_all, _ = cached_arrays(data_root, records, recipe)
-    log.info("preprocessed/cached %d images in %.0fs", len(records), time.time() - t0)
-    y_all = label_matrix(records, labels)
-    split = np.array([r.split for r in records])
-    source = np.array([r.source for r in records])
-    tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
+    try:
+        g = seed_everything(cfg.seed)
+        labels, records = classifier_records(data_root, seed=cfg.seed)
+        check_selection(cfg.select_by, labels)
+        if init_from is not None:
+            n_checked = check_splits_match(records, init_from.parent / "splits" / "splits.csv")
+            log.info("init checkpoint %s: its splits.csv (%d images) matches this run's patient splits", init_from, n_checked)
+        if cfg.tiny:
+            records = tiny_subset(records)
+        write_splits(records, out / "splits" / "splits.csv")
+        recipe = cfg.recipe()
+        log.info("classifier: %d images, labels %s, config %s", len(records), labels, asdict(cfg))
+        x_all, _ = cached_arrays(data_root, records, recipe)
+        log.info("preprocessed/cached %d images in %.0fs", len(records), time.time() - t0)
+        y_all = label_matrix(records, labels)
+        split = np.array([r.split for r in records])
+        source = np.array([r.source for r in records])
+        tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
 
-    model = SlimResNet(len(labels), cfg.widths, cfg.depths, cfg.stem, cfg.dropout)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch)
-    total = steps_per_epoch * cfg.epochs
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    rng = np.random.default_rng(cfg.seed)
-    pools = {s: tr[source[tr] == s] for s, _ in cfg.source_share}
-    best, best_state, history = -1.0, None, []
-    step = 0
-    for ep in range(cfg.epochs):
-        te = time.time()
-        idx = np.concatenate([rng.choice(pools[s], int(round(share * cfg.samples_per_epoch)), replace=True)
-                              for s, share in cfg.source_share if len(pools[s])])
-        rng.shuffle(idx)
-        model.train()
-        losses = []
-        for b in range(steps_per_epoch):
-            bi = idx[b * cfg.batch : (b + 1) * cfg.batch]
-            if len(bi) == 0:
-                break
-            xb = torch.from_numpy(x_all[bi].astype(np.float32))[:, None]
-            yb = torch.from_numpy(y_all[bi])
-            xb, _ = random_affine(xb, g)
-            xb = random_intensity(xb, g)
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, cfg.lr, warm)
-            logits, _feats = model(xb)
-            mask = torch.isfinite(yb)
-            loss = F.binary_cross_entropy_with_logits(logits[mask], yb[mask])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        lv = predict_logits(model, x_all[va])
-        score = selection_score(lv, y_all[va], source[va], labels)
-        history.append({"epoch": ep + 1, "loss": float(np.mean(losses)), "val_score": score, "seconds": time.time() - te})
-        log.info("epoch %d/%d loss %.4f val mean AUROC %.4f (%.0fs, total %.0fs)", ep + 1, cfg.epochs, np.mean(losses), score,
-                 time.time() - te, time.time() - t0)
-        if not np.isfinite(score) or score > best:
-            best = score if np.isfinite(score) else best
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_epoch = ep + 1
-    assert best_state is not None
-    torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
-    train_seconds = time.time() - t0
-    (out / "train_config.json").write_text(json.dumps({
-        "config": asdict(cfg), "labels": list(labels), "best_epoch": best_epoch, "best_val_score": best,
-        "history": history, "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
-        "preprocessing": recipe.to_dict(),
-    }, indent=2))
-    log.info("training done: best epoch %d (val %.4f), %.0fs", best_epoch, best, train_seconds)
-    from cxrtriage.train.finalize import finalize_classifier
+        model = SlimResNet(len(labels), cfg.widths, cfg.depths, cfg.stem, cfg.dropout)
+        init_val: dict[str, float] | None = None
+        if init_from is not None:
+            load_init(model, init_from)
+            lv0 = predict_logits(model, x_all[va])
+            init_val = {"val_score": selection_score(lv0, y_all[va], source[va], labels, cfg.select_by),
+                        "val_mean": selection_score(lv0, y_all[va], source[va], labels)}
+            log.info("epoch 0 (init checkpoint): val %s %.4f, val mean AUROC %.4f", cfg.select_by, init_val["val_score"],
+                     init_val["val_mean"])
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch)
+        total = steps_per_epoch * cfg.epochs
+        warm = int(cfg.warmup_epochs * steps_per_epoch)
+        rng = np.random.default_rng(cfg.seed)
+        pools = {s: tr[source[tr] == s] for s, _ in cfg.source_share}
+        best_epoch = 0
+        best, best_state, history = -1.0, None, []
+        step = 0
+        for ep in range(cfg.epochs):
+            te = time.time()
+            idx = np.concatenate([rng.choice(pools[s], int(round(share * cfg.samples_per_epoch)), replace=True)
+                                  for s, share in cfg.source_share if len(pools[s])])
+            rng.shuffle(idx)
+            model.train()
+            losses = []
+            for b in range(steps_per_epoch):
+                bi = idx[b * cfg.batch : (b + 1) * cfg.batch]
+                if len(bi) == 0:
+                    break
+                xb = torch.from_numpy(x_all[bi].astype(np.float32))[:, None]
+                yb = torch.from_numpy(y_all[bi])
+                xb, _ = random_affine(xb, g)
+                xb = random_intensity(xb, g)
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, total, cfg.lr, warm)
+                logits, _feats = model(xb)
+                mask = torch.isfinite(yb)
+                loss = F.binary_cross_entropy_with_logits(logits[mask], yb[mask])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                step += 1
+            lv = predict_logits(model, x_all[va])
+            score = selection_score(lv, y_all[va], source[va], labels, cfg.select_by)
+            val_mean = score if cfg.select_by == "mean" else selection_score(lv, y_all[va], source[va], labels)
+            history.append({"epoch": ep + 1, "loss": float(np.mean(losses)), "val_score": score, "val_mean": val_mean,
+                            "seconds": time.time() - te})
+            log.info("epoch %d/%d loss %.4f val %s %.4f, val mean AUROC %.4f (%.0fs, total %.0fs)", ep + 1, cfg.epochs,
+                     np.mean(losses), cfg.select_by, score, val_mean, time.time() - te, time.time() - t0)
+            if not np.isfinite(score) or score > best:
+                best = score if np.isfinite(score) else best
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_epoch = ep + 1
+        assert best_state is not None
+        torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
+        train_seconds = time.time() - t0
+        (out / "train_config.json").write_text(json.dumps({
+            "config": asdict(cfg), "labels": list(labels), "best_epoch": best_epoch, "best_val_score": best,
+            "history": history, "init_val": init_val, "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
+            "preprocessing": recipe.to_dict(),
+        }, indent=2))
+        log.info("training done: best epoch %d (val %.4f), %.0fs", best_epoch, best, train_seconds)
+        from cxrtriage.train.finalize import finalize_classifier
 
-    manifest = finalize_classifier(data_root, out, records=records, x_all=x_all)
-    log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
-    log.removeHandler(handler)
+        manifest = finalize_classifier(data_root, out, records=records, x_all=x_all)
+        log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
+    finally:  # also on error: later runs in this process must not keep writing to this log
+        log.removeHandler(handler)
+        handler.close()
     return manifest

@@ -111,6 +111,12 @@ def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
     plt.close(fig)
 
 
+def experiments_text(out: Path) -> str | None:
+    """The model folder's ``experiments.md`` (other attempts, written by hand), included in MODEL_CARD.md when present."""
+    path = out / "experiments.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 def write_classifier_card(data_root: Path, out: Path) -> Path:
     """(Re)render MODEL_CARD.md from an existing manifest.json and train_config.json (no retraining, no re-export)."""
     from cxrtriage.train.card import classifier_card
@@ -118,7 +124,7 @@ def write_classifier_card(data_root: Path, out: Path) -> Path:
     data = json.loads((out / "manifest.json").read_text())
     info = json.loads((out / "train_config.json").read_text())
     path = out / "MODEL_CARD.md"
-    path.write_text(classifier_card(data, info, nih_positive_counts(data_root)), encoding="utf-8")
+    path.write_text(classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)), encoding="utf-8")
     return path
 
 
@@ -256,6 +262,7 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                      "train_seconds": info["train_seconds"], "notes": notes},
     }
     path = write_manifest(out, data)
-    (out / "MODEL_CARD.md").write_text(classifier_card(data, info, nih_positive_counts(data_root)), encoding="utf-8")
+    (out / "MODEL_CARD.md").write_text(classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)),
+                                       encoding="utf-8")
     log.info("classifier manifest written: %s", path)
     return path

@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from cxrtriage.cli.app import app  # noqa: E402
+from cxrtriage.errors import ConfigError  # noqa: E402
 from cxrtriage.model.manifest import load_manifest, verify_onnx  # noqa: E402
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
@@ -59,3 +60,50 @@ def test_tiny_segmenter_training_writes_a_verified_model(shared_data: Path, tmp_
     assert m.labels == ("background", "right_lung", "left_lung") and m.outputs == {"masks": "masks"}
     assert set(m.metrics["dice"]["test"]) == {"lungs", "right_lung", "left_lung"}
     _check_splits(out)
+
+
+def test_tiny_classifier_fine_tune_from_checkpoint_with_source_shares(shared_data: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import torch
+
+    monkeypatch.setenv("CXRTRIAGE_TRAIN_CACHE", str(tmp_path / "cache"))
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    _run("classifier", shared_data, base)
+    args = ["train", "classifier", "--data", str(shared_data), "--out", str(ft), "--tiny", "--seed", "1",
+            "--init-from", str(base / "model.pt"), "--epochs", "2", "--lr", "0.0003", "--warmup-epochs", "0.5",
+            "--source-shares", "nih14=0.7,ieee_lungs=0.15,kermany224=0.15", "--select-by", "nih14:abnormal"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    verify_onnx(load_manifest(ft / "manifest.json"))
+    info = json.loads((ft / "train_config.json").read_text())
+    cfg = info["config"]
+    assert cfg["init_from"] == str(base / "model.pt") and cfg["select_by"] == "nih14:abnormal"
+    assert cfg["lr"] == 0.0003 and cfg["warmup_epochs"] == 0.5 and cfg["epochs"] == 2
+    assert [tuple(x) for x in cfg["source_share"]] == [("nih14", 0.7), ("ieee_lungs", 0.15), ("kermany224", 0.15)]
+    assert info["init_val"] is not None and len(info["history"]) == 2
+    assert (ft / "splits" / "splits.csv").read_bytes() == (base / "splits" / "splits.csv").read_bytes()
+    w0 = torch.load(base / "model.pt", weights_only=True)["state_dict"]["head.weight"]
+    w1 = torch.load(ft / "model.pt", weights_only=True)["state_dict"]["head.weight"]
+    assert not torch.equal(w0, w1)  # it started from the checkpoint and trained on
+
+    # the default recipe is unchanged: the base run recorded the shipped shares, lr and selection
+    base_cfg = json.loads((base / "train_config.json").read_text())["config"]
+    assert base_cfg["init_from"] is None and base_cfg["select_by"] == "mean" and base_cfg["lr"] == 0.002
+    assert [tuple(x) for x in base_cfg["source_share"]] == [("kermany224", 0.5), ("nih14", 0.4), ("ieee_lungs", 0.1)]
+
+    # a checkpoint whose splits differ from this run's is refused (its validation/test patients could be trained on)
+    with open(base / "splits" / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    moved = next(r for r in rows if r["split"] == "test")
+    moved["split"] = "train"
+    with open(base / "splits" / "splits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    args[args.index("--out") + 1] = str(tmp_path / "ft2")
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, ConfigError)
+    assert f"{moved['path']} is in split 'train' there but 'test' now" in str(res.exception)
+    assert not (tmp_path / "ft2" / "model.pt").exists()

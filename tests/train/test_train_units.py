@@ -86,3 +86,95 @@ def test_unet_output_is_full_resolution() -> None:
     net = UNet(3, base=4, stem_stride=2).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_parse_source_shares_accepts_a_mix_and_refuses_bad_ones() -> None:
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.train.classifier import parse_source_shares
+
+    assert parse_source_shares("nih14=0.7, ieee_lungs=0.15,kermany224=0.15") == (
+        ("nih14", 0.7), ("ieee_lungs", 0.15), ("kermany224", 0.15))
+    assert parse_source_shares("nih14=1") == (("nih14", 1.0),)
+    for bad in ("nih14=0.7,ieee_lungs=0.2", "chexpert=1", "nih14", "nih14=x", "nih14=-0.5,kermany224=1.5",
+                "nih14=0.5,nih14=0.5", ""):
+        with pytest.raises(ConfigError, match="--source-shares"):
+            parse_source_shares(bad)
+
+
+def _recs() -> list[Record]:
+    recs = [Record(path=f"nih14/images/{i}.png", source="nih14", patient=f"nih14:{i}", labels={"abnormal": i % 2})
+            for i in range(6)]
+    for r, s in zip(recs, ("train", "train", "val", "val", "test", "test"), strict=True):
+        r.split = s
+    return recs
+
+
+def test_check_splits_match_accepts_same_splits_and_refuses_a_moved_patient(tmp_path: Path) -> None:
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.train.classifier import check_splits_match
+    from cxrtriage.train.data import write_splits
+
+    recs = _recs()
+    csv_path = tmp_path / "splits" / "splits.csv"
+    write_splits(recs[:4], csv_path)  # a subset (e.g. a --tiny checkpoint) is fine
+    assert check_splits_match(recs, csv_path) == 4
+    recs[2].split = "test"  # a validation patient of the checkpoint would now be tested on: refuse
+    with pytest.raises(ConfigError, match=r"nih14/images/2\.png.*'val' there but 'test' now"):
+        check_splits_match(recs, csv_path)
+    with pytest.raises(ConfigError, match="no splits/splits.csv"):
+        check_splits_match(recs, tmp_path / "nowhere.csv")
+
+
+def test_load_init_copies_weights_and_refuses_another_architecture(tmp_path: Path) -> None:
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.train.classifier import load_init
+
+    torch.manual_seed(0)
+    src = SlimResNet(3, (4, 8, 8, 16), (1, 1, 1, 1), stem=4)
+    path = tmp_path / "model.pt"
+    torch.save({"config": src.config, "state_dict": src.state_dict()}, path)
+    torch.manual_seed(1)
+    dst = SlimResNet(3, (4, 8, 8, 16), (1, 1, 1, 1), stem=4)
+    assert not torch.equal(dst.head.weight, src.head.weight)
+    load_init(dst, path)
+    assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), src.state_dict().values(), strict=True))
+    with pytest.raises(ConfigError, match="architecture"):
+        load_init(SlimResNet(3, (4, 8, 8, 32), (1, 1, 1, 1), stem=4), path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_init(dst, tmp_path / "missing.pt")
+
+
+def test_selection_score_single_source_label() -> None:
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.train.classifier import check_selection, selection_score
+
+    labels = ("abnormal", "pneumonia")
+    y = np.array([[1, 1], [0, 0], [1, 0], [0, 1], [1, 1], [0, 0]], np.float32)
+    src = np.array(["nih14", "nih14", "nih14", "nih14", "kermany224", "kermany224"])
+    z = np.array([[2, 0], [1, 0], [3, 0], [0, 0], [-5, 0], [5, 0]], np.float32)  # nih14 abnormal perfectly ranked
+    assert selection_score(z, y, src, labels, "nih14:abnormal") == pytest.approx(1.0)
+    assert selection_score(z, y, src, labels, "kermany224:abnormal") == pytest.approx(0.0)
+    assert np.isnan(selection_score(z, y, src, labels, "ieee_lungs:abnormal"))  # no such images: undefined
+    check_selection("mean", labels)
+    check_selection("nih14:pneumonia", labels)
+    for bad in ("nih14", "nih14:effusion", "chexpert:abnormal"):
+        with pytest.raises(ConfigError, match="--select-by"):
+            check_selection(bad, labels)
+
+
+def test_classifier_card_includes_experiments_section_only_when_given() -> None:
+    import json
+
+    from cxrtriage.train.card import classifier_card
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "cxr-classifier"
+    data = json.loads((folder / "manifest.json").read_text())
+    info = json.loads((folder / "train_config.json").read_text())
+    counts = {"Infiltration": 98, "no_finding": 80}
+    plain = classifier_card(data, info, counts)
+    assert "What else was tried" not in plain and "experiments.md" not in plain
+    extra = "## What else was tried\n\nAn adult fine-tune: NIH test abnormal AUROC 0.123 (marker).\n"
+    card = classifier_card(data, info, counts, extra)
+    assert card.count("## What else was tried") == 1 and "0.123 (marker)" in card
+    assert card.index("## What else was tried") < card.index("## Limitations")
+    assert "`experiments.md`" in card and "reported under \"What else was tried\"" in card

@@ -314,6 +314,53 @@ class ProgressCounter:
                                          time.perf_counter() - self.t0))
 
 
+def write_in_batches(
+    decoded: Iterable[Decoded],
+    writer: ResultsWriter,
+    counter: ProgressCounter,
+    *,
+    batch_size: int,
+    process: Callable[[list[Decoded]], Sequence[dict[str, Any]]],
+    unreadable: Callable[[Decoded], dict[str, Any]],
+    inputs: Sequence[Path],
+) -> None:
+    """Write one row per decoded item, in input order, running ``process`` on batches of readable items.
+
+    A batch closes when it holds ``batch_size`` readable items; an excluded/failed item with nothing
+    waiting before it is written at once. The writer is closed (atomic rename) at the end, or aborted on
+    any error; ``InputError`` when there was no input file at all.
+    """
+    pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
+
+    def flush() -> None:
+        ok = [d for d in pending if d.status == OK]
+        done = iter(process(ok) if ok else [])
+        for d in pending:
+            row = next(done) if d.status == OK else unreadable(d)
+            writer.write(row)
+            counter.add(row["status"])
+        writer.flush()
+        pending.clear()
+
+    try:
+        n_ok = 0
+        for d in decoded:
+            pending.append(d)
+            n_ok += d.status == OK
+            if n_ok >= batch_size or n_ok == 0:
+                flush()
+                n_ok = 0
+        if pending:
+            flush()
+        if writer.rows_written == 0:
+            writer.abort(remove=True)
+            raise InputError(f"no input files found in {', '.join(str(p) for p in inputs)}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def _unscored(row: dict[str, Any], hooks: Sequence[PredictHook], ctx: RunContext) -> dict[str, Any]:
     """Let every hook add its columns to an excluded/failed row."""
     for hook in hooks:
@@ -404,41 +451,12 @@ def run_predict(
     recipe = model.manifest.preprocessing
     tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(discover_paths(config.inputs)))
     counter = ProgressCounter(on_progress)
-    pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
-
-    def flush() -> None:
-        ok = [d for d in pending if d.status == OK]
-        scored = iter(_score_batch(ok, model, hooks, ctx) if ok else [])
-        for d in pending:
-            row = next(scored) if d.status == OK else _unscored(_base_row(d, model), hooks, ctx)
-            writer.write(row)
-            counter.add(row["status"])
-        writer.flush()
-        pending.clear()
-
-    try:
-        n_ok = 0
-        for d in decode_stream(tasks, workers=workers, window=window):
-            if d.status != OK and not pending:  # nothing waits for a batch: write it now, order is kept
-                row = _unscored(_base_row(d, model), hooks, ctx)
-                writer.write(row)
-                writer.flush()
-                counter.add(row["status"])
-                continue
-            pending.append(d)
-            n_ok += d.status == OK
-            if n_ok >= config.batch_size:
-                flush()
-                n_ok = 0
-        if pending:
-            flush()
-        if writer.rows_written == 0:
-            writer.abort(remove=True)
-            raise InputError(f"no input files found in {', '.join(str(p) for p in config.inputs)}")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    write_in_batches(
+        decode_stream(tasks, workers=workers, window=window), writer, counter, batch_size=config.batch_size,
+        process=lambda ok: _score_batch(ok, model, hooks, ctx),
+        unreadable=lambda d: _unscored(_base_row(d, model), hooks, ctx),
+        inputs=config.inputs,
+    )
     c = counter.counts
     summary = PredictSummary(
         total=writer.rows_written, scored=c["scored"], excluded=c["excluded"], failed=c["failed"],

@@ -24,6 +24,7 @@ from cxrtriage.pipeline import (
     in_flight_window,
     selection_rules,
     unique_stem,
+    write_in_batches,
 )
 from cxrtriage.pipeline_decode import EXCLUDED, FAILED, OK, Decoded, DecodeTask, decode_stream, prestart
 from cxrtriage.preprocess import ModelInput
@@ -180,35 +181,13 @@ def run_segment(
     tasks = (DecodeTask(i, p, recipe, rules) for i, p in enumerate(discover_paths(config.inputs)))
     counter = ProgressCounter(on_progress)
     stems: tuple[dict[str, str], set[str]] = ({}, set())
-    pending: list[Decoded] = []
-
-    def flush() -> None:
-        ok = [d for d in pending if d.status == OK]
-        done = iter(_segment_batch(ok, model, out_dir, stems) if ok else [])
-        for d in pending:
-            row = next(done) if d.status == OK else _row(d, model)
-            writer.write(row)
-            counter.add(row["status"])
-        writer.flush()
-        pending.clear()
-
-    try:
-        n_ok = 0
-        for d in decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, False)):
-            pending.append(d)
-            n_ok += d.status == OK
-            if n_ok >= config.batch_size or (n_ok == 0):
-                flush()
-                n_ok = 0
-        if pending:
-            flush()
-        if writer.rows_written == 0:
-            writer.abort(remove=True)
-            raise InputError(f"no input files found in {', '.join(str(p) for p in config.inputs)}")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    write_in_batches(
+        decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, False)),
+        writer, counter, batch_size=config.batch_size,
+        process=lambda ok: _segment_batch(ok, model, out_dir, stems),
+        unreadable=lambda d: _row(d, model),
+        inputs=config.inputs,
+    )
     c = counter.counts
     return SegmentSummary(
         total=writer.rows_written, scored=c["scored"], excluded=c["excluded"], failed=c["failed"],

@@ -207,7 +207,7 @@ def save_heatmap(
             raise OutputError(f"{png_path}: OpenCV could not write the PNG; check the folder and its permissions")
         if save_npy:
             assert heatmap.original is not None
-            raw = heatmap.original
+            raw: np.ndarray = heatmap.original
             if compact_npy:
                 h, w = raw.shape
                 scale = max_side / max(h, w)

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cxrtriage.evaluate.metrics import (
     auroc,
+    clean_binary,
     positives_for_precision,
     stats_at,
     threshold_for_sensitivity,
@@ -31,15 +32,9 @@ _EPS = 1e-7
 
 
 def _xy(scores: ArrayLike, truth: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    p = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(truth, dtype=np.float64).ravel()
-    if p.shape != y.shape:
-        raise ValueError(f"scores ({p.size}) and truth ({y.size}) differ in length")
-    keep = np.isfinite(p) & np.isfinite(y)
-    p, y = p[keep], y[keep]
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("truth must hold only 0/1 (NaN rows are ignored)")
-    return p, y
+    """Scores and 0/1 truth as float arrays (validated by ``metrics.clean_binary``)."""
+    y, p = clean_binary(truth, scores)
+    return p, y.astype(np.float64)
 
 
 def fit_platt(scores: ArrayLike, truth: ArrayLike, *, max_iter: int = 100, tol: float = 1e-10) -> tuple[float, float]:

@@ -13,7 +13,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
-def _clean(y_true: ArrayLike, y_score: ArrayLike) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
+def clean_binary(y_true: ArrayLike, y_score: ArrayLike) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
+    """0/1 truth and float scores as flat arrays, rows with a NaN in either dropped; ValueError otherwise."""
     y = np.asarray(y_true, dtype=np.float64).ravel()
     s = np.asarray(y_score, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -30,7 +31,7 @@ def roc_curve(y_true: ArrayLike, y_score: ArrayLike) -> tuple[NDArray[np.float64
 
     Thresholds are the distinct scores in decreasing order, preceded by +inf, as in scikit-learn.
     """
-    y, s = _clean(y_true, y_score)
+    y, s = clean_binary(y_true, y_score)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     distinct = np.where(np.diff(s))[0]
@@ -47,7 +48,7 @@ def roc_curve(y_true: ArrayLike, y_score: ArrayLike) -> tuple[NDArray[np.float64
 
 def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Area under the ROC curve (ties count half); NaN when one class is absent."""
-    y, s = _clean(y_true, y_score)
+    y, s = clean_binary(y_true, y_score)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -64,7 +65,7 @@ def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float:
 
 def auprc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Average precision (step-wise area under the precision-recall curve, as scikit-learn)."""
-    y, s = _clean(y_true, y_score)
+    y, s = clean_binary(y_true, y_score)
     n_pos = int(y.sum())
     if n_pos == 0:
         return float("nan")
@@ -88,7 +89,7 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric`` (resampling cases with replacement)."""
-    y, s = _clean(y_true, y_score)
+    y, s = clean_binary(y_true, y_score)
     if y.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
@@ -132,7 +133,7 @@ class BinaryStats:
 
 
 def stats_at(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> BinaryStats:
-    y, s = _clean(y_true, y_score)
+    y, s = clean_binary(y_true, y_score)
     pred = s >= threshold
     tp = int(np.sum(pred & (y == 1)))
     fp = int(np.sum(pred & (y == 0)))
@@ -169,7 +170,7 @@ class Reliability:
 
 def reliability(y_true: ArrayLike, y_prob: ArrayLike, *, n_bins: int = 10) -> Reliability:
     """Reliability diagram data and expected calibration error (count-weighted |observed - predicted|)."""
-    y, p = _clean(y_true, y_prob)
+    y, p = clean_binary(y_true, y_prob)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
     counts = np.bincount(which, minlength=n_bins).astype(np.int64)

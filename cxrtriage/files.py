@@ -1,0 +1,150 @@
+"""Output files: written atomically (temp file + rename) under unique, filesystem-safe names.
+
+Every file cxrtriage writes goes through ``atomic_write`` (whole contents at once) or ``atomic_output``
+(streamed, e.g. a CSV written row by row): a crash or a full disk leaves the previous file, or none,
+never a half-written one. Artefact names come from ``StemRegistry`` so that two inputs with the same
+name never overwrite each other's masks or heat maps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import IO, Generic, Literal, TypeVar, overload
+
+from cxrtriage.errors import OutputError
+
+PARTIAL_SUFFIX = ".partial"
+# Suffixes dropped from an input's name to make its artefact stem (``scan.dcm`` -> ``scan``).
+_INPUT_SUFFIXES = (".gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".mha", ".nrrd")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name ``path`` is written under until it is complete (``results.csv.partial``)."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _fail(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder exists, is writable and "
+                       "the disk is not full")
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; folders are created. Returns ``path``.
+
+    ``fsync`` flushes the file to disk before the rename (for files that must survive a power cut).
+
+    Raises:
+        OutputError: the file cannot be written; the message names it.
+    """
+    p = Path(path)
+    tmp = partial_path(p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _fail(p, exc) from exc
+    return p
+
+
+T = TypeVar("T", str, bytes)
+
+
+class _AtomicOutput(Generic[T]):
+    def __init__(self, path: Path, mode: str, fsync: bool) -> None:
+        self.path = path
+        self.mode = mode
+        self.fsync = fsync
+        self._tmp = partial_path(path)
+
+    def __enter__(self) -> IO[T]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.mode == "wb":
+                self._f: IO[T] = open(self._tmp, "wb")  # type: ignore[assignment]  # noqa: SIM115
+            else:
+                self._f = open(self._tmp, "w", newline="", encoding="utf-8")  # type: ignore[assignment]  # noqa: SIM115
+        except OSError as exc:
+            raise _fail(self.path, exc) from exc
+        return self._f
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            self._f.close()
+            self._tmp.unlink(missing_ok=True)
+            return
+        try:
+            self._f.flush()
+            if self.fsync:
+                os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except OSError as err:
+            self._tmp.unlink(missing_ok=True)
+            raise _fail(self.path, err) from err
+
+
+@overload
+def atomic_output(path: str | Path, mode: Literal["w"] = "w", *, fsync: bool = False) -> _AtomicOutput[str]: ...
+@overload
+def atomic_output(path: str | Path, mode: Literal["wb"], *, fsync: bool = False) -> _AtomicOutput[bytes]: ...
+def atomic_output(
+    path: str | Path, mode: Literal["w", "wb"] = "w", *, fsync: bool = False
+) -> _AtomicOutput[str] | _AtomicOutput[bytes]:
+    """A context manager that streams into ``path``'s partial file and renames it into place on a clean exit.
+
+    On an exception the partial file is removed and the exception propagates; ``path`` is untouched.
+    Text mode writes UTF-8 with ``newline=""`` (what the ``csv`` module expects)::
+
+        with atomic_output(out / "explain.csv") as f:
+            csv.writer(f).writerows(rows)
+    """
+    return _AtomicOutput(Path(path), mode, fsync)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a stem or label: letters, digits, '.', '_', '-' (anything else becomes '_')."""
+    return _UNSAFE.sub("_", name).strip("._") or "x"
+
+
+def input_stem(path: str | Path) -> str:
+    """The artefact stem of an input file: its name without a known image suffix, made file-name safe."""
+    base = Path(path).name
+    for suffix in _INPUT_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "image"
+
+
+class StemRegistry:
+    """Unique, stable artefact stems for the inputs of one run: ``scan``, then ``scan_2``, ``scan_3``...
+
+    The same input path always gets the same stem; stems are unique ignoring case (for case-insensitive
+    file systems).
+    """
+
+    def __init__(self) -> None:
+        self._assigned: dict[str, str] = {}
+        self._taken: set[str] = set()
+
+    def stem_for(self, path: str | Path) -> str:
+        key = str(path)
+        if key in self._assigned:
+            return self._assigned[key]
+        base = input_stem(key)
+        stem, k = base, 1
+        while stem.lower() in self._taken:
+            k += 1
+            stem = f"{base}_{k}"
+        self._taken.add(stem.lower())
+        self._assigned[key] = stem
+        return stem
+

@@ -91,7 +91,9 @@ def model_only(model: Any, x: np.ndarray, batch_size: int) -> float:
 
 def end_to_end(files: list[Path], model: Any, batch_size: int, workers: int, n_scored: int) -> tuple[float, float]:
     """(wall-clock images/s of run_predict, steady-state images/s from the end of the first batch)."""
-    from cxrtriage.pipeline import PredictConfig, ProgressUpdate, run_predict
+    from cxrtriage.pipeline.config import PredictConfig
+    from cxrtriage.pipeline.engine import ProgressUpdate
+    from cxrtriage.pipeline.predict import run_predict
 
     stamps: list[tuple[float, int]] = []
 
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxrtriage.io import discover
     from cxrtriage.model import load_classifier
-    from cxrtriage.pipeline_decode import OK, DecodeTask, examine
+    from cxrtriage.pipeline.decode import DecodeTask, examine
 
     files = []
     for p in discover([args.input]):
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                             "onnx_mb": round(m.onnx_file.stat().st_size / 2**20, 2)}
         # Same preprocessed inputs for the model-only side (decoded once, serially, not timed).
         decoded = [examine(DecodeTask(i, str(p), m.preprocessing)) for i, p in enumerate(files)]
-        arrays = [d.model_input.array for d in decoded if d.status == OK and d.model_input is not None]
+        arrays = [d.model_input.array for d in decoded if d.ok and d.model_input is not None]
         x = np.stack(arrays)
         n_scored = len(arrays)
         model_only(model, x[: args.batch_size], args.batch_size)  # warm-up

@@ -16,7 +16,7 @@ _LAZY: dict[str, str] = {
     "read_image": "cxrtriage.io",
     "load_model": "cxrtriage.model",
     "explain": "cxrtriage.explain",
-    "predict": "cxrtriage.pipeline",
+    "predict": "cxrtriage.pipeline.predict",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -58,56 +58,84 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
 T = TypeVar("T", str, bytes)
 
 
-class _AtomicOutput(Generic[T]):
-    def __init__(self, path: Path, mode: str, fsync: bool) -> None:
-        self.path = path
-        self.mode = mode
-        self.fsync = fsync
-        self._tmp = partial_path(path)
+class AtomicOutput(Generic[T]):
+    """A file written under its partial name and renamed into place by ``commit`` (see ``atomic_output``)."""
 
-    def __enter__(self) -> IO[T]:
+    def __init__(self, path: Path, mode: str, *, fsync: bool = False, keep_on_error: bool = False) -> None:
+        self.path = path
+        self.partial = partial_path(path)
+        self._mode = mode
+        self._fsync = fsync
+        self._keep_on_error = keep_on_error
+        self._f: IO[T] | None = None
+
+    def open(self) -> IO[T]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.mode == "wb":
-                self._f: IO[T] = open(self._tmp, "wb")  # type: ignore[assignment]  # noqa: SIM115
+            if self._mode == "wb":
+                self._f = open(self.partial, "wb")  # type: ignore[assignment]  # noqa: SIM115
             else:
-                self._f = open(self._tmp, "w", newline="", encoding="utf-8")  # type: ignore[assignment]  # noqa: SIM115
+                self._f = open(self.partial, "w", newline="", encoding="utf-8")  # type: ignore[assignment]  # noqa: SIM115
         except OSError as exc:
             raise _fail(self.path, exc) from exc
+        assert self._f is not None
         return self._f
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is not None:
-            self._f.close()
-            self._tmp.unlink(missing_ok=True)
+    def commit(self) -> None:
+        """Finish the file and rename it into place."""
+        if self._f is None:
             return
+        f, self._f = self._f, None
         try:
-            self._f.flush()
-            if self.fsync:
-                os.fsync(self._f.fileno())
-            self._f.close()
-            os.replace(self._tmp, self.path)
-        except OSError as err:
-            self._tmp.unlink(missing_ok=True)
-            raise _fail(self.path, err) from err
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+            f.close()
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            f.close()
+            self.partial.unlink(missing_ok=True)
+            raise _fail(self.path, exc) from exc
+
+    def abort(self, *, keep: bool | None = None) -> None:
+        """Close without renaming; the partial file stays (for inspection) when ``keep``, else it is removed."""
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        f.close()
+        if not (self._keep_on_error if keep is None else keep):
+            self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> IO[T]:
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 @overload
-def atomic_output(path: str | Path, mode: Literal["w"] = "w", *, fsync: bool = False) -> _AtomicOutput[str]: ...
-@overload
-def atomic_output(path: str | Path, mode: Literal["wb"], *, fsync: bool = False) -> _AtomicOutput[bytes]: ...
 def atomic_output(
-    path: str | Path, mode: Literal["w", "wb"] = "w", *, fsync: bool = False
-) -> _AtomicOutput[str] | _AtomicOutput[bytes]:
-    """A context manager that streams into ``path``'s partial file and renames it into place on a clean exit.
+    path: str | Path, mode: Literal["w"] = "w", *, fsync: bool = False, keep_on_error: bool = False
+) -> AtomicOutput[str]: ...
+@overload
+def atomic_output(
+    path: str | Path, mode: Literal["wb"], *, fsync: bool = False, keep_on_error: bool = False
+) -> AtomicOutput[bytes]: ...
+def atomic_output(
+    path: str | Path, mode: Literal["w", "wb"] = "w", *, fsync: bool = False, keep_on_error: bool = False
+) -> AtomicOutput[str] | AtomicOutput[bytes]:
+    """Stream into ``path``'s partial file; a clean exit renames it into place, an exception removes it
+    (or, with ``keep_on_error``, leaves it for inspection) and propagates. ``path`` itself is never half-written.
 
-    On an exception the partial file is removed and the exception propagates; ``path`` is untouched.
     Text mode writes UTF-8 with ``newline=""`` (what the ``csv`` module expects)::
 
         with atomic_output(out / "explain.csv") as f:
             csv.writer(f).writerows(rows)
     """
-    return _AtomicOutput(Path(path), mode, fsync)
+    return AtomicOutput(Path(path), mode, fsync=fsync, keep_on_error=keep_on_error)
 
 
 def safe_name(name: str) -> str:

@@ -35,12 +35,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 META = "compare_meta.json"
+# Inputs are copied here, the same path for every run, so that paths (and names derived from them, such as the
+# report slugs of folder studies) are the same whichever checkout or output folder a run used.
+INPUTS = Path(tempfile.gettempdir()) / "cxrtriage-compare-inputs"
 # Fields whose values legitimately differ between two runs of the same code.
 VOLATILE_KEYS = {"started_at", "finished_at", "cwd", "generated_at", "seconds", "elapsed", "created", "created_at",
                  "images_per_s", "wall_s"}
@@ -95,7 +99,10 @@ def run(repo: Path, out: Path, shared: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     log = out / "commands.log"
-    sample = repo / "sample_data"
+    if INPUTS.exists():
+        shutil.rmtree(INPUTS)
+    sample = INPUTS / "sample_data"
+    shutil.copytree(repo / "sample_data", sample)
     corpus = shared / "dicom"
     (out / META).write_text(json.dumps({"repo": str(repo), "shared": str(shared), "out": str(out)}, indent=1))
     _cxr(repo, log, "predict", sample, corpus, "--out", out / "predict", "--lungs", "--heatmaps", "--report", "--dicom",
@@ -103,8 +110,8 @@ def run(repo: Path, out: Path, shared: Path) -> None:
     _cxr(repo, log, "segment", sample, corpus / "cxr_real", "--out", out / "segment", "--workers", "1")
     _cxr(repo, log, "explain", sample, corpus / "cxr_real", "--flagged", "--method", "gradcam", "--method", "eigencam",
          "--lung-mask", "--out", out / "explain")
-    labels = _labelled_set(shared, out / "labelled" / "scans")
-    scans = out / "labelled" / "scans"
+    scans = INPUTS / "labelled" / "scans"
+    labels = _labelled_set(shared, scans)
     _cxr(repo, log, "predict", scans, "--out", out / "labelled" / "before", "--workers", "1")
     _cxr(repo, log, "evaluate", "--results", out / "labelled" / "before" / "results.csv", "--labels", labels,
          "--by", "source,sex", "--json", out / "labelled" / "evaluate_before.json", "--html",

@@ -163,3 +163,8 @@ def make_tiny_segmenter(folder: Path, *, size: int = 16, seed: int = 0) -> Path:
         "intended_use": "unit tests only",
         "training_data": "none (random weights)",
     })
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    """The rows of a results.jsonl exactly as written (tests of the file format read it raw)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from cxrtriage.pipeline import PredictSummary, ProgressUpdate
-    from cxrtriage.pipeline_segment import SegmentSummary
+    from cxrtriage.pipeline.engine import ProgressUpdate
+    from cxrtriage.pipeline.hooks.base import PredictSummary
+    from cxrtriage.pipeline.segment import SegmentSummary
 
 FAILED_INPUTS_EXIT = 1
 
@@ -129,7 +130,8 @@ def predict_cmd(
     Exit status: 0 when the run completed, 1 with --fail-on-error when an input failed or a report could not be written, 2-5 when the run could not happen (inputs, model, options, output).
     """  # noqa: E501
     from cxrtriage.cli.render import console, err_console, exit_on_error, print_error, print_warning
-    from cxrtriage.pipeline import PredictConfig, run_predict
+    from cxrtriage.pipeline.config import PredictConfig
+    from cxrtriage.pipeline.predict import run_predict
 
     with exit_on_error():
         config = PredictConfig(
@@ -230,7 +232,7 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
     """Triage, quality, lungs and report rows of the predict summary (from the hooks' outcomes and run.json)."""
     import json
 
-    from cxrtriage.pipeline_triage import TriageOutcome
+    from cxrtriage.pipeline.hooks.triage import TriageOutcome
 
     rows: list[tuple[str, str]] = []
     record = json.loads(s.run_json.read_text(encoding="utf-8")) if s.run_json is not None else {}

@@ -42,7 +42,8 @@ def segment_cmd(
     """  # noqa: E501
     from cxrtriage.cli.predict import progress_display, summary_table
     from cxrtriage.cli.render import console, err_console, exit_on_error, print_error
-    from cxrtriage.pipeline_segment import SegmentConfig, run_segment
+    from cxrtriage.pipeline.config import SegmentConfig
+    from cxrtriage.pipeline.segment import run_segment
 
     with exit_on_error():
         config = SegmentConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,17 @@ class Segmenter:
             source=source,
             pixel_spacing_mm=pixel_spacing_mm,
         )
+
+    def segment_inputs(
+        self,
+        inputs: Sequence[ModelInput],
+        sources: Sequence[SourceRef],
+        spacings: Sequence[tuple[float, float] | None],
+    ) -> list[LungMask]:
+        """Segment one batch of preprocessed ``inputs``; each mask is mapped back onto its image's original grid."""
+        logits = self.run(np.stack([mi.array for mi in inputs]))
+        return [self.to_mask(logits[i], mi.geometry, source=src, pixel_spacing_mm=sp)
+                for i, (mi, src, sp) in enumerate(zip(inputs, sources, spacings, strict=True))]
 
     def segment(self, image: Image2D) -> LungMask:
         """Segment one image; the label map has the image's original size."""

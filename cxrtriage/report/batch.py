@@ -6,15 +6,26 @@ import datetime as dt
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from cxrtriage import __version__
-from cxrtriage.errors import OutputError
+from cxrtriage.files import atomic_write
+from cxrtriage.model.registry import resolve_manifest
+from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_seg, dicom_sr
 from cxrtriage.report import html as html_writer
-from cxrtriage.report.send import Destination, SendResult
-from cxrtriage.report.study import UNKNOWN, ImageResult, ResultsBundle, StudyReport, load_results
+from cxrtriage.report.capture import sc_picture
+from cxrtriage.report.dicom_common import AlgorithmInfo
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify
+from cxrtriage.report.masks import read_mask
+from cxrtriage.report.pdf import render_study_pdf
+from cxrtriage.report.send import Destination, SendResult, send_files
+from cxrtriage.report.sources import StudySources
+from cxrtriage.report.study import ImageResult, ResultsBundle, StudyReport, load_results
 from cxrtriage.report.view import DISCLAIMER, provenance, study_view
 
 log = logging.getLogger(__name__)
@@ -26,6 +37,7 @@ class StudyOutput:
 
     key: str
     slug: str
+    label: str = ""  # what the index shows for the study (patient, date, description; or the slug)
     html: Path | None = None
     pdf: Path | None = None
     dicom: tuple[Path, ...] = ()
@@ -50,22 +62,7 @@ class ReportSummary:
         return [p for s in self.studies for p in s.dicom]
 
 
-def _write(path: Path, data: bytes | str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror}); check the folder exists and is writable") from exc
-    return path
-
-
-def _study_label(study: StudyReport) -> str:
-    h = study.header
+def _study_label(study: StudyReport, h: PatientHeader) -> str:
     parts = [p for p in (h.patient_name, h.patient_id if h.patient_id != h.patient_name else "", h.study_date,
                          h.description) if p and p != UNKNOWN and "not available" not in p and "removed" not in p]
     return " · ".join(parts) or study.slug
@@ -87,7 +84,7 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         rows.append({
             "priority": study.priority or UNKNOWN,
             "reason": study.priority_reason,
-            "label": _study_label(study),
+            "label": o.label if o and o.label else study.slug,
             "scored": len(study.scored),
             "total": len(study.images),
             "positives": ", ".join(positives) or "none",
@@ -114,33 +111,26 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         version=__version__,
     )
-    return _write(out_dir / "index.html", page)
+    return atomic_write(out_dir / "index.html", page)
 
 
-def _algorithms(bundle: ResultsBundle) -> tuple[Any, Any, tuple[str, ...]]:
+def _algorithms(bundle: ResultsBundle) -> tuple[AlgorithmInfo, AlgorithmInfo, tuple[str, ...]]:
     """AlgorithmInfo of the classifier and of the segmenter, and the segmenter's label names."""
-    from cxrtriage.report.dicom_common import AlgorithmInfo
-
     man, run = bundle.manifest, bundle.run
-    first = next((i.row for i in bundle.images if i.row.get("model_name")), {})
     params: dict[str, str] = {"operating_point": bundle.operating_point}
     for img in bundle.images:
         for f in img.findings:
             if f.threshold is not None:
                 params[f"threshold.{f.label}"] = f"{f.threshold:.4f} ({f.threshold_kind})"
     classifier = AlgorithmInfo(
-        name=man.name if man else str(first.get("model_name") or run.model_name),
-        version=man.version if man else str(first.get("model_version") or run.model_version),
-        sha256=man.sha256 if man else str(first.get("model_sha256") or run.model_sha256),
-        parameters=params,
+        name=bundle.model.name, version=bundle.model.version, sha256=bundle.model.sha256, parameters=params,
         label_codes=dict(man.extra.get("label_codes", {})) if man else {},
     )
-    names: tuple[str, ...] = run.segmenter_labels
-    seg_name, seg_version, seg_sha = run.segmenter_name, run.segmenter_version, ""
+    seg = run.segmenter if run is not None else None
+    names: tuple[str, ...] = run.segmenter_labels if run is not None else ()
+    seg_name, seg_version, seg_sha = (seg.name, seg.version, "") if seg is not None else ("", "", "")
     if seg_name:
         try:
-            from cxrtriage.model.registry import resolve_manifest
-
             sm = resolve_manifest(seg_name)
             names = names or sm.labels
             seg_version = seg_version or sm.version
@@ -152,8 +142,8 @@ def _algorithms(bundle: ResultsBundle) -> tuple[Any, Any, tuple[str, ...]]:
     return classifier, segmenter, names
 
 
-def write_study_dicom(study: StudyReport, bundle: ResultsBundle, pdf_bytes: bytes | None, out_dir: Path, *,
-                      modality: str) -> tuple[list[Path], list[str], list[str]]:
+def write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: StudySources, pdf_bytes: bytes | None,
+                      out_dir: Path, *, modality: str) -> tuple[list[Path], list[str], list[str]]:
     """SR + SC (+ SEG when a mask exists) per scored DICOM image, and one encapsulated PDF per study.
 
     Returns (files written, errors, notes on what was skipped or left out).
@@ -161,19 +151,16 @@ def write_study_dicom(study: StudyReport, bundle: ResultsBundle, pdf_bytes: byte
     with warnings.catch_warnings():
         # highdicom warns about the source's own single-component person names; they are copied unchanged
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        return _write_study_dicom(study, bundle, pdf_bytes, out_dir, modality=modality)
+        return _write_study_dicom(study, bundle, sources, pdf_bytes, out_dir, modality=modality)
 
 
-def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, pdf_bytes: bytes | None, out_dir: Path, *,
-                       modality: str) -> tuple[list[Path], list[str], list[str]]:
-    from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_sr
-    from cxrtriage.report.capture import sc_picture
-
+def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: StudySources, pdf_bytes: bytes | None,
+                       out_dir: Path, *, modality: str) -> tuple[list[Path], list[str], list[str]]:
     classifier, segmenter, mask_names = _algorithms(bundle)
     written: list[Path] = []
     errors: list[str] = []
     notes: list[str] = []
-    sources = []
+    used: list[Dataset] = []
     folder = out_dir / study.slug
     for n, img in enumerate(study.images, start=1):
         if not img.scored:
@@ -182,48 +169,75 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, pdf_bytes: byt
             notes.append(f"{study.slug} image {n}: not a DICOM input: no source study to add DICOM results to")
             continue
         try:
-            source = dicom_common.read_source(img.path)
+            source = sources.dataset(img)
         except Exception as exc:
             errors.append(f"{study.slug} image {n}: {exc}")
             continue
-        sources.append(source)
-        steps: list[tuple[str, Any]] = [
-            ("sr", lambda s=source, i=img: dicom_sr.build_sr(s, i.findings, classifier, lung_area_mm2=i.lung_area_mm2,
-                                                            segmenter=segmenter)),
-            ("sc", lambda s=source, i=img: _sc(s, i, bundle, classifier, mask_names, notes, dicom_sc, sc_picture)),
+        used.append(source)
+        steps: list[tuple[str, Callable[[], Dataset]]] = [
+            ("sr", lambda s=source, i=img: dicom_sr.build_sr(s, i.findings, classifier,
+                                                            lung_area_mm2=i.record.lung_area_mm2, segmenter=segmenter)),
+            ("sc", lambda s=source, i=img: _sc(s, i, bundle, sources, classifier, mask_names, notes)),
         ]
         if img.mask_path is not None:
             steps.append(("seg", lambda s=source, i=img: _seg(s, i, segmenter, mask_names)))
         for kind, build in steps:
             try:
-                ds = build()
-                written.append(dicom_common.save(ds, folder / f"{kind}_{n:03d}.dcm"))
+                written.append(dicom_common.save(build(), folder / f"{kind}_{n:03d}.dcm"))
             except Exception as exc:  # one object failing never stops the others
                 errors.append(f"{study.slug} image {n}: DICOM {kind.upper()} not written ({type(exc).__name__}: {exc})")
-    if sources and pdf_bytes is not None:
+    if used and pdf_bytes is not None:
         try:
-            ds = dicom_pdf.build_encapsulated_pdf(sources, pdf_bytes, classifier, modality=modality)
+            ds = dicom_pdf.build_encapsulated_pdf(used, pdf_bytes, classifier, modality=modality)
             written.append(dicom_common.save(ds, folder / "report_pdf.dcm"))
         except Exception as exc:
             errors.append(f"{study.slug}: encapsulated PDF not written ({type(exc).__name__}: {exc})")
     return written, errors, notes
 
 
-def _sc(source: Any, img: ImageResult, bundle: ResultsBundle, algo: Any, mask_names: tuple[str, ...], notes: list[str],
-        dicom_sc: Any, sc_picture: Any) -> Any:
-    picture, left_out = sc_picture(img, bundle, mask_names)
+def _sc(source: Dataset, img: ImageResult, bundle: ResultsBundle, sources: StudySources, algo: AlgorithmInfo,
+        mask_names: tuple[str, ...], notes: list[str]) -> Dataset:
+    picture, left_out = sc_picture(img, bundle, sources, mask_names)
     notes.extend(left_out)
     return dicom_sc.build_sc(source, picture, algo)
 
 
-def _seg(source: Any, img: ImageResult, algo: Any, mask_names: tuple[str, ...]) -> Any:
-    from cxrtriage.report import dicom_seg, imaging
-
+def _seg(source: Dataset, img: ImageResult, algo: AlgorithmInfo, mask_names: tuple[str, ...]) -> Dataset:
     if int(source.get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError("multi-frame source: a per-frame lung SEG is not supported")
     assert img.mask_path is not None
-    mask = imaging.read_mask(img.mask_path, (int(source.Rows), int(source.Columns)))
+    mask = read_mask(img.mask_path, (int(source.Rows), int(source.Columns)))
     return dicom_seg.build_seg(source, mask, mask_names, algo)
+
+
+def _study_output(study: StudyReport, bundle: ResultsBundle, report_dir: Path, dicom_dir: Path, *, deidentified: bool,
+                  pdf: bool, dicom: bool, modality: str) -> StudyOutput:
+    """Everything written for one study; a failure is recorded in the output, never raised."""
+    errors: list[str] = []
+    notes: list[str] = []
+    html_path = pdf_path = None
+    dicom_files: list[Path] = []
+    sources = StudySources(study)  # each source file of the study is read once, for every output below
+    header = sources.header()
+    shown = deidentify(header, study.key) if deidentified else header
+    try:
+        view = study_view(study, bundle, sources, shown, deidentified=deidentified)
+        html_path = atomic_write(report_dir / f"{study.slug}.html", html_writer.render_study_html(view))
+        pdf_bytes = render_study_pdf(view) if (pdf or dicom) else None
+        if pdf and pdf_bytes is not None:
+            pdf_path = atomic_write(report_dir / f"{study.slug}.pdf", pdf_bytes)
+        if dicom:
+            if deidentified:  # the PDF that goes into the patient's own study names the patient
+                pdf_bytes = render_study_pdf(study_view(study, bundle, sources, header, deidentified=False))
+            dicom_files, dicom_errors, dicom_notes = write_study_dicom(study, bundle, sources, pdf_bytes, dicom_dir,
+                                                                       modality=modality)
+            errors.extend(dicom_errors)
+            notes.extend(dicom_notes)
+    except Exception as exc:  # one study's failure is reported in the index, never fatal to the batch
+        log.warning("%s: report failed (%s)", study.slug, type(exc).__name__)
+        errors.append(f"{study.slug}: report failed ({type(exc).__name__}: {exc})")
+    return StudyOutput(key=study.key, slug=study.slug, label=_study_label(study, shown), html=html_path, pdf=pdf_path,
+                       dicom=tuple(dicom_files), errors=tuple(errors), notes=tuple(notes))
 
 
 def build_reports(
@@ -244,58 +258,19 @@ def build_reports(
     applies to the HTML/PDF reports; DICOM results always carry the source identity (they go back into
     the source study).
     """
-    bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentify_headers=deidentify)
+    bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentified=deidentify)
     rdir = bundle.results_dir
-    report_dir = rdir / "report"
-    dicom_dir = rdir / "dicom"
-    outputs: list[StudyOutput] = []
+    outputs = [_study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,
+                             dicom=dicom, modality=modality) for study in bundle.studies]
     notes: list[str] = []
-    from cxrtriage.report.pdf import render_study_pdf
-
-    for study in bundle.studies:
-        errors: list[str] = []
-        study_notes: list[str] = []
-        html_path = pdf_path = None
-        dicom_files: list[Path] = []
-        try:
-            view = study_view(study, bundle, deidentified=deidentify)
-            html_path = _write(report_dir / f"{study.slug}.html", html_writer.render_study_html(view))
-            pdf_bytes = render_study_pdf(view) if (pdf or dicom) else None
-            if pdf and pdf_bytes is not None:
-                pdf_path = _write(report_dir / f"{study.slug}.pdf", pdf_bytes)
-            if dicom:
-                dicom_pdf_bytes = pdf_bytes
-                if deidentify:  # the PDF that goes into the patient's own study names the patient
-                    ident = study_view(_reidentified(study, bundle), bundle, deidentified=False)
-                    dicom_pdf_bytes = render_study_pdf(ident)
-                dicom_files, dicom_errors, dicom_notes = write_study_dicom(study, bundle, dicom_pdf_bytes, dicom_dir,
-                                                                           modality=modality)
-                errors.extend(dicom_errors)
-                study_notes.extend(dicom_notes)
-        except Exception as exc:  # one study's failure is reported in the index, never fatal to the batch
-            log.warning("%s: report failed (%s)", study.slug, type(exc).__name__)
-            errors.append(f"{study.slug}: report failed ({type(exc).__name__}: {exc})")
-        outputs.append(StudyOutput(key=study.key, slug=study.slug, html=html_path, pdf=pdf_path,
-                                   dicom=tuple(dicom_files), errors=tuple(errors), notes=tuple(study_notes)))
     sent: list[SendResult] = []
     if send is not None:
-        files = [p for o in outputs for p in o.dicom]
         if not dicom:
             notes.append("--send given without --dicom: nothing to send")
         else:
-            from cxrtriage.report.send import send_files
-
-            sent = send_files(files, send)
+            sent = send_files([p for o in outputs for p in o.dicom], send)
             failed = [r for r in sent if not r.ok]
             notes.append(f"sent {len(sent) - len(failed)}/{len(sent)} DICOM files to {send.host}:{send.port} ({send.called_aet})")
-    index = write_index(bundle, outputs, report_dir, deidentify=deidentify, notes=notes)
+    index = write_index(bundle, outputs, rdir / "report", deidentify=deidentify, notes=notes)
     return ReportSummary(results_dir=rdir, index=index, studies=tuple(outputs), sent=tuple(sent),
                          notes=tuple(list(bundle.notes) + notes + [n for o in outputs for n in o.notes]))
-
-
-def _reidentified(study: StudyReport, bundle: ResultsBundle) -> StudyReport:
-    from dataclasses import replace
-
-    from cxrtriage.report.study import read_header
-
-    return replace(study, header=read_header(study.images, study.key))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from cxrtriage.report import imaging
+from cxrtriage.report.masks import read_mask
+from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import Heatmap, ImageResult, ResultsBundle
 
 SC_MAX_SIDE = 2048
@@ -25,7 +27,8 @@ def _main_heatmap(img: ImageResult) -> Heatmap | None:
     return img.heatmaps[0] if img.heatmaps else None
 
 
-def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, ...] = ()) -> tuple[imaging.U8, list[str]]:
+def sc_picture(img: ImageResult, bundle: ResultsBundle, sources: StudySources,
+               mask_names: tuple[str, ...] = ()) -> tuple[imaging.U8, list[str]]:
     """The RGB picture for one scored image, and notes on anything left out.
 
     The source image (as displayed) gets the main explanation map blended in from its ``.npy`` (same
@@ -33,7 +36,7 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, .
     exists (it is a composite, not aligned with the image), that PNG is used as it is, without outline.
     """
     notes: list[str] = []
-    full = imaging.read_display_image(img.path)
+    full = sources.picture(img)
     base = imaging.at_least(imaging.fit(full, SC_MAX_SIDE), SC_MIN_SIDE)
     rgb = imaging.to_rgb(base)
     shown = _main_heatmap(img)
@@ -55,15 +58,13 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, .
     mask_values: list[int] = []
     if img.mask_path is not None and aligned:
         try:
-            mask = imaging.read_mask(img.mask_path, base.shape)
+            mask = read_mask(img.mask_path, base.shape)
             rgb = imaging.draw_mask_outline(rgb, mask)
             mask_values = sorted(int(v) for v in set(mask.flatten().tolist()) if v != 0)
         except Exception as exc:
             notes.append(f"{img.path.name}: lung mask left out of the secondary capture: {exc}")
 
-    man = bundle.manifest
-    name = man.name if man else str(img.row.get("model_name") or bundle.run.model_name)
-    version = man.version if man else str(img.row.get("model_version") or bundle.run.model_version)
+    name, version = bundle.model.name, bundle.model.version
     lines: list[tuple[str, tuple[int, int, int]]] = [
         (f"Model: {name} {version}", WHITE),
         (f"Operating point: {bundle.operating_point}", WHITE),
@@ -83,8 +84,8 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, mask_names: tuple[str, .
     for n, v in enumerate(mask_values):
         label = mask_names[v] if v < len(mask_names) else f"lung region {v}"
         lines.append((f"Outline: {label}", imaging.MASK_COLOURS[n % len(imaging.MASK_COLOURS)]))
-    if img.lung_area_mm2 is not None:
-        lines.append((f"Lung area: {img.lung_area_mm2 / 100:,.1f} cm2", WHITE))
+    if img.record.lung_area_mm2 is not None:
+        lines.append((f"Lung area: {img.record.lung_area_mm2 / 100:,.1f} cm2", WHITE))
     if shown is not None:
         method = f" ({shown.method})" if shown.method else ""
         what = "colour = model evidence, not a lesion outline" if drawn_map else "picture drawn by the explain step"

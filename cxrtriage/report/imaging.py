@@ -1,10 +1,11 @@
-"""Pictures for reports: the source image as displayed, lung-mask outlines, overlays and burned-in legends."""
+"""Pictures for reports: the source image as a viewer shows it, lung-mask outlines, overlays and burned-in legends."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError
+from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
 
@@ -25,61 +27,23 @@ def _u8(a: Any) -> U8:
     return np.asarray(a, dtype=np.uint8)
 
 
-def read_display_image(path: Path) -> U8:
-    """The source image as a viewer shows it: grey uint8, dense = bright.
+def display_image(image: Image2D) -> U8:
+    """``image`` as a viewer shows it: grey uint8, dense = bright.
 
-    DICOM: modality LUT, then the stored VOI window/LUT when present (else the 0.5-99.5 percentile
-    window), MONOCHROME1 inverted; first frame of a multi-frame image. Raster files: as stored,
-    converted to grey and scaled to 8 bits.
+    The VOI window/LUT the file carries is applied to the stored values, else the 0.5-99.5 percentile window;
+    the result is stretched to the full 8 bits, then inverted for MONOCHROME1 (and PresentationLUTShape INVERSE).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: source image not found; the report needs the input files where `predict` read them")
-    if _is_dicom(p):
-        return _dicom_display(p)
-    arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise InputError(f"{p}: OpenCV could not decode this image for the report")
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2GRAY)
-    return _to_u8(arr.astype(np.float32), window=None)
-
-
-def _is_dicom(p: Path) -> bool:
-    with open(p, "rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom")
-
-
-def _dicom_display(p: Path) -> U8:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
-
-    try:
-        ds = pydicom.dcmread(p)
-        arr = ds.pixel_array
-    except Exception as exc:
-        raise InputError(f"{p}: pixel data cannot be decoded for the report ({type(exc).__name__}: {exc})") from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]
-    if spp == 3:
-        pi = str(ds.get("PhotometricInterpretation", "RGB"))
-        rgb = convert_color_space(arr, pi, "RGB") if pi.startswith("YBR") else arr
-        return _u8(cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY))
-    values = apply_modality_lut(arr, ds).astype(np.float32)
+    mirror = image.voi.mirror if image.voi is not None else None
+    if mirror is None and image.dicom is not None and image.dicom.photometric_interpretation == "MONOCHROME1":
+        mirror = image.value_range[0] + image.value_range[1]  # how cxrtriage.io inverted it
+    # Window the stored values (the reader mirrored MONOCHROME1 pixels), invert last: the way a viewer does it.
+    values = image.pixels if mirror is None else np.float32(mirror) - image.pixels
     window = None
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        try:
-            values = apply_voi_lut(values, ds, index=0).astype(np.float32)
-            window = (float(values.min()), float(values.max()))
-        except Exception:  # a malformed VOI falls back to the percentile window
-            window = None
+    if image.voi is not None:
+        values = replace(image.voi, mirror=None).apply(values)
+        window = (float(values.min()), float(values.max()))
     out = _to_u8(values, window=window)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        out = 255 - out
-    return out
+    return _u8(255 - out) if mirror is not None else out
 
 
 def _to_u8(values: NDArray[np.float32], window: tuple[float, float] | None) -> U8:
@@ -90,19 +54,6 @@ def _to_u8(values: NDArray[np.float32], window: tuple[float, float] | None) -> U
     if hi <= lo:
         hi = lo + 1.0
     return np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> U8:
-    """A lung label map PNG (0 = background), resized (nearest) to ``shape`` when it differs."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise InputError(f"{path}: lung mask PNG cannot be read")
-    if m.ndim == 3:
-        m = m[:, :, 0]
-    m = m.astype(np.uint8)
-    if m.shape != shape:
-        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return _u8(m)
 
 
 def read_png_rgb(path: Path) -> U8:

@@ -9,7 +9,10 @@ from typing import Any
 
 from cxrtriage import __version__
 from cxrtriage.report import imaging
-from cxrtriage.report.study import UNKNOWN, Finding, ImageResult, ResultsBundle, StudyReport
+from cxrtriage.report.header import UNKNOWN, PatientHeader
+from cxrtriage.report.masks import read_mask
+from cxrtriage.report.sources import StudySources
+from cxrtriage.report.study import Finding, ImageResult, ResultsBundle, StudyReport
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +137,19 @@ def _figure(caption: str, rgb: imaging.U8) -> Figure:
     return Figure(caption, imaging.jpeg_bytes(rgb), width=int(rgb.shape[1]), height=int(rgb.shape[0]))
 
 
-def image_figures(img: ImageResult, *, max_side: int = FIGURE_MAX_SIDE) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
+def image_figures(img: ImageResult, sources: StudySources, *,
+                  max_side: int = FIGURE_MAX_SIDE) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
     """The source image (with the lung outline when a mask exists) and each overlay, plus problems met."""
     problems: list[str] = []
     try:
-        base = imaging.read_display_image(img.path)
+        base = sources.picture(img)
     except Exception as exc:
         return (), (f"image not shown: {exc}",)
     rgb = imaging.to_rgb(base)
     caption = "Source image"
     if img.mask_path is not None:
         try:
-            rgb = imaging.draw_mask_outline(rgb, imaging.read_mask(img.mask_path, base.shape))
+            rgb = imaging.draw_mask_outline(rgb, read_mask(img.mask_path, base.shape))
             caption = "Source image with the lung segmentation outline"
         except Exception as exc:
             problems.append(f"lung mask not shown: {exc}")
@@ -162,16 +166,17 @@ def image_figures(img: ImageResult, *, max_side: int = FIGURE_MAX_SIDE) -> tuple
     return tuple(figures), tuple(problems)
 
 
-def image_view(img: ImageResult, number: int, *, deidentified: bool) -> ImageView:
-    figures, problems = image_figures(img) if img.path.exists() else ((), ("source image file not found",))
+def image_view(img: ImageResult, number: int, sources: StudySources, *, deidentified: bool) -> ImageView:
+    figures, problems = image_figures(img, sources) if img.path.exists() else ((), ("source image file not found",))
     meas: list[tuple[str, str]] = []
-    if img.lung_area_mm2 is not None:
-        meas.append(("Lung area", f"{img.lung_area_mm2:,.0f} mm² ({img.lung_area_mm2 / 100:,.1f} cm²)"))
-    elif img.lung_area_px is not None:
-        meas.append(("Lung area", f"{img.lung_area_px:,.0f} pixels (pixel spacing unknown: no physical area)"))
+    r = img.record
+    if r.lung_area_mm2 is not None:
+        meas.append(("Lung area", f"{r.lung_area_mm2:,.0f} mm² ({r.lung_area_mm2 / 100:,.1f} cm²)"))
+    elif r.lung_area_px is not None:
+        meas.append(("Lung area", f"{r.lung_area_px:,.0f} pixels (pixel spacing unknown: no physical area)"))
     if img.mask_path is None and img.scored:
         meas.append(("Lung segmentation", "not available for this image"))
-    view = img.view or "view unknown"
+    view = r.view or "view unknown"
     return ImageView(
         title=f"Image {number} ({view})",
         source=f"image {number}" if deidentified else str(img.path),
@@ -187,11 +192,8 @@ def image_view(img: ImageResult, number: int, *, deidentified: bool) -> ImageVie
 
 
 def model_summary(bundle: ResultsBundle) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    m, run = bundle.manifest, bundle.run
-    rows_model = [r for r in bundle.images if r.row.get("model_name")]
-    name = m.name if m else (str(rows_model[0].row.get("model_name")) if rows_model else run.model_name)
-    version = m.version if m else (str(rows_model[0].row.get("model_version")) if rows_model else run.model_version)
-    sha = m.sha256 if m else (str(rows_model[0].row.get("model_sha256")) if rows_model else run.model_sha256)
+    m = bundle.manifest
+    name, version, sha = bundle.model.name, bundle.model.version, bundle.model.sha256
     fields = [
         ("Model", name or UNKNOWN),
         ("Version", version or UNKNOWN),
@@ -208,22 +210,25 @@ def model_summary(bundle: ResultsBundle) -> tuple[tuple[tuple[str, str], ...], t
 
 def provenance(bundle: ResultsBundle) -> tuple[tuple[str, str], ...]:
     run = bundle.run
-    thr = ", ".join(f"{k}={v:.3f}" for k, v in sorted(run.thresholds.items())) if run.thresholds else (
+    in_force = {lab: run.threshold_in_force(lab) for lab in run.thresholds} if run is not None else {}
+    thr = ", ".join(f"{k}={v:.3f}" for k, v in sorted(in_force.items()) if v is not None) or (
         f"manifest '{bundle.operating_point}' thresholds" if bundle.manifest else UNKNOWN)
+    model = run.model if run is not None else None
     return (
-        ("cxrtriage version (predict)", run.tool_version),
+        ("cxrtriage version (predict)", (run.tool_version if run else "") or UNKNOWN),
         ("cxrtriage version (report)", __version__),
-        ("Model", f"{run.model_name} {run.model_version}".strip()),
-        ("Model SHA-256", run.model_sha256),
+        ("Model", f"{model.name} {model.version}".strip() if model else f"{UNKNOWN} {UNKNOWN}"),
+        ("Model SHA-256", (model.sha256 if model else "") or UNKNOWN),
         ("Thresholds", thr),
-        ("Triage policy", run.policy),
-        ("Run started", run.started_at),
-        ("Run finished", run.finished_at),
+        ("Triage policy", (run.policy_name if run else "") or UNKNOWN),
+        ("Run started", (run.started_at if run else "") or UNKNOWN),
+        ("Run finished", (run.finished_at if run else "") or UNKNOWN),
     )
 
 
-def study_view(study: StudyReport, bundle: ResultsBundle, *, deidentified: bool) -> StudyView:
-    h = study.header
+def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources, header: PatientHeader, *,
+               deidentified: bool) -> StudyView:
+    h = header
     header = (
         ("Patient name", h.patient_name),
         ("Patient ID", h.patient_id),
@@ -241,7 +246,7 @@ def study_view(study: StudyReport, bundle: ResultsBundle, *, deidentified: bool)
         header=header,
         priority=study.priority or UNKNOWN,
         priority_reason=study.priority_reason or ("no priority recorded" if not study.priority else ""),
-        images=tuple(image_view(img, n, deidentified=deidentified) for n, img in enumerate(study.images, start=1)),
+        images=tuple(image_view(img, n, sources, deidentified=deidentified) for n, img in enumerate(study.images, start=1)),
         model=model,
         metrics=metrics,
         provenance=provenance(bundle),

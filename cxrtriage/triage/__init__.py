@@ -13,7 +13,9 @@ from cxrtriage.triage.policy import (
     default_policy_text,
     load_policy,
     normalize_label,
+    scores_from_record,
     scores_from_row,
+    triage_record,
     triage_row,
 )
 from cxrtriage.triage.site import (
@@ -47,7 +49,9 @@ __all__ = [
     "load_policy",
     "load_site",
     "normalize_label",
+    "scores_from_record",
     "scores_from_row",
+    "triage_record",
     "triage_row",
     "write_site",
     "write_worklist",

@@ -19,6 +19,7 @@ from typing import Any
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import ModelManifest
+from cxrtriage.results import ImageRecord, Priority, Status
 from cxrtriage.triage.site import SiteCalibration, check_site
 
 log = logging.getLogger(__name__)
@@ -26,22 +27,6 @@ log = logging.getLogger(__name__)
 POLICY_SCHEMA_VERSION = 1
 DEFAULT_POLICY_RESOURCE = "default_policy.toml"
 SCORE_PREFIX = "score_"
-
-
-class Priority(StrEnum):
-    CRITICAL = "critical"
-    URGENT = "urgent"
-    ROUTINE = "routine"
-    NORMAL = "normal"
-    NOT_ASSESSED = "not_assessed"
-
-    @property
-    def rank(self) -> int:
-        """Worklist order: critical, urgent, routine, not_assessed, normal (not assessed means "read it unaided")."""
-        return _RANK[self]
-
-
-_RANK = {Priority.CRITICAL: 0, Priority.URGENT: 1, Priority.ROUTINE: 2, Priority.NOT_ASSESSED: 3, Priority.NORMAL: 4}
 
 
 class ThresholdKind(StrEnum):
@@ -94,9 +79,6 @@ class TriagePolicy:
 
     def is_ignored(self, label: str) -> bool:
         return normalize_label(label) in self.ignored_labels
-
-    def is_summary(self, label: str) -> bool:
-        return normalize_label(label) in self.summary_labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +347,33 @@ def scores_from_row(row: Mapping[str, Any], labels: Iterable[str]) -> dict[str, 
     for lab in labels:
         out[lab] = _to_float(row.get(SCORE_PREFIX + lab))
     return out
+
+
+def scores_from_record(record: ImageRecord, labels: Iterable[str]) -> dict[str, float]:
+    """The scores of ``labels`` in ``record`` (missing or non-finite scores become NaN)."""
+    return {lab: _to_float(record.scores.get(lab)) for lab in labels}
+
+
+def triage_record(
+    record: ImageRecord,
+    *,
+    manifest: ModelManifest,
+    policy: TriagePolicy,
+    site: SiteCalibration | None = None,
+) -> ImageRecord:
+    """``record`` with ``priority``, ``priority_reason``, ``priority_finding`` and ``priority_score`` decided.
+
+    A record that is not ``scored`` (excluded, failed) is ``not_assessed`` with its own ``reason`` copied. The
+    scores are the record's ``scores`` (site-calibrated when ``site``).
+    """
+    if record.status is not Status.SCORED:
+        why = (record.reason or "").strip()
+        return record.replace(priority=Priority.NOT_ASSESSED,
+                              priority_reason=f"{record.status.value}: {why}" if why else record.status.value,
+                              priority_finding="", priority_score=None)
+    d = decide_priority(scores_from_record(record, manifest.labels), manifest=manifest, policy=policy, site=site)
+    return record.replace(priority=d.priority, priority_reason=d.reason, priority_finding=d.deciding_label or "",
+                          priority_score=d.deciding_score)
 
 
 def triage_row(

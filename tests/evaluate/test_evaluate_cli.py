@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from cxrtriage.cli.app import app
 from cxrtriage.evaluate.metrics import stats_at
 from cxrtriage.model.manifest import ModelManifest, load_manifest
-from cxrtriage.report.results import ResultsWriter, result_columns
-from cxrtriage.triage import apply_site, load_policy, load_site, triage_row
+from cxrtriage.results import ImageRecord, ResultsWriter, Status, from_row, result_columns
+from cxrtriage.triage import apply_site, load_policy, load_site, triage_record
 
 LABELS = ("abnormal", "pneumonia", "effusion")
 
@@ -42,16 +42,16 @@ def make_set(folder: Path, manifest: ModelManifest, *, n: int = 300, seed: int =
     scores: dict[str, list[float]] = {lab: [] for lab in LABELS}
     with ResultsWriter(folder, cols) as w:
         for i in range(n):
-            row: dict[str, Any] = {"path": f"/scans/CASE{i:03d}.png", "status": "scored", "study_key": "/scans",
-                                   "model_name": manifest.name, "model_version": manifest.version,
-                                   "model_sha256": manifest.sha256}
+            row_scores = {}
             for lab in LABELS:
                 s = float(1 / (1 + np.exp(-rng.normal(-1.2 + 1.6 * truth[lab][i], 1.0))))
-                row[f"score_{lab}"] = s
+                row_scores[lab] = s
                 scores[lab].append(s)
-            w.write(triage_row(row, manifest=manifest, policy=policy))
-        w.write({"path": "/scans/lateral.png", "status": "excluded", "reason": "lateral view", "study_key": "/scans",
-                 "priority": "not_assessed", "priority_reason": "excluded: lateral view"})
+            record = ImageRecord(f"/scans/CASE{i:03d}.png", Status.SCORED, study_key="/scans", scores=row_scores,
+                                 model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256)
+            w.write(triage_record(record, manifest=manifest, policy=policy))
+        w.write(triage_record(ImageRecord("/scans/lateral.png", Status.EXCLUDED, reason="lateral view", study_key="/scans"),
+                              manifest=manifest, policy=policy))
     lines = ["image,abnormal,Pneumonia,effusion,sex,view"]
     lines += [f"case{i:03d}.png,{truth['abnormal'][i]},{truth['pneumonia'][i]},{truth['effusion'][i]},"
               f"{'FM'[i % 2]},{'PA' if i % 3 else 'AP'}" for i in range(n)]
@@ -121,14 +121,15 @@ def test_calibrate_then_predict_with_site_then_evaluate(tmp_path: Path, model: M
         rows = list(csv.DictReader(f))
     site_rows = []
     for r in rows:
-        if r["status"] == "scored":
+        record = from_row(r)
+        if record.scored:
             s = apply_site({lab: float(r[f"score_{lab}"]) for lab in LABELS}, site)
-            r = r | {f"score_{lab}": s[lab] for lab in LABELS} | {"site_file": str(site_path)}
-            r = triage_row(r, manifest=model, policy=policy, site=site)
-        site_rows.append(r)
+            record = triage_record(record.replace(scores=s, site_file=str(site_path)), manifest=model, policy=policy,
+                                   site=site)
+        site_rows.append(record)
     with ResultsWriter(tmp_path / "scored", list(rows[0])) as w:
-        for r in site_rows:
-            w.write(r)
+        for record in site_rows:
+            w.write(record)
     code, out = invoke("evaluate", "--results", tmp_path / "scored" / "results.csv", "--labels", labels,
                        "--model", model.path.parent, "--json", tmp_path / "ev.json", "--n-boot", "0")
     assert code == 0, out
@@ -137,7 +138,7 @@ def test_calibrate_then_predict_with_site_then_evaluate(tmp_path: Path, model: M
     for lab in LABELS:
         ops = {op["kind"]: op for op in d["labels_metrics"][lab]["operating_points"]}
         assert ops["rule_out"]["source"] == "site" and ops["rule_out"]["sensitivity"] >= 0.9
-    assert "(site balanced)" in " ".join(r["priority_reason"] for r in site_rows)
+    assert "(site balanced)" in " ".join(r.priority_reason or "" for r in site_rows)
 
     # Calibrating on results that already went through a site file is refused.
     code, out = invoke("calibrate", "--results", tmp_path / "scored" / "results.csv", "--labels", labels,

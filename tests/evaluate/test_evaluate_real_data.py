@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from cxrtriage.cli.app import app
 from cxrtriage.evaluate.metrics import stats_at
 from cxrtriage.model import load_classifier
-from cxrtriage.pipeline import PredictConfig, run_predict
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.predict import run_predict
 from cxrtriage.triage import apply_site, load_site, normalize_label
 
 N_IMAGES = 160

@@ -18,7 +18,7 @@ def test_lazy_names_resolve() -> None:
     import cxrtriage
     from cxrtriage.io import read_image
     from cxrtriage.model import load_model
-    from cxrtriage.pipeline import predict
+    from cxrtriage.pipeline.predict import predict
 
     assert cxrtriage.load_model is load_model
     assert cxrtriage.read_image is read_image

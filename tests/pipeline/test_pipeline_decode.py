@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from factories import write_dicom
 
-from cxrtriage.pipeline_decode import FAILED, OK, Decoded, DecodeTask, WorkerStartError, decode_stream, examine
+from cxrtriage.pipeline import decode
+from cxrtriage.pipeline.decode import Decoded, DecodeTask, WorkerStartError, decode_stream, examine
 from cxrtriage.preprocess import PreprocessRecipe
+from cxrtriage.results import ImageRecord, Status
 
 RECIPE = PreprocessRecipe(size=16)
 
@@ -19,7 +21,7 @@ def _double(task: DecodeTask) -> Decoded:
     """Stand-in for `examine` that kills its worker process on a file named 'crash'."""
     if Path(task.path).name == "crash":
         os._exit(3)
-    return Decoded(task.index, task.path, OK, reason=str(os.getpid()))
+    return Decoded(task.index, ImageRecord(task.path, Status.SCORED, reason=str(os.getpid())))
 
 
 def _always_crash(task: DecodeTask | None = None) -> Decoded:
@@ -34,28 +36,26 @@ def test_parallel_results_come_back_in_input_order() -> None:
     names = [f"f{i}" for i in range(25)]
     out = list(decode_stream(_tasks(names), workers=2, window=5, fn=_double))
     assert [Path(d.path).name for d in out] == names
-    assert all(int(d.reason) != os.getpid() for d in out)  # decoded in worker processes
+    assert all(int(d.record.reason or 0) != os.getpid() for d in out)  # decoded in worker processes
 
 
 def test_a_crashing_file_is_isolated_and_the_others_survive() -> None:
     names = ["a", "b", "crash", "c", "d", "e"]
     out = list(decode_stream(_tasks(names), workers=2, window=4, fn=_double))
     assert [Path(d.path).name for d in out] == names
-    status = {Path(d.path).name: d.status for d in out}
-    assert status.pop("crash") == FAILED
-    assert set(status.values()) == {OK}
-    assert "crashed its worker process" in next(d.reason for d in out if d.path.endswith("crash"))
+    status = {Path(d.path).name: d.record.status for d in out}
+    assert status.pop("crash") is Status.FAILED
+    assert set(status.values()) == {Status.SCORED}
+    assert "crashed its worker process" in next(d.record.reason or "" for d in out if d.path.endswith("crash"))
 
 
 def test_every_file_crashing_still_gives_one_failed_row_each() -> None:
     out = list(decode_stream(_tasks(["a", "b"]), workers=1, window=2, fn=_always_crash))
-    assert [d.status for d in out] == [FAILED] * 2
+    assert [d.record.status for d in out] == [Status.FAILED] * 2
 
 
 def test_workers_that_cannot_start_are_a_run_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cxrtriage.pipeline_decode as pd
-
-    monkeypatch.setattr(pd, "_ping", _always_crash)  # pickled by reference: the workers run _always_crash
+    monkeypatch.setattr(decode, "_ping", _always_crash)  # pickled by reference: the workers run _always_crash
     with pytest.raises(WorkerStartError, match="--workers 0"):
         list(decode_stream(_tasks(["a", "b"]), workers=1, window=2, fn=_always_crash))
 
@@ -66,9 +66,10 @@ def test_parallel_examine_equals_serial(tmp_path: Path) -> None:
     tasks = [DecodeTask(i, str(p), RECIPE) for i, p in enumerate([*paths, tmp_path / "junk"])]
     serial = list(decode_stream(tasks, workers=0, window=1))
     parallel = list(decode_stream(tasks, workers=2, window=3))
-    assert [d.status for d in serial] == [OK, OK, OK, OK, FAILED] == [d.status for d in parallel]
+    ok, failed = Status.SCORED, Status.FAILED
+    assert [d.record.status for d in serial] == [ok, ok, ok, ok, failed] == [d.record.status for d in parallel]
     for s, p in zip(serial, parallel, strict=True):
-        assert s.meta == p.meta and s.reason == p.reason
+        assert s.record == p.record
         if s.model_input is not None:
             assert p.model_input is not None
             np.testing.assert_array_equal(s.model_input.array, p.model_input.array)

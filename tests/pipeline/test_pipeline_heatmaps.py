@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, write_dicom
+from factories import make_tiny_classifier, read_jsonl, write_dicom
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -15,8 +15,8 @@ from cxrtriage.errors import ConfigError
 from cxrtriage.explain import explain
 from cxrtriage.io import read_image
 from cxrtriage.model import load_classifier
-from cxrtriage.pipeline import PredictConfig, run_predict
-from cxrtriage.report.results import read_results_jsonl
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.predict import run_predict
 
 
 def _model_flagging(tmp_path: Path, threshold: float) -> Path:
@@ -43,7 +43,7 @@ def test_flagged_findings_get_overlays_and_raw_maps_at_the_original_geometry(tmp
     manifest = _model_flagging(tmp_path, 0.0)
     out = tmp_path / "out"
     run_predict(PredictConfig(inputs=(_inputs(tmp_path),), out_dir=out, model=str(manifest), workers=0, heatmaps=True))
-    rows = {Path(r["path"]).name: r for r in read_results_jsonl(out / "results.jsonl")}
+    rows = {Path(r["path"]).name: r for r in read_jsonl(out / "results.jsonl")}
     assert rows["lat.dcm"]["heatmaps"] in (None, [], "")
     assert "heatmaps failed" not in rows["a.dcm"]["reason"]
     pngs = rows["a.dcm"]["heatmaps"]
@@ -68,7 +68,7 @@ def test_nothing_flagged_writes_no_overlay(tmp_path: Path) -> None:
     manifest = _model_flagging(tmp_path, 1.0)
     out = tmp_path / "out"
     run_predict(PredictConfig(inputs=(_inputs(tmp_path),), out_dir=out, model=str(manifest), workers=0, heatmaps=True))
-    rows = read_results_jsonl(out / "results.jsonl")
+    rows = read_jsonl(out / "results.jsonl")
     assert all(not r["heatmaps"] for r in rows)
     assert not any("failed" in (r["reason"] or "") for r in rows), [r["reason"] for r in rows]
     heatmaps = out / "heatmaps"

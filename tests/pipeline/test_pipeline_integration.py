@@ -12,16 +12,18 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter, write_dicom
+from factories import make_tiny_classifier, make_tiny_segmenter, read_jsonl, write_dicom
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.io import read_image
 from cxrtriage.measure.quality import assess_quality
 from cxrtriage.model import Classifier, LungMask, load_classifier
-from cxrtriage.pipeline import PredictConfig, PredictHook, build_hooks, run_predict
-from cxrtriage.pipeline_run import ReportOutcome
-from cxrtriage.pipeline_triage import TriageOutcome
-from cxrtriage.report.results import read_results_jsonl
+from cxrtriage.pipeline import reports
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import PredictHook, ReportOutcome
+from cxrtriage.pipeline.hooks.triage import TriageOutcome
+from cxrtriage.pipeline.predict import build_hooks, run_predict
+from cxrtriage.results import ImageRecord, from_row, read_results
 from cxrtriage.triage import (
     LabelSiteCalibration,
     SiteCalibration,
@@ -29,7 +31,7 @@ from cxrtriage.triage import (
     build_worklist,
     load_policy,
     load_site,
-    triage_row,
+    triage_record,
     write_site,
 )
 
@@ -76,7 +78,7 @@ def _config(inputs: Path, out: Path, **kw: Any) -> PredictConfig:
 
 
 def _rows(out: Path) -> dict[str, dict[str, Any]]:
-    return {Path(r["path"]).name: r for r in read_results_jsonl(out / "results.jsonl")}
+    return {Path(r["path"]).name: r for r in read_jsonl(out / "results.jsonl")}
 
 
 def test_every_row_is_triaged_and_the_worklist_and_run_json_are_written(scans: Path, tmp_path: Path,
@@ -102,15 +104,15 @@ def test_every_row_is_triaged_and_the_worklist_and_run_json_are_written(scans: P
     for name in ("pa.dcm", "ap.dcm", "x.png"):
         r = rows[name]
         assert r["quality"] == "ok"
-        expected = triage_row(r, manifest=model.manifest, policy=policy)
-        assert {k: r[k] for k in ("priority", "priority_reason", "priority_finding")} == {
-            k: expected[k] for k in ("priority", "priority_reason", "priority_finding")}
-        assert r["priority_score"] == pytest.approx(expected["priority_score"])
+        expected = triage_record(from_row(r), manifest=model.manifest, policy=policy)
+        assert (r["priority"], r["priority_reason"], r["priority_finding"]) == (
+            expected.priority, expected.priority_reason, expected.priority_finding)
+        assert r["priority_score"] == pytest.approx(expected.priority_score)
 
     # worklist.csv = build_worklist over the rows, one line per study
     with open(out / "worklist.csv", newline="") as f:
         wl = list(csv.DictReader(f))
-    entries = build_worklist(read_results_jsonl(out / "results.jsonl"))
+    entries = build_worklist(read_results(out / "results.jsonl").records)
     assert [(w["study_key"], w["priority"]) for w in wl] == [(e.study_key, e.priority.value) for e in entries]
     assert len(wl) == len({r["study_key"] for r in rows.values()}) and not list(out.glob("*.partial"))
 
@@ -193,9 +195,9 @@ def test_site_file_rewrites_scores_and_thresholds(scans: Path, tmp_path: Path, m
         assert r["score_abnormal"] == pytest.approx(plain[name]["score_abnormal"])  # not in the site file
         assert not math.isclose(r["score_pneumonia"], r["model_score_pneumonia"])
         if r["quality"] == "ok":
-            expected = triage_row(r, manifest=model.manifest, policy=load_policy(None), site=site)
-            assert r["priority"] == expected["priority"] and r["priority_reason"] == expected["priority_reason"]
-    header = list(read_results_jsonl(out / "results.jsonl")[0])
+            expected = triage_record(from_row(r), manifest=model.manifest, policy=load_policy(None), site=site)
+            assert (r["priority"], r["priority_reason"]) == (expected.priority, expected.priority_reason)
+    header = list(read_jsonl(out / "results.jsonl")[0])
     assert [c for c in header if c.startswith("model_score_")] == [f"model_score_{lab}" for lab in LABELS]
     run = json.loads((out / "run.json").read_text())
     assert run["site_file"] == str(site_path.resolve())
@@ -236,7 +238,7 @@ def test_policy_file_changes_priorities(scans: Path, tmp_path: Path, model: Clas
     policy = load_policy(pol)
     for r in _rows(out).values():
         if r["status"] == "scored" and r["quality"] == "ok":
-            assert r["priority"] == triage_row(r, manifest=model.manifest, policy=policy)["priority"]
+            assert r["priority"] == triage_record(from_row(r), manifest=model.manifest, policy=policy).priority
             assert (r["priority"] == "critical") == (r["score_effusion"] >= 0.2)
     run = json.loads((out / "run.json").read_text())
     assert run["policy"]["name"] == "effusion-critical" and run["policy"]["path"] == str(pol.resolve())
@@ -288,13 +290,13 @@ def test_unscored_rows_reach_hooks(scans: Path, tmp_path: Path, model: Classifie
         name = "seen"
         columns = ("seen",)
 
-        def on_unscored(self, row: Any, ctx: Any) -> dict[str, Any]:
-            return {"seen": row["status"]}
+        def on_unscored(self, record: ImageRecord, ctx: Any) -> ImageRecord:
+            return record.replace(extra={"seen": record.status.value})
 
     class Bad(PredictHook):
         name = "bad"
 
-        def on_unscored(self, row: Any, ctx: Any) -> dict[str, Any]:
+        def on_unscored(self, record: ImageRecord, ctx: Any) -> ImageRecord:
             raise RuntimeError("boom")
 
     run_predict(_config(scans, tmp_path / "o"), model=model, hooks=[Bad(), Seen()])
@@ -314,12 +316,10 @@ def test_reports_at_finish(scans: Path, tmp_path: Path, model: Classifier, segme
     with open(out / "worklist.csv", newline="") as f:
         assert all(w["priority"] in html and w["priority_reason"][:30] in html for w in csv.DictReader(f))
     # a report that cannot be written is an error of the outcome, never lost scores
-    import cxrtriage.report.batch as batch
-
     def broken(*a: Any, **k: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(batch, "build_reports", broken)
+    monkeypatch.setattr(reports, "build_reports", broken)
     summary = run_predict(_config(scans / "s1", tmp_path / "o2", report=True, lungs=False), model=model)
     assert summary.report is not None and summary.report.index is None
     assert summary.report.errors == ("reports not written (RuntimeError: disk on fire)",)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, write_dicom
+from factories import make_tiny_classifier, read_jsonl, write_dicom
 
 from cxrtriage.errors import ConfigError, InputError
 from cxrtriage.io import read_image
 from cxrtriage.model import Classifier, load_classifier
-from cxrtriage.pipeline import PredictConfig, PredictHook, RunContext, ScoredBatch, run_predict, unique_stem
-from cxrtriage.report.results import read_results_jsonl
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import PredictHook, RunContext, ScoredBatch
+from cxrtriage.pipeline.predict import run_predict
+from cxrtriage.results import ImageRecord
 
 
 @pytest.fixture()
@@ -47,7 +49,7 @@ def _config(inputs: Path, out: Path, **kw: Any) -> PredictConfig:
 def test_one_row_per_file_with_statuses_reasons_and_scores(inputs: Path, tmp_path: Path, model: Classifier) -> None:
     summary = run_predict(_config(inputs, tmp_path / "out", batch_size=2), model=model)
     assert (summary.total, summary.scored, summary.excluded, summary.failed) == (6, 4, 1, 1)
-    rows = {Path(r["path"]).name: r for r in read_results_jsonl(tmp_path / "out" / "results.jsonl")}
+    rows = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     assert set(rows) == {"a.dcm", "b.dcm", "lat.dcm", "c.dcm", "x.png", "junk.dcm"}
     assert rows["lat.dcm"]["status"] == "excluded" and "lateral" in rows["lat.dcm"]["reason"]
     assert rows["junk.dcm"]["status"] == "failed" and rows["junk.dcm"]["reason"]
@@ -69,7 +71,7 @@ def test_one_row_per_file_with_statuses_reasons_and_scores(inputs: Path, tmp_pat
     # CSV and JSONL agree, rows are in discovery order
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [r["path"] for r in csv_rows] == [r["path"] for r in read_results_jsonl(tmp_path / "out" / "results.jsonl")]
+    assert [r["path"] for r in csv_rows] == [r["path"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")]
     assert [Path(r["path"]).name for r in csv_rows] == ["a.dcm", "b.dcm", "c.dcm", "lat.dcm", "junk.dcm", "x.png"]
     assert not list((tmp_path / "out").glob("*.partial"))
 
@@ -77,8 +79,8 @@ def test_one_row_per_file_with_statuses_reasons_and_scores(inputs: Path, tmp_pat
 def test_batch_size_does_not_change_scores(inputs: Path, tmp_path: Path, model: Classifier) -> None:
     run_predict(_config(inputs, tmp_path / "b1", batch_size=1), model=model)
     run_predict(_config(inputs, tmp_path / "b5", batch_size=5), model=model)
-    r1 = read_results_jsonl(tmp_path / "b1" / "results.jsonl")
-    r5 = read_results_jsonl(tmp_path / "b5" / "results.jsonl")
+    r1 = read_jsonl(tmp_path / "b1" / "results.jsonl")
+    r5 = read_jsonl(tmp_path / "b5" / "results.jsonl")
     for x, y in zip(r1, r5, strict=True):
         assert x["path"] == y["path"] and x["status"] == y["status"]
         for lab in model.labels:
@@ -95,17 +97,17 @@ class _Probe(PredictHook):
         self.batches: list[int] = []
         self.finished = False
 
-    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[ImageRecord]:
         assert batch.output.features is not None and batch.output.features.shape[0] == len(batch)
         self.batches.append(len(batch))
         out = []
         for i, item in enumerate(batch.items):
             assert item.image is not None and item.model_input.array.shape == (1, 16, 16)
-            assert item.row["score_abnormal"] == pytest.approx(float(batch.output.scores[i, 0]))
+            assert item.record.scores["abnormal"] == pytest.approx(float(batch.output.scores[i, 0]))
             rel = f"art/{ctx.stem_for(item.path)}.txt"
             (ctx.out_dir / "art").mkdir(exist_ok=True)
             (ctx.out_dir / rel).write_text(str(item.image.shape))
-            out.append({"mask_path": rel, "custom": item.image.shape[0]})
+            out.append(item.record.replace(mask_path=rel, extra={"custom": item.image.shape[0]}))
         return out
 
     def on_finish(self, ctx: RunContext, summary: Any) -> None:
@@ -116,7 +118,7 @@ class _Broken(PredictHook):
     name = "broken"
     columns = ("priority",)
 
-    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[ImageRecord]:
         raise RuntimeError("boom")
 
 
@@ -125,7 +127,7 @@ def test_hooks_add_columns_and_artefacts_and_a_failing_hook_keeps_scores(inputs:
     probe = _Probe()
     run_predict(_config(inputs, tmp_path / "out", batch_size=3), model=model, hooks=[probe, _Broken()])
     assert probe.batches == [3, 1] and probe.finished
-    rows = read_results_jsonl(tmp_path / "out" / "results.jsonl")
+    rows = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert list(rows[0])[-2:] == ["mask_path", "custom"]
     scored = [r for r in rows if r["status"] == "scored"]
     assert all((tmp_path / "out" / r["mask_path"]).is_file() for r in scored)
@@ -136,7 +138,7 @@ def test_hooks_add_columns_and_artefacts_and_a_failing_hook_keeps_scores(inputs:
 
 def test_crash_leaves_only_partial_files(inputs: Path, tmp_path: Path, model: Classifier) -> None:
     class Crash(PredictHook):
-        def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[Mapping[str, Any]]:
+        def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> Sequence[ImageRecord]:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -165,19 +167,9 @@ def test_rules_file_changes_selection(inputs: Path, tmp_path: Path, model: Class
     rules = tmp_path / "rules.toml"
     rules.write_text('[selection]\nviews = ["PA", "AP", "LL", ""]\nscore_rasters = false\n')
     run_predict(_config(inputs, tmp_path / "out", rules=rules), model=model)
-    rows = {Path(r["path"]).name: r for r in read_results_jsonl(tmp_path / "out" / "results.jsonl")}
+    rows = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     assert rows["lat.dcm"]["status"] == "scored"
     assert rows["x.png"]["status"] == "excluded"
-
-
-def test_unique_stem() -> None:
-    assigned: dict[str, str] = {}
-    taken: set[str] = set()
-    assert unique_stem("/a/x.dcm", assigned, taken) == "x"
-    assert unique_stem("/b/x.dcm", assigned, taken) == "x_2"
-    assert unique_stem("/c/X.png", assigned, taken) == "X_3"
-    assert unique_stem("/a/x.dcm", assigned, taken) == "x"
-    assert unique_stem("/d/we ird?.dcm", assigned, taken) == "we_ird_"
 
 
 def test_library_entry_point(inputs: Path, tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import make_tiny_classifier
+from factories import make_tiny_classifier, read_jsonl
 
 from cxrtriage.io import discover
 from cxrtriage.model import load_classifier
-from cxrtriage.pipeline import PredictConfig, run_predict
-from cxrtriage.report.results import read_results_jsonl
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.predict import run_predict
 
 
 @pytest.mark.data
@@ -18,7 +18,7 @@ def test_predict_over_shared_dicom_collection(shared_data: Path, tmp_path: Path)
     root = shared_data / "dicom"
     model = load_classifier(make_tiny_classifier(tmp_path / "m"), device="cpu")
     summary = run_predict(PredictConfig(inputs=(root,), out_dir=tmp_path / "out", workers=2, batch_size=4), model=model)
-    rows = read_results_jsonl(tmp_path / "out" / "results.jsonl")
+    rows = read_jsonl(tmp_path / "out" / "results.jsonl")
     files = [str(p) for p in discover([root])]
     assert [r["path"] for r in rows] == files  # every file, once, in discovery order
     assert summary.total == len(files) == summary.scored + summary.excluded + summary.failed

@@ -9,11 +9,22 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from factories import make_tiny_classifier, write_dicom
+
+from cxrtriage.results import (
+    PRIORITY_LEVELS,
+    ImageRecord,
+    ModelRef,
+    Priority,
+    ResultsWriter,
+    RunRecord,
+    Status,
+    result_columns,
+    write_run_json,
+)
 
 LABELS = ("pneumothorax", "effusion", "strange_new_finding")
 
@@ -98,7 +109,7 @@ def make_results(
     (models / "tiny" / "MODEL_CARD.md").write_text("# tiny\n")
     sha = mdata["sha256"]
 
-    rows: list[dict[str, Any]] = []
+    rows: list[ImageRecord] = []
     study_a, study_b = "1.2.826.0.1.3680043.8.498.1001", "1.2.826.0.1.3680043.8.498.2002"
     src = root / "inputs"
     if source_image is None:
@@ -131,7 +142,7 @@ def make_results(
     broken.write_bytes(b"\x00" * 10)
 
     def scored(path: Path, study: str, pixels: np.ndarray, tag: str, scores: tuple[float, ...], prio: str, why: str,
-               spacing: float | None, *, save_maps: bool = True) -> dict[str, Any]:
+               spacing: float | None, *, save_maps: bool = True) -> ImageRecord:
         heatmaps = []
         values = map_from(pixels)
         for label, vals in (("pneumothorax", values), ("effusion", np.ascontiguousarray(values[:, ::-1]))):
@@ -143,37 +154,31 @@ def make_results(
         mask = lung_mask_from(pixels)
         mp = out / "masks" / f"{tag}.png"
         cv2.imwrite(str(mp), mask)
-        area_px = float((mask > 0).sum())
-        row = {
-            "path": str(path), "status": "scored", "reason": "", "input_kind": "dicom" if path.suffix == ".dcm" else "raster",
-            "study_key": study, "study_instance_uid": study if path.suffix == ".dcm" else "",
-            "series_instance_uid": "", "sop_instance_uid": "", "view": "PA", "rows": int(pixels.shape[0]),
-            "columns": int(pixels.shape[1]), "pixel_spacing_mm": [spacing, spacing] if spacing else None,
-            "model_name": "tiny-classifier", "model_version": "0.0.1-test", "model_sha256": sha,
-            "priority": prio, "priority_reason": why, "site_file": "",
-            "heatmaps": heatmaps,
-            "mask_path": f"masks/{tag}.png", "lung_area_px": area_px,
-            "lung_area_mm2": area_px * spacing * spacing if spacing else None,
-            "notes": ["image is slightly rotated"] if tag == "a1" else [],
-        }
-        for lab, s in zip(LABELS, scores, strict=True):
-            row[f"score_{lab}"] = s
-        return row
+        area_px = int((mask > 0).sum())
+        return ImageRecord(
+            path=str(path), status=Status.SCORED, reason="image is slightly rotated" if tag == "a1" else None,
+            input_kind="dicom" if path.suffix == ".dcm" else "raster", study_key=study,
+            study_instance_uid=study if path.suffix == ".dcm" else None, view="PA", rows=int(pixels.shape[0]),
+            columns=int(pixels.shape[1]), pixel_spacing_mm=(spacing, spacing) if spacing else None,
+            scores=dict(zip(LABELS, scores, strict=True)), model_name="tiny-classifier", model_version="0.0.1-test",
+            model_sha256=sha, priority=Priority(prio), priority_reason=why, site_file="", heatmaps=tuple(heatmaps),
+            mask_path=f"masks/{tag}.png", lung_area_px=area_px,
+            lung_area_mm2=area_px * spacing * spacing if spacing else None,
+        )
 
     rows.append(scored(a1, study_a, pix, "a1", (0.81, 0.12, 0.55), "urgent", "pneumothorax 0.81 >= 0.50", 0.2))
-    rows.append({"path": str(a2), "status": "excluded", "reason": "lateral view (ViewPosition LL): not a frontal chest",
-                 "input_kind": "dicom", "study_key": study_a, "study_instance_uid": study_a, "view": "LL",
-                 "priority": "", "priority_reason": "", "heatmaps": [], "mask_path": "",
-                 **{f"score_{lab}": None for lab in LABELS}})
+    rows.append(ImageRecord(path=str(a2), status=Status.EXCLUDED, reason="lateral view (ViewPosition LL): not a frontal chest",
+                            input_kind="dicom", study_key=study_a, study_instance_uid=study_a, view="LL", heatmaps=()))
     rows.append(scored(b1, study_b, pix_b, "b1", (0.05, 0.3, 0.1), "routine", "no finding above threshold", None,
                        save_maps=False))  # only the overlay PNGs: the SC falls back to the composite picture
     rows.append(scored(png, str(png_dir), chest_like(64, 64, seed=2), "p1", (0.2, 0.7, 0.4), "urgent",
                        "effusion 0.70 >= 0.50", None))
-    rows.append({"path": str(broken), "status": "failed", "reason": "not a readable DICOM or image file (10 bytes)",
-                 "input_kind": "unknown", "study_key": str(src), "priority": "", "heatmaps": []})
-    with open(out / "results.jsonl", "w", encoding="utf-8") as f:
+    rows.append(ImageRecord(path=str(broken), status=Status.FAILED, reason="not a readable DICOM or image file (10 bytes)",
+                            input_kind="unknown", study_key=str(src), heatmaps=()))
+    with ResultsWriter(out, result_columns(LABELS, ["heatmaps", "mask_path", "lung_area_mm2", "lung_area_px"])) as w:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            w.write(r)
+    (out / "results.csv").unlink()  # the reports read results.jsonl; a test writes its own CSV
     with open(out / "worklist.csv", "w", newline="", encoding="utf-8") as f:  # the triage's columns
         w = csv.writer(f)
         w.writerow(["rank", "priority", "study_key", "study_instance_uid", "priority_reason", "top_finding", "top_score",
@@ -185,17 +190,17 @@ def make_results(
         w.writerow([4, "not_assessed", str(src), "", "failed: not a readable DICOM or image file", "", "", 1, 0,
                     str(broken)])
     if with_run_json:
-        (out / "run.json").write_text(json.dumps({
-            "tool_version": "0.1.0",
-            "model": {"name": "tiny-classifier", "version": "0.0.1-test", "sha256": sha, "manifest": str(manifest)},
-            "segmenter": {"name": "tiny-segmenter", "version": "0.0.1-test",
-                          "labels": ["background", "right_lung", "left_lung"]},
-            "operating_point": "balanced",
-            "policy": "default",
-            "priority_levels": ["critical", "urgent", "routine", "not_assessed", "normal"],
-            "started_at": "2025-03-12T10:00:00Z",
-            "finished_at": "2025-03-12T10:00:05Z",
-        }))
+        write_run_json(out, RunRecord(
+            tool_version="0.1.0",
+            model=ModelRef("tiny-classifier", "0.0.1-test", sha, str(manifest)),
+            operating_point="balanced",
+            policy={"name": "default"},
+            priority_levels=tuple(p.value for p in PRIORITY_LEVELS),
+            started_at="2025-03-12T10:00:00Z",
+            finished_at="2025-03-12T10:00:05Z",
+            sections={"segmenter": {"name": "tiny-segmenter", "version": "0.0.1-test",
+                                    "labels": ["background", "right_lung", "left_lung"]}},
+        ))
     return out
 
 

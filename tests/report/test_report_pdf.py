@@ -11,6 +11,7 @@ import pytest
 from report_fixtures import make_results, require_tool
 
 from cxrtriage.report import pdf as pdf_mod
+from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import load_results
 from cxrtriage.report.view import DISCLAIMER, study_view
 
@@ -30,7 +31,8 @@ def _render(pdf: bytes, tmp_path: Path, name: str) -> tuple[list[Path], str]:
 
 
 def test_pdf_renders_with_text_and_images(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    view = study_view(bundle.studies[0], bundle, deidentified=False)
+    sources = StudySources(bundle.studies[0])
+    view = study_view(bundle.studies[0], bundle, sources, sources.header(), deidentified=False)
     pages, text = _render(pdf_mod.render_study_pdf(view), tmp_path, "a")
     assert len(pages) >= 2
     first = cv2.imread(str(pages[0]))
@@ -52,8 +54,9 @@ def test_non_latin1_text_is_safe_with_either_font(bundle, tmp_path: Path, monkey
     elif pdf_mod.find_unicode_font() is None:
         pytest.skip("no DejaVu font installed (Debian: fonts-dejavu-core)")
     study = bundle.studies[2]
-    header = replace(study.header, patient_name="Müller Jürgen 山田太郎 Ωmega “quoted” …")
-    view = study_view(replace(study, header=header), bundle, deidentified=False)
+    sources = StudySources(study)
+    header = replace(sources.header(), patient_name="Müller Jürgen 山田太郎 Ωmega “quoted” …")
+    view = study_view(study, bundle, sources, header, deidentified=False)
     pages, text = _render(pdf_mod.render_study_pdf(view), tmp_path, "u")
     assert pages
     assert "Müller Jürgen" in text

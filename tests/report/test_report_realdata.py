@@ -10,8 +10,9 @@ import pydicom
 import pytest
 from report_fixtures import dciodvfy, make_results
 
+from cxrtriage.io import read_image
 from cxrtriage.report.batch import build_reports
-from cxrtriage.report.imaging import read_display_image
+from cxrtriage.report.imaging import display_image
 
 
 @pytest.mark.data
@@ -40,7 +41,7 @@ def test_real_chest_reports_and_valid_dicom(shared_data: Path, tmp_path: Path, n
 @pytest.mark.data
 def test_display_of_monochrome1_is_inverted(shared_data: Path) -> None:
     """MONOCHROME1: lungs (low attenuation) must be dark and the spine bright, as a viewer shows them."""
-    img = read_display_image(shared_data / "dicom" / "cxr_real" / "nema_wg04_RG1_UNCR.dcm")
+    img = display_image(read_image(shared_data / "dicom" / "cxr_real" / "nema_wg04_RG1_UNCR.dcm"))
     h, w = img.shape
     spine = img[int(h * 0.3):int(h * 0.6), int(w * 0.47):int(w * 0.53)]
     lung = img[int(h * 0.3):int(h * 0.5), int(w * 0.2):int(w * 0.35)]

@@ -11,15 +11,9 @@ import pytest
 from report_fixtures import LABELS, make_results
 
 from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.report.study import (
-    ENV_PSEUDONYM_KEY,
-    UNKNOWN,
-    deidentify,
-    load_results,
-    pseudonym,
-    read_header,
-    study_slug,
-)
+from cxrtriage.report.header import ENV_PSEUDONYM_KEY, UNKNOWN, deidentify, pseudonym, study_slug
+from cxrtriage.report.sources import StudySources
+from cxrtriage.report.study import load_results
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +29,12 @@ def test_groups_rows_into_studies_in_worklist_order(results: Path) -> None:
     assert b.studies[3].priority_reason.startswith("failed: not a readable")
     first = b.studies[0]
     assert [i.status for i in first.images] == ["scored", "excluded"]
-    assert first.header.patient_id == "PID-123" and first.header.birth_date == "1960-01-02"
-    assert first.header.patient_name == "Doe Jane"
+    header = StudySources(first).header()
+    assert header.patient_id == "PID-123" and header.birth_date == "1960-01-02"
+    assert header.patient_name == "Doe Jane"
     assert b.labels == LABELS
-    assert b.run.model_name == "tiny-classifier" and b.run.started_at.startswith("2025-03-12")
+    assert b.run is not None and b.run.model.name == "tiny-classifier" and b.run.started_at.startswith("2025-03-12")
+    assert b.model.name == "tiny-classifier"
 
 
 def test_thresholds_and_validation_figures_come_from_the_manifest(results: Path) -> None:
@@ -55,7 +51,7 @@ def test_thresholds_and_validation_figures_come_from_the_manifest(results: Path)
 
 def test_run_json_thresholds_win_and_unknown_ones_are_marked(results: Path, tmp_path: Path) -> None:
     run = json.loads((results / "run.json").read_text())
-    run["thresholds"] = {"pneumothorax": 0.2, "effusion": 0.1}
+    run["thresholds"] = {"pneumothorax": {"threshold": 0.2}, "effusion": {"threshold": 0.1}}
     alt = tmp_path / "alt"
     alt.mkdir()
     for name in ("results.jsonl", "worklist.csv"):
@@ -88,7 +84,7 @@ def test_without_run_json_or_manifest_everything_unknown_is_said(results: Path, 
         r["model_name"] = "no-such-model"
     (bare / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     b = load_results(bare)
-    assert b.manifest is None and not b.run.found and b.run.tool_version == UNKNOWN
+    assert b.manifest is None and b.run is None and b.model.name == "no-such-model"
     assert any("run.json not found" in n for n in b.notes)
     assert any("manifest not found" in n and "no-such-model" in n for n in b.notes)
     f = b.studies[0].images[0].findings
@@ -138,16 +134,17 @@ def test_missing_folder_and_bad_operating_point_are_clear_errors(results: Path, 
 
 
 def test_deidentified_header_has_no_identifiers_and_stable_pseudonyms(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    b = load_results(results, deidentify_headers=True)
-    h = b.studies[0].header
+    b = load_results(results, deidentified=True)
+    h = deidentify(StudySources(b.studies[0]).header(), b.studies[0].key)
     text = " ".join(str(v) for v in (h.patient_name, h.patient_id, h.birth_date, h.study_date, h.accession, h.study_uid))
     for ident in ("Doe", "Jane", "PID-123", "1960", "2025", "ACC-9", "1.2.826.0.1.3680043.8.498.1001"):
         assert ident not in text
     assert h.patient_name.startswith("ANON-") and h.study_uid.startswith("2.25.") and h.deidentified
-    assert load_results(results, deidentify_headers=True).studies[0].header == h  # stable
+    again = load_results(results, deidentified=True).studies[0]
+    assert deidentify(StudySources(again).header(), again.key) == h  # stable
     assert b.studies[0].slug.startswith("study-") and "1001" not in b.studies[0].slug
     monkeypatch.setenv(ENV_PSEUDONYM_KEY, "site-secret")
-    assert deidentify(read_header(b.studies[0].images, "k"), "k").patient_id != h.patient_id  # keyed
+    assert deidentify(StudySources(b.studies[0]).header(), b.studies[0].key).patient_id != h.patient_id  # keyed
 
 
 def test_pseudonym_and_slug_helpers() -> None:

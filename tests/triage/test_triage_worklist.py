@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cxrtriage.errors import OutputError
+from cxrtriage.errors import InputError, OutputError
+from cxrtriage.results import ImageRecord, from_row
 from cxrtriage.triage import WORKLIST_COLUMNS, Priority, build_worklist, write_worklist
 
 
 def row(path: str, study: str, priority: str, score: float | None = None, finding: str = "", status: str = "scored",
-        reason: str = "", uid: str = "") -> dict[str, Any]:
-    return {"path": path, "study_key": study, "study_instance_uid": uid, "status": status, "reason": reason,
-            "priority": priority, "priority_reason": reason or f"{finding} {score}", "priority_finding": finding,
-            "priority_score": score}
+        reason: str = "", uid: str = "") -> ImageRecord:
+    return from_row({"path": path, "study_key": study, "study_instance_uid": uid, "status": status, "reason": reason,
+                     "priority": priority, "priority_reason": reason or f"{finding} {score}", "priority_finding": finding,
+                     "priority_score": score})
 
 
 def test_studies_ordered_by_priority_then_deciding_score() -> None:
@@ -63,7 +63,7 @@ def test_rows_without_deciding_columns_fall_back_to_their_top_score() -> None:
              "score_effusion": "0.31", "score_nodule": "0.52"},
             {"path": "b.png", "study_key": "B", "status": "scored", "priority": "routine", "priority_reason": "r",
              "score_effusion": "0.91", "score_nodule": ""}]
-    wl = build_worklist(rows)
+    wl = build_worklist([from_row(r) for r in rows])
     assert [(e.study_key, e.top_finding, e.top_score) for e in wl] == [("B", "effusion", 0.91), ("A", "nodule", 0.52)]
 
 
@@ -73,7 +73,7 @@ def test_rows_without_study_key_are_their_own_study() -> None:
 
 
 def test_unknown_priority_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown priority 'high'"):
+    with pytest.raises(InputError, match="priority 'high' is not one of"):
         build_worklist([row("a.png", "A", "high", 0.3)])
 
 
@@ -92,5 +92,5 @@ def test_write_worklist_csv(tmp_path: Path) -> None:
 
 def test_write_worklist_reports_unwritable_path(tmp_path: Path) -> None:
     (tmp_path / "worklist.csv").mkdir()
-    with pytest.raises(OutputError, match="cannot write the worklist"):
+    with pytest.raises(OutputError, match="worklist.csv: cannot write"):
         write_worklist(tmp_path / "worklist.csv", [])

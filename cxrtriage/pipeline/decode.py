@@ -1,8 +1,8 @@
-"""The decode stage of the pipelines: probe, select, read and preprocess files in worker processes.
+"""The decode stage: probe, select, read and preprocess files in worker processes, in input order.
 
-``decode_stream`` turns a stream of paths into a stream of ``Decoded`` items in input order,
+``decode_stream`` turns a stream of ``DecodeTask``s into a stream of ``Decoded`` items in input order,
 with at most ``window`` files in flight, so memory stays flat however many files there are.
-Every per-file problem becomes a ``failed``/``excluded`` item; a decoder that crashes its worker
+Every per-file problem becomes a ``failed``/``excluded`` record; a decoder that crashes its worker
 process is isolated by re-running the in-flight files one at a time in a fresh pool.
 """
 
@@ -17,26 +17,30 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from multiprocessing import forkserver
+from multiprocessing.context import BaseContext
+
+import cv2
 
 from cxrtriage.errors import CxrTriageError
+from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, study_key
+from cxrtriage.measure.quality import QualityCheck, image_checks
 from cxrtriage.preprocess import ModelInput, PreprocessRecipe, to_model_input
+from cxrtriage.results import ImageRecord, Status
 from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
 
-OK, EXCLUDED, FAILED = "ok", "excluded", "failed"
-
 
 @dataclass(frozen=True, slots=True)
 class DecodeTask:
-    """One file to examine; ``rules`` is a ``cxrtriage.io.SelectionRules`` (None = the io defaults)."""
+    """One file to examine: what to read it for (``recipe``), by which rules, and what to send back."""
 
     index: int
     path: str
     recipe: PreprocessRecipe
-    rules: Any = None
+    rules: SelectionRules = DEFAULT_RULES
     keep_image: bool = False
     image_checks: bool = False  # run cxrtriage.measure.quality.image_checks here, where the image is
 
@@ -45,96 +49,86 @@ class DecodeTask:
 class Decoded:
     """What the decode stage learnt about one file.
 
-    ``meta`` holds the results-table facts known before inference (input_kind, study_key, UIDs,
-    view, rows, columns, pixel_spacing_mm). ``model_input`` is set when ``status`` is ``ok``;
-    ``image`` only when the task asked to keep it.
+    ``record`` holds what is known before inference (status, reason, input facts); a ``scored`` record has
+    ``model_input`` set; ``image`` only when the task asked to keep it.
     """
 
     index: int
-    path: str
-    status: str
-    reason: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    record: ImageRecord
     model_input: ModelInput | None = None
     image: Image2D | None = None
     seconds: float = 0.0
-    image_checks: tuple[Any, ...] | None = None  # QualityChecks, when the task asked for them
+    image_checks: tuple[QualityCheck, ...] | None = None  # when the task asked for them
+
+    @property
+    def path(self) -> str:
+        return self.record.path
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status is Status.SCORED
 
 
-def probe_meta(probe: Any) -> dict[str, Any]:
-    """Results-table facts from a ``cxrtriage.io.Probe`` (header only, no pixels)."""
-    from cxrtriage.io import study_key
-
+def probe_record(path: str, probe: Probe | None, status: Status, reason: str | None) -> ImageRecord:
+    """The record of a file from its probe (header only, no pixels)."""
+    if probe is None:
+        return ImageRecord(path=path, status=status, reason=reason)
     d = probe.dicom
-    return {
-        "input_kind": probe.kind.value,
-        "study_key": study_key(probe),
-        "study_instance_uid": (d.study_instance_uid or None) if d else None,
-        "series_instance_uid": (d.series_instance_uid or None) if d else None,
-        "sop_instance_uid": (d.sop_instance_uid or None) if d else None,
-        "view": (d.view_position or None) if d else None,
-        "rows": probe.rows,
-        "columns": probe.columns,
-        "pixel_spacing_mm": None,
-    }
+    return ImageRecord(
+        path=path, status=status, reason=reason or None, input_kind=probe.kind.value, study_key=study_key(probe),
+        study_instance_uid=(d.study_instance_uid or None) if d else None,
+        series_instance_uid=(d.series_instance_uid or None) if d else None,
+        sop_instance_uid=(d.sop_instance_uid or None) if d else None,
+        view=(d.view_position or None) if d else None, rows=probe.rows, columns=probe.columns,
+    )
 
 
 def examine(task: DecodeTask) -> Decoded:
     """Probe, select, read and preprocess one file; never raises for a problem of the file."""
-    from cxrtriage.io import assess
-
     t0 = time.perf_counter()
-    meta: dict[str, Any] = {}
+    probe: Probe | None = None
     try:
-        a = assess(task.path, task.rules) if task.rules is not None else assess(task.path)
-        meta = probe_meta(a.probe)
-        if a.selection.status != "scored" or a.image is None:
-            status = EXCLUDED if a.selection.status == "excluded" else FAILED
-            return Decoded(task.index, task.path, status, a.selection.reason, meta, seconds=time.perf_counter() - t0)
+        a = assess(task.path, task.rules)
+        probe = a.probe
+        if a.selection.status != Status.SCORED.value or a.image is None:
+            status = Status.EXCLUDED if a.selection.status == Status.EXCLUDED.value else Status.FAILED
+            return Decoded(task.index, probe_record(task.path, probe, status, a.selection.reason),
+                           seconds=time.perf_counter() - t0)
         image = a.image
-        meta.update(rows=image.shape[0], columns=image.shape[1],
-                    pixel_spacing_mm=list(image.pixel_spacing_mm) if image.pixel_spacing_mm else None)
+        record = probe_record(task.path, probe, Status.SCORED, "; ".join([a.selection.reason, *image.notes])).replace(
+            rows=image.shape[0], columns=image.shape[1], pixel_spacing_mm=image.pixel_spacing_mm)
         mi = to_model_input(image, task.recipe)
-        checks = None
-        if task.image_checks:
-            from cxrtriage.measure.quality import image_checks
-
-            checks = image_checks(image)
-        reason = "; ".join([a.selection.reason, *image.notes])
-        return Decoded(task.index, task.path, OK, reason, meta, mi, image if task.keep_image else None,
-                       time.perf_counter() - t0, checks)
+        checks = tuple(image_checks(image)) if task.image_checks else None
+        return Decoded(task.index, record, mi, image if task.keep_image else None, time.perf_counter() - t0, checks)
     except CxrTriageError as exc:
-        return Decoded(task.index, task.path, FAILED, str(exc), meta, seconds=time.perf_counter() - t0)
+        reason = str(exc)
     except MemoryError:
-        return Decoded(task.index, task.path, FAILED, f"{task.path}: not enough memory to decode this image", meta)
+        reason = f"{task.path}: not enough memory to decode this image"
     except Exception as exc:  # a decoder bug on one odd file must not stop the run
-        msg = f"{task.path}: unexpected {type(exc).__name__} while reading ({str(exc)[:200]}); please report this file"
-        return Decoded(task.index, task.path, FAILED, msg, meta, seconds=time.perf_counter() - t0)
+        reason = (f"{task.path}: unexpected {type(exc).__name__} while reading ({str(exc)[:200]}); "
+                  "please report this file")
+    return Decoded(task.index, probe_record(task.path, probe, Status.FAILED, reason), seconds=time.perf_counter() - t0)
 
 
-def _context() -> Any:
+def crashed(task: DecodeTask) -> Decoded:
+    """The item of a file whose decoder killed its worker process."""
+    reason = f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)"
+    return Decoded(task.index, ImageRecord(path=task.path, status=Status.FAILED, reason=reason))
+
+
+def _context() -> BaseContext:
     """forkserver on POSIX (workers never inherit onnxruntime's threads), spawn elsewhere."""
     if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["cxrtriage.pipeline_decode", "cxrtriage.io", "cxrtriage.measure.quality"])
+        ctx.set_forkserver_preload([__name__])
         return ctx
     return mp.get_context("spawn")
 
 
 def prestart(workers: int) -> None:
     """Start the process that forks the decode workers now, so that its imports overlap with model loading."""
-    if workers <= 0:
-        return
-    ctx = _context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
+    if workers > 0 and _context().get_start_method() == "forkserver":
         forkserver.ensure_running()
-
-
-def _crashed(task: DecodeTask) -> Decoded:
-    return Decoded(task.index, task.path, FAILED,
-                   f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)")
 
 
 class WorkerStartError(CxrTriageError):
@@ -147,12 +141,10 @@ def _ping() -> int:
 
 def _init_worker() -> None:
     """One decode process = one core: OpenCV's own thread pool would only compete with onnxruntime."""
-    import cv2
-
     cv2.setNumThreads(1)
 
 
-def _start_pool(workers: int, ctx: Any) -> ProcessPoolExecutor:
+def _start_pool(workers: int, ctx: BaseContext) -> ProcessPoolExecutor:
     """A pool whose workers are known to start: a crash after this is a file's fault, not the environment's.
 
     Used after a crash; the first pool of a run starts without this check so that starting the
@@ -219,7 +211,7 @@ def decode_stream(
                     except BrokenProcessPool:
                         log.warning("%s: decoder crashed its worker process; marked failed", t.path)
                         pool = restart()
-                        yield _crashed(t)
+                        yield crashed(t)
                 fill()
                 continue
             pending.popleft()

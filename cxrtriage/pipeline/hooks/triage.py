@@ -1,71 +1,35 @@
-"""Predict hooks for triage: site calibration of the scores, each row's priority, and DIR/worklist.csv."""
+"""Triage hook: each image's priority (from its scores, or ``not_assessed``) and ``DIR/worklist.csv`` at the end."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxrtriage.measure.quality import OK as QUALITY_OK
 from cxrtriage.model import Classifier, ModelManifest
-from cxrtriage.pipeline import PredictHook, PredictSummary, RunContext, ScoredBatch
-from cxrtriage.report.results import read_results_jsonl, score_column
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import PredictHook, PredictSummary, RunContext, ScoredBatch
+from cxrtriage.results import PRIORITY_LEVELS, ImageRecord, Priority, Status, read_results
 from cxrtriage.triage import (
-    Priority,
     SiteCalibration,
     ThresholdKind,
     TriagePolicy,
-    apply_site,
     build_worklist,
     check_policy,
     load_policy,
     load_site,
     normalize_label,
-    triage_row,
+    triage_record,
     write_worklist,
 )
-
-if TYPE_CHECKING:
-    from cxrtriage.pipeline import PredictConfig
 
 log = logging.getLogger(__name__)
 
 WORKLIST_CSV = "worklist.csv"
-MODEL_SCORE_PREFIX = "model_score_"
-TRIAGE_COLUMNS = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file")
-# Worklist order, most urgent first (the order cxrtriage.triage ranks priorities in).
-PRIORITY_LEVELS: tuple[str, ...] = tuple(p.value for p in sorted(Priority, key=lambda p: p.rank))
-
-
-def model_score_column(label: str) -> str:
-    """The column that keeps the model's own calibrated score when a site file rewrote ``score_<label>``."""
-    return f"{MODEL_SCORE_PREFIX}{label}"
-
-
-class SiteHook(PredictHook):
-    """Replace each ``score_<label>`` by the site-calibrated score; keep the model's in ``model_score_<label>``."""
-
-    name = "site"
-    order = 10  # first: every later hook (heatmaps, triage) sees the scores the priority is decided on
-
-    def __init__(self, site: SiteCalibration, labels: Sequence[str]) -> None:
-        self.site = site
-        self.labels = tuple(labels)
-        self.columns = tuple(model_score_column(lab) for lab in self.labels)
-
-    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for item in batch.items:
-            model_scores = {lab: float(item.row[score_column(lab)]) for lab in self.labels}
-            site_scores = apply_site(model_scores, self.site)
-            cols: dict[str, Any] = {model_score_column(lab): model_scores[lab] for lab in self.labels}
-            cols.update({score_column(lab): site_scores[lab] for lab in self.labels})
-            out.append(cols)
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +60,21 @@ def coverage_notes(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
     return notes
 
 
+def operating_point(policy: TriagePolicy) -> str:
+    """The threshold kind the policy's levels decide on (``balanced`` when they differ or there is no level)."""
+    kinds = {lvl.threshold.value for lvl in policy.levels}
+    return kinds.pop() if len(kinds) == 1 else ThresholdKind.BALANCED.value
+
+
 class TriageHook(PredictHook):
     """Fill ``priority``, ``priority_reason``, ``priority_finding``, ``priority_score`` and ``site_file`` of every
-    row (scored or not) and write ``DIR/worklist.csv`` at the end.
+    record (scored or not) and write ``DIR/worklist.csv`` at the end.
 
-    A scored row whose ``quality`` column names a failed check is ``not_assessed`` with that reason (its
-    scores stay in the row).
+    A scored record whose ``quality`` names a failed check is ``not_assessed`` with that reason (its scores stay).
     """
 
     name = "triage"
-    columns = TRIAGE_COLUMNS
+    columns = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file")
     order = 90  # last: it reads the site scores and the quality checks
 
     def __init__(self, policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None,
@@ -116,7 +85,7 @@ class TriageHook(PredictHook):
         self.site = site
         self.policy_path = policy_path
         self.site_file = str(site.path) if site is not None and site.path is not None else ""
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Priority] = Counter()
         self.outcome: TriageOutcome | None = None
         self.notes = coverage_notes(policy, manifest)
 
@@ -137,40 +106,32 @@ class TriageHook(PredictHook):
         site = load_site(config.site, manifest=manifest) if config.site is not None else None
         return cls(policy, manifest, site, policy_path=config.policy)
 
-    def decide(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        quality = str(row.get("quality") or "").strip()
-        if row.get("status") == "scored" and quality and quality != QUALITY_OK:
-            cols: dict[str, Any] = {"priority": Priority.NOT_ASSESSED.value,
-                                    "priority_reason": f"quality check failed: {quality}",
-                                    "priority_finding": "", "priority_score": None}
+    def decide(self, record: ImageRecord) -> ImageRecord:
+        quality = (record.quality or "").strip()
+        if record.status is Status.SCORED and quality and quality != QUALITY_OK:
+            decided = record.replace(priority=Priority.NOT_ASSESSED, priority_reason=f"quality check failed: {quality}",
+                                     priority_finding="", priority_score=None)
         else:
-            t = triage_row(row, manifest=self.manifest, policy=self.policy, site=self.site)
-            cols = {k: t[k] for k in TRIAGE_COLUMNS[:4]}
-        cols["site_file"] = self.site_file
-        self.counts[cols["priority"]] += 1
-        return cols
+            decided = triage_record(record, manifest=self.manifest, policy=self.policy, site=self.site)
+        assert decided.priority is not None
+        self.counts[decided.priority] += 1
+        return decided.replace(site_file=self.site_file)
 
-    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
-        return [self.decide(item.row) for item in batch.items]
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
+        return [self.decide(item.record) for item in batch.items]
 
-    def on_unscored(self, row: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
-        return self.decide(row)
+    def on_unscored(self, record: ImageRecord, ctx: RunContext) -> ImageRecord:
+        return self.decide(record)
 
     def on_finish(self, ctx: RunContext, summary: PredictSummary) -> TriageOutcome:
         """Write ``DIR/worklist.csv`` (atomically) from the results as written."""
-        entries = build_worklist(read_results_jsonl(summary.results_jsonl))
-        path = ctx.out_dir / WORKLIST_CSV
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            write_worklist(tmp, entries)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        studies = Counter(e.priority.value for e in entries)
+        entries = build_worklist(read_results(summary.results_jsonl).records)
+        path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
+        studies = Counter(e.priority for e in entries)
         self.outcome = TriageOutcome(
             worklist=path,
-            images_by_priority={p: self.counts[p] for p in PRIORITY_LEVELS if self.counts[p]},
-            studies_by_priority={p: studies[p] for p in PRIORITY_LEVELS if studies[p]},
+            images_by_priority={p.value: self.counts[p] for p in PRIORITY_LEVELS if self.counts[p]},
+            studies_by_priority={p.value: studies[p] for p in PRIORITY_LEVELS if studies[p]},
             policy_name=self.policy.name,
             site_file=self.site_file,
             notes=tuple(self.notes),
@@ -201,7 +162,7 @@ class TriageHook(PredictHook):
                                        "covered_by_model": covered_findings(self.policy, self.manifest.labels)
                                        .get(lvl.priority.value, [])}
                   for lvl in self.policy.levels}
-        counts: dict[str, Any] = {"images_by_priority": {p: self.counts[p] for p in PRIORITY_LEVELS}}
+        counts: dict[str, Any] = {"images_by_priority": {p.value: self.counts[p] for p in PRIORITY_LEVELS}}
         if self.outcome is not None:
             counts["studies_by_priority"] = self.outcome.studies_by_priority
         return {
@@ -217,14 +178,8 @@ class TriageHook(PredictHook):
                 "label_thresholds": {k: v.value for k, v in self.policy.label_thresholds.items()},
                 "not_covered_by_model": list(self.policy.unknown_labels(self.manifest.labels)),
             },
-            "priority_levels": list(PRIORITY_LEVELS),
+            "priority_levels": [p.value for p in PRIORITY_LEVELS],
             "site_file": self.site_file,
             "counts": counts,
             "notes": list(self.notes),
         }
-
-
-def operating_point(policy: TriagePolicy) -> str:
-    """The threshold kind the policy's levels decide on (``balanced`` when they differ or there is no level)."""
-    kinds = {lvl.threshold.value for lvl in policy.levels}
-    return kinds.pop() if len(kinds) == 1 else ThresholdKind.BALANCED.value

@@ -1,4 +1,4 @@
-"""Predict hook for ``--heatmaps``: Grad-CAM (or another forward-free method) overlays of the flagged findings.
+"""Heat-map hook (``--heatmaps``): Grad-CAM (or another forward-free method) overlays of the flagged findings.
 
 The maps come from the batch's own ``ClassifierOutput`` (features + logits), so no extra model pass is
 made: the CAM itself is a few small matrix products per map. Rendering the overlay PNGs (and the raw
@@ -7,30 +7,30 @@ made: the CAM itself is a few small matrix products per map. Rendering the overl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.explain.api import explain_output, flagged_labels
 from cxrtriage.explain.gating import gate_heatmap
 from cxrtriage.explain.overlay import write_overlays
 from cxrtriage.explain.registry import require_method
-from cxrtriage.pipeline import PredictHook, RunContext, ScoredBatch
-
-if TYPE_CHECKING:
-    from cxrtriage.model import Classifier
-    from cxrtriage.pipeline import PredictConfig
+from cxrtriage.model import Classifier
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import PredictHook, RunContext, ScoredBatch
+from cxrtriage.results import ImageRecord
 
 HEATMAP_DIR = "heatmaps"
 
 
 class HeatmapsHook(PredictHook):
-    """Column ``heatmaps``: overlay PNGs (relative to DIR) of every finding at or above its balanced threshold.
+    """Field ``heatmaps``: overlay PNGs (relative to DIR) of every finding at or above its balanced threshold.
 
     Files: ``DIR/heatmaps/<stem>__<label>__<method>.png`` and the raw map beside it as ``.npy`` (float16, the
-    original geometry downscaled like the PNG to at most 1024 px on the long side, so batches stay small). A finding whose
-    map is all zero (no positive evidence) gets no file ("no map" is never drawn). With lung masks in the run
-    (``--lungs``), the maps are gated by the dilated lung mask, and the overlay says so.
+    original geometry downscaled like the PNG to at most 1024 px on the long side, so batches stay small). A
+    finding whose map is all zero (no positive evidence) gets no file ("no map" is never drawn). With lung masks in
+    the run (``--lungs``), the maps are gated by the dilated lung mask, and the overlay says so.
     """
 
     name = "heatmaps"
@@ -54,25 +54,23 @@ class HeatmapsHook(PredictHook):
     def from_config(cls, config: PredictConfig, model: Classifier) -> HeatmapsHook:
         return cls(model, config.heatmap_method, gate_with_lungs=config.lungs_on)
 
-    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[dict[str, Any]]:
+    def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
         model = ctx.model
         targets = [flagged_labels(model, batch.output.scores[i]) for i in range(len(batch))]
         maps = explain_output(model, batch.output, [it.model_input.geometry for it in batch.items], targets,
                               method=self.method)
         out_dir = ctx.out_dir / HEATMAP_DIR
-        rows: list[dict[str, Any]] = []
+        out: list[ImageRecord] = []
         for item, heatmaps in zip(batch.items, maps, strict=True):
-            if item.image is None:  # the pipeline keeps images whenever a hook says needs_images
-                raise ValueError(f"heatmaps: no image kept for {item.path}")
+            image = item.require_image(self.name)
             mask = ctx.lung_masks.get(item.index)
             if self.gate_with_lungs and mask is not None:
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
-            pngs = write_overlays(out_dir, ctx.stem_for(item.path), item.image, heatmaps, model.manifest,
-                                  compact_npy=True)
+            pngs = write_overlays(out_dir, ctx.stem_for(item.path), image, heatmaps, model.manifest, compact_npy=True)
             self.written += len(pngs)
-            rows.append({"heatmaps": [str(Path(HEATMAP_DIR) / p.name) for p in pngs]})
-        return rows
+            out.append(item.record.replace(heatmaps=tuple(str(Path(HEATMAP_DIR) / p.name) for p in pngs)))
+        return out
 
-    def provenance(self) -> dict[str, Any]:
+    def provenance(self) -> Mapping[str, Any]:
         return {"heatmaps": {"method": self.method, "labels": "flagged (score >= balanced threshold)",
                              "lung_gated": self.gate_with_lungs, "overlays_written": self.written}}

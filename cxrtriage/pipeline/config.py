@@ -1,0 +1,104 @@
+"""Every option of a predict or segment run, validated once, and the defaults derived from the machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtriage.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class PredictConfig:
+    """Every option of a predict run (``cxrtriage predict`` maps its options 1:1 onto these)."""
+
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    model: str | None = None  # name in the models dir, or path to .onnx / manifest; None = default classifier
+    batch_size: int = 16
+    device: str = "auto"
+    strict_device: bool = False
+    workers: int | None = None  # decode processes; None = auto, 0 = decode in this process
+    intra_op_threads: int | None = None  # onnxruntime threads; None = one per core
+    fail_on_error: bool = False
+    rules: Path | None = None  # selection rules TOML; None = the built-in frontal-CXR rules
+    policy: Path | None = None  # triage policy TOML; None = the packaged default policy
+    site: Path | None = None  # site calibration TOML (`cxrtriage calibrate`); None = the model's scores/thresholds
+    lungs: bool | None = None  # lung masks + areas; None = on exactly when reports are written
+    segmenter: str | None = None  # lung segmenter name or path; None = the default lung-segmenter
+    report: bool = False  # HTML (+PDF) study reports and DIR/report/index.html after the run
+    pdf: bool = True  # a PDF beside each HTML report
+    dicom: bool = False  # DICOM SR/SC/SEG/encapsulated PDF into DIR/dicom/ (implies report)
+    deidentify: bool = False  # pseudonyms instead of identities in the HTML/PDF reports
+    send: str | None = None  # HOST:PORT to C-STORE the DICOM results to (implies dicom)
+    aet: str = "CXRTRIAGE"  # our (calling) AE title for send
+    called_aet: str = "ANY-SCP"  # the PACS (called) AE title for send
+    modality: str = "DOC"  # Modality of the encapsulated PDF
+    heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
+    heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
+
+    @property
+    def dicom_on(self) -> bool:
+        return self.dicom or self.send is not None
+
+    @property
+    def reports_on(self) -> bool:
+        return self.report or self.dicom_on
+
+    @property
+    def lungs_on(self) -> bool:
+        return self.reports_on if self.lungs is None else self.lungs
+
+    def __post_init__(self) -> None:
+        _check_common(self.inputs, self.batch_size, self.workers)
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.intra_op_threads}")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentConfig:
+    """Every option of a segment run (``cxrtriage segment`` maps its options 1:1 onto these)."""
+
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    model: str | None = None  # None = the default lung segmenter
+    batch_size: int = 8
+    device: str = "auto"
+    strict_device: bool = False
+    workers: int | None = None
+    intra_op_threads: int | None = None
+    fail_on_error: bool = False
+    rules: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check_common(self.inputs, self.batch_size, self.workers)
+
+
+def _check_common(inputs: tuple[Path, ...], batch_size: int, workers: int | None) -> None:
+    if not inputs:
+        raise ConfigError("no INPUT given; pass one or more files or folders")
+    if not 1 <= batch_size <= 1024:
+        raise ConfigError(f"--batch-size must be within 1..1024, got {batch_size}")
+    if workers is not None and not 0 <= workers <= 64:
+        raise ConfigError(f"--workers must be within 0..64, got {workers}")
+
+
+def auto_workers() -> int:
+    """Decode processes when none are asked for: half the cores (at least 1, at most 4).
+
+    On 2 cores one decode process beside onnxruntime's threads keeps both cores busy for
+    PNG/JPEG/uncompressed DICOM; see benchmarks/bench_predict.py.
+    """
+    n = os.cpu_count() or 1
+    return max(1, min(4, n // 2))
+
+
+def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:
+    """How many files may be decoded ahead of inference: enough for the next batch to be
+    decoded while this one runs, few enough that memory stays flat (fewer when full images travel)."""
+    if override:
+        return max(1, override)
+    if keep_images:
+        return batch_size + 2 * max(workers, 1)
+    return 2 * batch_size + 4 * max(workers, 1)

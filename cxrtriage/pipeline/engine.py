@@ -1,0 +1,104 @@
+"""The batching engine shared by predict and segment: inputs → decoded items → batches → records, in order."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrtriage.errors import InputError
+from cxrtriage.io import SelectionRules, discover, load_rules
+from cxrtriage.pipeline.decode import Decoded
+from cxrtriage.results import ImageRecord, ResultsWriter, Status
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    done: int
+    scored: int
+    excluded: int
+    failed: int
+    elapsed: float
+
+
+class ProgressCounter:
+    """Counts records by status and reports each one to an optional callback."""
+
+    def __init__(self, callback: Callable[[ProgressUpdate], None] | None) -> None:
+        self.callback = callback
+        self.t0 = time.perf_counter()
+        self.counts: Counter[Status] = Counter(dict.fromkeys(Status, 0))
+
+    def add(self, status: Status) -> None:
+        self.counts[status] += 1
+        if self.callback is not None:
+            c = self.counts
+            self.callback(ProgressUpdate(c.total(), c[Status.SCORED], c[Status.EXCLUDED], c[Status.FAILED],
+                                         time.perf_counter() - self.t0))
+
+
+def check_inputs(inputs: Sequence[Path]) -> None:
+    """Raise ``InputError`` naming every input that does not exist (before anything is written)."""
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+
+
+def discover_paths(inputs: Iterable[Path]) -> Iterator[str]:
+    """Every input file under ``inputs`` (files as given, folders walked), streamed."""
+    for p in discover(list(inputs)):
+        yield str(p)
+
+
+def selection_rules(path: Path | None) -> SelectionRules:
+    """The selection rules of a run: the TOML file given, else the built-in frontal-CXR rules."""
+    return load_rules(path) if path is not None else SelectionRules()
+
+
+def write_in_batches(
+    decoded: Iterable[Decoded],
+    writer: ResultsWriter,
+    counter: ProgressCounter,
+    *,
+    batch_size: int,
+    process: Callable[[list[Decoded]], Sequence[ImageRecord]],
+    unreadable: Callable[[Decoded], ImageRecord],
+    inputs: Sequence[Path],
+) -> None:
+    """Write one record per decoded item, in input order, running ``process`` on batches of readable items.
+
+    A batch closes when it holds ``batch_size`` readable items; an excluded/failed item with nothing
+    waiting before it is written at once. The writer is closed (atomic rename) at the end, or aborted on
+    any error; ``InputError`` when there was no input file at all.
+    """
+    pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
+
+    def flush() -> None:
+        ok = [d for d in pending if d.ok]
+        done = iter(process(ok) if ok else [])
+        for d in pending:
+            record = next(done) if d.ok else unreadable(d)
+            writer.write(record)
+            counter.add(record.status)
+        writer.flush()
+        pending.clear()
+
+    try:
+        n_ok = 0
+        for d in decoded:
+            pending.append(d)
+            n_ok += d.ok
+            if n_ok >= batch_size or n_ok == 0:
+                flush()
+                n_ok = 0
+        if pending:
+            flush()
+        if writer.rows_written == 0:
+            writer.abort(remove=True)
+            raise InputError(f"no input files found in {', '.join(str(p) for p in inputs)}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

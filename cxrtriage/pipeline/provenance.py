@@ -1,0 +1,48 @@
+"""The run's provenance (``DIR/run.json``): tool, model, thresholds, policy, inputs, counts, device, hooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from cxrtriage import __version__
+from cxrtriage.model import Classifier
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import PredictHook
+from cxrtriage.results import ModelRef, RunRecord
+
+
+def run_record(
+    config: PredictConfig,
+    model: Classifier,
+    *,
+    started_at: str,
+    finished_at: str,
+    counts: Mapping[str, int],
+    hooks: Iterable[PredictHook],
+) -> RunRecord:
+    """The content of ``run.json``; each hook adds its part (policy and site from triage, the segmenter from the
+    lungs, the quality limits, the heat-map method)."""
+    m = model.manifest
+    hooks = list(hooks)
+    record = RunRecord(
+        tool_version=__version__,
+        model=ModelRef(name=m.name, version=m.version, sha256=m.sha256, manifest=str(m.path)),
+        operating_point="balanced",
+        thresholds={lab: {"rule_out": t.rule_out.threshold, "balanced": t.balanced.threshold}
+                    for lab, t in m.thresholds.items()},
+        started_at=started_at,
+        finished_at=finished_at,
+        cwd=os.getcwd(),
+        inputs=tuple(str(p) for p in config.inputs),
+        counts=dict(counts),
+        device=model.session.device.value,
+        execution_providers=tuple(model.session.providers),
+        options={"batch_size": config.batch_size, "workers": config.workers, "threads": config.intra_op_threads,
+                 "rules": str(config.rules) if config.rules else "default", "lungs": config.lungs_on,
+                 "report": config.reports_on},
+        hooks=tuple(h.name for h in hooks),
+    )
+    for h in hooks:
+        record = record.merged(h.provenance())
+    return record

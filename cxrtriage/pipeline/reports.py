@@ -1,0 +1,33 @@
+"""The reports step at the end of a predict run (``--report``/``--dicom``/``--send``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks.base import ReportOutcome
+from cxrtriage.report.batch import build_reports
+from cxrtriage.report.send import Destination, parse_destination
+
+log = logging.getLogger(__name__)
+
+
+def report_destination(config: PredictConfig) -> Destination | None:
+    """The ``--send`` destination, parsed before any file is scored (``ConfigError`` on a typo)."""
+    if config.send is None:
+        return None
+    return parse_destination(config.send, called_aet=config.called_aet, calling_aet=config.aet)
+
+
+def run_reports(config: PredictConfig, out_dir: Path, destination: Destination | None) -> ReportOutcome:
+    """``build_reports`` on the finished run; a failure becomes an error in the outcome, never an exception."""
+    try:
+        summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
+                                send=destination, modality=config.modality)
+    except Exception as exc:  # the scores and the worklist are written; a report problem must not hide them
+        log.warning("reports failed: %s", exc)
+        return ReportOutcome(None, (f"reports not written ({type(exc).__name__}: {exc})",))
+    errors = list(summary.errors)
+    errors += [f"{r.path.name}: not sent ({r.status})" for r in summary.sent if not r.ok]
+    return ReportOutcome(summary, tuple(errors))

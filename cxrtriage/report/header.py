@@ -1,0 +1,109 @@
+"""The patient and study header of a report, read from the source DICOM, and its pseudonymised form."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+UNKNOWN = "unknown"
+ENV_PSEUDONYM_KEY = "CXRTRIAGE_PSEUDONYM_KEY"
+_DEFAULT_PSEUDONYM_KEY = b"cxrtriage-pseudonym-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class PatientHeader:
+    """Patient and study header shown on a report (read from the source DICOM)."""
+
+    patient_name: str = UNKNOWN
+    patient_id: str = UNKNOWN
+    birth_date: str = UNKNOWN
+    sex: str = UNKNOWN
+    study_date: str = UNKNOWN
+    accession: str = UNKNOWN
+    description: str = UNKNOWN
+    study_uid: str = UNKNOWN
+    deidentified: bool = False
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value: Any = ds.get(keyword)
+    t = "" if value is None else str(value).strip()
+    return t if t else UNKNOWN
+
+
+def _fmt_date(da: str) -> str:
+    return f"{da[:4]}-{da[4:6]}-{da[6:8]}" if re.fullmatch(r"\d{8}", da) else da
+
+
+def header_from_dataset(ds: Dataset) -> PatientHeader:
+    """The header fields of a source DICOM data set (``unknown`` where a value is empty or absent)."""
+    return PatientHeader(
+        patient_name=_text(ds, "PatientName").replace("^", " ").strip() or UNKNOWN,
+        patient_id=_text(ds, "PatientID"),
+        birth_date=_fmt_date(_text(ds, "PatientBirthDate")),
+        sex=_text(ds, "PatientSex"),
+        study_date=_fmt_date(_text(ds, "StudyDate")),
+        accession=_text(ds, "AccessionNumber"),
+        description=_text(ds, "StudyDescription"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+    )
+
+
+def header_without_dicom(study_key: str, *, dicom_study: bool) -> PatientHeader:
+    """The header of a study with no readable DICOM source (PNG/JPEG inputs, or unreadable files)."""
+    na = "not available (no DICOM source)"
+    return PatientHeader(patient_name=na, patient_id=na, birth_date=na, sex=na, study_date=na, accession=na,
+                         description=na, study_uid=study_key if dicom_study else UNKNOWN)
+
+
+def pseudonym_key() -> bytes:
+    """The HMAC key for pseudonyms: ``$CXRTRIAGE_PSEUDONYM_KEY`` (set it per site), else a fixed default."""
+    env = os.environ.get(ENV_PSEUDONYM_KEY, "")
+    return env.encode("utf-8") if env else _DEFAULT_PSEUDONYM_KEY
+
+
+def pseudonym(value: str, *, prefix: str = "ANON-", key: bytes | None = None) -> str:
+    """A stable pseudonym: HMAC-SHA256 of ``value`` (same input and key → same pseudonym)."""
+    digest = hmac.new(key or pseudonym_key(), value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return prefix + digest[:10].upper()
+
+
+def pseudonym_uid(value: str, *, key: bytes | None = None) -> str:
+    """A stable UID-shaped pseudonym (2.25.<decimal>) for a StudyInstanceUID."""
+    digest = hmac.new(key or pseudonym_key(), b"uid:" + value.encode("utf-8"), hashlib.sha256).digest()
+    return "2.25." + str(int.from_bytes(digest[:15], "big"))
+
+
+def deidentify(header: PatientHeader, study_key: str, *, key: bytes | None = None) -> PatientHeader:
+    """Replace name/ID/accession/UID with stable pseudonyms and remove dates (birth and study)."""
+    known_id = header.patient_id not in (UNKNOWN, "") and "not available" not in header.patient_id
+    ident = header.patient_id if known_id else study_key
+    removed = "removed (de-identified)"
+    return PatientHeader(
+        patient_name=pseudonym("patient:" + ident, key=key),
+        patient_id=pseudonym("patient:" + ident, key=key),
+        birth_date=removed,
+        sex=header.sex,
+        study_date=removed,
+        accession=removed,
+        description=header.description,
+        study_uid=pseudonym_uid(header.study_uid if header.study_uid != UNKNOWN else study_key, key=key),
+        deidentified=True,
+    )
+
+
+def study_slug(key: str, *, deidentified: bool) -> str:
+    """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified)."""
+    if deidentified:
+        return pseudonym("study:" + key, prefix="study-")
+    if re.fullmatch(r"[0-9.]{1,64}", key):
+        return key
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).name or key).strip("._")[:40] or "study"
+    return f"{base}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"

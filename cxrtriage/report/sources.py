@@ -1,0 +1,62 @@
+"""The source files of one study, each read once: the DICOM data set (header, SR/SC/SEG) and the picture to show."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from cxrtriage.io import read_image
+from cxrtriage.report.dicom_common import read_source
+from cxrtriage.report.header import PatientHeader, header_from_dataset, header_without_dicom
+from cxrtriage.report.imaging import U8, display_image
+from cxrtriage.report.study import ImageResult, StudyReport
+
+log = logging.getLogger(__name__)
+
+
+class StudySources:
+    """Reads each source of ``study`` at most once, on first use; a file that cannot be read raises the same
+    ``InputError`` every time it is asked for."""
+
+    def __init__(self, study: StudyReport) -> None:
+        self.study = study
+        self._datasets: dict[Path, Dataset | Exception] = {}
+        self._pictures: dict[Path, U8 | Exception] = {}
+
+    def dataset(self, img: ImageResult) -> Dataset:
+        """The source DICOM data set, pixels included (SC and SEG need the image and its geometry)."""
+        if img.path not in self._datasets:
+            try:
+                self._datasets[img.path] = read_source(img.path)
+            except Exception as exc:
+                self._datasets[img.path] = exc
+        found = self._datasets[img.path]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def picture(self, img: ImageResult) -> U8:
+        """The source image as a viewer shows it (grey uint8, dense = bright), read through ``cxrtriage.io``."""
+        if img.path not in self._pictures:
+            try:
+                self._pictures[img.path] = display_image(read_image(img.path))
+            except Exception as exc:
+                self._pictures[img.path] = exc
+        found = self._pictures[img.path]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def header(self) -> PatientHeader:
+        """Patient/study header from the first readable DICOM source of the study (``unknown`` otherwise)."""
+        for img in self.study.images:
+            if not img.is_dicom or not img.path.is_file():
+                continue
+            try:
+                return header_from_dataset(self.dataset(img))
+            except Exception as exc:  # an unreadable source only loses the header, never the report
+                log.warning("%s: cannot read the DICOM header for the report (%s)", img.path, type(exc).__name__)
+        images = self.study.images
+        return header_without_dicom(self.study.key, dicom_study=bool(images) and images[0].is_dicom)

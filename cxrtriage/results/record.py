@@ -1,0 +1,116 @@
+"""The per-image record: one input file's status, scores, priority, notes and artefacts.
+
+Every results table cxrtriage writes (``results.csv``/``.jsonl``, ``segment.csv``) is written from
+``ImageRecord``s and read back into them; nothing else reads a results row by string key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """What happened to one input file."""
+
+    SCORED = "scored"  # read and run through the model
+    EXCLUDED = "excluded"  # recognised, but not a frontal chest radiograph by the selection rules
+    FAILED = "failed"  # could not be read (damaged, unsupported) or inference failed
+
+
+class Priority(StrEnum):
+    """A triage priority (of an image, or of a study: the highest of its assessed images)."""
+
+    CRITICAL = "critical"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+    NORMAL = "normal"
+    NOT_ASSESSED = "not_assessed"
+
+    @property
+    def rank(self) -> int:
+        """Worklist order: critical, urgent, routine, not_assessed, normal (not assessed means "read it unaided")."""
+        return _RANK[self]
+
+
+_RANK = {Priority.CRITICAL: 0, Priority.URGENT: 1, Priority.ROUTINE: 2, Priority.NOT_ASSESSED: 3, Priority.NORMAL: 4}
+# Most urgent first: the order of the worklist and of run.json's ``priority_levels``.
+PRIORITY_LEVELS: tuple[Priority, ...] = tuple(sorted(Priority, key=lambda p: p.rank))
+
+
+@dataclass(frozen=True, slots=True)
+class LabelArea:
+    """Area of one segmentation label, in pixels and, when the pixel spacing is known, in mm²."""
+
+    px: int
+    mm2: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One input file in the results. ``None`` means "not known / not produced" (an empty cell).
+
+    ``scores`` maps each model label to its calibrated score (the site's score with ``--site``; the model's own
+    is then in ``model_scores``). ``reason`` explains an excluded/failed file; for a scored file it holds the
+    reading notes. Artefact paths (``heatmaps``, ``mask_path``) are relative to the output folder.
+    ``extra`` carries columns of third-party pipeline hooks that this record does not know.
+    """
+
+    path: str
+    status: Status
+    reason: str | None = None
+    input_kind: str | None = None
+    study_key: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    view: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    scores: Mapping[str, float | None] = field(default_factory=dict)
+    model_scores: Mapping[str, float | None] = field(default_factory=dict)
+    model_name: str | None = None
+    model_version: str | None = None
+    model_sha256: str | None = None
+    priority: Priority | None = None
+    priority_reason: str | None = None
+    priority_finding: str | None = None
+    priority_score: float | None = None
+    site_file: str | None = None
+    quality: str | None = None
+    heatmaps: tuple[str, ...] | None = None
+    mask_path: str | None = None
+    lung_area_px: int | None = None
+    lung_area_mm2: float | None = None
+    label_areas: Mapping[str, LabelArea] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Status):
+            raise TypeError(f"{self.path}: status must be a Status, got {self.status!r}")
+        if self.priority is not None and not isinstance(self.priority, Priority):
+            raise TypeError(f"{self.path}: priority must be a Priority, got {self.priority!r}")
+
+    @property
+    def scored(self) -> bool:
+        return self.status is Status.SCORED
+
+    @property
+    def study(self) -> str:
+        """The study this file belongs to: its study key, else its own path."""
+        return self.study_key or self.path
+
+    def replace(self, **changes: Any) -> ImageRecord:
+        """A copy with ``changes`` (field names of this class; an unknown name is a ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_note(self, note: str) -> ImageRecord:
+        """A copy whose ``reason`` has ``note`` appended (``; ``-separated)."""
+        return self.replace(reason=f"{self.reason}; {note}" if self.reason else note)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageRecord))

@@ -1,0 +1,365 @@
+"""Results tables: ``ImageRecord``s to and from ``results.csv`` / ``results.jsonl`` (and ``segment.csv``).
+
+The header is fixed per run: the lead columns, one ``score_<label>`` per model label, the model and
+triage columns, then the columns of the pipeline hooks that ran. Rows are written as they complete into
+``*.partial`` files (flushed per batch) which ``close()`` renames into place atomically; a run that
+crashes leaves only ``*.partial`` files, never a half-written ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from cxrtriage.errors import InputError, OutputError
+from cxrtriage.files import AtomicOutput, atomic_output
+from cxrtriage.results.record import FIELD_NAMES, ImageRecord, LabelArea, Priority, Status
+
+log = logging.getLogger(__name__)
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSONL = "results.jsonl"
+SCORE_PREFIX = "score_"
+MODEL_SCORE_PREFIX = "model_score_"  # the model's own score when a site file rewrote score_<label>
+
+# The fixed columns of every results table; score columns follow LEAD_COLUMNS.
+LEAD_COLUMNS: tuple[str, ...] = (
+    "path", "status", "reason", "input_kind", "study_key", "study_instance_uid", "series_instance_uid",
+    "sop_instance_uid", "view", "rows", "columns", "pixel_spacing_mm",
+)
+TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", "priority", "priority_reason", "site_file")
+# Artefact columns, in this order when present (added by pipeline hooks).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "mask_path", "lung_area_mm2", "lung_area_px")
+
+# Record fields written under their own name; the mappings (scores, areas, extra) have columns of their own.
+_PLAIN_FIELDS = frozenset(FIELD_NAMES) - {"scores", "model_scores", "label_areas", "extra"}
+_INT_FIELDS = frozenset({"rows", "columns", "lung_area_px"})
+_FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2"})
+
+
+def score_column(label: str) -> str:
+    return f"{SCORE_PREFIX}{label}"
+
+
+def model_score_column(label: str) -> str:
+    return f"{MODEL_SCORE_PREFIX}{label}"
+
+
+def result_columns(labels: Sequence[str], extra: Iterable[str] = ()) -> list[str]:
+    """The header: fixed columns, one score column per label, model/triage columns, then hook columns."""
+    cols = [*LEAD_COLUMNS, *(score_column(lab) for lab in labels), *TAIL_COLUMNS]
+    extra = list(dict.fromkeys(extra))
+    cols += [c for c in OPTIONAL_COLUMNS if c in extra]
+    cols += [c for c in extra if c not in cols]
+    return cols
+
+
+def segment_columns(labels: Sequence[str]) -> list[str]:
+    """Header of ``segment.csv``: per-label pixel and mm² columns for each non-background label."""
+    per_label = [c for lab in labels[1:] for c in (f"{lab}_px", f"{lab}_mm2")]
+    return ["path", "status", "reason", "input_kind", "study_key", "sop_instance_uid", "rows", "columns",
+            "pixel_spacing_mm", "mask_path", "lung_area_px", "lung_area_mm2", *per_label,
+            "model_name", "model_version", "model_sha256"]
+
+
+# --------------------------------------------------------------------------- record -> cells
+
+
+def column_value(record: ImageRecord, column: str) -> Any:
+    """The value of ``column`` for ``record`` (None when the record has none)."""
+    if column in _PLAIN_FIELDS:
+        return getattr(record, column)
+    if column.startswith(MODEL_SCORE_PREFIX):
+        return record.model_scores.get(column[len(MODEL_SCORE_PREFIX):])
+    if column.startswith(SCORE_PREFIX):
+        return record.scores.get(column[len(SCORE_PREFIX):])
+    if column in record.extra:
+        return record.extra[column]
+    for suffix in ("_px", "_mm2"):
+        area = record.label_areas.get(column[: -len(suffix)]) if column.endswith(suffix) else None
+        if area is not None:
+            return area.px if suffix == "_px" else area.mm2
+    return None
+
+
+def _unwritten(record: ImageRecord, columns: Sequence[str]) -> list[str]:
+    """Values of ``record`` that have no column in ``columns`` (they would be lost)."""
+    have = set(columns)
+    lost = [score_column(lab) for lab, v in record.scores.items() if v is not None and score_column(lab) not in have]
+    lost += [model_score_column(lab) for lab, v in record.model_scores.items()
+             if v is not None and model_score_column(lab) not in have]
+    lost += [k for k in record.extra if k not in have]
+    return lost
+
+
+def csv_cell(value: Any) -> str:
+    """CSV cell: empty for None/NaN, ';'-joined for lists/tuples, 6 significant digits for floats."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if math.isnan(value) else format(value, ".6g")
+    if isinstance(value, list | tuple):
+        return ";".join(csv_cell(v) for v in value)
+    return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """JSON value: non-finite floats become null, tuples lists, paths strings, numpy scalars Python numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return json_value(value.item())
+    return value
+
+
+def to_row(record: ImageRecord, columns: Sequence[str]) -> dict[str, Any]:
+    """The record as a row of ``columns`` (JSON-ready values)."""
+    return {c: json_value(column_value(record, c)) for c in columns}
+
+
+# --------------------------------------------------------------------------- cells -> record
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else str(v)
+
+
+def _float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _int(v: Any) -> int | None:
+    f = _float(v)
+    return None if f is None or not math.isfinite(f) else int(f)
+
+
+def _items(v: Any) -> list[Any] | None:
+    """A list cell: a JSON list, or a ';'-separated CSV cell."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, list | tuple):
+        return list(v)
+    return [p for p in str(v).split(";") if p.strip()]
+
+
+def from_row(row: Mapping[str, Any], *, where: str = "results row") -> ImageRecord:
+    """Parse one results row (CSV strings or JSON values) into an ``ImageRecord``.
+
+    Raises:
+        InputError: no ``path``, or a ``status``/``priority`` outside the known values; ``where`` names the row.
+    """
+    path = _text(row.get("path"))
+    if not path:
+        raise InputError(f"{where}: no 'path'; is this a results table written by `cxrtriage predict`?")
+    try:
+        status = Status(str(row.get("status", "")).strip())
+    except ValueError:
+        raise InputError(f"{where}: status {row.get('status')!r} is not one of {[s.value for s in Status]}") from None
+    raw_priority = str(row.get("priority") or "").strip()
+    try:
+        priority = Priority(raw_priority) if raw_priority else None
+    except ValueError:
+        raise InputError(f"{where}: priority {raw_priority!r} is not one of {[p.value for p in Priority]}") from None
+    values: dict[str, Any] = {}
+    scores: dict[str, float | None] = {}
+    model_scores: dict[str, float | None] = {}
+    areas: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    for key, v in row.items():
+        if key in ("path", "status", "priority"):
+            continue
+        if key in _INT_FIELDS:
+            values[key] = _int(v)
+        elif key in _FLOAT_FIELDS:
+            values[key] = _float(v)
+        elif key == "pixel_spacing_mm":
+            items = _items(v)
+            values[key] = (float(items[0]), float(items[1])) if items and len(items) == 2 else None
+        elif key == "heatmaps":
+            items = _items(v)
+            values[key] = None if items is None else tuple(str(x) for x in items)
+        elif key in _PLAIN_FIELDS:
+            values[key] = _text(v) if v != "" else None  # an empty cell is "not known"
+        elif key.startswith(MODEL_SCORE_PREFIX):
+            model_scores[key[len(MODEL_SCORE_PREFIX):]] = _float(v)
+        elif key.startswith(SCORE_PREFIX):
+            scores[key[len(SCORE_PREFIX):]] = _float(v)
+        elif key.endswith("_px") or key.endswith("_mm2"):
+            label, kind = key.rsplit("_", 1)
+            areas.setdefault(label, {})[kind] = v
+        else:
+            extra[key] = v
+    label_areas = {lab: LabelArea(px=_int(a.get("px")) or 0, mm2=_float(a.get("mm2"))) for lab, a in areas.items()
+                   if _int(a.get("px")) is not None}
+    return ImageRecord(path=path, status=status, priority=priority, scores=scores, model_scores=model_scores,
+                       label_areas=label_areas, extra=extra, **values)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ResultsWriter:
+    """Write records to ``DIR/results.csv`` and ``DIR/results.jsonl`` (same columns, same order).
+
+    Use as a context manager: a clean exit renames the partial files into place; an exception leaves
+    them as ``*.partial`` for inspection.
+    """
+
+    def __init__(self, out_dir: str | Path, columns: Sequence[str], *, csv_name: str = RESULTS_CSV,
+                 jsonl_name: str | None = RESULTS_JSONL) -> None:
+        self.out_dir = Path(out_dir)
+        self.columns = list(columns)
+        self.csv_path = self.out_dir / csv_name
+        self.jsonl_path = None if jsonl_name is None else self.out_dir / jsonl_name
+        self.rows_written = 0
+        self._outputs: list[AtomicOutput[str]] = [atomic_output(self.csv_path, keep_on_error=True)]
+        if self.jsonl_path is not None:
+            self._outputs.append(atomic_output(self.jsonl_path, keep_on_error=True))
+        try:
+            files = [o.open() for o in self._outputs]
+        except OutputError as exc:
+            for o in self._outputs:
+                o.abort(keep=False)
+            raise OutputError(f"{self.out_dir}: cannot write results here ({exc}); choose another --out folder or fix "
+                              "its permissions") from exc
+        self._csv = csv.writer(files[0])
+        self._jsonl: IO[str] | None = files[1] if len(files) > 1 else None
+        self._files = files
+        self._csv.writerow(self.columns)
+
+    def write(self, record: ImageRecord) -> None:
+        """Append one record; a value without a column is an error (it would be lost from the table)."""
+        lost = _unwritten(record, self.columns)
+        if lost:
+            raise ValueError(f"{record.path}: values for {sorted(lost)} have no column in this results table")
+        row = to_row(record, self.columns)
+        try:
+            self._csv.writerow([csv_cell(row[c]) for c in self.columns])
+            if self._jsonl is not None:
+                self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
+        self.rows_written += 1
+
+    def flush(self) -> None:
+        try:
+            for f in self._files:
+                f.flush()
+        except OSError as exc:
+            raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
+
+    def close(self) -> None:
+        """Finish both files (fsync) and move them into place atomically."""
+        for o in self._outputs:
+            o.commit()
+
+    def abort(self, *, remove: bool = False) -> None:
+        """Close without renaming; ``remove`` deletes the partial files too."""
+        for o in self._outputs:
+            o.abort(keep=not remove)
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsTable:
+    """A results file read back: its columns, the model labels (from the score columns) and the records."""
+
+    path: Path
+    columns: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Model labels, in column order (``score_<label>`` columns)."""
+        return tuple(c[len(SCORE_PREFIX):] for c in self.columns if c.startswith(SCORE_PREFIX))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def distinct(self, field_name: str, *, scored_only: bool = False) -> list[str]:
+        """The distinct non-empty values of a text field (e.g. ``model_sha256``), sorted."""
+        vals = {str(getattr(r, field_name) or "").strip() for r in self.records if r.scored or not scored_only}
+        return sorted(vals - {""})
+
+
+def read_results(path: str | Path) -> ResultsTable:
+    """Read ``results.csv`` or ``results.jsonl`` (by suffix) as written by ``cxrtriage predict``.
+
+    Raises:
+        InputError: the file is missing, unreadable, not a results table, or a row is malformed (file and
+            line named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first")
+    try:
+        if p.suffix.lower() == ".jsonl":
+            rows: list[tuple[int, dict[str, Any]]] = []
+            columns: dict[str, None] = {}
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{p}:{n}: not valid JSON ({exc}); the results file is damaged") from exc
+                if not isinstance(row, dict):
+                    raise InputError(f"{p}:{n}: a results line must be a JSON object")
+                columns.update(dict.fromkeys(row))
+                rows.append((n, row))
+            header = list(columns)
+        else:
+            with open(p, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                rows = [(n, dict(r)) for n, r in enumerate(reader, start=2)]
+                header = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{p}: cannot read the results ({exc})") from exc
+    for col in ("path", "status"):
+        if col not in header:
+            raise InputError(f"{p}: results have no '{col}' column; is this a results file written by `cxrtriage predict`?")
+    records = tuple(from_row(r, where=f"{p}:{n}") for n, r in rows)
+    return ResultsTable(path=p, columns=tuple(header), records=records)
+
+
+def read_results_dir(results_dir: str | Path) -> ResultsTable:
+    """The results of an output folder: ``results.jsonl`` (typed values), else ``results.csv``."""
+    d = Path(results_dir)
+    for name in (RESULTS_JSONL, RESULTS_CSV):
+        if (d / name).is_file():
+            return read_results(d / name)
+    raise InputError(f"{d}: neither {RESULTS_JSONL} nor {RESULTS_CSV} found; point at the --out folder of "
+                     "`cxrtriage predict`")

@@ -222,6 +222,12 @@ def content_date_time(ds: Dataset) -> None:
     ds.SeriesTime = ds.ContentTime
 
 
+def creation_stamp() -> tuple[str, str]:
+    """(date, time) of now, to the second: the Content/Series Date and Time of a result."""
+    now = dt.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
 def save(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

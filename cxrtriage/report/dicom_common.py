@@ -1,4 +1,7 @@
-"""What every DICOM result shares: source study modules, stable UIDs, IHE AIR contributing equipment, codes."""
+"""What every DICOM result shares: the source dataset, stable UIDs, IHE AIR contributing equipment, codes.
+
+The patient and study modules are highdicom's to copy (``SOPClass.copy_patient_and_study_information``).
+"""
 
 from __future__ import annotations
 
@@ -119,8 +122,8 @@ def coding_schemes() -> list[hd.coding_schemes.CodingSchemeIdentificationItem]:
 def contributing_equipment(algo: AlgorithmInfo) -> Dataset:
     """The IHE AIR Contributing Equipment item naming the algorithm, its version and cxrtriage.
 
-    Built with pydicom because highdicom only accepts the CID 7005 purposes, and IHE AIR uses
-    (Newcode1, 99IHE, "Processing Algorithm").
+    Hand-written: ``hd.ContributingEquipment`` rejects any purpose but its seven DCM codes
+    (highdicom/base_content.py:87-101), and IHE AIR uses (Newcode1, 99IHE, "Processing Algorithm").
     """
     item = Dataset()
     item.Manufacturer = MANUFACTURER
@@ -137,7 +140,7 @@ def contributing_equipment(algo: AlgorithmInfo) -> Dataset:
 
 
 def set_contributing_equipment(ds: Dataset, algo: AlgorithmInfo) -> None:
-    """Append the algorithm to the Contributing Equipment Sequence (kept items from the source stay)."""
+    """Append the algorithm after any items highdicom wrote (the source's acquisition equipment, highdicom)."""
     items = list(ds.get("ContributingEquipmentSequence", []))
     items.append(contributing_equipment(algo))
     ds.ContributingEquipmentSequence = items
@@ -166,6 +169,12 @@ def result_uids(kind: str, source: Dataset, algo: AlgorithmInfo) -> tuple[str, s
     return series, instance
 
 
+# The Type 2 patient/study attributes highdicom's SR and SEG read from the source as attributes
+# (highdicom/sr/sop.py:182-189, seg/sop.py:522-529): an AttributeError when absent.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "StudyID", "AccessionNumber")
+
+
 def read_source(path: Path) -> Dataset:
     """The source DICOM dataset (with pixels: SEG and SC need the geometry and the image)."""
     try:
@@ -175,51 +184,16 @@ def read_source(path: Path) -> Dataset:
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not str(ds.get(kw, "")):
             raise InputError(f"{path}: source DICOM has no {kw}; DICOM results cannot reference it")
-    for kw in TYPE2_PATIENT_STUDY:  # absent Type 2 attributes are "known to be unknown": empty, in memory only
+    for kw in TYPE2_PATIENT_STUDY:  # absent Type 2 = "known to be unknown": empty (in memory only) for highdicom
         if kw not in ds:
             setattr(ds, kw, "")
     return ds
 
 
-# Patient, Clinical Trial Subject, General Study, Patient Study and Clinical Trial Study modules (PS3.3).
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID",
-    "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientComments",
-    "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
-    "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
-    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence", "QualityControlSubject",
-    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID",
-    "ClinicalTrialSiteName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "IssuerOfAccessionNumberSequence", "StudyDescription", "ProcedureCodeSequence", "PhysiciansOfRecord",
-    "ReferencedStudySequence", "RequestingService", "ReasonForPerformedProcedureCodeSequence",
-    "AdmittingDiagnosesDescription", "PatientAge", "PatientSize", "PatientWeight", "Occupation",
-    "AdditionalPatientHistory", "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription",
-)
-
-
-TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
-
-def copy_patient_study(source: Dataset, target: Dataset) -> None:
-    """Copy the patient and study modules from the source so the result lands in the source study."""
-    if "SpecificCharacterSet" in source:
-        target.SpecificCharacterSet = source.SpecificCharacterSet
-    for kw in PATIENT_STUDY_KEYWORDS:
-        if kw in source:
-            target[kw] = source[kw]
-    for kw in TYPE2_PATIENT_STUDY:
-        if kw not in target:  # Type 2: present, possibly empty
-            setattr(target, kw, "")
-
-
-def content_date_time(ds: Dataset) -> None:
+def creation_stamp() -> tuple[str, str]:
+    """(date, time) of now, to the second: the Content/Series Date and Time of a result."""
     now = dt.datetime.now()
-    ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
-    ds.SeriesDate = ds.ContentDate
-    ds.SeriesTime = ds.ContentTime
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
 def save(ds: Dataset, path: Path) -> Path:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from cxrtriage.report import dicom_common as common
 from cxrtriage.report.dicom_common import AlgorithmInfo
@@ -16,7 +15,7 @@ ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 def build_encapsulated_pdf(
     sources: list[Dataset], pdf: bytes, algo: AlgorithmInfo, *, modality: str = "DOC",
     title: str = "AI decision-support report (not for diagnosis)",
-) -> Dataset:
+) -> hd.SOPClass:
     """Wrap ``pdf`` in an Encapsulated PDF instance; patient/study come from ``sources[0]``.
 
     Every source image is listed in the Source Instance Sequence.
@@ -30,36 +29,31 @@ def build_encapsulated_pdf(
         raise ValueError(f"modality '{modality}' is not a valid CS value (1-16 characters, e.g. DOC or OT)")
     src = sources[0]
     series_uid, sop_uid = common.result_uids("pdf", src, algo)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    common.copy_patient_study(src, ds)
-    if "SpecificCharacterSet" not in ds:
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 for the title and descriptions
-    now = dt.datetime.now()
-    # SOP Common
-    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
-    # Encapsulated Document Series
-    ds.Modality = modality
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = common.SERIES_NUMBERS["pdf"]
-    ds.SeriesDescription = common.series_description("pdf")
-    # General Equipment and SC Equipment
-    ds.Manufacturer = common.MANUFACTURER
-    ds.ManufacturerModelName = algo.name[:64]
-    ds.SoftwareVersions = algo.versions
-    ds.ConversionType = "WSD"  # workstation
+    date, time = common.creation_stamp()
+    # highdicom has no Encapsulated PDF class: its base SOPClass writes the file meta, SOP Common, General Series
+    # and General Equipment attributes; the Encapsulated Document module below is hand-written.
+    ds = hd.SOPClass(
+        study_instance_uid=src.StudyInstanceUID,
+        series_instance_uid=series_uid,
+        series_number=common.SERIES_NUMBERS["pdf"],
+        sop_instance_uid=sop_uid,
+        sop_class_uid=ENCAPSULATED_PDF_STORAGE,
+        instance_number=1,
+        modality=modality,
+        manufacturer=common.MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=common.series_description("pdf"),
+        manufacturer_model_name=algo.name[:64],
+        software_versions=algo.versions,  # type: ignore[arg-type]  # LO, multi-valued
+        content_date=date,
+        content_time=time,
+        specific_character_set=src.get("SpecificCharacterSet") or "ISO_IR 192",  # UTF-8 for the title when unset
+    )
+    # Patient and study modules verbatim from the source (no re-validation of its values, unlike the constructor).
+    ds.copy_patient_and_study_information(src)
+    ds.ConversionType = "WSD"  # SC Equipment: workstation
     # Encapsulated Document
-    ds.InstanceNumber = 1
-    ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
-    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.AcquisitionDateTime = date + time
     ds.BurnedInAnnotation = "YES"  # the PDF shows patient identification
     ds.DocumentTitle = title[:64]
     code = Dataset()

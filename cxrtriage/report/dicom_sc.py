@@ -6,24 +6,38 @@ import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from cxrtriage.report import dicom_common as common
 from cxrtriage.report.dicom_common import AlgorithmInfo
+
+_BIPED = frozenset(v.value for v in hd.PatientOrientationValuesBiped)
+# highdicom 0.28 requires an orientation for PATIENT coordinates and takes one letter per value only
+# (highdicom/sc/sop.py:247-283): a source orientation it cannot take is written after construction instead.
+_PLACEHOLDER = ("L", "F")
+
+
+def _source_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's PatientOrientation when it is a valid biped value (oblique ones such as "LP" too), else None."""
+    values = tuple(str(v) for v in source.get("PatientOrientation") or ())
+    if len(values) == 2 and all(v and set(v) <= _BIPED for v in values):
+        return values[0], values[1]
+    return None
 
 
 def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, description: str = "") -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: ImageType DERIVED\\SECONDARY, BurnedInAnnotation YES.
 
-    ``rgb`` is the finished picture (image, overlay, legend) as uint8 [rows, columns, 3].
+    ``rgb`` is the finished picture (image, overlay, legend) as uint8 [rows, columns, 3]; its rows and columns
+    run the way the source's do, so it carries the source's PatientOrientation (empty when that is unknown).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"secondary capture needs a uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     series_uid, sop_uid = common.result_uids("sc", source, algo)
-    orientation = source.get("PatientOrientation")
-    known = orientation is not None and len(orientation) == 2 and all(str(v) for v in orientation)
-    # highdicom insists on an orientation for PATIENT coordinates; when the source has none we must not
-    # invent one: a placeholder is replaced below by an empty value (Type 2: known to be unknown).
-    patient_orientation = tuple(str(v) for v in orientation) if known else ("L", "F")
+    orientation = _source_orientation(source)
+    single_letters = orientation is not None and all(len(v) == 1 for v in orientation)
+    laterality = str(source.get("Laterality") or "")
+    date, time = common.creation_stamp()
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.ascontiguousarray(rgb),
@@ -35,24 +49,31 @@ def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, de
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=common.MANUFACTURER,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        laterality=laterality if laterality in ("R", "L") else None,
+        patient_orientation=orientation if single_letters else _PLACEHOLDER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=common.series_description("sc"),
         manufacturer_model_name=algo.name[:64],
         software_versions=algo.versions,
-        patient_orientation=patient_orientation,  # type: ignore[arg-type]
+        content_date=date,
+        content_time=time,
+        series_date=date,
+        series_time=time,
     )
-    if not known:
-        setattr(sc, "PatientOrientation", "")  # noqa: B010  (Type 2: empty = unknown)
-    common.copy_patient_study(source, sc)
-    common.set_contributing_equipment(sc, algo)
-    lat = str(source.get("Laterality", "") or source.get("ImageLaterality", "") or "")
+    # Written after construction: highdicom 0.28 has no parameter for any of these.
+    if not single_letters:  # the placeholder never stays: the source's oblique value, or empty (Type 2: unknown)
+        sc.PatientOrientation = list(orientation) if orientation else ""
+    # from_ref_dataset copies only the ten Type 1/2 patient/study attributes it passes to the constructor
+    # (sc/sop.py:567-591); highdicom's own copy adds the rest of the modules, as its SR and SEG do.
+    sc.copy_patient_and_study_information(source)
+    common.set_contributing_equipment(sc, algo)  # IHE AIR item: see dicom_common.contributing_equipment
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
-    if lat in ("R", "L"):
-        sc.Laterality = lat
-    elif not source.get("BodyPartExamined"):
-        sc.Laterality = ""  # Type 2C: body part unknown, so whether it is paired is unknown too
-    sc.ImageType = ["DERIVED", "SECONDARY"]
+    elif "Laterality" not in sc:  # Type 2C: body part unknown, so whether it is paired is unknown too
+        sc.Laterality = ""
+    if source.get("ImageLaterality"):  # image level stays image level: a series Laterality is barred for CHEST
+        sc.ImageLaterality = source.ImageLaterality
+    sc.ImageType = ["DERIVED", "SECONDARY"]  # highdicom writes an optional third value OTHER; kept at the two documented
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = source.get("RecognizableVisualFeatures", "NO") or "NO"
     sc.DerivationDescription = (description or f"Model output of {algo.name} {algo.version} burned into a copy of "
@@ -62,5 +83,4 @@ def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, de
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    common.content_date_time(sc)
     return sc

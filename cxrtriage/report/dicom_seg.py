@@ -78,8 +78,8 @@ def build_seg(
         series_description=common.series_description("seg"),
         omit_empty_frames=True,
     )
-    common.copy_patient_study(source, seg)
-    if "PatientOrientation" not in seg:  # General Image, Type 2C: the source's, or empty when it has none
-        seg.PatientOrientation = source.get("PatientOrientation", "")
+    # highdicom copied the patient and study modules and SpecificCharacterSet from the source (seg/sop.py:507-541).
+    # General Image PatientOrientation (Type 2C): highdicom's SEG does not write it; the source's, empty when unknown.
+    seg.PatientOrientation = source.get("PatientOrientation", "")
     common.set_contributing_equipment(seg, algo)
     return seg

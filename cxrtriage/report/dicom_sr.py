@@ -107,6 +107,6 @@ def build_sr(
         software_versions=algo.versions,
         coding_schemes=common.coding_schemes(),
     )
-    common.copy_patient_study(source, sr)
+    # highdicom copied the patient and study modules and SpecificCharacterSet from the evidence (sr/sop.py:167-194, 278)
     common.set_contributing_equipment(sr, algo)
     return sr

@@ -21,6 +21,7 @@ from cxrtriage.report.dicom_common import (
     finding_code,
     private_code,
     result_uids,
+    save,
 )
 from cxrtriage.report.dicom_pdf import build_encapsulated_pdf
 
@@ -192,3 +193,85 @@ def test_finding_codes() -> None:
     assert private_code("a_very_long_unknown_finding_name_2").value != c.value
     assert all(len(v[0]) <= 16 for v in FINDING_CODES.values())
     assert set(LABELS) - set(FINDING_CODES) == {"strange_new_finding"}
+
+
+def _source(tmp_path: Path, name: str = "src.dcm", **attrs: Any) -> Any:
+    """A source CR written and read back as the batch does (``read_source``), with ``attrs`` set."""
+    from factories import write_dicom
+
+    from cxrtriage.report.dicom_common import read_source
+
+    return read_source(write_dicom(tmp_path / name, rows=40, cols=36, **attrs))
+
+
+def _all_four(source: Any) -> dict[str, Any]:
+    from cxrtriage.report.dicom_sc import build_sc
+    from cxrtriage.report.dicom_seg import build_seg
+    from cxrtriage.report.dicom_sr import build_sr
+
+    algo = AlgorithmInfo("m", "1", "abc")
+    labels = np.zeros((int(source.Rows), int(source.Columns)), np.uint8)
+    labels[5:30, 4:15], labels[5:30, 20:32] = 1, 2
+    return {
+        "sr": build_sr(source, (), algo, lung_area_mm2=120.0),
+        "sc": build_sc(source, np.zeros((int(source.Rows), int(source.Columns) + 8, 3), np.uint8), algo),
+        "seg": build_seg(source, labels, ("background", "right_lung", "left_lung"), algo),
+        "pdf": build_encapsulated_pdf([source], b"%PDF-1.4 x\n%%EOF\n", algo),
+    }
+
+
+def test_every_object_carries_the_sources_whole_patient_and_study_modules(tmp_path: Path) -> None:
+    # attributes of the Patient, General Study and Patient Study modules, including some
+    # that only a copy of the whole modules (highdicom's) carries
+    extra = {"OtherPatientNames": "Roe^Jane", "PatientState": "stable",
+             "StudyDescription": "XR CHEST PA", "NameOfPhysiciansReadingStudy": "Reader^A", "PatientAge": "065Y",
+             "AdmittingDiagnosesDescription": "cough", "SpecificCharacterSet": "ISO_IR 192",
+             "PatientName": "Müller^Jürgen", "PatientSex": "M"}
+    source = _source(tmp_path, **extra)
+    for kind, ds in _all_four(source).items():
+        for kw, value in extra.items():
+            assert str(ds.get(kw)) == value, (kind, kw)
+        for kw in ("PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+            assert kw in ds and not ds[kw].value, (kind, kw)  # Type 2, absent in the source: present and empty
+        assert ds.StudyInstanceUID == source.StudyInstanceUID, kind
+        path = tmp_path / f"{kind}.dcm"
+        save(ds, path)
+        errors, _ = dciodvfy(path)
+        assert errors == [], (kind, errors)
+
+
+def test_pdf_without_a_source_character_set_is_utf8_and_highdicom_writes_its_file_meta(tmp_path: Path) -> None:
+    ds = _all_four(_source(tmp_path))["pdf"]
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize(
+    ("attrs", "orientation", "laterality", "image_laterality"),
+    [
+        ({"PatientOrientation": ["L", "F"]}, ["L", "F"], None, None),
+        ({}, "", None, None),  # unknown: empty (Type 2), never a made-up value
+        ({"PatientOrientation": ["LP", "F"]}, ["LP", "F"], None, None),  # oblique: highdicom cannot take it
+        ({"PatientOrientation": ["L", ""], "body_part": None}, "", "", None),  # half-known is unknown; no body part
+        ({"Laterality": "R", "body_part": None}, "", "R", None),
+        ({"ImageLaterality": "L"}, "", None, "L"),  # a CHEST series must not carry Laterality (dciodvfy)
+    ],
+)
+def test_sc_carries_the_sources_orientation_and_laterality(
+    tmp_path: Path, attrs: dict[str, Any], orientation: Any, laterality: str | None, image_laterality: str | None
+) -> None:
+    from cxrtriage.report.dicom_sc import build_sc
+
+    source = _source(tmp_path, **attrs)
+    sc = build_sc(source, np.zeros((40, 50, 3), np.uint8), AlgorithmInfo("m", "1"))
+    value = sc.PatientOrientation
+    assert (list(value) if orientation else value) == orientation
+    assert sc.get("Laterality") == laterality
+    assert sc.get("ImageLaterality") == image_laterality
+    assert sc.get("BodyPartExamined") == source.get("BodyPartExamined")
+    path = tmp_path / "sc.dcm"
+    save(sc, path)
+    errors, _ = dciodvfy(path)
+    assert errors == [], errors

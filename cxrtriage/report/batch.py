@@ -169,7 +169,7 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             notes.append(f"{study.slug} image {n}: not a DICOM input: no source study to add DICOM results to")
             continue
         try:
-            source = sources.dataset(img)
+            source = sources.source(img)
         except Exception as exc:
             errors.append(f"{study.slug} image {n}: {exc}")
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from cxrtriage import __version__
 from cxrtriage.errors import InputError
+from cxrtriage.files import atomic_write
 
 MANUFACTURER = "cxrtriage"
 PRIVATE_SCHEME = "99CXRTRIAGE"
@@ -175,12 +177,16 @@ TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
                        "StudyID", "AccessionNumber")
 
 
-def read_source(path: Path) -> Dataset:
-    """The source DICOM dataset (with pixels: SEG and SC need the geometry and the image)."""
+def read_dataset(path: Path) -> Dataset:
+    """The whole source DICOM data set, pixels included (SEG and SC need the geometry and the image)."""
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path)
     except Exception as exc:
         raise InputError(f"{path}: source DICOM cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def check_source(ds: Dataset, path: Path) -> Dataset:
+    """``ds`` made ready to be referenced by results: its UIDs checked, absent Type 2 attributes set empty."""
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not str(ds.get(kw, "")):
             raise InputError(f"{path}: source DICOM has no {kw}; DICOM results cannot reference it")
@@ -190,6 +196,11 @@ def read_source(path: Path) -> Dataset:
     return ds
 
 
+def read_source(path: Path) -> Dataset:
+    """The source DICOM data set, checked by ``check_source``."""
+    return check_source(read_dataset(path), path)
+
+
 def creation_stamp() -> tuple[str, str]:
     """(date, time) of now, to the second: the Content/Series Date and Time of a result."""
     now = dt.datetime.now()
@@ -197,6 +208,7 @@ def creation_stamp() -> tuple[str, str]:
 
 
 def save(ds: Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """Write ``ds`` as a DICOM file (with file meta), atomically."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return atomic_write(path, buf.getvalue())

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from cxrtriage.io import read_image
-from cxrtriage.report.dicom_common import read_source
+from cxrtriage.report.dicom_common import check_source, read_dataset
 from cxrtriage.report.header import PatientHeader, header_from_dataset, header_without_dicom
 from cxrtriage.report.imaging import U8, display_image
 from cxrtriage.report.study import ImageResult, StudyReport
@@ -26,16 +26,20 @@ class StudySources:
         self._pictures: dict[Path, U8 | Exception] = {}
 
     def dataset(self, img: ImageResult) -> Dataset:
-        """The source DICOM data set, pixels included (SC and SEG need the image and its geometry)."""
+        """The whole source DICOM data set, pixels included."""
         if img.path not in self._datasets:
             try:
-                self._datasets[img.path] = read_source(img.path)
+                self._datasets[img.path] = read_dataset(img.path)
             except Exception as exc:
                 self._datasets[img.path] = exc
         found = self._datasets[img.path]
         if isinstance(found, Exception):
             raise found
         return found
+
+    def source(self, img: ImageResult) -> Dataset:
+        """The source data set, checked to be referenced by DICOM results (``InputError`` when it cannot be)."""
+        return check_source(self.dataset(img), img.path)
 
     def picture(self, img: ImageResult) -> U8:
         """The source image as a viewer shows it (grey uint8, dense = bright), read through ``cxrtriage.io``."""

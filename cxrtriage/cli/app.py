@@ -62,13 +62,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"cxrtriage.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # command not built yet in this checkout
-        if _exc.name != f"cxrtriage.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"cxrtriage.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -270,7 +270,9 @@ def compare_dicom(a: Path, b: Path, rel: str, meta_a: dict[str, str], meta_b: di
             diff.add(rel, f"element {p} only in {'B' if p not in ea else 'A'}")
             continue
         (vr, va), (_, vb) = ea[p], eb[p]
-        if vr in DICOM_VOLATILE_VRS or p.endswith(("ContributionDateTime", "AcquisitionDateTime")):
+        # the PDF embeds its creation time, so its byte length varies; its text is compared below
+        if vr in DICOM_VOLATILE_VRS or p.endswith(("ContributionDateTime", "AcquisitionDateTime",
+                                                   "EncapsulatedDocumentLength")):
             continue
         if _norm(va, meta_a) != _norm(vb, meta_b) and not _same(va, vb):
             diff.add(rel, f"{p}: {str(va)[:120]!r} != {str(vb)[:120]!r}")

@@ -8,6 +8,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +176,12 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             continue
         used.append(source)
         steps: list[tuple[str, Callable[[], Dataset]]] = [
-            ("sr", lambda s=source, i=img: dicom_sr.build_sr(s, i.findings, classifier,
-                                                            lung_area_mm2=i.record.lung_area_mm2, segmenter=segmenter)),
-            ("sc", lambda s=source, i=img: _sc(s, i, bundle, sources, classifier, mask_names, notes)),
+            ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
+                           segmenter=segmenter)),
+            ("sc", partial(_sc, source, img, bundle, sources, classifier, mask_names, notes)),
         ]
         if img.mask_path is not None:
-            steps.append(("seg", lambda s=source, i=img: _seg(s, i, segmenter, mask_names)))
+            steps.append(("seg", partial(_seg, source, img, segmenter, mask_names)))
         for kind, build in steps:
             try:
                 written.append(dicom_common.save(build(), folder / f"{kind}_{n:03d}.dcm"))

@@ -62,7 +62,7 @@ def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, de
     )
     # Written after construction: highdicom 0.28 has no parameter for any of these.
     if not single_letters:  # the placeholder never stays: the source's oblique value, or empty (Type 2: unknown)
-        sc.PatientOrientation = list(orientation) if orientation else ""
+        sc.PatientOrientation = list(orientation) if orientation else ""  # type: ignore[assignment]
     # from_ref_dataset copies only the ten Type 1/2 patient/study attributes it passes to the constructor
     # (sc/sop.py:567-591); highdicom's own copy adds the rest of the modules, as its SR and SEG do.
     sc.copy_patient_and_study_information(source)

@@ -226,9 +226,9 @@ def provenance(bundle: ResultsBundle) -> tuple[tuple[str, str], ...]:
     )
 
 
-def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources, header: PatientHeader, *,
+def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources, patient: PatientHeader, *,
                deidentified: bool) -> StudyView:
-    h = header
+    h = patient
     header = (
         ("Patient name", h.patient_name),
         ("Patient ID", h.patient_id),

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 if TYPE_CHECKING:
+    from cxrtriage.evaluate.run import EvaluateRun
     from cxrtriage.evaluate.runner import Evaluation
-    from cxrtriage.model.manifest import ModelManifest
-    from cxrtriage.triage.site import SiteCalibration
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -25,60 +23,6 @@ def _ci(v: float, ci: tuple[float, float], digits: int = 3) -> str:
         return "–"
     text = f"{v:.{digits}f}"
     return f"{text} ({ci[0]:.{digits}f}-{ci[1]:.{digits}f})" if math.isfinite(ci[0]) and math.isfinite(ci[1]) else text
-
-
-def _unique(rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
-    return sorted({str(r.get(key, "") or "").strip() for r in rows} - {""})
-
-
-def resolve_results_model(rows: Sequence[Mapping[str, Any]], model: str | None, results: Path) -> ModelManifest:
-    """The manifest of the model that produced ``rows`` (``--model``, else the results' model_name), checked by sha256."""
-    from cxrtriage.errors import ConfigError
-    from cxrtriage.model.registry import resolve_manifest
-
-    names, shas = _unique(rows, "model_name"), _unique(rows, "model_sha256")
-    if len(names) > 1 or len(shas) > 1:
-        raise ConfigError(f"{results}: results come from several models ({names or shas}); evaluate one model at a time")
-    if model is None and not names:
-        raise ConfigError(f"{results}: results name no model (empty model_name); pass --model NAME_OR_PATH")
-    manifest = resolve_manifest(model if model is not None else names[0])
-    if shas and shas[0].lower() != manifest.sha256.lower():
-        raise ConfigError(
-            f"{results}: results were produced by model sha256 {shas[0][:12]}…, but {manifest.path} describes sha256 "
-            f"{manifest.sha256[:12]}… (model '{manifest.name}' {manifest.version}); pass --model pointing at the model "
-            "that produced these results"
-        )
-    return manifest
-
-
-def resolve_results_site(rows: Sequence[Mapping[str, Any]], site: Path | None, results: Path,
-                         manifest: ModelManifest) -> SiteCalibration | None:
-    """The site file the results were made with (``--site`` overrides the path they record), or None."""
-    from cxrtriage.errors import ConfigError
-    from cxrtriage.triage.site import load_site
-
-    recorded = _unique(rows, "site_file")
-    if len(recorded) > 1:
-        raise ConfigError(f"{results}: results were made with several site files {recorded}; evaluate them separately")
-    if site is None and not recorded:
-        return None
-    if site is None:
-        cand = Path(recorded[0])
-        for p in (cand, results.parent / cand, results.parent / cand.name):
-            if p.is_file():
-                site = p
-                break
-        else:
-            raise ConfigError(
-                f"{results}: results were scored with site file '{recorded[0]}', which is not found; its thresholds are "
-                "needed to read the site-calibrated scores: pass --site PATH"
-            )
-    elif not recorded:
-        raise ConfigError(
-            f"{results}: results were scored without a site file, so their scores are on the model's scale; --site "
-            "cannot be applied afterwards: re-run predict with --site, or drop --site here"
-        )
-    return load_site(site, manifest=manifest)
 
 
 def _print(ev: Evaluation, by: Sequence[str]) -> None:
@@ -190,60 +134,29 @@ def evaluate_command(
     """Evaluate scored results against labels: AUROC/AUPRC with 95% CIs, sensitivity/specificity/PPV/NPV at the
     model's (or site's) thresholds, calibration (ECE, reliability plots), subgroups, triage priority vs truth and
     the worst misses. Unmatched rows are reported, never dropped silently."""
-    from cxrtriage.cli.render import exit_on_error
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.evaluate.run import EvaluateConfig, run_evaluate
 
+    config = EvaluateConfig(
+        results=results, labels=labels, by=tuple(c.strip() for c in by.split(",") if c.strip()), json_out=json_out,
+        html_out=html_out, plots=plots, policy=policy, model=model, site=site, n_boot=n_boot, top=top, seed=seed,
+    )
     with exit_on_error():
-        _evaluate(results, labels, by, json_out, html_out, plots, policy, model, site, n_boot, top, seed)
+        with console.status("evaluating…"):
+            run = run_evaluate(config)
+        _render(run)
 
 
-def _evaluate(results: Path, labels: Path, by: str, json_out: Path | None, html_out: Path | None, plots: Path | None,
-              policy: Path | None, model: str | None, site: Path | None, n_boot: int, top: int, seed: int) -> None:
+def _render(run: EvaluateRun) -> None:
     from cxrtriage.cli.render import console
-    from cxrtriage.errors import InputError, OutputError
-    from cxrtriage.evaluate.data import match_labels, read_labels, read_results
-    from cxrtriage.evaluate.runner import evaluate_results, evaluation_to_dict
-    from cxrtriage.triage.policy import load_policy
 
-    rows = read_results(results)
-    manifest = resolve_results_model(rows, model, results)
-    site_cal = resolve_results_site(rows, site, results, manifest)
-    pol = load_policy(policy, labels=manifest.labels)
-    table = read_labels(labels, manifest.labels)
-    if not table.label_columns:
-        raise InputError(
-            f"{labels}: no column is named like a label of model '{manifest.name}' {list(manifest.labels)}; "
-            f"columns are {list(table.rows[0]) if table.rows else []}"
-        )
-    match = match_labels(rows, table)
-    cols = tuple(c.strip() for c in by.split(",") if c.strip())
-    with console.status("evaluating…"):
-        ev = evaluate_results(rows, table, match, manifest=manifest, policy=pol, site=site_cal,
-                              recompute_priority=policy is not None, by=cols, n_boot=n_boot, seed=seed, top_k=top,
-                              results_path=str(results))
-    _print(ev, cols)
-    try:
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(evaluation_to_dict(ev), indent=2), encoding="utf-8")
-            console.print(f"JSON: {json_out}", highlight=False)
-        if html_out is not None or plots is not None:
-            from cxrtriage.evaluate.html import evaluation_images, render_html
-
-            images = evaluation_images(ev)
-            if plots is not None:
-                plots.mkdir(parents=True, exist_ok=True)
-                if images["overview"]:
-                    (plots / "roc_all.png").write_bytes(images["overview"])
-                for lab, png in images["labels"].items():
-                    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in lab)
-                    (plots / f"roc_reliability_{safe}.png").write_bytes(png)
-                console.print(f"plots: {plots}", highlight=False)
-            if html_out is not None:
-                html_out.parent.mkdir(parents=True, exist_ok=True)
-                html_out.write_text(render_html(ev, images=images, by=cols), encoding="utf-8")
-                console.print(f"HTML: {html_out}", highlight=False)
-    except OSError as exc:
-        raise OutputError(f"{exc.filename}: cannot write ({exc.strerror}); check the folder and its permissions") from exc
+    _print(run.evaluation, run.by)
+    if run.json_path is not None:
+        console.print(f"JSON: {run.json_path}", highlight=False)
+    if run.plots_dir is not None:
+        console.print(f"plots: {run.plots_dir}", highlight=False)
+    if run.html_path is not None:
+        console.print(f"HTML: {run.html_path}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,19 +2,23 @@
 
 The site map takes the MODEL's calibrated score to a site score; ``rule_out`` is then the highest site
 threshold reaching the target sensitivity, and ``balanced`` the Youden threshold, both on the site score.
+``calibrate_results`` is the whole ``cxrtriage calibrate`` command: read, check, match, fit, write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cxrtriage.errors import ConfigError, InputError
+from cxrtriage.evaluate.data import match_labels, read_labels, read_results, score_labels
 from cxrtriage.evaluate.metrics import (
     auroc,
     clean_binary,
@@ -24,7 +28,9 @@ from cxrtriage.evaluate.metrics import (
     wilson_interval,
     youden_threshold,
 )
-from cxrtriage.triage.site import METHODS, LabelSiteCalibration, SiteCalibration
+from cxrtriage.model.registry import manifest_for_results
+from cxrtriage.triage.policy import scores_from_row
+from cxrtriage.triage.site import METHODS, LabelSiteCalibration, SiteCalibration, write_site
 
 MIN_POSITIVES = 20
 MAX_CI_HALF_WIDTH = 0.10
@@ -234,3 +240,103 @@ def fit_site(
         source=dict(source or {}),
     )
     return site, fits
+
+
+# --------------------------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRun:
+    """What ``calibrate_results`` fitted and wrote."""
+
+    site: SiteCalibration
+    fits: tuple[LabelFit, ...]
+    path: Path
+    n_used: int  # labelled images whose results row was scored
+    unmatched_labels: tuple[tuple[int, str], ...]  # (0-based labels row, why)
+
+
+def results_identity(rows: Sequence[Mapping[str, Any]], *, where: str | Path) -> tuple[str, str, str]:
+    """The one (model_name, model_version, model_sha256) that every scored row names.
+
+    A site file is stamped with all three and refused for any other model, so each must be present and
+    unique; the model itself need not be installed to calibrate.
+    """
+
+    def one(key: str) -> str:
+        vals = sorted({str(r.get(key, "") or "").strip() for r in rows if str(r.get("status", "")) == "scored"} - {""})
+        if len(vals) != 1:
+            raise ConfigError(
+                f"{where}: scored rows must all name one model in '{key}', found {vals or 'none'}; calibrate on the "
+                "results of one model version written by `cxrtriage predict`"
+            )
+        return vals[0]
+
+    return one("model_name"), one("model_version"), one("model_sha256")
+
+
+def calibrate_results(
+    results: Path,
+    labels: Path,
+    *,
+    out: Path,
+    target_sensitivity: float = 0.95,
+    method: str = "platt",
+    model: str | Path | None = None,
+    force: bool = False,
+) -> CalibrationRun:
+    """Fit a site calibration on ``results`` (of ``cxrtriage predict`` without a site file) and ``labels``; write ``out``.
+
+    ``model``, when given, must be the model that produced the results (name, version and sha256).
+
+    Raises:
+        ConfigError: a bad option, ``out`` exists without ``force``, results scored with a site file or by
+            several models, results of another model than ``model``, or no label could be calibrated.
+        InputError: a file cannot be read, or the labels have no column named like a model label.
+        ModelError: ``model`` cannot be found.
+        OutputError: ``out`` cannot be written.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: choose 'platt' or 'isotonic'")
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: already exists; choose another --out or pass --force to overwrite it")
+    rows = read_results(results)
+    used_site = sorted({str(r.get("site_file", "") or "").strip() for r in rows} - {""})
+    if used_site:
+        raise ConfigError(
+            f"{results}: these results were scored with site file {used_site[0]}; calibrate on results of "
+            "`cxrtriage predict` run WITHOUT --site, so that the map starts from the model's own scores"
+        )
+    name, version, sha = results_identity(rows, where=results)
+    if model is not None:
+        man = manifest_for_results([name], [sha], model, where=results)
+        if (man.name, man.version) != (name, version):  # same ONNX file, but the site file records name and version too
+            raise ConfigError(
+                f"{results}: results come from model '{name}' {version} (sha256 {sha[:12]}…), not from --model "
+                f"'{man.name}' {man.version} (sha256 {man.sha256[:12]}…)"
+            )
+    model_labels = score_labels(rows)
+    table = read_labels(labels, model_labels)
+    if not table.label_columns:
+        raise InputError(f"{labels}: no column is named like a model label {model_labels}")
+    match = match_labels(rows, table)
+    pairs = [(i, j) for i, j in match.pairs if str(rows[i].get("status", "")) == "scored"]
+    scores: dict[str, list[float]] = {lab: [] for lab in table.label_columns}
+    truth: dict[str, list[float]] = {lab: [] for lab in table.label_columns}
+    for i, j in pairs:
+        s = scores_from_row(rows[i], table.label_columns)
+        for lab in table.label_columns:
+            scores[lab].append(s[lab])
+            truth[lab].append(float(table.truth[lab][j]))
+    site, fits = fit_site(
+        scores, truth, model_name=name, model_version=version, model_sha256=sha, method=method,
+        target_sensitivity=target_sensitivity,
+        source={"results": str(results), "labels": str(labels), "labels_rows": len(table), "matched_scored": len(pairs),
+                "unmatched_labels_rows": len(match.unmatched_labels)},
+    )
+    if not site.labels:
+        raise ConfigError(
+            "no label could be calibrated: " + " | ".join(w for f in fits for w in f.warnings) + "; nothing was written"
+        )
+    path = write_site(out, site, comment=f"model {name} {version}; {len(pairs)} labelled, scored images from {labels.name}")
+    return CalibrationRun(site, tuple(fits), path, len(pairs), tuple(match.unmatched_labels))

@@ -10,7 +10,6 @@ the line "Decision support only - not a diagnosis". The raw map is saved beside 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from numpy.typing import NDArray
 from cxrtriage.errors import OutputError
 from cxrtriage.explain.base import Heatmap
 from cxrtriage.explain.registry import METHODS
+from cxrtriage.files import safe_name
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.types import FloatArray, Image2D
 
@@ -219,11 +219,6 @@ def save_heatmap(
     except OSError as exc:
         raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
     return png_path, (npy_path if save_npy else None)
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a stem or label (letters, digits, '.', '_', '-')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
 
 
 def heatmap_filename(stem: str, label: str, method: str) -> str:

@@ -8,10 +8,11 @@ directory when it exists, else the ``models/`` folder of the cxrtriage checkout.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrtriage.errors import ModelError
+from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 
 DEFAULT_CLASSIFIER = "cxr-classifier"
@@ -118,3 +119,42 @@ def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: st
 def resolve_manifest(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER) -> ModelManifest:
     """Load the manifest that ``resolve_manifest_path`` finds."""
     return load_manifest(resolve_manifest_path(name_or_path, default=default))
+
+
+def _distinct(values: Iterable[str | None]) -> list[str]:
+    return sorted({str(v or "").strip() for v in values} - {""})
+
+
+def manifest_for_results(
+    names: Iterable[str | None],
+    sha256s: Iterable[str | None],
+    explicit: str | Path | None = None,
+    *,
+    where: str | Path,
+) -> ModelManifest:
+    """The manifest of the model that produced a set of results, checked against the sha256 they record.
+
+    Args:
+        names: the ``model_name`` values found in the results (blanks and repeats are ignored).
+        sha256s: the ``model_sha256`` values found in the results (blanks and repeats are ignored).
+        explicit: a model name or path the user gave (``--model``); else the one name in the results is looked up.
+        where: the results, as named in error messages (e.g. the results.csv path).
+
+    Raises:
+        ConfigError: the results name several models, or none and ``explicit`` is None, or the manifest found
+            describes another ONNX file (sha256) than the one that produced the results.
+        ModelError: the model cannot be found or its manifest is invalid.
+    """
+    names_, shas = _distinct(names), _distinct(sha256s)
+    if len(names_) > 1 or len(shas) > 1:
+        raise ConfigError(f"{where}: results come from several models ({names_ or shas}); evaluate one model at a time")
+    if explicit is None and not names_:
+        raise ConfigError(f"{where}: results name no model (empty model_name); pass --model NAME_OR_PATH")
+    manifest = resolve_manifest(explicit if explicit is not None else names_[0])
+    if shas and shas[0].lower() != manifest.sha256.lower():
+        raise ConfigError(
+            f"{where}: results were produced by model sha256 {shas[0][:12]}…, but {manifest.path} describes sha256 "
+            f"{manifest.sha256[:12]}… (model '{manifest.name}' {manifest.version}); pass --model pointing at the model "
+            "that produced these results"
+        )
+    return manifest

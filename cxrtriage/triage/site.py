@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cxrtriage.errors import ConfigError, OutputError
+from cxrtriage.errors import ConfigError
+from cxrtriage.files import atomic_write
 from cxrtriage.model.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,52 @@ def load_site(path: str | Path, *, manifest: ModelManifest | None = None) -> Sit
     return site
 
 
+def site_for_results(
+    recorded: Iterable[str | None],
+    explicit: str | Path | None = None,
+    *,
+    results: str | Path,
+    manifest: ModelManifest,
+) -> SiteCalibration | None:
+    """The site file a set of results was scored with, checked against ``manifest``; None when they used none.
+
+    Args:
+        recorded: the ``site_file`` values found in the results (blanks and repeats are ignored).
+        explicit: a site file the user gave (``--site``); it replaces the recorded path, which may have moved.
+        results: the results file; a recorded relative path is also looked up beside it, and it names the
+            results in error messages.
+        manifest: the model that produced the results (see ``model.registry.manifest_for_results``).
+
+    Raises:
+        ConfigError: several site files are recorded; the recorded one is not found and ``explicit`` is None;
+            ``explicit`` is given for results scored without a site file; or the site file is invalid or was
+            made for another model.
+    """
+    results = Path(results)
+    paths = sorted({str(v or "").strip() for v in recorded} - {""})
+    if len(paths) > 1:
+        raise ConfigError(f"{results}: results were made with several site files {paths}; evaluate them separately")
+    if explicit is None and not paths:
+        return None
+    if explicit is None:
+        cand = Path(paths[0])
+        for p in (cand, results.parent / cand, results.parent / cand.name):
+            if p.is_file():
+                explicit = p
+                break
+        else:
+            raise ConfigError(
+                f"{results}: results were scored with site file '{paths[0]}', which is not found; its thresholds are "
+                "needed to read the site-calibrated scores: pass --site PATH"
+            )
+    elif not paths:
+        raise ConfigError(
+            f"{results}: results were scored without a site file, so their scores are on the model's scale; --site "
+            "cannot be applied afterwards: re-run predict with --site, or drop --site here"
+        )
+    return load_site(explicit, manifest=manifest)
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -293,11 +340,9 @@ def dump_site(site: SiteCalibration, *, comment: str = "") -> str:
 
 
 def write_site(path: str | Path, site: SiteCalibration, *, comment: str = "") -> Path:
-    """Write ``site`` as TOML to ``path`` (folders created); returns the path."""
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(dump_site(site, comment=comment), encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{p}: cannot write the site file ({exc.strerror}); check the folder and its permissions") from exc
-    return p
+    """Write ``site`` as TOML to ``path`` atomically (folders created; a failed write leaves any old file); returns the path.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    return atomic_write(path, dump_site(site, comment=comment))

@@ -169,4 +169,14 @@ def test_calibrate_refuses_a_site_file_for_another_model(tmp_path: Path, model: 
         load_site(tmp_path / "site.toml", manifest=newer)
     code, out = invoke("calibrate", "--results", results, "--labels", labels, "--out", tmp_path / "s2.toml",
                        "--model", newer.path.parent)
-    assert code == 4 and "not from --model" in out
+    assert code == 4 and "pass --model pointing at the model that produced these results" in out  # another ONNX file
+    # The same ONNX file under another version: the site file would record a version predict then refuses.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    data = json.loads(model.path.read_text())
+    data["version"] = "9.9.9"
+    data["onnx_file"] = str(model.onnx_file)
+    (renamed / "manifest.json").write_text(json.dumps(data))
+    code, out = invoke("calibrate", "--results", results, "--labels", labels, "--out", tmp_path / "s3.toml",
+                       "--model", renamed)
+    assert code == 4 and "not from --model 'tiny-classifier' 9.9.9" in out, out

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from factories import make_tiny_classifier, make_tiny_segmenter
 
-from cxrtriage.errors import ModelError
-from cxrtriage.model.registry import list_models, models_dir, resolve_manifest_path
+from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.model.manifest import load_manifest
+from cxrtriage.model.registry import list_models, manifest_for_results, models_dir, resolve_manifest_path
 
 
 @pytest.fixture()
@@ -86,3 +87,29 @@ def test_folder_without_manifest_says_so(mdir: Path) -> None:
     (mdir / "half").mkdir()
     with pytest.raises(ModelError, match="half has no manifest.json"):
         resolve_manifest_path("half")
+
+
+def test_manifest_for_results_by_recorded_name_or_explicit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(tmp_path / "models"))
+    man = load_manifest(make_tiny_classifier(tmp_path / "models" / "tiny-classifier"))
+    # Blanks and repeats (raw column values) are ignored; the sha256 compares case-insensitively.
+    found = manifest_for_results(["tiny-classifier", "", "tiny-classifier"], [man.sha256.upper(), None], where="r.csv")
+    assert found.path == man.path
+    assert manifest_for_results([], [], man.path.parent, where="r.csv").path == man.path
+    assert manifest_for_results(["renamed"], [man.sha256], str(man.path), where="r.csv").path == man.path
+
+
+def test_manifest_for_results_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(tmp_path / "models"))
+    man = load_manifest(make_tiny_classifier(tmp_path / "models" / "tiny-classifier"))
+    other = load_manifest(make_tiny_classifier(tmp_path / "other", seed=5))
+    with pytest.raises(ConfigError, match=r"^r\.csv: results come from several models \(\['a', 'b'\]\); evaluate one model"):
+        manifest_for_results(["a", "b"], [man.sha256], where="r.csv")
+    with pytest.raises(ConfigError, match="several models"):
+        manifest_for_results(["tiny-classifier"], [man.sha256, other.sha256], where="r.csv")
+    with pytest.raises(ConfigError, match="results name no model .* pass --model NAME_OR_PATH"):
+        manifest_for_results(["", " "], [man.sha256], where="r.csv")
+    with pytest.raises(ConfigError, match=f"produced by model sha256 {man.sha256[:12]}.*{other.path}.*pass --model pointing"):
+        manifest_for_results(["tiny-classifier"], [man.sha256], other.path.parent, where="r.csv")
+    with pytest.raises(ModelError, match="model 'gone' not found"):
+        manifest_for_results(["gone"], [], where="r.csv")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from factories import make_tiny_classifier
 
-from cxrtriage.errors import ConfigError
+from cxrtriage.errors import ConfigError, OutputError
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 from cxrtriage.triage import LabelSiteCalibration, SiteCalibration, apply_site, dump_site, load_site, write_site
+from cxrtriage.triage.site import site_for_results
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,45 @@ def test_malformed_site_files(tmp_path: Path, manifest: ModelManifest, edit, mat
 def test_missing_site_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="site file not found"):
         load_site(tmp_path / "none.toml")
+
+
+def test_write_site_is_atomic(tmp_path: Path, manifest: ModelManifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_site(tmp_path / "sub" / "site.toml", make_site(manifest))
+    before = path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["site.toml"]  # no partial file left behind
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OutputError, match="site.toml: cannot write"):
+        write_site(path, dataclasses.replace(make_site(manifest), method="isotonic"))
+    assert path.read_text() == before and [p.name for p in path.parent.iterdir()] == ["site.toml"]
+
+
+def test_site_for_results_finds_the_recorded_file(tmp_path: Path, manifest: ModelManifest) -> None:
+    results = tmp_path / "run" / "results.csv"
+    results.parent.mkdir()
+    write_site(tmp_path / "run" / "site.toml", make_site(manifest))
+    assert site_for_results(["", None], results=results, manifest=manifest) is None
+    # A relative path recorded at predict time is also looked up beside the results, then by its name.
+    for recorded in ("run/site.toml", "elsewhere/site.toml"):
+        site = site_for_results([recorded, recorded, ""], results=results, manifest=manifest)
+        assert site is not None and site.path == (tmp_path / "run" / "site.toml").resolve()
+    moved = write_site(tmp_path / "moved.toml", make_site(manifest))
+    site = site_for_results(["/gone/site.toml"], moved, results=results, manifest=manifest)
+    assert site is not None and site.path == moved.resolve()
+
+
+def test_site_for_results_refusals(tmp_path: Path, manifest: ModelManifest) -> None:
+    results = tmp_path / "results.csv"
+    site_path = write_site(tmp_path / "site.toml", make_site(manifest))
+    with pytest.raises(ConfigError, match="several site files .* evaluate them separately"):
+        site_for_results(["a.toml", "b.toml"], results=results, manifest=manifest)
+    with pytest.raises(ConfigError, match="site file '/gone/old.toml', which is not found.*pass --site PATH"):
+        site_for_results(["/gone/old.toml"], results=results, manifest=manifest)
+    with pytest.raises(ConfigError, match="scored without a site file.*drop --site here"):
+        site_for_results([], site_path, results=results, manifest=manifest)
+    other = load_manifest(make_tiny_classifier(tmp_path / "other", seed=5))
+    with pytest.raises(ConfigError, match="made for model"):
+        site_for_results([str(site_path)], results=results, manifest=other)

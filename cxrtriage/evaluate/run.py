@@ -1,0 +1,115 @@
+"""`evaluate` as one call: read results and labels, find their model and site file, evaluate, write JSON/HTML/plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrtriage.errors import InputError, OutputError
+from cxrtriage.evaluate.data import match_labels, read_labels, read_results
+from cxrtriage.evaluate.runner import Evaluation, evaluate_results, evaluation_to_dict
+from cxrtriage.files import atomic_write, safe_name
+from cxrtriage.model.registry import manifest_for_results
+from cxrtriage.triage.policy import load_policy
+from cxrtriage.triage.site import site_for_results
+
+OVERVIEW_PLOT = "roc_all.png"
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateConfig:
+    """What to evaluate and where to write it (one field per ``cxrtriage evaluate`` option)."""
+
+    results: Path
+    labels: Path
+    by: tuple[str, ...] = ()
+    json_out: Path | None = None
+    html_out: Path | None = None
+    plots: Path | None = None
+    policy: Path | None = None
+    model: str | Path | None = None
+    site: Path | None = None
+    n_boot: int = 1000
+    top: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateRun:
+    """The evaluation and the files written for it (None / empty where not asked for)."""
+
+    evaluation: Evaluation
+    by: tuple[str, ...]
+    json_path: Path | None = None
+    html_path: Path | None = None
+    plots_dir: Path | None = None
+    plot_files: tuple[Path, ...] = ()
+
+
+def distinct(rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """The distinct non-blank values of ``key`` in ``rows``, sorted."""
+    return sorted({str(r.get(key, "") or "").strip() for r in rows} - {""})
+
+
+def plot_name(label: str) -> str:
+    """The file name of one label's ROC + reliability figure."""
+    return f"roc_reliability_{safe_name(label)}.png"
+
+
+def write_plots(folder: Path, images: Mapping[str, Any]) -> tuple[Path, ...]:
+    """Write the overview and per-label PNGs of ``evaluation_images`` into ``folder`` (created even when empty)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the plots folder ({exc.strerror}); check its parent and permissions") from exc
+    written = []
+    if images["overview"]:
+        written.append(atomic_write(folder / OVERVIEW_PLOT, images["overview"]))
+    for label, png in images["labels"].items():
+        written.append(atomic_write(folder / plot_name(label), png))
+    return tuple(written)
+
+
+def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
+    """Evaluate ``config.results`` against ``config.labels`` and write the requested JSON, HTML and plots.
+
+    The model is ``config.model`` or the one the results name, checked by sha256; the site file is the one
+    the results were scored with (``config.site`` when it has moved).
+
+    Raises:
+        InputError: a file cannot be read, or the labels have no column named like a model label.
+        ConfigError: the results, model, site file, policy or ``by`` columns do not fit together.
+        ModelError: the model cannot be found.
+        OutputError: an output cannot be written.
+    """
+    rows = read_results(config.results)
+    manifest = manifest_for_results(distinct(rows, "model_name"), distinct(rows, "model_sha256"), config.model,
+                                    where=config.results)
+    site = site_for_results(distinct(rows, "site_file"), config.site, results=config.results, manifest=manifest)
+    policy = load_policy(config.policy, labels=manifest.labels)
+    table = read_labels(config.labels, manifest.labels)
+    if not table.label_columns:
+        raise InputError(
+            f"{config.labels}: no column is named like a label of model '{manifest.name}' {list(manifest.labels)}; "
+            f"columns are {list(table.rows[0]) if table.rows else []}"
+        )
+    match = match_labels(rows, table)
+    ev = evaluate_results(rows, table, match, manifest=manifest, policy=policy, site=site,
+                          recompute_priority=config.policy is not None, by=config.by, n_boot=config.n_boot,
+                          seed=config.seed, top_k=config.top, results_path=str(config.results))
+    if config.json_out is not None:
+        atomic_write(config.json_out, json.dumps(evaluation_to_dict(ev), indent=2))
+    plot_files: tuple[Path, ...] = ()
+    if config.html_out is not None or config.plots is not None:
+        from cxrtriage.evaluate.html import evaluation_images, render_html  # matplotlib/jinja2: only when asked for
+
+        images = evaluation_images(ev)
+        if config.plots is not None:
+            plot_files = write_plots(config.plots, images)
+        if config.html_out is not None:
+            atomic_write(config.html_out, render_html(ev, images=images, by=config.by))
+    return EvaluateRun(ev, config.by, json_path=config.json_out, html_path=config.html_out, plots_dir=config.plots,
+                       plot_files=plot_files)

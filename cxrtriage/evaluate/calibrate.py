@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.evaluate.data import match_labels, read_labels, read_results, score_labels
+from cxrtriage.evaluate.data import match_labels, read_labels
 from cxrtriage.evaluate.metrics import (
     auroc,
     clean_binary,
@@ -29,7 +29,8 @@ from cxrtriage.evaluate.metrics import (
     youden_threshold,
 )
 from cxrtriage.model.registry import manifest_for_results
-from cxrtriage.triage.policy import scores_from_row
+from cxrtriage.results import ResultsTable, read_results
+from cxrtriage.triage.policy import scores_from_record
 from cxrtriage.triage.site import METHODS, LabelSiteCalibration, SiteCalibration, write_site
 
 MIN_POSITIVES = 20
@@ -256,15 +257,15 @@ class CalibrationRun:
     unmatched_labels: tuple[tuple[int, str], ...]  # (0-based labels row, why)
 
 
-def results_identity(rows: Sequence[Mapping[str, Any]], *, where: str | Path) -> tuple[str, str, str]:
-    """The one (model_name, model_version, model_sha256) that every scored row names.
+def results_identity(results: ResultsTable, *, where: str | Path) -> tuple[str, str, str]:
+    """The one (model_name, model_version, model_sha256) that every scored record names.
 
     A site file is stamped with all three and refused for any other model, so each must be present and
     unique; the model itself need not be installed to calibrate.
     """
 
     def one(key: str) -> str:
-        vals = sorted({str(r.get(key, "") or "").strip() for r in rows if str(r.get("status", "")) == "scored"} - {""})
+        vals = results.distinct(key, scored_only=True)
         if len(vals) != 1:
             raise ConfigError(
                 f"{where}: scored rows must all name one model in '{key}', found {vals or 'none'}; calibrate on the "
@@ -300,14 +301,14 @@ def calibrate_results(
         raise ConfigError(f"--method {method!r}: choose 'platt' or 'isotonic'")
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists; choose another --out or pass --force to overwrite it")
-    rows = read_results(results)
-    used_site = sorted({str(r.get("site_file", "") or "").strip() for r in rows} - {""})
+    table_in = read_results(results)
+    used_site = table_in.distinct("site_file")
     if used_site:
         raise ConfigError(
             f"{results}: these results were scored with site file {used_site[0]}; calibrate on results of "
             "`cxrtriage predict` run WITHOUT --site, so that the map starts from the model's own scores"
         )
-    name, version, sha = results_identity(rows, where=results)
+    name, version, sha = results_identity(table_in, where=results)
     if model is not None:
         man = manifest_for_results([name], [sha], model, where=results)
         if (man.name, man.version) != (name, version):  # same ONNX file, but the site file records name and version too
@@ -315,16 +316,17 @@ def calibrate_results(
                 f"{results}: results come from model '{name}' {version} (sha256 {sha[:12]}…), not from --model "
                 f"'{man.name}' {man.version} (sha256 {man.sha256[:12]}…)"
             )
-    model_labels = score_labels(rows)
+    model_labels = list(table_in.labels)
     table = read_labels(labels, model_labels)
     if not table.label_columns:
         raise InputError(f"{labels}: no column is named like a model label {model_labels}")
-    match = match_labels(rows, table)
-    pairs = [(i, j) for i, j in match.pairs if str(rows[i].get("status", "")) == "scored"]
+    records = table_in.records
+    match = match_labels(records, table)
+    pairs = [(i, j) for i, j in match.pairs if records[i].scored]
     scores: dict[str, list[float]] = {lab: [] for lab in table.label_columns}
     truth: dict[str, list[float]] = {lab: [] for lab in table.label_columns}
     for i, j in pairs:
-        s = scores_from_row(rows[i], table.label_columns)
+        s = scores_from_record(records[i], table.label_columns)
         for lab in table.label_columns:
             scores[lab].append(s[lab])
             truth[lab].append(float(table.truth[lab][j]))

@@ -1,4 +1,4 @@
-"""Read results and a labels CSV, and match label rows to results rows by file name, path or SOP Instance UID.
+"""Read a labels CSV and match its rows to results records by file name, path or SOP Instance UID.
 
 LABELS.csv has one row per image: an ``image`` column (a file name, a path relative to any common
 root, an absolute path, or a DICOM SOP Instance UID), optionally a ``sop_instance_uid`` column,
@@ -9,19 +9,18 @@ Nothing is silently dropped: every unmatched or ambiguous row is returned with t
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError
-from cxrtriage.triage.policy import SCORE_PREFIX, normalize_label
+from cxrtriage.results import ImageRecord
+from cxrtriage.triage.policy import normalize_label
 
 IMAGE_COLUMN = "image"
 UID_COLUMN = "sop_instance_uid"
@@ -41,43 +40,6 @@ def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
         raise InputError(f"{path}: {what} file not found") from exc
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read the {what} CSV ({exc})") from exc
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``results.csv`` or ``results.jsonl`` (as written by ``cxrtriage predict``)."""
-    p = Path(path)
-    if p.suffix.lower() == ".jsonl":
-        try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError as exc:
-            raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first") from exc
-        rows: list[dict[str, Any]] = []
-        for i, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{p}:{i}: not valid JSON ({exc})") from exc
-        columns = sorted({k for r in rows for k in r})
-    else:
-        if not p.is_file():
-            raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first")
-        columns, csv_rows = _read_csv(p, "results")
-        rows = list(csv_rows)
-    for col in ("path", "status"):
-        if col not in columns:
-            raise InputError(f"{p}: results have no '{col}' column; is this a results.csv written by `cxrtriage predict`?")
-    return rows
-
-
-def score_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The model labels present as ``score_<label>`` keys, in first-seen order."""
-    seen: dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            if k.startswith(SCORE_PREFIX):
-                seen.setdefault(k[len(SCORE_PREFIX):], None)
-    return list(seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +125,8 @@ def _suffixes(path: str) -> list[str]:
     return ["/".join(parts[i:]) for i in range(len(parts))]
 
 
-def match_labels(results: Sequence[Mapping[str, Any]], table: LabelTable) -> MatchResult:
-    """Match each labels row to one results row.
+def match_labels(results: Sequence[ImageRecord], table: LabelTable) -> MatchResult:
+    """Match each labels row to one results record.
 
     In order: by SOP Instance UID (``sop_instance_uid`` column, or an ``image`` value that is a UID);
     by path, where the labels ``image`` must equal the whole results path or its trailing components
@@ -175,10 +137,10 @@ def match_labels(results: Sequence[Mapping[str, Any]], table: LabelTable) -> Mat
     by_suffix: dict[str, list[int]] = {}
     by_name: dict[str, list[int]] = {}
     for i, r in enumerate(results):
-        uid = str(r.get("sop_instance_uid", "") or "").strip()
+        uid = (r.sop_instance_uid or "").strip()
         if uid:
             by_uid.setdefault(uid, []).append(i)
-        sfx = _suffixes(str(r.get("path", "") or ""))
+        sfx = _suffixes(r.path)
         for s in sfx:
             by_suffix.setdefault(s, []).append(i)
         if sfx:
@@ -216,7 +178,7 @@ def match_labels(results: Sequence[Mapping[str, Any]], table: LabelTable) -> Mat
             continue
         i = cands[0]
         if i in taken:
-            unmatched.append((j, f"duplicate: labels row {taken[i] + 2} already matched {results[i].get('path')}"))
+            unmatched.append((j, f"duplicate: labels row {taken[i] + 2} already matched {results[i].path}"))
             continue
         taken[i] = j
         pairs.append((i, j))

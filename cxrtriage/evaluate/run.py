@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxrtriage.errors import InputError, OutputError
-from cxrtriage.evaluate.data import match_labels, read_labels, read_results
+from cxrtriage.evaluate.data import match_labels, read_labels
 from cxrtriage.evaluate.runner import Evaluation, evaluate_results, evaluation_to_dict
 from cxrtriage.files import atomic_write, safe_name
 from cxrtriage.model.registry import manifest_for_results
+from cxrtriage.results import read_results
 from cxrtriage.triage.policy import load_policy
 from cxrtriage.triage.site import site_for_results
 
@@ -49,11 +50,6 @@ class EvaluateRun:
     plot_files: tuple[Path, ...] = ()
 
 
-def distinct(rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
-    """The distinct non-blank values of ``key`` in ``rows``, sorted."""
-    return sorted({str(r.get(key, "") or "").strip() for r in rows} - {""})
-
-
 def plot_name(label: str) -> str:
     """The file name of one label's ROC + reliability figure."""
     return f"roc_reliability_{safe_name(label)}.png"
@@ -85,10 +81,10 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
         ModelError: the model cannot be found.
         OutputError: an output cannot be written.
     """
-    rows = read_results(config.results)
-    manifest = manifest_for_results(distinct(rows, "model_name"), distinct(rows, "model_sha256"), config.model,
+    results = read_results(config.results)
+    manifest = manifest_for_results(results.distinct("model_name"), results.distinct("model_sha256"), config.model,
                                     where=config.results)
-    site = site_for_results(distinct(rows, "site_file"), config.site, results=config.results, manifest=manifest)
+    site = site_for_results(results.distinct("site_file"), config.site, results=config.results, manifest=manifest)
     policy = load_policy(config.policy, labels=manifest.labels)
     table = read_labels(config.labels, manifest.labels)
     if not table.label_columns:
@@ -96,8 +92,8 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
             f"{config.labels}: no column is named like a label of model '{manifest.name}' {list(manifest.labels)}; "
             f"columns are {list(table.rows[0]) if table.rows else []}"
         )
-    match = match_labels(rows, table)
-    ev = evaluate_results(rows, table, match, manifest=manifest, policy=policy, site=site,
+    match = match_labels(results.records, table)
+    ev = evaluate_results(results.records, table, match, manifest=manifest, policy=policy, site=site,
                           recompute_priority=config.policy is not None, by=config.by, n_boot=config.n_boot,
                           seed=config.seed, top_k=config.top, results_path=str(config.results))
     if config.json_out is not None:

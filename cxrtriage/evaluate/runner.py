@@ -28,7 +28,8 @@ from cxrtriage.evaluate.metrics import (
     wilson_interval,
 )
 from cxrtriage.model.manifest import ModelManifest
-from cxrtriage.triage.policy import Priority, TriagePolicy, scores_from_row, triage_row
+from cxrtriage.results import ImageRecord, Priority
+from cxrtriage.triage.policy import TriagePolicy, scores_from_record, triage_record
 from cxrtriage.triage.site import SiteCalibration
 
 MISSING_GROUP = "(missing)"
@@ -241,7 +242,7 @@ def _truth_category(truths: Mapping[str, float], policy: TriagePolicy) -> str:
 
 
 def evaluate_results(
-    results: Sequence[Mapping[str, Any]],
+    results: Sequence[ImageRecord],
     table: LabelTable,
     match: MatchResult,
     *,
@@ -265,14 +266,14 @@ def evaluate_results(
     pairs = match.pairs
     res_idx = [i for i, _ in pairs]
     lab_idx = [j for _, j in pairs]
-    scored = np.array([str(results[i].get("status", "")) == "scored" for i in res_idx], dtype=bool)
+    scored = np.array([results[i].scored for i in res_idx], dtype=bool)
     labels_eval = [lab for lab in manifest.labels if lab in table.label_columns]
     not_evaluated = {lab: f"no column named like '{lab}' in the labels CSV" for lab in manifest.labels
                      if lab not in table.label_columns}
     if table.unused_label_like:
         warnings.append(f"0/1 columns {list(table.unused_label_like)} name no label of model '{manifest.name}' and are "
                         "treated as subgroup columns")
-    score_rows = [scores_from_row(results[i], manifest.labels) for i in res_idx]
+    score_rows = [scores_from_record(results[i], manifest.labels) for i in res_idx]
     groups = {col: _group_values(table, col, lab_idx) for col in by}
 
     label_results: dict[str, LabelMetrics] = {}
@@ -311,7 +312,7 @@ def evaluate_results(
             for k in chosen:
                 missed = (s[k] < ro) if kind.endswith("positive") and ro is not None else \
                     (s[k] >= ba) if kind.endswith("negative") and ba is not None else False
-                lab_misses.append(Miss(lab, kind, str(results[res_idx[k]].get("path", "")), float(s[k]), bool(missed),
+                lab_misses.append(Miss(lab, kind, results[res_idx[k]].path, float(s[k]), bool(missed),
                                        {col: groups[col][k] for col in by}))
         misses[lab] = lab_misses
         lab_clusters = []
@@ -335,11 +336,10 @@ def evaluate_results(
     unmatched_labels = [{"row": j + 2, "image": (table.rows[j].get(table.image_column or "") or
                                                  table.rows[j].get(table.uid_column or "") or ""), "reason": why}
                         for j, why in match.unmatched_labels]
-    unmatched_results = [{"path": str(results[i].get("path", "")), "status": str(results[i].get("status", ""))}
+    unmatched_results = [{"path": results[i].path, "status": results[i].status.value}
                          for i in match.unmatched_results]
-    not_scored = [{"path": str(results[i].get("path", "")), "status": str(results[i].get("status", "")),
-                   "reason": str(results[i].get("reason", "") or "")} for i in res_idx
-                  if str(results[i].get("status", "")) != "scored"]
+    not_scored = [{"path": results[i].path, "status": results[i].status.value, "reason": results[i].reason or ""}
+                  for i in res_idx if not results[i].scored]
     if unmatched_labels:
         warnings.append(f"{len(unmatched_labels)} of {len(table)} labels rows matched no results row (listed under 'unmatched')")
     n_unmatched_scored = sum(1 for r in unmatched_results if r["status"] == "scored")
@@ -373,7 +373,7 @@ def evaluate_results(
 
 
 def _priority_confusion(
-    results: Sequence[Mapping[str, Any]],
+    results: Sequence[ImageRecord],
     table: LabelTable,
     match: MatchResult,
     labels_eval: Sequence[str],
@@ -383,19 +383,14 @@ def _priority_confusion(
     site: SiteCalibration | None,
     recompute: bool,
 ) -> PriorityConfusion | None:
-    have = any(str(results[i].get("priority", "") or "") for i, _ in match.pairs)
+    have = any(results[i].priority is not None for i, _ in match.pairs)
     if not have and not recompute:
         recompute = True  # priorities were never written: derive them with the policy given (default or --policy)
     counts = {p.value: dict.fromkeys(TRUTH_CATEGORIES, 0) for p in PRIORITY_ORDER}
     stats = dict.fromkeys(("pcn", "pa", "nt", "nn", "ct", "ctc", "ctu", "ut", "utu"), 0)
     for i, j in match.pairs:
-        row = results[i]
-        prio_raw = str(triage_row(row, manifest=manifest, policy=policy, site=site)["priority"]) if recompute \
-            else str(row.get("priority", "") or Priority.NOT_ASSESSED.value)
-        try:
-            prio = Priority(prio_raw)
-        except ValueError:
-            prio = Priority.NOT_ASSESSED
+        record = triage_record(results[i], manifest=manifest, policy=policy, site=site) if recompute else results[i]
+        prio = record.priority or Priority.NOT_ASSESSED
         cat = _truth_category({lab: float(table.truth[lab][j]) for lab in labels_eval}, policy)
         counts[prio.value][cat] += 1
         positive = cat in ("critical finding", "urgent finding", "other finding")

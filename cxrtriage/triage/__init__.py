@@ -14,9 +14,7 @@ from cxrtriage.triage.policy import (
     load_policy,
     normalize_label,
     scores_from_record,
-    scores_from_row,
     triage_record,
-    triage_row,
 )
 from cxrtriage.triage.site import (
     LabelSiteCalibration,
@@ -50,9 +48,7 @@ __all__ = [
     "load_site",
     "normalize_label",
     "scores_from_record",
-    "scores_from_row",
     "triage_record",
-    "triage_row",
     "write_site",
     "write_worklist",
 ]

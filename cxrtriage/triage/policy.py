@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 POLICY_SCHEMA_VERSION = 1
 DEFAULT_POLICY_RESOURCE = "default_policy.toml"
-SCORE_PREFIX = "score_"
 
 
 class ThresholdKind(StrEnum):
@@ -341,14 +340,6 @@ def _finite(v: Any) -> bool:
     return not math.isnan(_to_float(v))
 
 
-def scores_from_row(row: Mapping[str, Any], labels: Iterable[str]) -> dict[str, float]:
-    """The ``score_<label>`` values of a results row as floats (empty or unparsable values become NaN)."""
-    out: dict[str, float] = {}
-    for lab in labels:
-        out[lab] = _to_float(row.get(SCORE_PREFIX + lab))
-    return out
-
-
 def scores_from_record(record: ImageRecord, labels: Iterable[str]) -> dict[str, float]:
     """The scores of ``labels`` in ``record`` (missing or non-finite scores become NaN)."""
     return {lab: _to_float(record.scores.get(lab)) for lab in labels}
@@ -374,29 +365,3 @@ def triage_record(
     d = decide_priority(scores_from_record(record, manifest.labels), manifest=manifest, policy=policy, site=site)
     return record.replace(priority=d.priority, priority_reason=d.reason, priority_finding=d.deciding_label or "",
                           priority_score=d.deciding_score)
-
-
-def triage_row(
-    row: Mapping[str, Any],
-    *,
-    manifest: ModelManifest,
-    policy: TriagePolicy,
-    site: SiteCalibration | None = None,
-) -> dict[str, Any]:
-    """A copy of a results row with ``priority``, ``priority_reason``, ``priority_finding`` and ``priority_score`` filled.
-
-    Rows whose ``status`` is not ``scored`` (excluded, failed, failed quality checks) are ``not_assessed``
-    with their own ``reason`` copied. Scores are read from ``score_<label>`` (site-calibrated when ``site``).
-    """
-    out = dict(row)
-    status = str(row.get("status", "") or "")
-    if status != "scored":
-        why = str(row.get("reason", "") or "").strip()
-        out.update(priority=Priority.NOT_ASSESSED.value,
-                   priority_reason=f"{status or 'not scored'}: {why}" if why else (status or "not scored"),
-                   priority_finding="", priority_score=None)
-        return out
-    d = decide_priority(scores_from_row(row, manifest.labels), manifest=manifest, policy=policy, site=site)
-    out.update(priority=d.priority.value, priority_reason=d.reason, priority_finding=d.deciding_label or "",
-               priority_score=d.deciding_score)
-    return out

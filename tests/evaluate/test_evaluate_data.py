@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxrtriage.errors import InputError
-from cxrtriage.evaluate.data import match_labels, read_labels, read_results
+from cxrtriage.evaluate.data import match_labels, read_labels
+from cxrtriage.results import from_row
 
 
 def write(path: Path, text: str) -> Path:
@@ -42,14 +43,6 @@ def test_labels_csv_without_image_column(tmp_path: Path) -> None:
         read_labels(p, ["effusion"])
 
 
-def test_results_must_look_like_results(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="results file not found"):
-        read_results(tmp_path / "results.csv")
-    p = write(tmp_path / "results.csv", "file,score\na,1\n")
-    with pytest.raises(InputError, match="no 'path' column"):
-        read_results(p)
-
-
 def test_matching_by_name_path_suffix_and_uid(tmp_path: Path) -> None:
     results = [
         {"path": "/data/site/NORMAL/IM-0001.jpeg", "status": "scored", "sop_instance_uid": ""},
@@ -70,7 +63,7 @@ def test_matching_by_name_path_suffix_and_uid(tmp_path: Path) -> None:
               "missing.png,0\n"                    # no such file
               "unique.png,0\n")                    # duplicate
     t = read_labels(p, ["effusion"])
-    m = match_labels(results, t)
+    m = match_labels([from_row(r) for r in results], t)
     assert sorted(m.pairs) == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
     assert m.how == {"path": 2, "file name": 1, "sop_instance_uid": 2}
     reasons = dict(m.unmatched_labels)
@@ -84,10 +77,5 @@ def test_uid_column_takes_precedence(tmp_path: Path) -> None:
     results = [{"path": "a/1.dcm", "status": "scored", "sop_instance_uid": "1.2.3.4"},
                {"path": "b/1.dcm", "status": "scored", "sop_instance_uid": "1.2.3.5"}]
     p = write(tmp_path / "labels.csv", "image,sop_instance_uid,effusion\n1.dcm,1.2.3.5,1\n")
-    m = match_labels(results, read_labels(p, ["effusion"]))
+    m = match_labels([from_row(r) for r in results], read_labels(p, ["effusion"]))
     assert m.pairs == [(1, 0)] and m.how == {"sop_instance_uid": 1}
-
-
-def test_results_jsonl(tmp_path: Path) -> None:
-    p = write(tmp_path / "results.jsonl", '{"path": "a.png", "status": "scored", "score_x": 0.5}\n\n')
-    assert read_results(p) == [{"path": "a.png", "status": "scored", "score_x": 0.5}]

@@ -15,8 +15,8 @@ from cxrtriage.evaluate.calibrate import CalibrationRun, calibrate_results, resu
 from cxrtriage.evaluate.run import EvaluateConfig, plot_name, run_evaluate
 from cxrtriage.evaluate.runner import evaluation_to_dict
 from cxrtriage.model.manifest import ModelManifest, load_manifest
-from cxrtriage.report.results import ResultsWriter, result_columns
-from cxrtriage.triage import load_policy, load_site, triage_row
+from cxrtriage.results import ResultsTable, ResultsWriter, from_row, result_columns, to_row
+from cxrtriage.triage import load_policy, load_site, triage_record
 
 LABELS = ("abnormal", "pneumonia", "effusion")
 
@@ -40,7 +40,8 @@ def make_set(folder: Path, manifest: ModelManifest, *, n: int = 160, seed: int =
                                    "model_name": manifest.name, "model_version": manifest.version,
                                    "model_sha256": manifest.sha256}
             row |= {f"score_{lab}": float(1 / (1 + np.exp(-rng.normal(-1 + 2 * truth[lab][i], 1.0)))) for lab in LABELS}
-            w.write(triage_row(row, manifest=manifest, policy=policy) | (edit or {}).get(i, {}))
+            triaged = to_row(triage_record(from_row(row), manifest=manifest, policy=policy), w.columns)
+            w.write(from_row(triaged | (edit or {}).get(i, {})))
     labels = folder / "labels.csv"
     lines = ["image,abnormal,pneumonia,effusion,sex"]
     lines += [f"c{i:03d}.png,{truth['abnormal'][i]},{truth['pneumonia'][i]},{truth['effusion'][i]},{'FM'[i % 2]}"
@@ -121,8 +122,11 @@ def test_calibrate_results_refusals(tmp_path: Path, model: ModelManifest) -> Non
 def test_results_identity_needs_one_name_version_and_sha() -> None:
     row = {"status": "scored", "model_name": "m", "model_version": "1", "model_sha256": "ab"}
     skipped = {"status": "failed", "model_name": "other", "model_version": "", "model_sha256": ""}
-    assert results_identity([row, row, skipped], where="r.csv") == ("m", "1", "ab")  # only scored rows count
+    def table(*rows: dict[str, str]) -> ResultsTable:
+        return ResultsTable(Path("r.csv"), (), tuple(from_row({"path": "x", **r}) for r in rows))
+
+    assert results_identity(table(row, row, skipped), where="r.csv") == ("m", "1", "ab")  # only scored rows count
     with pytest.raises(ConfigError, match=r"r.csv: scored rows must all name one model in 'model_version', found none"):
-        results_identity([row | {"model_version": ""}], where="r.csv")
+        results_identity(table(row | {"model_version": ""}), where="r.csv")
     with pytest.raises(ConfigError, match=r"'model_name', found \['m', 'n'\]"):
-        results_identity([row, row | {"model_name": "n"}], where="r.csv")
+        results_identity(table(row, row | {"model_name": "n"}), where="r.csv")

@@ -15,7 +15,8 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 from cxrtriage.evaluate.data import match_labels, read_labels
 from cxrtriage.evaluate.runner import evaluate_results, evaluation_to_dict
 from cxrtriage.model.manifest import ModelManifest, load_manifest
-from cxrtriage.triage import load_policy, triage_row
+from cxrtriage.results import from_row
+from cxrtriage.triage import load_policy, triage_record
 
 LABELS = ("abnormal", "pneumonia", "effusion")
 
@@ -47,11 +48,12 @@ def synthetic(n: int = 240, seed: int = 3) -> tuple[list[dict[str, Any]], str, d
 
 def test_matches_scikit_learn(tmp_path: Path, manifest: ModelManifest) -> None:
     rows, labels_text, truth, sex = synthetic()
+    records = [from_row(r) for r in rows]
     (tmp_path / "labels.csv").write_text(labels_text)
     table = read_labels(tmp_path / "labels.csv", manifest.labels)
-    match = match_labels(rows, table)
+    match = match_labels(records, table)
     policy = load_policy()
-    ev = evaluate_results(rows, table, match, manifest=manifest, policy=policy, by=("sex",), n_boot=200)
+    ev = evaluate_results(records, table, match, manifest=manifest, policy=policy, by=("sex",), n_boot=200)
     scored = np.array([r["status"] == "scored" for r in rows])
     assert ev.n_matched == len(rows) and ev.n_matched_scored == scored.sum()
     assert len(ev.not_scored) == (~scored).sum()
@@ -88,10 +90,10 @@ def test_matches_scikit_learn(tmp_path: Path, manifest: ModelManifest) -> None:
 def test_priority_confusion_counts(tmp_path: Path, manifest: ModelManifest) -> None:
     rows, labels_text, truth, _ = synthetic(n=120, seed=5)
     policy = load_policy()
-    rows = [triage_row(r, manifest=manifest, policy=policy) for r in rows]
+    records = [triage_record(from_row(r), manifest=manifest, policy=policy) for r in rows]
     (tmp_path / "labels.csv").write_text(labels_text)
     table = read_labels(tmp_path / "labels.csv", manifest.labels)
-    ev = evaluate_results(rows, table, match_labels(rows, table), manifest=manifest, policy=policy, n_boot=0)
+    ev = evaluate_results(records, table, match_labels(records, table), manifest=manifest, policy=policy, n_boot=0)
     pc = ev.priority
     assert pc is not None and pc.source.startswith("results")
     total = sum(sum(r.values()) for r in pc.counts.values())
@@ -100,11 +102,11 @@ def test_priority_confusion_counts(tmp_path: Path, manifest: ModelManifest) -> N
     # default policy: pneumonia and effusion are urgent findings; abnormal only is "other finding"
     urgent_truth = [(truth["pneumonia"][i] or truth["effusion"][i]) for i in range(len(rows))]
     assert pc.urgent_truth == sum(urgent_truth)
-    called_normal = sum(1 for i, r in enumerate(rows) if r["priority"] == "normal"
+    called_normal = sum(1 for i, r in enumerate(records) if r.priority == "normal"
                         and (urgent_truth[i] or truth["abnormal"][i]))
     assert pc.positives_called_normal == called_normal
     # Recomputing with the policy gives the same table as the priorities the rows carry.
-    ev2 = evaluate_results(rows, table, match_labels(rows, table), manifest=manifest, policy=policy, n_boot=0,
+    ev2 = evaluate_results(records, table, match_labels(records, table), manifest=manifest, policy=policy, n_boot=0,
                            recompute_priority=True)
     assert ev2.priority is not None and ev2.priority.counts == pc.counts
 
@@ -113,19 +115,21 @@ def test_unknown_subgroup_column(tmp_path: Path, manifest: ModelManifest) -> Non
     from cxrtriage.errors import ConfigError
 
     rows, labels_text, _, _ = synthetic(n=20)
+    records = [from_row(r) for r in rows]
     (tmp_path / "labels.csv").write_text(labels_text)
     table = read_labels(tmp_path / "labels.csv", manifest.labels)
     with pytest.raises(ConfigError, match=r"--by age: no such subgroup column .* \['sex'\]"):
-        evaluate_results(rows, table, match_labels(rows, table), manifest=manifest, policy=load_policy(), by=("age",))
+        evaluate_results(records, table, match_labels(records, table), manifest=manifest, policy=load_policy(), by=("age",))
 
 
 def test_numeric_subgroups_are_binned(tmp_path: Path, manifest: ModelManifest) -> None:
     rows, labels_text, _, _ = synthetic(n=80)
+    records = [from_row(r) for r in rows]
     lines = labels_text.splitlines()
     lines = [lines[0] + ",age"] + [line + f",{20 + i}" for i, line in enumerate(lines[1:])]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     table = read_labels(tmp_path / "labels.csv", manifest.labels)
-    ev = evaluate_results(rows, table, match_labels(rows, table), manifest=manifest, policy=load_policy(), by=("age",),
+    ev = evaluate_results(records, table, match_labels(records, table), manifest=manifest, policy=load_policy(), by=("age",),
                           n_boot=0)
     groups = list(ev.subgroups["age"])
     assert groups == ["[20, 39.75)", "[39.75, 59.5)", "[59.5, 79.25)", "[79.25, 99]"]

@@ -12,6 +12,7 @@ from factories import make_tiny_classifier
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import LabelThresholds, ModelManifest, OperatingPoint, load_manifest
+from cxrtriage.results import ImageRecord, Status
 from cxrtriage.triage import (
     LabelSiteCalibration,
     Priority,
@@ -19,7 +20,7 @@ from cxrtriage.triage import (
     ThresholdKind,
     decide_priority,
     load_policy,
-    triage_row,
+    triage_record,
 )
 from cxrtriage.triage.policy import format_pair, parse_policy
 
@@ -160,20 +161,19 @@ def test_label_without_thresholds_is_a_model_error(manifest: ModelManifest, poli
         decide_priority(scores(), manifest=man, policy=policy)
 
 
-def test_triage_row_fills_priority_columns(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
-    row = {"path": "a.dcm", "status": "scored", "reason": ""} | {f"score_{k}": f"{v:.6g}" for k, v in scores().items()}
-    row["score_pneumothorax"] = "0.83"
-    out = triage_row(row, manifest=manifest, policy=policy)
-    assert out["priority"] == "critical"
-    assert out["priority_reason"] == "pneumothorax 0.83 >= 0.41 (balanced)"
-    assert (out["priority_finding"], out["priority_score"]) == ("pneumothorax", 0.83)
-    assert "priority" not in row  # the input row is not modified
-    excluded = triage_row({"path": "lat.dcm", "status": "excluded", "reason": "lateral view (ViewPosition LL)"},
-                          manifest=manifest, policy=policy)
-    assert excluded["priority"] == "not_assessed"
-    assert excluded["priority_reason"] == "excluded: lateral view (ViewPosition LL)"
-    failed = triage_row({"path": "x.dcm", "status": "failed", "reason": ""}, manifest=manifest, policy=policy)
-    assert (failed["priority"], failed["priority_reason"]) == ("not_assessed", "failed")
+def test_triage_record_fills_priority_fields(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    record = ImageRecord("a.dcm", Status.SCORED, scores={**scores(), "pneumothorax": 0.83})
+    out = triage_record(record, manifest=manifest, policy=policy)
+    assert out.priority is Priority.CRITICAL
+    assert out.priority_reason == "pneumothorax 0.83 >= 0.41 (balanced)"
+    assert (out.priority_finding, out.priority_score) == ("pneumothorax", 0.83)
+    assert record.priority is None  # the input record is not modified
+    excluded = triage_record(ImageRecord("lat.dcm", Status.EXCLUDED, reason="lateral view (ViewPosition LL)"),
+                             manifest=manifest, policy=policy)
+    assert excluded.priority is Priority.NOT_ASSESSED
+    assert excluded.priority_reason == "excluded: lateral view (ViewPosition LL)"
+    failed = triage_record(ImageRecord("x.dcm", Status.FAILED), manifest=manifest, policy=policy)
+    assert (failed.priority, failed.priority_reason) == (Priority.NOT_ASSESSED, "failed")
 
 
 def test_default_policy_is_packaged_and_documented(repo_root: Path) -> None:

@@ -136,7 +136,7 @@ def _probe_dicom(p: Path, size: int) -> Probe:
     except InputError as exc:
         return Probe(p, InputKind.DICOM, "dicom", file_size=size, error=_strip_path(str(exc), p))
     ds, info = header.dataset, header.info
-    from cxrtriage.io.dicom import _int
+    from cxrtriage.io.dicom import get_int
 
     error = None
     if header.pixel.problem:
@@ -149,7 +149,7 @@ def _probe_dicom(p: Path, size: int) -> Probe:
     return Probe(
         path=p, kind=InputKind.DICOM, fmt="dicom", dicom=info,
         rows=info.rows or None, columns=info.columns or None, frames=info.number_of_frames,
-        samples_per_pixel=info.samples_per_pixel, bits=_int(ds, "BitsAllocated", 0) or None,
+        samples_per_pixel=info.samples_per_pixel, bits=get_int(ds, "BitsAllocated", 0) or None,
         has_pixel_data=header.pixel.present, colour=colour and header.pixel.present,
         presentation_intent=header.presentation_intent, file_size=size,
         assumed_transfer_syntax=header.assumed_transfer_syntax, not_an_image=not_image,

@@ -67,8 +67,9 @@ def read_header(path: str | Path) -> DicomHeader:
 def header_from_dataset(ds: Dataset, path: str | Path) -> DicomHeader:
     """The `DicomHeader` of a data set already parsed in full (pixels included) from ``path``; reads no file.
 
-    The pixel data element is checked in memory (fragment framing of encapsulated data); the warnings pydicom
-    gave while the caller parsed the file are not known here, so they are not in the notes.
+    The pixel data element is checked in memory (fragment framing of encapsulated data); an image without one
+    is taken as truncated, as `read_header` does (pydicom drops encapsulated pixel data cut short). The warnings
+    pydicom gave while the caller parsed the file are not known here, so they are not in the notes.
 
     Raises:
         InputError: the data set holds no usable elements.
@@ -76,7 +77,13 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> DicomHeader:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         has_preamble = getattr(ds, "preamble", None) is not None
-        return _header(Path(path), ds, pixel_status_in(ds), has_preamble, [])
+        pixel = pixel_status_in(ds)
+        if not len(ds) and _has_meta(ds):
+            # pydicom returns only the file meta when the data set is cut short, wherever the cut is
+            pixel = PixelDataStatus(problem="no data set elements after the file meta information: truncated file")
+        elif not pixel.present:
+            pixel = _ended_early(ds) or pixel
+        return _header(Path(path), ds, pixel, has_preamble, [])
 
 
 def _read_header(p: Path) -> DicomHeader:
@@ -223,12 +230,18 @@ def _scan_fragments(fh: BinaryIO, keyword: str, end: int) -> PixelDataStatus:
 
 def pixel_status_in(ds: Dataset) -> PixelDataStatus:
     """`PixelDataStatus` of a data set parsed with its pixels (fragment framing checked in memory)."""
-    for keyword in _PIXEL_TAGS.values():
-        if keyword not in ds:
+    for tag, keyword in _PIXEL_TAGS.items():
+        if tag not in ds:
             continue
-        elem = ds[keyword]
+        # Until the element is first accessed, pydicom keeps it raw, with the length the file announced.
+        announced = getattr(ds.get_item(tag), "length", None)
+        elem = ds[tag]
         value = elem.value if elem.value is not None else b""
         if not elem.is_undefined_length:
+            if announced not in (None, 0xFFFFFFFF) and len(value) < announced:
+                return PixelDataStatus(True, keyword, length=announced,
+                                       problem=f"pixel data truncated: the element announces {announced} bytes "
+                                               f"but the file holds only {len(value)}")
             return PixelDataStatus(True, keyword, length=len(value))
         # pydicom keeps encapsulated data as the bytes between the element header and the sequence delimiter
         # (the delimiter item itself is not kept): walk them as the file scan does, then add the delimiter.

@@ -8,10 +8,14 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.sniff import sniff
 from cxrtriage.types import DicomInfo, InputKind
+
+if TYPE_CHECKING:
+    from cxrtriage.io.dicom import DicomHeader
 
 log = logging.getLogger(__name__)
 
@@ -100,44 +104,52 @@ class Probe:
 
 def probe(path: str | Path) -> Probe:
     """Probe one file by content. Never raises for a bad file: problems go into ``Probe.error``."""
+    return probe_with_header(path)[0]
+
+
+def probe_with_header(path: str | Path) -> tuple[Probe, DicomHeader | None]:
+    """`probe`, plus the parsed DICOM header for a DICOM file that has one (else None).
+
+    The header lets the reader skip a second header parse (``read_dicom(path, header=...)``). It holds a
+    pydicom Dataset, so it stays out of `Probe`, which is small and crosses process boundaries.
+    """
     p = Path(path)
     try:
         size = p.stat().st_size
         sniffed = sniff(p)
     except OSError as exc:
-        return Probe(p, InputKind.UNKNOWN, error=f"cannot read the file ({exc.strerror or exc})")
+        return Probe(p, InputKind.UNKNOWN, error=f"cannot read the file ({exc.strerror or exc})"), None
     if sniffed.kind is InputKind.DICOM:
         return _probe_dicom(p, size)
     if sniffed.kind is InputKind.RASTER:
-        return _probe_raster(p, sniffed.fmt, size)
+        return _probe_raster(p, sniffed.fmt, size), None
     if sniffed.kind is InputKind.SITK:
-        return _probe_sitk(p, sniffed.fmt, size)
+        return _probe_sitk(p, sniffed.fmt, size), None
     companion = _companion_of(p)
     if companion:
-        return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image=f"pixel data file of {companion}")
+        return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image=f"pixel data file of {companion}"), None
     if sniffed.text:
-        return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image="text file (e.g. README, CSV, JSON), not an image")
+        return Probe(p, InputKind.UNKNOWN, file_size=size,
+                     not_an_image="text file (e.g. README, CSV, JSON), not an image"), None
     hint = f" ({sniffed.hint})" if sniffed.hint else ""
     named = f"; it is named '{p.suffix}' but its content does not match" if p.suffix.lower() in _KNOWN_SUFFIXES else ""
     return Probe(p, InputKind.UNKNOWN, file_size=size,
                  error=f"not a recognised image file{hint}: no DICOM preamble or parseable DICOM data set, and not "
-                       f"PNG/JPEG/TIFF/NIfTI/MHA/NRRD content{named}")
+                       f"PNG/JPEG/TIFF/NIfTI/MHA/NRRD content{named}"), None
 
 
 _KNOWN_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz",
                    ".mha", ".mhd", ".nrrd", ".nhdr"}
 
 
-def _probe_dicom(p: Path, size: int) -> Probe:
-    from cxrtriage.io.dicom import read_header
+def _probe_dicom(p: Path, size: int) -> tuple[Probe, DicomHeader | None]:
+    from cxrtriage.io.dicom import get_int, read_header
 
     try:
         header = read_header(p)
     except InputError as exc:
-        return Probe(p, InputKind.DICOM, "dicom", file_size=size, error=_strip_path(str(exc), p))
+        return Probe(p, InputKind.DICOM, "dicom", file_size=size, error=_strip_path(str(exc), p)), None
     ds, info = header.dataset, header.info
-    from cxrtriage.io.dicom import _int
-
     error = None
     if header.pixel.problem:
         error = header.pixel.problem
@@ -146,15 +158,16 @@ def _probe_dicom(p: Path, size: int) -> Probe:
         not_image = "DICOMDIR (media directory index), not an image"
     colour = info.samples_per_pixel != 1 or (bool(info.photometric_interpretation)
                                              and info.photometric_interpretation not in ("MONOCHROME1", "MONOCHROME2"))
-    return Probe(
+    pr = Probe(
         path=p, kind=InputKind.DICOM, fmt="dicom", dicom=info,
         rows=info.rows or None, columns=info.columns or None, frames=info.number_of_frames,
-        samples_per_pixel=info.samples_per_pixel, bits=_int(ds, "BitsAllocated", 0) or None,
+        samples_per_pixel=info.samples_per_pixel, bits=get_int(ds, "BitsAllocated", 0) or None,
         has_pixel_data=header.pixel.present, colour=colour and header.pixel.present,
         presentation_intent=header.presentation_intent, file_size=size,
         assumed_transfer_syntax=header.assumed_transfer_syntax, not_an_image=not_image,
         notes=header.notes, error=error,
     )
+    return pr, header
 
 
 def _probe_raster(p: Path, fmt: str, size: int) -> Probe:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.discover import Probe, probe, study_key
+from cxrtriage.io.discover import Probe, probe_with_header, study_key
 from cxrtriage.io.selection import DEFAULT_RULES, SelectionRules, select
 from cxrtriage.types import Image2D, InputKind
 
@@ -60,7 +60,7 @@ class InspectReport:
 
 def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES) -> InspectReport:
     """Probe, select and (whatever the selection) try to read ``path``; never raises for a bad file."""
-    pr = probe(path)
+    pr, header = probe_with_header(path)
     sel = select(pr, rules)
     base: dict[str, Any] = _probe_fields(pr)
     base.update(status=sel.status, reason=sel.reason)
@@ -70,7 +70,7 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES) -> Ins
         if pr.kind is InputKind.DICOM:
             from cxrtriage.io.dicom import read_dicom_detailed
 
-            image, facts = read_dicom_detailed(pr.path)
+            image, facts = read_dicom_detailed(pr.path, header=header)
             base.update(bits_allocated=facts.bits_allocated, bits_stored=facts.bits_stored,
                         pixel_representation=facts.pixel_representation, transfer_syntax=facts.transfer_syntax_name,
                         transfer_syntax_uid=facts.transfer_syntax, decoder=facts.decoder,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.discover import Probe, probe
+from cxrtriage.io.discover import Probe, probe_with_header
 from cxrtriage.io.selection import DEFAULT_RULES, Selection, SelectionRules, select
 from cxrtriage.io.sniff import sniff
 from cxrtriage.types import Image2D, InputKind
@@ -57,14 +57,20 @@ def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: boo
     """Probe ``path``, apply ``rules`` and, when scored and ``read``, read the image.
 
     A read failure turns a ``scored`` selection into ``failed`` with the reader's reason; never raises
-    for a bad file.
+    for a bad file. A scored DICOM file is parsed twice: its header by the probe (the reader reuses it), then
+    in full by the reader (a deflated one once more, as the probe inflates it to check its pixel data).
     """
-    pr = probe(path)
+    pr, header = probe_with_header(path)
     sel = select(pr, rules)
     if sel.status != "scored" or not read:
         return Assessment(pr, sel)
     try:
-        image = read_image(pr.path)
+        if header is not None:
+            from cxrtriage.io.dicom import read_dicom
+
+            image = read_dicom(pr.path, header=header)
+        else:
+            image = read_image(pr.path)
     except InputError as exc:
         msg = str(exc)
         prefix = f"{pr.path}: "

@@ -1,0 +1,181 @@
+"""Read one DICOM image into an Image2D: check the header, parse once, decode, transform, and record what was done."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+
+from cxrtriage.errors import InputError
+from cxrtriage.io.dicom.decode import decode
+from cxrtriage.io.dicom.header import DicomHeader, header_from_dataset, read_header
+from cxrtriage.io.dicom.messages import first_line, warning_notes
+from cxrtriage.io.dicom.spacing import pixel_spacing
+from cxrtriage.io.dicom.transforms import modality_lut, stored_range, to_monochrome2, voi_window
+from cxrtriage.io.dicom.values import get_int, transfer_syntax
+from cxrtriage.io.limits import check_size
+from cxrtriage.types import DicomInfo, Image2D, InputKind, SourceRef
+
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclass(frozen=True, slots=True)
+class DicomReadFacts:
+    """How the pixels of a DICOM file were turned into an Image2D (for `cxrtriage inspect`)."""
+
+    transfer_syntax: str
+    transfer_syntax_name: str
+    decoder: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    stored_range: tuple[float, float]
+    modality_lut: str  # "none (identity)", "RescaleSlope 1 / RescaleIntercept -1024", "Modality LUT Sequence (...)"
+    inverted: bool
+    voi: str
+    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing" or "" when unknown
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def read_dicom(path: str | Path, *, header: DicomHeader | None = None, dataset: Dataset | None = None) -> Image2D:
+    """Read one single-frame greyscale DICOM image into an Image2D (see `read_dicom_detailed`)."""
+    return read_dicom_detailed(path, header=header, dataset=dataset)[0]
+
+
+def read_dicom_detailed(path: str | Path, *, header: DicomHeader | None = None,
+                        dataset: Dataset | None = None) -> tuple[Image2D, DicomReadFacts]:
+    """Read a DICOM image: decode, modality LUT, MONOCHROME1 → MONOCHROME2, VOI window, spacing.
+
+    By default the file costs one header-only parse (`read_header`) and one full parse. ``header``, the
+    `read_header` of ``path`` made earlier (e.g. by the probe), saves the first. ``dataset``, the data set
+    already parsed in full from ``path`` (pixels included), saves both: the same checks, decoders, transforms
+    and notes are applied to it, except the warnings pydicom gave while it was parsed. When its file meta has
+    no TransferSyntaxUID, the one it was parsed with is set on it (the decoders need one).
+
+    Raises:
+        InputError: not an image, colour, multi-frame, truncated, undecodable or absurdly large;
+            the message names the file, the tag and what to do.
+        ValueError: both ``header`` and ``dataset`` are given.
+    """
+    if header is not None and dataset is not None:
+        raise ValueError("read_dicom_detailed: give `header` or `dataset`, not both")
+    p = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # malformed values are handled (and noted) where they are used
+        if dataset is not None:
+            header = header_from_dataset(dataset, p)
+        elif header is None:
+            header = read_header(p)
+        bits_allocated = _check_image(header, p)
+        notes = list(header.notes)
+        if dataset is None:
+            dataset, parse_notes = _parse_full(p)
+            notes.extend(n for n in parse_notes if n not in notes)
+        return _to_image(p, header, dataset, bits_allocated, notes)
+
+
+def _check_image(header: DicomHeader, p: Path) -> int:
+    """Refuse what the header already shows cannot be read as a radiograph; returns BitsAllocated."""
+    info, pixel = header.info, header.pixel
+    if pixel.problem:
+        raise InputError(f"{p}: {pixel.problem}; the file is damaged or incomplete, re-export or re-send it")
+    if not pixel.present:
+        name = UID(info.sop_class_uid).name if info.sop_class_uid else "unknown SOP class"
+        raise InputError(f"{p}: no pixel data (7FE0,0010) in this DICOM object ({name}); it is not an image")
+    rows, cols = info.rows, info.columns
+    if rows <= 0 or cols <= 0:
+        raise InputError(f"{p}: pixel data present but (0028,0010) Rows / (0028,0011) Columns are missing or zero; "
+                         "the header is corrupt")
+    pi = info.photometric_interpretation
+    if info.samples_per_pixel != 1 or pi not in MONOCHROME:
+        raise InputError(f"{p}: (0028,0004) PhotometricInterpretation '{pi or 'missing'}' with "
+                         f"{info.samples_per_pixel} sample(s) per pixel is not supported; expected a greyscale "
+                         "radiograph (MONOCHROME1/MONOCHROME2)")
+    if info.number_of_frames > 1:
+        raise InputError(f"{p}: multi-frame object ({info.number_of_frames} frames); a radiograph has a single frame")
+    bits_allocated = get_int(header.dataset, "BitsAllocated", 16)
+    check_size(p, rows, cols, frames=info.number_of_frames, samples=info.samples_per_pixel,
+               bytes_per_sample=max((bits_allocated + 7) // 8, 1))
+    return bits_allocated
+
+
+def _parse_full(p: Path) -> tuple[Dataset, list[str]]:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(p, force=True)
+    except Exception as exc:
+        raise InputError(f"{p}: DICOM data set cannot be read ({first_line(exc)})") from exc
+    return ds, warning_notes(caught)
+
+
+def _decoding_syntax(ds: Dataset, header: DicomHeader, p: Path) -> str:
+    """The transfer syntax to decode with: the file meta's, else the encoding the data set was parsed with."""
+    ts = transfer_syntax(ds)
+    if ts:
+        return ts
+    if header.pixel.encapsulated:
+        raise InputError(f"{p}: the pixel data is compressed (encapsulated) but the file meta has no "
+                         "(0002,0010) TransferSyntaxUID, so the codec is unknown; re-export the file with its "
+                         "file meta information")
+    if not header.assumed_transfer_syntax:
+        raise InputError(f"{p}: no (0002,0010) TransferSyntaxUID and the encoding cannot be inferred")
+    ts = header.assumed_transfer_syntax
+    if not hasattr(ds, "file_meta") or ds.file_meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(ts)
+    return ts
+
+
+def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
+              notes: list[str]) -> tuple[Image2D, DicomReadFacts]:
+    info = header.info
+    ts = _decoding_syntax(ds, header, p)
+    arr, decoder, decode_notes = decode(ds, p, ts)
+    notes.extend(decode_notes)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape != (info.rows, info.columns):
+        raise InputError(f"{p}: decoded pixel array has shape {arr.shape}, expected ({info.rows}, {info.columns}); "
+                         "the header does not match the pixel data")
+
+    bits_stored = get_int(ds, "BitsStored", bits_allocated) or bits_allocated
+    pixel_rep = get_int(ds, "PixelRepresentation", 0)
+    stored, range_notes = stored_range(arr, header.pixel.keyword, bits_stored, pixel_rep)
+    notes.extend(range_notes)
+    values, (lo, hi), lut_desc, lut_notes = modality_lut(arr, ds, stored, p)
+    notes.extend(lut_notes)
+    values, mirror, invert_notes = to_monochrome2(values, ds, info.photometric_interpretation, (lo, hi))
+    notes.extend(invert_notes)
+    voi, voi_desc, voi_notes = voi_window(ds, mirror=mirror)
+    notes.extend(voi_notes)
+    spacing, spacing_source, spacing_notes = pixel_spacing(ds)
+    notes.extend(spacing_notes)
+    if header.presentation_intent == "FOR PROCESSING":
+        notes.append("PresentationIntentType FOR PROCESSING: raw detector data, not meant for display")
+
+    image = Image2D(
+        pixels=np.ascontiguousarray(values, dtype=np.float32),
+        value_range=(float(lo), float(hi)),
+        source=SourceRef(path=str(p), kind=InputKind.DICOM),
+        pixel_spacing_mm=spacing,
+        voi=voi,
+        dicom=info if info.transfer_syntax_uid else _with_ts(info, ts),
+        notes=tuple(notes),
+    )
+    facts = DicomReadFacts(
+        transfer_syntax=ts, transfer_syntax_name=UID(ts).name, decoder=decoder, bits_allocated=bits_allocated,
+        bits_stored=bits_stored, pixel_representation=pixel_rep, stored_range=stored, modality_lut=lut_desc,
+        inverted=mirror is not None, voi=voi_desc, spacing_source=spacing_source, notes=tuple(notes),
+    )
+    return image, facts
+
+
+def _with_ts(info: DicomInfo, ts: str) -> DicomInfo:
+    return replace(info, transfer_syntax_uid=ts)

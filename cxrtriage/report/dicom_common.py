@@ -180,7 +180,7 @@ TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
 def read_dataset(path: Path) -> Dataset:
     """The whole source DICOM data set, pixels included (SEG and SC need the geometry and the image)."""
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, force=True)  # as cxrtriage.io reads it: by content, preamble or not
     except Exception as exc:
         raise InputError(f"{path}: source DICOM cannot be read ({type(exc).__name__}: {exc})") from exc
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from cxrtriage.io import read_image
+from cxrtriage.io.dicom import read_dicom
 from cxrtriage.report.dicom_common import check_source, read_dataset
 from cxrtriage.report.header import PatientHeader, header_from_dataset, header_without_dicom
 from cxrtriage.report.imaging import U8, display_image
@@ -42,10 +43,12 @@ class StudySources:
         return check_source(self.dataset(img), img.path)
 
     def picture(self, img: ImageResult) -> U8:
-        """The source image as a viewer shows it (grey uint8, dense = bright), read through ``cxrtriage.io``."""
+        """The source image as a viewer shows it (grey uint8, dense = bright), read by ``cxrtriage.io`` from the same
+        parse of the file as the header and the DICOM results."""
         if img.path not in self._pictures:
             try:
-                self._pictures[img.path] = display_image(read_image(img.path))
+                image = read_dicom(img.path, dataset=self.dataset(img)) if img.is_dicom else read_image(img.path)
+                self._pictures[img.path] = display_image(image)
             except Exception as exc:
                 self._pictures[img.path] = exc
         found = self._pictures[img.path]

@@ -14,9 +14,19 @@ import torch
 
 from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx
 from cxrtriage.preprocess import PreprocessRecipe
-from cxrtriage.train.data import Record, age_band, cached_arrays, classifier_records, nih_positive_counts, view_group
+from cxrtriage.train.data import (
+    Record,
+    age_band,
+    cached_arrays,
+    classifier_records,
+    label_matrix,
+    nih_positive_counts,
+    tiny_subset,
+    view_group,
+)
 from cxrtriage.train.evaluation import fit_platt, label_metrics, operating_points, sigmoid
 from cxrtriage.train.export import check_head, export_onnx, find_head
+from cxrtriage.train.nets import build_model, predict_logits
 
 log = logging.getLogger("cxrtriage.train")
 REPO = Path(__file__).resolve().parents[2]
@@ -132,7 +142,6 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                         x_all: np.ndarray | None = None) -> Path:
     """Export model.pt → model.onnx; calibrate + threshold on val; evaluate on test; write manifest.json and MODEL_CARD.md."""
     from cxrtriage.train.card import classifier_card
-    from cxrtriage.train.classifier import build_model, label_matrix, predict_logits, tiny_subset
 
     info = json.loads((out / "train_config.json").read_text())
     cfg = info["config"]

@@ -1,7 +1,14 @@
-"""Network definitions: a slim ResNet-style classifier (GAP + one linear head) and a small U-Net."""
+"""Network definitions: a slim ResNet-style classifier (GAP + one linear head) and a small U-Net.
+
+Also rebuilding the classifier from its stored config and batch inference with it: training (classifier.py) and
+export/evaluation (finalize.py) both need them, so they live here rather than in either of those two modules.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +63,22 @@ class SlimResNet(nn.Module):
         feats = self.blocks(self.stem(x))
         pooled = feats.mean(dim=(2, 3))
         return self.head(self.dropout(pooled)), feats
+
+
+def build_model(cfg: dict[str, Any]) -> SlimResNet:
+    """Rebuild a SlimResNet from the ``config`` it stored in model.pt (``SlimResNet.config``)."""
+    return SlimResNet(int(cfg["n_labels"]), tuple(cfg["widths"]), tuple(cfg["depths"]), int(cfg["stem"]), float(cfg["dropout"]))
+
+
+@torch.no_grad()
+def predict_logits(model: SlimResNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits [N, L] of ``model`` in eval mode for preprocessed images ``x`` [N, S, S], in batches."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(x[i : i + batch].astype(np.float32))[:, None]
+        out.append(model(xb)[0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
 
 
 class _Up(nn.Module):

@@ -49,7 +49,8 @@ class _Export(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x)
+        out: tuple[torch.Tensor, torch.Tensor] = self.net(x)  # (logits, features); Module calls are typed Any
+        return out
 
 
 def write_manifest(out: Path, data: dict[str, Any]) -> Path:
@@ -209,7 +210,8 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                  for lab in ("abnormal", "pneumonia")}
 
     def _auc(setname: str, lab: str) -> float | None:
-        return test_metrics.get(setname, {}).get(lab, {}).get("auroc")
+        auc: float | None = test_metrics.get(setname, {}).get(lab, {}).get("auroc")
+        return auc
 
     domain_shift = {
         "pneumonia_auroc_kermany224_test": _auc("kermany224_test (pediatric)", "pneumonia"),

@@ -34,7 +34,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.short(x))
+        # nn.Module calls are typed as returning Any: the annotated locals keep these functions' return types checked
+        y: torch.Tensor = self.relu(out + self.short(x))
+        return y
 
 
 class SlimResNet(nn.Module):
@@ -88,7 +90,8 @@ class _Up(nn.Module):
         self.conv = nn.Sequential(_conv_bn(cin // 2 + cskip, cout), _conv_bn(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+        y: torch.Tensor = self.conv(torch.cat([self.up(x), skip], dim=1))
+        return y
 
 
 class UNet(nn.Module):
@@ -119,4 +122,5 @@ class UNet(nn.Module):
         y = skips.pop()
         for d in self.dec:
             y = d(y, skips.pop())
-        return self.out(self.full(y))
+        logits: torch.Tensor = self.out(self.full(y))
+        return logits

@@ -4,7 +4,9 @@
 # DejaVu fonts for Unicode text in PDF reports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e '.[dev,train]'
+# -c: the exact versions the suite last passed with (a fresh machine would otherwise take the newest releases
+# the ranges in pyproject.toml allow, and CI could turn red without a change here)
+python3 -m pip install -q -e '.[dev,train]' -c scripts/constraints.txt
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -15,6 +15,21 @@ def _require_data() -> bool:
     return os.environ.get("CXRTRIAGE_REQUIRE_DATA", "") == "1"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: `-m "not data"` must not hide an unmarked test
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run when a test uses ``shared_data`` (directly or through another fixture) without ``@pytest.mark.data``.
+
+    An error rather than adding the marker here: the marker stays visible where the test is written, and selection
+    with ``-m`` never depends on the order in which collection hooks run.
+    """
+    unmarked = [item.nodeid for item in items
+                if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("data") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use the shared_data fixture (../shared/data) but lack @pytest.mark.data; "
+                                "add the marker (or pytestmark = pytest.mark.data in the module):\n  "
+                                + "\n  ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ../shared/data; skips (or fails under CXRTRIAGE_REQUIRE_DATA=1) when it is absent."""

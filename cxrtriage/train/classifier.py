@@ -18,8 +18,10 @@ from cxrtriage.errors import ConfigError
 from cxrtriage.evaluate.metrics import auroc
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
-from cxrtriage.train.data import Record, cached_arrays, classifier_records, write_splits
-from cxrtriage.train.nets import SlimResNet
+from cxrtriage.train.data import Record, cached_arrays, classifier_records, label_matrix, tiny_subset, write_splits
+from cxrtriage.train.finalize import finalize_classifier
+from cxrtriage.train.nets import SlimResNet, predict_logits
+from cxrtriage.train.nets import build_model as build_model  # re-exported: it lived here and callers import it from here
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,43 +118,6 @@ def load_init(model: SlimResNet, path: Path) -> None:
         raise ConfigError(f"--init-from {path}: architecture {got} differs from this recipe's {want}; use a checkpoint of "
                           "the same recipe (--tiny checkpoints only fit --tiny runs)")
     model.load_state_dict(ckpt["state_dict"])
-
-
-def tiny_subset(records: list[Record], per_group: int = 3) -> list[Record]:
-    """A handful of real images per (source, split), with both classes where possible (for --tiny)."""
-    out: list[Record] = []
-    for src in ("nih14", "kermany224", "ieee_lungs"):
-        for split in ("train", "val", "test"):
-            rs = [r for r in records if r.source == src and r.split == split]
-            pos = [r for r in rs if r.labels.get("abnormal") == 1][:per_group]
-            neg = [r for r in rs if r.labels.get("abnormal") == 0][:per_group]
-            out += pos + neg
-    return out
-
-
-def label_matrix(records: list[Record], labels: tuple[str, ...]) -> np.ndarray:
-    """[N, L] float32 with 1/0 where defined and NaN where the source does not define the label."""
-    y = np.full((len(records), len(labels)), np.nan, dtype=np.float32)
-    for i, r in enumerate(records):
-        for j, lab in enumerate(labels):
-            if lab in r.labels:
-                y[i, j] = r.labels[lab]
-    return y
-
-
-def build_model(cfg: dict[str, Any]) -> SlimResNet:
-    """Rebuild the network from the ``config`` stored in model.pt."""
-    return SlimResNet(int(cfg["n_labels"]), tuple(cfg["widths"]), tuple(cfg["depths"]), int(cfg["stem"]), float(cfg["dropout"]))
-
-
-@torch.no_grad()
-def predict_logits(model: SlimResNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch):
-        xb = torch.from_numpy(x[i : i + batch].astype(np.float32))[:, None]
-        out.append(model(xb)[0].numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
 
 
 def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labels: tuple[str, ...],
@@ -293,8 +258,6 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
             "preprocessing": recipe.to_dict(),
         }, indent=2))
         log.info("training done: best epoch %d (val %.4f), %.0fs", best_epoch, best, train_seconds)
-        from cxrtriage.train.finalize import finalize_classifier
-
         manifest = finalize_classifier(data_root, out, records=records, x_all=x_all)
         log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
     finally:  # also on error: later runs in this process must not keep writing to this log

@@ -207,6 +207,28 @@ def classifier_records(data_root: Path, seed: int = 0) -> tuple[tuple[str, ...],
     return labels, nih + ker_train + ker_test + ieee
 
 
+def tiny_subset(records: list[Record], per_group: int = 3) -> list[Record]:
+    """A handful of real images per (source, split), with both classes where possible (for --tiny)."""
+    out: list[Record] = []
+    for src in ("nih14", "kermany224", "ieee_lungs"):
+        for split in ("train", "val", "test"):
+            rs = [r for r in records if r.source == src and r.split == split]
+            pos = [r for r in rs if r.labels.get("abnormal") == 1][:per_group]
+            neg = [r for r in rs if r.labels.get("abnormal") == 0][:per_group]
+            out += pos + neg
+    return out
+
+
+def label_matrix(records: list[Record], labels: tuple[str, ...]) -> np.ndarray:
+    """[N, L] float32 with 1/0 where defined and NaN where the source does not define the label."""
+    y = np.full((len(records), len(labels)), np.nan, dtype=np.float32)
+    for i, r in enumerate(records):
+        for j, lab in enumerate(labels):
+            if lab in r.labels:
+                y[i, j] = r.labels[lab]
+    return y
+
+
 def segmenter_records(data_root: Path, seed: int = 0) -> list[Record]:
     """ieee_lungs images that have a lung mask, with the classifier's ieee patient split (60/20/20)."""
     recs = load_ieee(data_root)

@@ -12,7 +12,8 @@ from cxrtriage.evaluate.metrics import auroc, bootstrap_ci, reliability, stats_a
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))  # NumPy types the operator result as Any
+    return p
 
 
 def fit_platt(logits: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iters: int = 100) -> tuple[float, float]:

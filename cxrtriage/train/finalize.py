@@ -14,9 +14,19 @@ import torch
 
 from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx
 from cxrtriage.preprocess import PreprocessRecipe
-from cxrtriage.train.data import Record, age_band, cached_arrays, classifier_records, nih_positive_counts, view_group
+from cxrtriage.train.data import (
+    Record,
+    age_band,
+    cached_arrays,
+    classifier_records,
+    label_matrix,
+    nih_positive_counts,
+    tiny_subset,
+    view_group,
+)
 from cxrtriage.train.evaluation import fit_platt, label_metrics, operating_points, sigmoid
 from cxrtriage.train.export import check_head, export_onnx, find_head
+from cxrtriage.train.nets import build_model, predict_logits
 
 log = logging.getLogger("cxrtriage.train")
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +49,8 @@ class _Export(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x)
+        out: tuple[torch.Tensor, torch.Tensor] = self.net(x)  # (logits, features); Module calls are typed Any
+        return out
 
 
 def write_manifest(out: Path, data: dict[str, Any]) -> Path:
@@ -132,7 +143,6 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                         x_all: np.ndarray | None = None) -> Path:
     """Export model.pt → model.onnx; calibrate + threshold on val; evaluate on test; write manifest.json and MODEL_CARD.md."""
     from cxrtriage.train.card import classifier_card
-    from cxrtriage.train.classifier import build_model, label_matrix, predict_logits, tiny_subset
 
     info = json.loads((out / "train_config.json").read_text())
     cfg = info["config"]
@@ -200,7 +210,8 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                  for lab in ("abnormal", "pneumonia")}
 
     def _auc(setname: str, lab: str) -> float | None:
-        return test_metrics.get(setname, {}).get(lab, {}).get("auroc")
+        auc: float | None = test_metrics.get(setname, {}).get(lab, {}).get("auroc")
+        return auc
 
     domain_shift = {
         "pneumonia_auroc_kermany224_test": _auc("kermany224_test (pediatric)", "pneumonia"),

@@ -1,7 +1,14 @@
-"""Network definitions: a slim ResNet-style classifier (GAP + one linear head) and a small U-Net."""
+"""Network definitions: a slim ResNet-style classifier (GAP + one linear head) and a small U-Net.
+
+Also rebuilding the classifier from its stored config and batch inference with it: training (classifier.py) and
+export/evaluation (finalize.py) both need them, so they live here rather than in either of those two modules.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +34,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.short(x))
+        # nn.Module calls are typed as returning Any: the annotated locals keep these functions' return types checked
+        y: torch.Tensor = self.relu(out + self.short(x))
+        return y
 
 
 class SlimResNet(nn.Module):
@@ -58,6 +67,22 @@ class SlimResNet(nn.Module):
         return self.head(self.dropout(pooled)), feats
 
 
+def build_model(cfg: dict[str, Any]) -> SlimResNet:
+    """Rebuild a SlimResNet from the ``config`` it stored in model.pt (``SlimResNet.config``)."""
+    return SlimResNet(int(cfg["n_labels"]), tuple(cfg["widths"]), tuple(cfg["depths"]), int(cfg["stem"]), float(cfg["dropout"]))
+
+
+@torch.no_grad()
+def predict_logits(model: SlimResNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits [N, L] of ``model`` in eval mode for preprocessed images ``x`` [N, S, S], in batches."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(x[i : i + batch].astype(np.float32))[:, None]
+        out.append(model(xb)[0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
+
+
 class _Up(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int) -> None:
         super().__init__()
@@ -65,7 +90,8 @@ class _Up(nn.Module):
         self.conv = nn.Sequential(_conv_bn(cin // 2 + cskip, cout), _conv_bn(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+        y: torch.Tensor = self.conv(torch.cat([self.up(x), skip], dim=1))
+        return y
 
 
 class UNet(nn.Module):
@@ -96,4 +122,5 @@ class UNet(nn.Module):
         y = skips.pop()
         for d in self.dec:
             y = d(y, skips.pop())
-        return self.out(self.full(y))
+        logits: torch.Tensor = self.out(self.full(y))
+        return logits

@@ -61,6 +61,7 @@ def make_set(folder: Path, manifest: ModelManifest, *, n: int = 300, seed: int =
     return folder / "results.csv", labels, {"truth": truth, "scores": scores}
 
 
+@pytest.mark.slow
 def test_evaluate_cli_table_json_html_and_plots(tmp_path: Path, model: ModelManifest) -> None:
     results, labels, data = make_set(tmp_path / "run", model)
     code, out = invoke("evaluate", "--results", results, "--labels", labels, "--model", model.path.parent, "--by", "sex,view",

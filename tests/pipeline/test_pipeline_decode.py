@@ -39,6 +39,7 @@ def test_parallel_results_come_back_in_input_order() -> None:
     assert all(int(d.record.reason or 0) != os.getpid() for d in out)  # decoded in worker processes
 
 
+@pytest.mark.slow
 def test_a_crashing_file_is_isolated_and_the_others_survive() -> None:
     names = ["a", "b", "crash", "c", "d", "e"]
     out = list(decode_stream(_tasks(names), workers=2, window=4, fn=_double))
@@ -49,11 +50,13 @@ def test_a_crashing_file_is_isolated_and_the_others_survive() -> None:
     assert "crashed its worker process" in next(d.record.reason or "" for d in out if d.path.endswith("crash"))
 
 
+@pytest.mark.slow
 def test_every_file_crashing_still_gives_one_failed_row_each() -> None:
     out = list(decode_stream(_tasks(["a", "b"]), workers=1, window=2, fn=_always_crash))
     assert [d.record.status for d in out] == [Status.FAILED] * 2
 
 
+@pytest.mark.slow
 def test_workers_that_cannot_start_are_a_run_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decode, "_ping", _always_crash)  # pickled by reference: the workers run _always_crash
     with pytest.raises(WorkerStartError, match="--workers 0"):

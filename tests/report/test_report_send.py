@@ -93,6 +93,7 @@ def test_parse_destination() -> None:
         parse_destination("h:104", called_aet="X" * 17)
 
 
+@pytest.mark.slow
 def test_cli_report_dicom_send(tmp_path: Path, scp: Scp) -> None:
     out = make_results(tmp_path)
     runner = CliRunner()

@@ -57,7 +57,7 @@ def _torch_and_session(folder: Path):  # type: ignore[no-untyped-def]
 
     ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     if "n_labels" in ckpt["config"]:
-        from cxrtriage.train.classifier import build_model
+        from cxrtriage.train.nets import build_model
 
         net = build_model(ckpt["config"])
     else:

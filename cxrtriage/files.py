@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Generic, Literal, TypeVar, overload
 
@@ -50,7 +51,8 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
                 os.fsync(f.fileno())
         os.replace(tmp, p)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # e.g. the parent is a file: there is no partial file to remove
+            tmp.unlink(missing_ok=True)
         raise _fail(p, exc) from exc
     return p
 
@@ -144,12 +146,13 @@ def safe_name(name: str) -> str:
 
 
 def input_stem(path: str | Path) -> str:
-    """The artefact stem of an input file: its name without a known image suffix, made file-name safe."""
+    """The artefact stem of an input file: its name without a known image suffix, made file-name safe
+    (``safe_name``, so that names built from it, such as heat-map file names, keep it unchanged)."""
     base = Path(path).name
     for suffix in _INPUT_SUFFIXES:
         if base.lower().endswith(suffix) and len(base) > len(suffix):
             base = base[: -len(suffix)]
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "image"
+    return safe_name(base)
 
 
 class StemRegistry:

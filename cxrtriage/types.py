@@ -89,8 +89,8 @@ class VoiWindow:
         else:  # LINEAR, PS3.3 C.11.2.1.2.1
             c, w = self.center - 0.5, max(self.width - 1.0, 1e-12)
             out = np.clip((x - c) / w + 0.5, 0.0, 1.0)
-        out = out.astype(np.float32, copy=False)
-        return (1.0 - out).astype(np.float32) if self.mirror is not None else out
+        result: FloatArray = out.astype(np.float32, copy=False)
+        return (1.0 - result).astype(np.float32) if self.mirror is not None else result
 
 
 @dataclass(frozen=True, slots=True)

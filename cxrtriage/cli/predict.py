@@ -152,7 +152,8 @@ def predict_cmd(
                 print_error(f"{summary.failed} of {summary.total} input(s) failed; see the 'reason' column of "
                             f"{summary.results_csv}")
             if report_errors:
-                print_error(f"{len(report_errors)} report error(s); see above and {summary.report.index or 'the log'}")
+                index = summary.report.index if summary.report is not None else None
+                print_error(f"{len(report_errors)} report error(s); see above and {index or 'the log'}")
             raise typer.Exit(FAILED_INPUTS_EXIT)
 
 

@@ -27,7 +27,8 @@ def eigencam(ctx: CamContext) -> FloatArray:
     mean_act = ctx.activations.reshape(c, h * w).mean(axis=0).astype(np.float64)
     if float(np.dot(proj - proj.mean(), mean_act - mean_act.mean())) < 0:
         proj = -proj
-    return proj.reshape(h, w).astype(np.float32)
+    cam: FloatArray = proj.reshape(h, w).astype(np.float32)
+    return cam
 
 
 METHOD = CamMethod(

@@ -51,7 +51,8 @@ def pixel_order(values: FloatArray, region: tuple[int, int, int, int], *, seed: 
     flat = (yy * s + xx).ravel()
     v = values.ravel()[flat]
     tie = np.random.default_rng(seed).random(flat.size)
-    return flat[np.lexsort((tie, -v))]
+    order: np.ndarray = flat[np.lexsort((tie, -v))]
+    return order
 
 
 def deletion_insertion(

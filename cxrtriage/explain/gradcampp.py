@@ -24,7 +24,8 @@ def weights(grads: FloatArray, activations: FloatArray) -> FloatArray:
     denom = 2.0 + s * g
     pos = g > 0  # ReLU(G) is zero elsewhere, so alpha there does not matter (denom > 2 where pos)
     out = np.divide(h * w * g, denom, out=np.zeros_like(g), where=pos)
-    return out.astype(np.float32)
+    w_k: FloatArray = out.astype(np.float32)
+    return w_k
 
 
 def gradcampp(ctx: CamContext) -> FloatArray:

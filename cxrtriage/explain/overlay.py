@@ -79,13 +79,15 @@ def display_grey(pixels: FloatArray, percentiles: tuple[float, float] = (0.5, 99
     lo, hi = (float(v) for v in np.percentile(pixels, percentiles))
     if hi <= lo:
         return np.full(pixels.shape, 0.5, np.float32)
-    return np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    scaled: FloatArray = np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return scaled
 
 
 def colorize(values: FloatArray) -> UInt8Image:
     """Turbo colour map of a [0, 1] map → RGB uint8."""
     u8 = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    rgb: UInt8Image = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def blend(grey: FloatArray, values: FloatArray, *, floor: float = 0.2, alpha: float = 0.5) -> UInt8Image:
@@ -97,7 +99,8 @@ def blend(grey: FloatArray, values: FloatArray, *, floor: float = 0.2, alpha: fl
     base = np.repeat((grey * 255.0)[:, :, None], 3, axis=2)
     a = alpha * np.clip((values - floor) / 0.1, 0.0, 1.0)[:, :, None]
     out = (1.0 - a) * base + a * colorize(values).astype(np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    blended: UInt8Image = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return blended
 
 
 def _font(px: int):  # type: ignore[no-untyped-def]

@@ -18,7 +18,8 @@ def weights(grads: FloatArray, activations: FloatArray) -> FloatArray:
     """w_k = sum_ij G_k A_kij / sum_ij A_kij (0 where the channel is all zero)."""
     s = activations.sum(axis=(1, 2), dtype=np.float64)[None, :]
     num = grads.astype(np.float64) * s
-    return np.divide(num, s, out=np.zeros_like(num), where=s > 0).astype(np.float32)
+    w_k: FloatArray = np.divide(num, s, out=np.zeros_like(num), where=s > 0).astype(np.float32)
+    return w_k
 
 
 def xgradcam(ctx: CamContext) -> FloatArray:

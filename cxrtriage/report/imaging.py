@@ -53,7 +53,7 @@ def _to_u8(values: NDArray[np.float32], window: tuple[float, float] | None) -> U
         lo, hi = window
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return _u8(np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255))
 
 
 def read_png_rgb(path: Path) -> U8:
@@ -82,7 +82,8 @@ def read_map(path: Path, shape: tuple[int, int]) -> NDArray[np.float32]:
     values = np.nan_to_num(values.astype(np.float32), nan=0.0)
     if values.shape != shape:
         values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.clip(values, 0.0, 1.0)
+    clipped: NDArray[np.float32] = np.clip(values, 0.0, 1.0)
+    return clipped
 
 
 def turbo(values: NDArray[np.float32]) -> U8:

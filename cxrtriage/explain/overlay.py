@@ -10,6 +10,7 @@ the line "Decision support only - not a diagnosis". The raw map is saved beside 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from numpy.typing import NDArray
 from cxrtriage.errors import OutputError
 from cxrtriage.explain.base import Heatmap
 from cxrtriage.explain.registry import METHODS
-from cxrtriage.files import safe_name
+from cxrtriage.files import atomic_write, safe_name
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.types import FloatArray, Image2D
 
@@ -204,23 +205,21 @@ def save_heatmap(
     rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
     png_path = Path(png_path)
     npy_path = png_path.with_suffix(".npy")
-    try:
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(png_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OutputError(f"{png_path}: OpenCV could not write the PNG; check the folder and its permissions")
-        if save_npy:
-            assert heatmap.original is not None
-            raw: np.ndarray = heatmap.original
-            if compact_npy:
-                h, w = raw.shape
-                scale = max_side / max(h, w)
-                if scale < 1.0:
-                    raw = cv2.resize(raw, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-                np.save(npy_path, raw.astype(np.float16))
-            else:
-                np.save(npy_path, raw.astype(np.float32))
-    except OSError as exc:
-        raise OutputError(f"{png_path}: cannot write the overlay ({exc}); check the output folder and its permissions") from exc
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError(f"{png_path}: OpenCV could not encode the overlay as PNG")
+    atomic_write(png_path, png.tobytes())
+    if save_npy:
+        assert heatmap.original is not None
+        raw: np.ndarray = heatmap.original
+        if compact_npy:
+            h, w = raw.shape
+            scale = max_side / max(h, w)
+            if scale < 1.0:
+                raw = cv2.resize(raw, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        buf = io.BytesIO()
+        np.save(buf, raw.astype(np.float16 if compact_npy else np.float32))
+        atomic_write(npy_path, buf.getvalue())
     return png_path, (npy_path if save_npy else None)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.evaluate.metrics import auroc
+from cxrtriage.files import atomic_write
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
 from cxrtriage.train.data import Record, cached_arrays, classifier_records, label_matrix, tiny_subset, write_splits
@@ -252,7 +253,7 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
         assert best_state is not None
         torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
         train_seconds = time.time() - t0
-        (out / "train_config.json").write_text(json.dumps({
+        atomic_write(out / "train_config.json", json.dumps({
             "config": asdict(cfg), "labels": list(labels), "best_epoch": best_epoch, "best_val_score": best,
             "history": history, "init_val": init_val, "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
             "preprocessing": recipe.to_dict(),

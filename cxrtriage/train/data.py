@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrtriage.errors import ConfigError
+from cxrtriage.files import atomic_output
 from cxrtriage.io.raster import read_raster
 from cxrtriage.preprocess import PreprocessRecipe, to_model_input
 from cxrtriage.preprocess.apply import from_original
@@ -238,8 +239,7 @@ def segmenter_records(data_root: Path, seed: int = 0) -> list[Record]:
 
 def write_splits(records: Sequence[Record], path: Path) -> None:
     """CSV of relative image paths, patient ids, source and split (lists only — never image data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_output(path) as f:
         w = csv.writer(f)
         w.writerow(["path", "patient_id", "source", "split"])
         for r in sorted(records, key=lambda r: (r.split, r.path)):

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrtriage.files import atomic_write
 from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.data import (
@@ -55,7 +56,7 @@ class _Export(torch.nn.Module):
 
 def write_manifest(out: Path, data: dict[str, Any]) -> Path:
     path = out / "manifest.json"
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
     m = load_manifest(path)
     verify_onnx(m)
     return path
@@ -135,7 +136,7 @@ def write_classifier_card(data_root: Path, out: Path) -> Path:
     data = json.loads((out / "manifest.json").read_text())
     info = json.loads((out / "train_config.json").read_text())
     path = out / "MODEL_CARD.md"
-    path.write_text(classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)), encoding="utf-8")
+    atomic_write(path, classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)))
     return path
 
 
@@ -273,7 +274,6 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                      "train_seconds": info["train_seconds"], "notes": notes},
     }
     path = write_manifest(out, data)
-    (out / "MODEL_CARD.md").write_text(classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)),
-                                       encoding="utf-8")
+    atomic_write(out / "MODEL_CARD.md", classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)))
     log.info("classifier manifest written: %s", path)
     return path

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from cxrtriage.files import atomic_write
 from cxrtriage.io.raster import read_raster
 from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
 from cxrtriage.preprocess import PreprocessRecipe, to_model_input
@@ -128,7 +129,7 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
     info = {"config": asdict(cfg), "labels": list(SEG_LABELS), "best_epoch": best_epoch, "best_val_dice": best,
             "history": history, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
             "preprocessing": recipe.to_dict()}
-    (out / "train_config.json").write_text(json.dumps(info, indent=2))
+    atomic_write(out / "train_config.json", json.dumps(info, indent=2))
     log.info("training done: best epoch %d (val Dice %.4f), %.0fs", best_epoch, best, time.time() - t0)
     manifest = finalize_segmenter(data_root, out, records=records)
     log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
@@ -213,5 +214,5 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
                      "train_seconds": info["train_seconds"]},
     }
     path = write_manifest(out, data)
-    (out / "MODEL_CARD.md").write_text(segmenter_card(data, info, per_image), encoding="utf-8")
+    atomic_write(out / "MODEL_CARD.md", segmenter_card(data, info, per_image))
     return path

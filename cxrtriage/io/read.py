@@ -9,6 +9,7 @@ from cxrtriage.errors import InputError
 from cxrtriage.io.discover import Probe, probe_with_header
 from cxrtriage.io.selection import DEFAULT_RULES, Selection, SelectionRules, select
 from cxrtriage.io.sniff import sniff
+from cxrtriage.results import Status
 from cxrtriage.types import Image2D, InputKind
 
 
@@ -62,7 +63,7 @@ def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: boo
     """
     pr, header = probe_with_header(path)
     sel = select(pr, rules)
-    if sel.status != "scored" or not read:
+    if sel.status is not Status.SCORED or not read:
         return Assessment(pr, sel)
     try:
         if header is not None:
@@ -74,5 +75,5 @@ def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: boo
     except InputError as exc:
         msg = str(exc)
         prefix = f"{pr.path}: "
-        return Assessment(pr, Selection("failed", msg[len(prefix):] if msg.startswith(prefix) else msg))
+        return Assessment(pr, Selection(Status.FAILED, msg[len(prefix):] if msg.startswith(prefix) else msg))
     return Assessment(pr, sel, image)

@@ -6,14 +6,12 @@ import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.io.discover import Probe
 from cxrtriage.io.limits import size_problem
+from cxrtriage.results import Status
 from cxrtriage.types import InputKind
-
-Status = Literal["scored", "excluded", "failed"]
 
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LAT DECUBITUS", "LATERAL DECUBITUS"})
 
@@ -131,14 +129,14 @@ def select(probe: Probe, rules: SelectionRules = DEFAULT_RULES) -> Selection:
     would exclude, so that damaged transfers are noticed.
     """
     if probe.error:
-        return Selection("failed", probe.error)
+        return Selection(Status.FAILED, probe.error)
     if probe.not_an_image:
-        return Selection("excluded", probe.not_an_image)
+        return Selection(Status.EXCLUDED, probe.not_an_image)
     if probe.kind is InputKind.DICOM:
         return _select_dicom(probe, rules)
     if probe.kind in (InputKind.RASTER, InputKind.SITK):
         return _select_other(probe, rules)
-    return Selection("failed", "not a recognised image file")
+    return Selection(Status.FAILED, "not a recognised image file")
 
 
 def _select_dicom(probe: Probe, rules: SelectionRules) -> Selection:
@@ -147,59 +145,59 @@ def _select_dicom(probe: Probe, rules: SelectionRules) -> Selection:
     sop = info.sop_class_uid
     for prefix, what in _NON_IMAGE_SOP_PREFIXES:
         if sop.startswith(prefix):
-            return Selection("excluded", f"non-image object: {_sop_name(sop, what)}")
+            return Selection(Status.EXCLUDED, f"non-image object: {_sop_name(sop, what)}")
     if not probe.has_pixel_data:
-        return Selection("excluded", f"no pixel data ({_sop_name(sop) if sop else 'no SOP Class UID'})")
+        return Selection(Status.EXCLUDED, f"no pixel data ({_sop_name(sop) if sop else 'no SOP Class UID'})")
     if not info.rows or not info.columns:
-        return Selection("failed", "pixel data present but Rows/Columns missing or zero: corrupt header")
+        return Selection(Status.FAILED, "pixel data present but Rows/Columns missing or zero: corrupt header")
     modality = normalise(info.modality)
     if modality not in rules.modalities:
         shown = f"Modality '{info.modality}'" if modality else "Modality missing"
-        return Selection("excluded", f"{shown} not accepted (accepted: {', '.join(rules.modalities)})")
+        return Selection(Status.EXCLUDED, f"{shown} not accepted (accepted: {', '.join(rules.modalities)})")
     if probe.colour:
-        return Selection("excluded", f"colour image (PhotometricInterpretation '{info.photometric_interpretation}', "
+        return Selection(Status.EXCLUDED, f"colour image (PhotometricInterpretation '{info.photometric_interpretation}', "
                                      f"{info.samples_per_pixel} sample(s) per pixel); expected MONOCHROME1/2")
     if not info.photometric_interpretation:
-        return Selection("failed", "PhotometricInterpretation missing: pixels cannot be interpreted")
+        return Selection(Status.FAILED, "PhotometricInterpretation missing: pixels cannot be interpreted")
     if info.number_of_frames > 1:
-        return Selection("excluded", f"multi-frame object ({info.number_of_frames} frames), not a single radiograph")
+        return Selection(Status.EXCLUDED, f"multi-frame object ({info.number_of_frames} frames), not a single radiograph")
     body = normalise(info.body_part_examined)
     if not _body_ok(body, rules):
-        return Selection("excluded", f"not a chest: BodyPartExamined '{info.body_part_examined}' "
+        return Selection(Status.EXCLUDED, f"not a chest: BodyPartExamined '{info.body_part_examined}' "
                                      f"(accepted: {_accepted(rules.body_parts)})")
     view = normalise(info.view_position)
     if not _view_ok(view, rules):
         if view in LATERAL_VIEWS or view.split(" ")[0] in LATERAL_VIEWS:
-            return Selection("excluded", f"lateral view: ViewPosition '{info.view_position}' "
+            return Selection(Status.EXCLUDED, f"lateral view: ViewPosition '{info.view_position}' "
                                          f"(accepted: {_accepted(rules.views)})")
-        return Selection("excluded", f"ViewPosition '{info.view_position}' not accepted "
+        return Selection(Status.EXCLUDED, f"ViewPosition '{info.view_position}' not accepted "
                                      f"(accepted: {_accepted(rules.views)})")
     if probe.presentation_intent == "FOR PROCESSING" and not rules.allow_for_processing:
-        return Selection("excluded", "PresentationIntentType FOR PROCESSING (raw detector data, not for display)")
+        return Selection(Status.EXCLUDED, "PresentationIntentType FOR PROCESSING (raw detector data, not for display)")
     problem = size_problem(info.rows, info.columns, frames=info.number_of_frames,
                            samples=info.samples_per_pixel, bytes_per_sample=max(((probe.bits or 16) + 7) // 8, 1))
     if problem:
-        return Selection("failed", problem)
+        return Selection(Status.FAILED, problem)
     view_txt = info.view_position or "view absent"
     body_txt = info.body_part_examined or "body part absent"
-    return Selection("scored", f"{info.modality} {body_txt} {view_txt}")
+    return Selection(Status.SCORED, f"{info.modality} {body_txt} {view_txt}")
 
 
 def _select_other(probe: Probe, rules: SelectionRules) -> Selection:
     what = probe.fmt.upper() or probe.kind.value
     if not rules.score_rasters:
-        return Selection("excluded", f"{what} file: the site rules score DICOM only (score_rasters = false)")
+        return Selection(Status.EXCLUDED, f"{what} file: the site rules score DICOM only (score_rasters = false)")
     if probe.frames > 1:
-        return Selection("excluded", f"{what} volume ({probe.size_text}), not a 2-D radiograph")
+        return Selection(Status.EXCLUDED, f"{what} volume ({probe.size_text}), not a 2-D radiograph")
     if probe.colour:
-        return Selection("excluded", f"{what} with colour content, not a greyscale radiograph")
+        return Selection(Status.EXCLUDED, f"{what} with colour content, not a greyscale radiograph")
     if probe.rows is None or probe.columns is None:
-        return Selection("failed", f"{what} size unknown")
+        return Selection(Status.FAILED, f"{what} size unknown")
     problem = size_problem(probe.rows, probe.columns, samples=probe.samples_per_pixel,
                            bytes_per_sample=max((probe.bits or 8) // 8, 1))
     if problem:
-        return Selection("failed", problem)
-    return Selection("scored", f"{what} image (no DICOM tags to check: assumed a frontal chest radiograph)")
+        return Selection(Status.FAILED, problem)
+    return Selection(Status.SCORED, f"{what} image (no DICOM tags to check: assumed a frontal chest radiograph)")
 
 
 def _body_ok(body: str, rules: SelectionRules) -> bool:

@@ -90,8 +90,8 @@ def examine(task: DecodeTask) -> Decoded:
     try:
         a = assess(task.path, task.rules)
         probe = a.probe
-        if a.selection.status != Status.SCORED.value or a.image is None:
-            status = Status.EXCLUDED if a.selection.status == Status.EXCLUDED.value else Status.FAILED
+        if a.selection.status is not Status.SCORED or a.image is None:
+            status = Status.EXCLUDED if a.selection.status is Status.EXCLUDED else Status.FAILED
             return Decoded(task.index, probe_record(task.path, probe, status, a.selection.reason),
                            seconds=time.perf_counter() - t0)
         image = a.image

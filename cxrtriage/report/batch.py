@@ -93,7 +93,7 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
             "pdf": o.pdf.name if o and o.pdf else "",
         })
         for n, img in enumerate(study.images, start=1):
-            if img.status != "scored":
+            if not img.scored:
                 problems.append({"source": _image_source(study, img, n, deidentify), "status": img.status,
                                  "reason": img.reason or "no reason recorded"})
     priority_counts = Counter(s.priority or UNKNOWN for s in bundle.studies)

@@ -12,6 +12,7 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 from cxrtriage.report.view import Figure, StudyView
+from cxrtriage.results import Status
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def render_study_pdf(view: StudyView) -> bytes:
             rows = [(f.label, f.score, f.threshold, f.kind, f.status, f.sensitivity, f.specificity) for f in img.findings]
             pdf.grid(("Finding", "Score", "Threshold", "Operating point", "Status", "Val. sens.", "Val. spec."), rows,
                      (22, 11, 12, 24, 11, 12, 12), emphasise=[f.positive for f in img.findings])
-        elif img.status != "scored":
+        elif img.status != Status.SCORED:
             pdf.para(f"Not scored: {img.reason or 'no reason recorded'}", bold=True, colour=(154, 103, 0))
         if img.measurements:
             pdf.para("Lung measurements", bold=True)

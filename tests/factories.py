@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -168,3 +169,13 @@ def make_tiny_segmenter(folder: Path, *, size: int = 16, seed: int = 0) -> Path:
 def read_jsonl(path: Path) -> list[dict[str, object]]:
     """The rows of a results.jsonl exactly as written (tests of the file format read it raw)."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_textured_png(path: Path, h: int, w: int, seed: int) -> Path:
+    """An 8-bit grey PNG with smooth texture and noise (a stand-in radiograph for the explain tests)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 120 + 80 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 10, (h, w))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
+    return path

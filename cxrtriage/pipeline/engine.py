@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cxrtriage.errors import InputError
 from cxrtriage.io import SelectionRules, discover, load_rules
+from cxrtriage.model import ModelManifest
 from cxrtriage.pipeline.decode import Decoded
 from cxrtriage.results import ImageRecord, ResultsWriter, Status
 
@@ -37,6 +38,11 @@ class ProgressCounter:
             c = self.counts
             self.callback(ProgressUpdate(c.total(), c[Status.SCORED], c[Status.EXCLUDED], c[Status.FAILED],
                                          time.perf_counter() - self.t0))
+
+
+def with_model(record: ImageRecord, manifest: ModelManifest) -> ImageRecord:
+    """``record`` stamped with the model that produced (or would have produced) its result."""
+    return record.replace(model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256)
 
 
 def check_inputs(inputs: Sequence[Path]) -> None:

@@ -32,6 +32,7 @@ from cxrtriage.pipeline.engine import (
     check_inputs,
     discover_paths,
     selection_rules,
+    with_model,
     write_in_batches,
 )
 from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, PredictSummary, RunContext, ScoredBatch
@@ -65,11 +66,6 @@ def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
     return sorted(hooks, key=lambda h: h.order)
 
 
-def _with_model(record: ImageRecord, model: Classifier) -> ImageRecord:
-    m = model.manifest
-    return record.replace(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
-
-
 def _checked(new: ImageRecord, old: ImageRecord) -> ImageRecord:
     if new.path != old.path or new.status is not old.status:
         raise ValueError(f"may not change the path or status of {old.path}")
@@ -89,7 +85,7 @@ def _unscored(record: ImageRecord, hooks: Sequence[PredictHook], ctx: RunContext
 def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook],
                  ctx: RunContext) -> list[ImageRecord]:
     """Run the classifier and the hooks on ``items`` (all readable); returns their records."""
-    records = [_with_model(d.record, model) for d in items]
+    records = [with_model(d.record, model.manifest) for d in items]
     inputs = [d.model_input for d in items if d.model_input is not None]
     want_features = any(h.needs_features for h in hooks) and model.has_features
     try:
@@ -151,7 +147,7 @@ def run_predict(
         decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, keep_images)),
         writer, counter, batch_size=config.batch_size,
         process=lambda ok: _score_batch(ok, model, hooks, ctx),
-        unreadable=lambda d: _unscored(_with_model(d.record, model), hooks, ctx),
+        unreadable=lambda d: _unscored(with_model(d.record, model.manifest), hooks, ctx),
         inputs=config.inputs,
     )
     c = counter.counts

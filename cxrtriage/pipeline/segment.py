@@ -19,6 +19,7 @@ from cxrtriage.pipeline.engine import (
     check_inputs,
     discover_paths,
     selection_rules,
+    with_model,
     write_in_batches,
 )
 from cxrtriage.results import ImageRecord, ResultsWriter, Status, segment_columns
@@ -45,13 +46,8 @@ class SegmentSummary:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
 
-def _with_model(record: ImageRecord, model: Segmenter) -> ImageRecord:
-    m = model.manifest
-    return record.replace(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
-
-
 def _segment_batch(items: list[Decoded], model: Segmenter, out_dir: Path, stems: StemRegistry) -> list[ImageRecord]:
-    records = [_with_model(d.record, model) for d in items]
+    records = [with_model(d.record, model.manifest) for d in items]
     inputs = [d.model_input for d in items if d.model_input is not None]
     try:
         masks = model.segment_inputs(inputs, [SourceRef(r.path, InputKind(r.input_kind or "unknown")) for r in records],
@@ -86,7 +82,7 @@ def run_segment(
         decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, False)),
         writer, counter, batch_size=config.batch_size,
         process=lambda ok: _segment_batch(ok, model, out_dir, stems),
-        unreadable=lambda d: _with_model(d.record, model),
+        unreadable=lambda d: with_model(d.record, model.manifest),
         inputs=config.inputs,
     )
     c = counter.counts

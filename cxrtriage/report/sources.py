@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -17,6 +19,22 @@ from cxrtriage.report.study import ImageResult, StudyReport
 log = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+
+
+def _once(cache: dict[Path, T | Exception], key: Path, read: Callable[[], T]) -> T:
+    """``read()`` the first time ``key`` is asked for; afterwards the same value, or the same exception again."""
+    if key not in cache:
+        try:
+            cache[key] = read()
+        except Exception as exc:
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
 class StudySources:
     """Reads each source of ``study`` at most once, on first use; a file that cannot be read raises the same
     ``InputError`` every time it is asked for."""
@@ -28,15 +46,7 @@ class StudySources:
 
     def dataset(self, img: ImageResult) -> Dataset:
         """The whole source DICOM data set, pixels included."""
-        if img.path not in self._datasets:
-            try:
-                self._datasets[img.path] = read_dataset(img.path)
-            except Exception as exc:
-                self._datasets[img.path] = exc
-        found = self._datasets[img.path]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        return _once(self._datasets, img.path, lambda: read_dataset(img.path))
 
     def source(self, img: ImageResult) -> Dataset:
         """The source data set, checked to be referenced by DICOM results (``InputError`` when it cannot be)."""
@@ -45,16 +55,11 @@ class StudySources:
     def picture(self, img: ImageResult) -> U8:
         """The source image as a viewer shows it (grey uint8, dense = bright), read by ``cxrtriage.io`` from the same
         parse of the file as the header and the DICOM results."""
-        if img.path not in self._pictures:
-            try:
-                image = read_dicom(img.path, dataset=self.dataset(img)) if img.is_dicom else read_image(img.path)
-                self._pictures[img.path] = display_image(image)
-            except Exception as exc:
-                self._pictures[img.path] = exc
-        found = self._pictures[img.path]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        def read() -> U8:
+            image = read_dicom(img.path, dataset=self.dataset(img)) if img.is_dicom else read_image(img.path)
+            return display_image(image)
+
+        return _once(self._pictures, img.path, read)
 
     def header(self) -> PatientHeader:
         """Patient/study header from the first readable DICOM source of the study (``unknown`` otherwise)."""

@@ -6,10 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-from factories import make_tiny_classifier
+from factories import make_tiny_classifier, write_textured_png
 
 from cxrtriage.errors import ConfigError, InputError
 from cxrtriage.explain.batch import (
@@ -32,15 +30,6 @@ EXPECTED_COLUMNS = (
 )
 
 
-def _png(path: Path, h: int, w: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = 120 + 80 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 10, (h, w))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
-    return path
-
-
 @pytest.fixture()
 def model(tmp_path: Path) -> Path:
     return make_tiny_classifier(tmp_path / "models" / "tiny", size=32).parent
@@ -53,8 +42,8 @@ def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_same_names_get_unique_stems_and_the_csv_matches_the_rows(tmp_path: Path, model: Path) -> None:
-    _png(tmp_path / "in" / "a" / "scan.png", 40, 50, 1)
-    _png(tmp_path / "in" / "b" / "scan.png", 50, 40, 2)
+    write_textured_png(tmp_path / "in" / "a" / "scan.png", 40, 50, 1)
+    write_textured_png(tmp_path / "in" / "b" / "scan.png", 50, 40, 2)
     (tmp_path / "in" / "b" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a PNG")
     seen: list[ExplainedFile] = []
     summary = run_explain(ExplainConfig(inputs=(tmp_path / "in",), out=tmp_path / "out", model=model,
@@ -83,7 +72,7 @@ def test_nothing_flagged_all_failed_and_no_files(tmp_path: Path, model: Path) ->
     for t in manifest["thresholds"].values():
         t["balanced"]["threshold"] = 1.0  # no score reaches it
     (model / "manifest.json").write_text(json.dumps(manifest))
-    _png(tmp_path / "in" / "ok.png", 40, 40, 3)
+    write_textured_png(tmp_path / "in" / "ok.png", 40, 40, 3)
     summary = run_explain(ExplainConfig(inputs=(tmp_path / "in",), out=tmp_path / "out", model=model, flagged=True))
     (row,) = summary.rows
     assert (row.status, row.reason, row.model_name) == ("nothing_flagged", "no finding reached its balanced threshold",

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter
+from factories import make_tiny_classifier, make_tiny_segmenter, write_textured_png
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -18,21 +18,12 @@ from cxrtriage.model import Classifier, load_model
 runner = CliRunner()
 
 
-def _png(path: Path, h: int, w: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = 120 + 80 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 10, (h, w))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
-    return path
-
-
 @pytest.fixture()
 def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     model = make_tiny_classifier(tmp_path / "models" / "tiny", size=32).parent
     inputs = tmp_path / "in"
-    _png(inputs / "a" / "wide.png", 60, 90, 1)
-    _png(inputs / "b" / "tall.png", 90, 60, 2)
+    write_textured_png(inputs / "a" / "wide.png", 60, 90, 1)
+    write_textured_png(inputs / "b" / "tall.png", 90, 60, 2)
     (inputs / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
     return model, inputs, tmp_path / "out"
 

@@ -275,3 +275,20 @@ def test_sc_carries_the_sources_orientation_and_laterality(
     save(sc, path)
     errors, _ = dciodvfy(path)
     assert errors == [], errors
+
+
+def test_each_source_file_is_parsed_once_for_all_its_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Header, picture, SR, SC, SEG and the PDF of a study come from one parse of each DICOM source."""
+    results = make_results(tmp_path)
+    reads: list[str] = []
+    real = pydicom.dcmread
+
+    def counting(fp: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(str(getattr(fp, "name", fp)))  # a path, or an open file (cxrtriage.io reads headers so)
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    summary = build_reports(results, dicom=True)
+    assert summary.dicom_files and not summary.errors
+    sources = [r for r in reads if r.endswith(".dcm") and "/dicom/" not in r]
+    assert sources and len(sources) == len(set(sources)), sources

@@ -231,29 +231,27 @@ def _counts(counts: dict[str, int]) -> str:
 
 def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
     """Triage, quality, lungs and report rows of the predict summary (from the hooks' outcomes and run.json)."""
-    import json
-
     from cxrtriage.pipeline.hooks.triage import TriageOutcome
 
     rows: list[tuple[str, str]] = []
-    record = json.loads(s.run_json.read_text(encoding="utf-8")) if s.run_json is not None else {}
+    sections = s.run.sections if s.run is not None else {}
     triage = s.outcomes.get("triage")
     if isinstance(triage, TriageOutcome):
         rows.append(("priority (images)", _counts(triage.images_by_priority)))
         rows.append(("priority (studies)", _counts(triage.studies_by_priority)))
-        policy = record.get("policy") or {}
-        where = policy.get("path", "default") if isinstance(policy, dict) else "default"
+        policy = (s.run.policy if s.run is not None else None) or {}
+        where = policy.get("path", "default")
         rows.append(("policy", f"{triage.policy_name}" + ("" if where == "default" else f" ({where})")))
         rows.append(("site", triage.site_file or "none (model's own scores and thresholds)"))
         for note in triage.notes:
             rows.append(("note", f"[yellow]{note}[/]"))
-    quality = record.get("quality")
+    quality = sections.get("quality")
     if isinstance(quality, dict):
         failed = int(quality.get("failed", 0))
         by = ", ".join(f"{k} {n}" for k, n in (quality.get("failed_by_check") or {}).items())
         text = f"[magenta]{failed} image(s) failed ({by}): not_assessed[/]" if failed else "all scored images passed"
         rows.append(("quality", text))
-    seg = record.get("segmenter")
+    seg = sections.get("segmenter")
     if isinstance(seg, dict):
         rows.append(("lungs", f"masks by {seg.get('name')} {seg.get('version')} on {seg.get('device')}"))
     if s.report is not None:

@@ -163,7 +163,7 @@ def run_predict(
     run_json = write_run_json(ctx.out_dir, record)
     report = run_reports(config, ctx.out_dir, destination) if config.reports_on else None
     return dataclasses.replace(summary, seconds=time.perf_counter() - t0, outcomes=outcomes, run_json=run_json,
-                               report=report)
+                               run=record, report=report)
 
 
 def predict(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, **options: Any) -> PredictSummary:

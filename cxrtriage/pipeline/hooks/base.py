@@ -20,7 +20,7 @@ from cxrtriage.measure.quality import QualityCheck
 from cxrtriage.model import Classifier, ClassifierOutput, LungMask
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.preprocess import ModelInput
-from cxrtriage.results import ImageRecord
+from cxrtriage.results import ImageRecord, RunRecord
 from cxrtriage.types import Image2D
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class PredictSummary:
     device: str
     outcomes: Mapping[str, Any] = field(default_factory=dict)  # hook name -> what its on_finish returned
     run_json: Path | None = None
+    run: RunRecord | None = None  # what run.json holds
     report: ReportOutcome | None = None
 
     @property

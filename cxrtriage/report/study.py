@@ -8,9 +8,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.model.manifest import ModelManifest, OperatingPoint, load_manifest
-from cxrtriage.model.registry import resolve_manifest_path
+from cxrtriage.errors import ConfigError, InputError, ModelError
+from cxrtriage.model.manifest import ModelManifest, OperatingPoint
+from cxrtriage.model.registry import manifest_for_results
 from cxrtriage.report.header import UNKNOWN, study_slug
 from cxrtriage.results import (
     OPERATING_POINTS,
@@ -170,33 +170,25 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
                   results_dir: Path) -> tuple[ModelManifest | None, str]:
     """The classifier manifest for these results, and a note saying how it was found (or why not).
 
-    Order: an explicit path/name; the manifest path in run.json; the model name through the model
-    registry. A manifest whose sha256 differs from the results' model sha256 is not used.
+    Tried in order: an explicit name/path (``--model``); the manifest path in run.json; the model name the results
+    record, through the model registry. Each is checked against the results' sha256 by ``manifest_for_results``;
+    a report never fails for want of a manifest (thresholds and validation figures are then "unknown").
     """
-    shas = table.distinct("model_sha256")
-    sha = shas[0] if shas else (run.model.sha256 if run is not None else "")
-    names = table.distinct("model_name")
-    name = names[0] if names else (run.model.name if run is not None else "")
-    candidates: list[tuple[str, str | Path]] = []
-    if explicit:
-        candidates.append(("--model", explicit))
+    names = table.distinct("model_name") or ([run.model.name] if run is not None and run.model.name else [])
+    shas = table.distinct("model_sha256") or ([run.model.sha256] if run is not None and run.model.sha256 else [])
+    candidates: list[tuple[str, str | Path | None]] = [("--model", explicit)] if explicit else []
     if run is not None and run.model.manifest:
         candidates.append(("run.json", _resolve(run.model.manifest, results_dir)))
-    if name:
-        candidates.append(("model registry", name))
+    candidates.append(("model registry", None))
     problems: list[str] = []
     for source, target in candidates:
         try:
-            man = load_manifest(resolve_manifest_path(target))
-        except Exception as exc:  # a missing model must not stop a report: thresholds become "unknown"
+            man = manifest_for_results(names, shas, target, where=results_dir)
+        except (ConfigError, ModelError) as exc:
             problems.append(f"{source}: {exc}")
             continue
-        if sha and man.sha256 != sha.lower():
-            problems.append(f"{source}: manifest {man.path} is for sha256 {man.short_sha}, results were made with {sha[:12]}")
-            continue
         return man, f"model manifest {man.path} (from {source})"
-    why = "; ".join(problems) if problems else "no model name in the results"
-    return None, f"model manifest not found ({why}); thresholds and validation figures are unknown"
+    return None, f"model manifest not found ({'; '.join(problems)}); thresholds and validation figures are unknown"
 
 
 def resolve_findings(record: ImageRecord, labels: tuple[str, ...], manifest: ModelManifest | None,

@@ -81,6 +81,29 @@ def _labelled_set(shared: Path, dest: Path) -> Path:
     return labels
 
 
+def _prepare_inputs(repo: Path, shared: Path) -> None:
+    """Fill ``INPUTS`` once (a temporary folder renamed into place), so that runs in parallel share it safely;
+    it is rebuilt only when the repository's sample_data differs from the copy."""
+    if INPUTS.is_dir() and _same_tree(repo / "sample_data", INPUTS / "sample_data"):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="cxrtriage-compare-inputs-", dir=INPUTS.parent))
+    shutil.copytree(repo / "sample_data", tmp / "sample_data")
+    _labelled_set(shared, tmp / "labelled" / "scans")
+    old = INPUTS.with_name(INPUTS.name + f".old-{os.getpid()}")
+    if INPUTS.exists():
+        INPUTS.rename(old)
+    tmp.rename(INPUTS)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    if not b.is_dir():
+        return False
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return fa == fb and all((a / r).read_bytes() == (b / r).read_bytes() for r in fa)
+
+
 def _cxr(repo: Path, log: Path, *args: object) -> None:
     cmd = [sys.executable, "-m", "cxrtriage", *(str(a) for a in args)]
     t0 = time.perf_counter()
@@ -99,10 +122,8 @@ def run(repo: Path, out: Path, shared: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     log = out / "commands.log"
-    if INPUTS.exists():
-        shutil.rmtree(INPUTS)
+    _prepare_inputs(repo, shared)
     sample = INPUTS / "sample_data"
-    shutil.copytree(repo / "sample_data", sample)
     corpus = shared / "dicom"
     (out / META).write_text(json.dumps({"repo": str(repo), "shared": str(shared), "out": str(out)}, indent=1))
     _cxr(repo, log, "predict", sample, corpus, "--out", out / "predict", "--lungs", "--heatmaps", "--report", "--dicom",
@@ -111,7 +132,7 @@ def run(repo: Path, out: Path, shared: Path) -> None:
     _cxr(repo, log, "explain", sample, corpus / "cxr_real", "--flagged", "--method", "gradcam", "--method", "eigencam",
          "--lung-mask", "--out", out / "explain")
     scans = INPUTS / "labelled" / "scans"
-    labels = _labelled_set(shared, scans)
+    labels = INPUTS / "labelled" / "labels.csv"
     _cxr(repo, log, "predict", scans, "--out", out / "labelled" / "before", "--workers", "1")
     _cxr(repo, log, "evaluate", "--results", out / "labelled" / "before" / "results.csv", "--labels", labels,
          "--by", "source,sex", "--json", out / "labelled" / "evaluate_before.json", "--html",

@@ -157,10 +157,11 @@ def read_worklist(results_dir: Path) -> dict[str, tuple[str, str]]:
 def model_identity(manifest: ModelManifest | None, table: ResultsTable, run: RunRecord | None) -> ModelRef:
     """Which model produced the results: its manifest, else the records' model columns, else run.json."""
     if manifest is not None:
-        return ModelRef(manifest.name, manifest.version, manifest.sha256, str(manifest.path))
+        return ModelRef(manifest.name, manifest.version, manifest.sha256, str(manifest.path), manifest.integrity)
     first = next((r for r in table.records if r.model_name), None)
     if first is not None:
-        return ModelRef(first.model_name or UNKNOWN, first.model_version or UNKNOWN, first.model_sha256 or UNKNOWN)
+        return ModelRef(first.model_name or UNKNOWN, first.model_version or UNKNOWN, first.model_sha256 or UNKNOWN,
+                        integrity=first.model_integrity or (run.model.integrity if run is not None else ""))
     if run is not None:
         return run.model
     return ModelRef(UNKNOWN, UNKNOWN, UNKNOWN)
@@ -171,10 +172,14 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
     """The classifier manifest for these results, and a note saying how it was found (or why not).
 
     Order: an explicit path/name; the manifest path in run.json; the model name through the model
-    registry. A manifest whose sha256 differs from the results' model sha256 is not used.
+    registry. A manifest whose sha256 differs from the results' model sha256 is not used, nor one whose integrity
+    differs from the one the results record (the manifest was edited and re-sealed since: its thresholds and
+    figures may not be those that decided these results).
     """
     shas = table.distinct("model_sha256")
     sha = shas[0] if shas else (run.model.sha256 if run is not None else "")
+    seals = table.distinct("model_integrity")
+    seal = seals[0] if seals else (run.model.integrity if run is not None else "")
     names = table.distinct("model_name")
     name = names[0] if names else (run.model.name if run is not None else "")
     candidates: list[tuple[str, str | Path]] = []
@@ -193,6 +198,10 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
             continue
         if sha and man.sha256 != sha.lower():
             problems.append(f"{source}: manifest {man.path} is for sha256 {man.short_sha}, results were made with {sha[:12]}")
+            continue
+        if seal and man.integrity != seal.lower():
+            problems.append(f"{source}: manifest {man.path} has integrity {man.short_integrity}, the results record "
+                            f"{seal[:12]} (it was edited and re-sealed since they were made)")
             continue
         return man, f"model manifest {man.path} (from {source})"
     why = "; ".join(problems) if problems else "no model name in the results"

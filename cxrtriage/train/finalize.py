@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxrtriage.files import atomic_write
-from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx
+from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx, write_sealed_manifest
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.data import (
     Record,
@@ -55,8 +55,8 @@ class _Export(torch.nn.Module):
 
 
 def write_manifest(out: Path, data: dict[str, Any]) -> Path:
-    path = out / "manifest.json"
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    """Write ``out/manifest.json`` sealed (its integrity computed), then load it back: valid, sealed, matching the ONNX."""
+    path = write_sealed_manifest(out / "manifest.json", data)
     m = load_manifest(path)
     verify_onnx(m)
     return path

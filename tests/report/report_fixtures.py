@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from factories import make_tiny_classifier, write_dicom
+from factories import edit_manifest, make_tiny_classifier, write_dicom
 
 from cxrtriage.results import (
     PRIORITY_LEVELS,
@@ -105,7 +105,7 @@ def make_results(
     mdata = json.loads(manifest.read_text())
     mdata["metrics"] = {"auroc": {"pneumothorax": 0.91, "effusion": 0.88}, "n_validation": 123}
     mdata["model_card"] = "MODEL_CARD.md"
-    manifest.write_text(json.dumps(mdata))
+    edit_manifest(manifest, mdata)
     (models / "tiny" / "MODEL_CARD.md").write_text("# tiny\n")
     sha = mdata["sha256"]
 

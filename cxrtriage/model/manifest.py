@@ -32,6 +32,7 @@ LABEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 OPERATING_POINT_NAMES = ("rule_out", "balanced")
+MAX_MANIFEST_BYTES = 16 << 20  # the shipped ones are ~30 KB; a larger file is not a manifest (or a memory attack)
 SEAL_HINT = "cxrtriage models seal"
 
 
@@ -146,6 +147,12 @@ def read_manifest_data(path: str | Path) -> dict[str, Any]:
         return out
 
     try:
+        size = p.stat().st_size
+        if not p.is_file():  # a FIFO or device would block or never end
+            raise ModelError(f"{p}: manifest is not a regular file")
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{p}: manifest is {size / 2**20:.0f} MiB, more than the {MAX_MANIFEST_BYTES >> 20} MiB a "
+                             "manifest may have; is this the right file?")
         data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
     except FileNotFoundError as exc:
         raise ModelError(f"{p}: manifest not found") from exc
@@ -153,6 +160,8 @@ def read_manifest_data(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{p}: manifest cannot be read ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise ModelError(f"{p}: manifest is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ModelError(f"{p}: manifest is nested too deeply to be a manifest") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{p}: manifest must be a JSON object")
     return data

@@ -232,6 +232,22 @@ def test_a_repeated_key_is_refused(man: Path) -> None:
         read_manifest_data(man)
 
 
+def test_a_file_that_cannot_be_a_manifest_is_refused_cheaply(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelError, match="nested too deeply"):
+        read_manifest_data(deep)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError, match="not a regular file"):
+        read_manifest_data(fifo)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(17 << 20)
+    with pytest.raises(ModelError, match="17 MiB, more than the 16 MiB"):
+        read_manifest_data(big)
+
+
 def test_an_unsealed_manifest_is_refused_with_how_to_seal_it(man: Path) -> None:
     data = _data(man)
     del data["integrity"]

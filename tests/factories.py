@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
+from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file, write_sealed_manifest
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -73,7 +73,14 @@ def write_dicom(path: Path, **kwargs: object) -> Path:
 def _write_manifest(folder: Path, onnx_name: str, data: dict[str, object]) -> Path:
     data = {"schema_version": SCHEMA_VERSION, "onnx_file": onnx_name,
             "sha256": sha256_file(folder / onnx_name), **data}
-    path = folder / "manifest.json"
+    return write_sealed_manifest(folder / "manifest.json", data)
+
+
+def edit_manifest(path: Path, data: dict[str, object], *, seal: bool = True) -> Path:
+    """Write ``data`` as the manifest ``path``: re-sealed, as its owner would (``models seal``), unless ``seal`` is
+    False (a tampering: the old integrity stays and no longer matches)."""
+    if seal:
+        return write_sealed_manifest(path, data)
     path.write_text(json.dumps(data, indent=2))
     return path
 

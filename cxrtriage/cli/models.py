@@ -1,4 +1,5 @@
-"""`cxrtriage models list|info|verify`: what models are installed, what they are, whether they are intact."""
+"""`cxrtriage models list|info|verify|seal`: what models are installed, what they are, whether they are intact,
+and re-sealing a manifest its owner edited on purpose."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from cxrtriage.model.manifest import ModelManifest
 
 models_app = typer.Typer(
-    help="List, describe and verify the installed models (ONNX file + manifest + model card).",
+    help="List, describe, verify and re-seal the installed models (ONNX file + sealed manifest + model card).",
     no_args_is_help=True,
 )
 
@@ -32,7 +33,11 @@ def _sha_status(manifest: ModelManifest) -> tuple[bool, str]:
 def list_cmd(
     check: bool = typer.Option(True, "--check/--no-check", help="Verify each ONNX file's sha256 (reads every file)."),
 ) -> None:
-    """List the models in the models folder: name, version, task, labels, integrity."""
+    """List the models in the models folder: name, version, task, labels, integrity.
+
+    A manifest that was edited after it was sealed, or has an invalid field, is listed as invalid.
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     from cxrtriage.cli.render import console, exit_on_error
@@ -45,19 +50,20 @@ def list_cmd(
             console.print(f"No models found in {root} (set {ENV_MODELS_DIR} or pass --model PATH to commands).")
             return
         table = Table(title=f"Models in {root}", title_justify="left")
-        for col in ("name", "version", "task", "labels", "input", "sha256"):
+        for col in ("name", "version", "task", "labels", "input", "sha256", "manifest integrity"):
             table.add_column(col, overflow="fold")
         for e in entries:
             m = e.manifest
             if m is None:
-                table.add_row(e.name, "-", "-", "-", "-", f"[red]invalid manifest[/]: {e.error}")
+                table.add_row(e.name, "-", "-", "-", "-", f"[red]invalid manifest[/]: {escape(str(e.error))}", "-")
                 continue
             if check:
                 ok, _ = _sha_status(m)
                 sha = f"[green]ok[/] {m.short_sha}" if ok else f"[red]MISMATCH[/] {m.short_sha}"
             else:
                 sha = m.short_sha
-            table.add_row(e.name, m.version, m.task.value, str(len(m.labels)), f"{m.preprocessing.size}px", sha)
+            table.add_row(e.name, m.version, m.task.value, str(len(m.labels)), f"{m.preprocessing.size}px", sha,
+                          f"[green]sealed[/] {m.short_integrity}")
         console.print(table)
 
 
@@ -147,6 +153,7 @@ def render_mapping(title: str, obj: Any) -> list[RenderableType]:
 
 def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> list[RenderableType]:
     """Everything ``models info`` shows, as rich renderables (also usable by reports)."""
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -158,7 +165,8 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
     head.add_row("task", m.task.value)
     head.add_row("manifest", str(m.path))
     head.add_row("onnx file", str(m.onnx_file))
-    head.add_row("sha256", f"{m.sha256} " + ("[green](verified)[/]" if sha_ok else f"[red](MISMATCH: {sha_msg})[/]"))
+    head.add_row("sha256", f"{m.sha256} " + ("[green](verified)[/]" if sha_ok else f"[red](MISMATCH: {escape(sha_msg)})[/]"))
+    head.add_row("manifest integrity", f"{m.integrity} [green](sealed, content matches)[/]")
     head.add_row("input", f"{m.input_name} {list(m.input_shape)}")
     head.add_row("outputs", ", ".join(f"{k} → {v}" for k, v in m.outputs.items()))
     if m.head is not None:
@@ -215,38 +223,82 @@ def info_cmd(
 def verify_cmd(
     model: str | None = typer.Argument(None, help="Verify only this model (name or path); default: all installed models."),
 ) -> None:
-    """Check every model's ONNX sha256 against its manifest; exit 3 on any mismatch."""
+    """Check every part of each model; exit 3 when any part fails.
+
+    The parts: the manifest (readable JSON), its integrity (the content matches its seal: no edit since),
+    its fields (thresholds, calibration, labels, paths, preprocessing valid), the ONNX file's sha256, and the
+    graph (names, input size and label count agree with the manifest).
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     from cxrtriage.cli.render import console, exit_on_error, print_error
     from cxrtriage.errors import ModelError
-    from cxrtriage.model.registry import list_models, models_dir, resolve_manifest
+    from cxrtriage.model.registry import MANIFEST_NAME, models_dir, resolve_manifest_path
+    from cxrtriage.model.verify import ModelVerification, verify_model
 
     with exit_on_error():
-        rows: list[tuple[str, bool, str]] = []
+        results: list[ModelVerification] = []
         if model is not None:
-            m = resolve_manifest(model)
-            rows.append((m.name, *_sha_status(m)))
+            results.append(verify_model(resolve_manifest_path(model)))
         else:
-            entries = list_models()
-            if not entries:
-                raise ModelError(f"no models found in {models_dir()}; nothing to verify")
-            for e in entries:
-                if e.manifest is None:
-                    rows.append((e.name, False, f"invalid manifest: {e.error}"))
-                else:
-                    rows.append((e.name, *_sha_status(e.manifest)))
-        table = Table(title="Model integrity (sha256 of the ONNX file vs the manifest)", title_justify="left")
+            root = models_dir()
+            paths = sorted(p / MANIFEST_NAME for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) \
+                if root.is_dir() else []
+            if not paths:
+                raise ModelError(f"no models found in {root}; nothing to verify")
+            results = [verify_model(p) for p in paths]
+        table = Table(title="Model integrity (manifest seal, fields, ONNX sha256, graph)", title_justify="left")
         table.add_column("model", overflow="fold")
+        table.add_column("part")
         table.add_column("status")
         table.add_column("detail", overflow="fold")
-        for name, ok, msg in rows:
-            table.add_row(name, "[green]ok[/]" if ok else "[red]FAILED[/]", "" if ok else msg)
+        for r in results:
+            label = r.name if r.manifest_path.parent.name == r.name else f"{r.manifest_path.parent.name} ({r.name})"
+            for i, c in enumerate(r.checks):
+                status = "[green]ok[/]" if c.ok else "[red]FAILED[/]" if c.ok is False else "[dim]-[/]"
+                table.add_row(label if i == 0 else "", c.part, status, escape(c.detail))
+            table.add_section()
         console.print(table)
-        bad = [name for name, ok, _ in rows if not ok]
+        bad = [r for r in results if not r.ok]
         if bad:
-            print_error(f"{len(bad)} model(s) failed verification: {', '.join(bad)}")
+            for r in bad:
+                print_error(f"{r.manifest_path}: {', '.join(c.part for c in r.failed)} failed")
+            print_error(f"{len(bad)} model(s) failed verification: {', '.join(r.manifest_path.parent.name for r in bad)}")
             raise typer.Exit(ModelError.exit_code)
+
+
+@models_app.command("seal")
+def seal_cmd(
+    model: str = typer.Argument(..., help="Model name in the models folder, or path to its folder or manifest."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what changed since the last seal; write nothing."),
+) -> None:
+    """Re-seal a manifest you edited on purpose (e.g. a site's own thresholds), after validating it.
+
+    Recomputes the manifest's integrity and prints which fields changed since it was last sealed. Refuses a
+    manifest with an invalid field, one whose ONNX file no longer matches its sha256 (re-export the model
+    instead) and one that disagrees with the graph. The new integrity value is recorded with every result, so
+    results of the edited manifest can be told apart from those of the original.
+    """
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.model.registry import resolve_manifest_path
+    from cxrtriage.model.verify import seal_manifest
+
+    with exit_on_error():
+        res = seal_manifest(resolve_manifest_path(model), dry_run=dry_run)
+
+        def say(text: str) -> None:  # hashes and paths: no markup, no line breaks inside them
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+        if not res.changed:
+            say(f"{res.path}: already sealed, nothing changed (integrity {res.after})")
+            return
+        say(f"{res.path}: changed since the last seal: {', '.join(res.changed)}")
+        before = res.before or "none"
+        if res.written:
+            say(f"sealed: integrity {before} → {res.after}")
+        else:
+            say(f"not written (--dry-run): integrity would change {before} → {res.after}")
 
 
 def register(app: typer.Typer) -> None:

@@ -110,6 +110,7 @@ class ExplainRow:
     model_name: str = ""
     model_version: str = ""
     model_sha256: str = ""
+    model_integrity: str = ""
 
     def csv_row(self) -> dict[str, str]:
         """The row as explain.csv writes it (numbers with 4 decimals, missing values empty)."""
@@ -121,14 +122,15 @@ class ExplainRow:
         f = self.faithfulness
         for name in FAITHFULNESS_FIELDS:
             row[name] = "" if f is None else _fmt(getattr(f, name))
-        row |= {"model_name": self.model_name, "model_version": self.model_version, "model_sha256": self.model_sha256}
+        row |= {"model_name": self.model_name, "model_version": self.model_version, "model_sha256": self.model_sha256,
+                "model_integrity": self.model_integrity}
         return row
 
 
 FAITHFULNESS_FIELDS = tuple(f.name for f in fields(Faithfulness))
 CSV_FIELDS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged", "png", "npy",
-    *FAITHFULNESS_FIELDS, "model_name", "model_version", "model_sha256",
+    *FAITHFULNESS_FIELDS, "model_name", "model_version", "model_sha256", "model_integrity",
 )
 
 
@@ -220,7 +222,8 @@ def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> 
     mi = plan.clf.preprocess(image)
     output = plan.clf.run(mi.array[None], features=any(get_method(n).needs_features for n in plan.methods))
     targets = list(plan.labels) if plan.labels is not None else flagged_labels(plan.clf, output.scores[0], operating_point=op)
-    base: dict[str, Any] = {"path": str(path), "model_name": m.name, "model_version": m.version, "model_sha256": m.sha256}
+    base: dict[str, Any] = {"path": str(path), "model_name": m.name, "model_version": m.version, "model_sha256": m.sha256,
+                            "model_integrity": m.integrity}
     if not targets:
         return [ExplainRow(**base, status=NOTHING_FLAGGED, reason=f"no finding reached its {op} threshold")]
     heatmaps = explain_input(plan.clf, mi, targets, list(plan.methods), options=plan.options, output=output)

@@ -18,6 +18,7 @@ from cxrtriage.model.registry import (
 )
 from cxrtriage.model.segmenter import LungMask, Segmenter
 from cxrtriage.model.session import Device, available_devices, create_session
+from cxrtriage.model.verify import ModelVerification, SealResult, check_graph, seal_manifest, verify_model
 
 __all__ = [
     "DEFAULT_CLASSIFIER",
@@ -28,6 +29,8 @@ __all__ = [
     "LungMask",
     "ModelEntry",
     "ModelManifest",
+    "ModelVerification",
+    "SealResult",
     "Segmenter",
     "Task",
     "available_devices",
@@ -40,6 +43,8 @@ __all__ = [
     "models_dir",
     "resolve_manifest",
     "resolve_manifest_path",
+    "seal_manifest",
+    "verify_model",
 ]
 
 
@@ -55,9 +60,10 @@ def load_model(
 ) -> Classifier | Segmenter:
     """Load a model by name (from the models dir) or by path to its ONNX file, manifest or folder.
 
-    ``None`` loads ``default`` (the default classifier unless given). The ONNX file's sha256 is
-    always checked against the manifest and a modified file is refused (``ModelError``); so is a
-    manifest whose input/output names are not in the graph. ``task`` refuses a model of another
+    ``None`` loads ``default`` (the default classifier unless given). A manifest edited after it was
+    sealed, or with an invalid field, is refused (``ModelError`` naming the field); so is an ONNX file
+    whose sha256 differs from the manifest's, and a manifest whose input/output names, input size or
+    label count disagree with the graph. ``task`` refuses a model of another
     task (e.g. a segmenter passed to ``predict``). ``spinning=False`` keeps idle onnxruntime
     threads from busy-waiting, for when decode processes share the CPU cores.
     """
@@ -79,6 +85,7 @@ def load_model(
         required_outputs=list(manifest.outputs.values()),
         where=str(manifest.path),
     )
+    check_graph(manifest, session)
     if manifest.task is Task.CLASSIFICATION:
         return Classifier(manifest, session)
     return Segmenter(manifest, session)

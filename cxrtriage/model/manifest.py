@@ -1,22 +1,39 @@
 """The model manifest: every fact about a model lives here, beside its ONNX file, never in code.
 
 A manifest is ``manifest.json`` in a model folder (``models/<name>/``) or ``<file>.json`` beside
-a loose ONNX file. Loading checks the schema; ``verify_onnx`` checks the sha256 of the ONNX file.
+a loose ONNX file; the folder holding it is the *model folder*, and every file it names must lie inside it.
+
+Loading (``load_manifest``) refuses a manifest that was edited after it was sealed (its ``integrity``,
+see ``cxrtriage.model.integrity``), then validates every field that decides a result and names the field
+that is wrong; ``verify_onnx`` checks the sha256 of the ONNX file. ``write_sealed_manifest`` writes a
+manifest with its seal (the training recipe and ``cxrtriage models seal`` use it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from cxrtriage.errors import ModelError
+from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.files import atomic_write
+from cxrtriage.model.integrity import INTEGRITY_FIELD, changed_fields, field_digests, manifest_digest, recorded_seal, seal_of
 from cxrtriage.preprocess.recipe import PreprocessRecipe
 
 SCHEMA_VERSION = 1
+# Labels become CSV column names (score_<label>) and parts of file names (heat maps): keep them plain.
+LABEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+OPERATING_POINT_NAMES = ("rule_out", "balanced")
+MAX_MANIFEST_BYTES = 16 << 20  # the shipped ones are ~30 KB; a larger file is not a manifest (or a memory attack)
+SEAL_HINT = "cxrtriage models seal"
 
 
 class Task(StrEnum):
@@ -85,10 +102,15 @@ class ModelManifest:
     model_card: Path | None = None
     path: Path | None = None  # the manifest file itself
     extra: dict[str, Any] = field(default_factory=dict)
+    integrity: str = ""  # integrity.sha256: the seal over the manifest's whole content ('' when not sealed)
 
     @property
     def short_sha(self) -> str:
         return self.sha256[:12]
+
+    @property
+    def short_integrity(self) -> str:
+        return self.integrity[:12]
 
     @property
     def feature_output(self) -> str | None:
@@ -104,94 +126,368 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _req(data: dict[str, Any], key: str, where: Path) -> Any:
-    if key not in data:
-        raise ModelError(f"{where}: manifest field '{key}' is missing; see models/README.md for the schema")
-    return data[key]
+# --------------------------------------------------------------------------- reading
 
 
-def _op(d: dict[str, Any]) -> OperatingPoint:
-    return OperatingPoint(
-        threshold=float(d["threshold"]),
-        sensitivity=None if d.get("sensitivity") is None else float(d["sensitivity"]),
-        specificity=None if d.get("specificity") is None else float(d["specificity"]),
+def read_manifest_data(path: str | Path) -> dict[str, Any]:
+    """The parsed JSON object of a manifest file; ``ModelError`` when it is missing, not JSON or not an object.
+
+    A key given twice in one object is refused: JSON readers disagree on which one wins, so the manifest a
+    person reads could differ from the one that is used.
+    """
+    p = Path(path)
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ModelError(f"{p}: manifest key '{key}' is given twice in one object; keep one and re-seal it "
+                                 f"with `{SEAL_HINT}`")
+            out[key] = value
+        return out
+
+    try:
+        size = p.stat().st_size
+        if not p.is_file():  # a FIFO or device would block or never end
+            raise ModelError(f"{p}: manifest is not a regular file")
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{p}: manifest is {size / 2**20:.0f} MiB, more than the {MAX_MANIFEST_BYTES >> 20} MiB a "
+                             "manifest may have; is this the right file?")
+        data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{p}: manifest not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{p}: manifest cannot be read ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{p}: manifest is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ModelError(f"{p}: manifest is nested too deeply to be a manifest") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{p}: manifest must be a JSON object")
+    return data
+
+
+def check_integrity(data: Mapping[str, Any], path: Path) -> str:
+    """The manifest's ``integrity.sha256`` when its content matches it; ``ModelError`` saying what to do otherwise."""
+    folder = path.parent
+    recorded = recorded_seal(data)
+    if recorded is None:
+        state = "is missing" if INTEGRITY_FIELD not in data else "is not an object with a 64-hex 'sha256'"
+        raise ModelError(
+            f"{path}: manifest field '{INTEGRITY_FIELD}' {state}, so edits to this manifest cannot be detected. "
+            f"Restore the manifest shipped with the model, or, if you own the model and its content is right, seal it "
+            f"with `{SEAL_HINT} {folder}` (see models/README.md)"
+        )
+    actual = manifest_digest(data)
+    if actual == recorded.sha256:
+        return actual
+    changed = changed_fields(recorded.fields, field_digests(data)) if recorded.fields else []
+    what = f"changed since it was sealed: {', '.join(changed)}" if changed else "was changed since it was sealed"
+    raise ModelError(
+        f"{path}: manifest content does not match its integrity value (sealed {recorded.sha256[:12]}…, now "
+        f"{actual[:12]}…): the manifest {what}. Restore the original manifest; or, if the edit is deliberate and "
+        f"yours, review it and re-seal it with `{SEAL_HINT} {folder}`"
     )
 
 
-def parse_manifest(data: dict[str, Any], path: Path) -> ModelManifest:
-    """Build a ModelManifest from parsed JSON; ``path`` is the manifest file (for relative paths)."""
+def load_manifest(path: str | Path) -> ModelManifest:
+    """Read a manifest file, refuse it when it was edited after sealing, and validate every field."""
+    p = Path(path)
+    data = read_manifest_data(p)
+    try:
+        integrity = check_integrity(data, p)
+    except ModelError as exc:
+        try:
+            parse_manifest(data, p)
+        except ModelError as invalid:  # say so now: re-sealing will not be enough
+            raise ModelError(f"{exc}; besides, {invalid}") from exc
+        raise
+    return parse_manifest(data, p, integrity=integrity)
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _fix_hint(path: Path) -> str:
+    return f"fix it (or restore the original manifest) and re-seal it with `{SEAL_HINT} {path.parent}`"
+
+
+def _bad(path: Path, name: str, problem: str) -> ModelError:
+    return ModelError(f"{path}: manifest field '{name}' {problem}; {_fix_hint(path)}")
+
+
+def _req(data: Mapping[str, Any], key: str, where: Path, name: str | None = None) -> Any:
+    if key not in data:
+        raise ModelError(f"{where}: manifest field '{name or key}' is missing; see models/README.md for the schema")
+    return data[key]
+
+
+def _object(value: Any, path: Path, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(path, name, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, path: Path, name: str) -> str:
+    """A non-empty single-line string (names and versions end up in file names, CSV cells and DICOM)."""
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(path, name, f"must be a non-empty string, got {value!r}")
+    if _CONTROL.search(value):
+        raise _bad(path, name, f"contains control characters ({value!r})")
+    return value
+
+
+def _number(value: Any, path: Path, name: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite JSON number (not a string, not a boolean), within [lo, hi] when given."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(path, name, f"must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise _bad(path, name, f"must be a finite number, got {value!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f"[{lo:g}, {hi:g}]" if lo is not None and hi is not None else f">= {lo:g}" if lo is not None else f"<= {hi:g}"
+        raise _bad(path, name, f"must be within {span}, got {v:g}")
+    return v
+
+
+def _inside(value: Any, path: Path, name: str) -> Path:
+    """A file named relative to the model folder that stays inside it (no absolute path, '..', or escaping link)."""
+    root = path.parent.resolve()
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise _bad(path, name, f"must name a file inside the model folder, relative to it, got {value!r}")
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or value.startswith(("/", "\\")):
+        raise _bad(path, name, f"is an absolute path ({value!r}); it must name a file inside the model folder {root}, "
+                               "relative to it (e.g. 'model.onnx')")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise _bad(path, name, f"leaves the model folder {root} ('..' in {value!r}); name a file inside it")
+    target = (root / value).resolve()
+    if not target.is_relative_to(root):
+        raise _bad(path, name, f"({value!r}) is a link that leads outside the model folder {root} (to {target}); "
+                               "copy the file into the model folder instead")
+    return target
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _labels(data: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+    raw = _req(data, "labels", path)
+    if not isinstance(raw, list) or not raw:
+        raise _bad(path, "labels", "must be a non-empty list of label names, in output order")
+    for i, lab in enumerate(raw):
+        if not isinstance(lab, str) or not LABEL_PATTERN.fullmatch(lab):
+            raise _bad(path, f"labels[{i}]", f"must be a lower-case snake_case name (a-z, 0-9, _; at most 64 "
+                                             f"characters), got {lab!r}")
+    dupes = sorted({lab for lab in raw if raw.count(lab) > 1})
+    if dupes:
+        raise _bad(path, "labels", f"must be unique; {dupes} appear more than once")
+    return tuple(raw)
+
+
+def _keys_are_labels(obj: Mapping[str, Any], labels: tuple[str, ...], path: Path, name: str, *,
+                     all_labels: bool = True) -> None:
+    """At most one entry per label (a repeated key is refused when reading), none for a label the model does not
+    have, and, with ``all_labels``, none missing."""
+    unknown = [k for k in obj if k not in labels]
+    if unknown:
+        raise _bad(path, f"{name}.{unknown[0]}", f"is for a label the model does not have; labels are {list(labels)}")
+    missing = [lab for lab in labels if lab not in obj]
+    if missing and all_labels:
+        raise _bad(path, name, f"has no entry for label(s) {missing}; give one for every label in 'labels'")
+
+
+def _operating_point(value: Any, path: Path, name: str) -> OperatingPoint:
+    d = _object(value, path, name)
+    threshold = _number(_req(d, "threshold", path, f"{name}.threshold"), path, f"{name}.threshold", lo=0.0, hi=1.0)
+    stats: dict[str, float | None] = {}
+    for key in ("sensitivity", "specificity"):
+        v = d.get(key)
+        stats[key] = None if v is None else _number(v, path, f"{name}.{key}", lo=0.0, hi=1.0)
+    return OperatingPoint(threshold=threshold, **stats)
+
+
+def _thresholds(data: Mapping[str, Any], labels: tuple[str, ...], path: Path) -> dict[str, LabelThresholds]:
+    """One complete set (rule_out and balanced) per label that has one.
+
+    A label may have none: the training recipe writes none when the validation split has no positives or no
+    negatives for it, and triage then refuses that label unless the policy ignores it or a site file gives one.
+    """
+    raw = data.get("thresholds")
+    if raw is None:
+        return {}
+    obj = _object(raw, path, "thresholds")
+    _keys_are_labels(obj, labels, path, "thresholds", all_labels=False)
+    out: dict[str, LabelThresholds] = {}
+    for lab in (lab for lab in labels if lab in obj):
+        t = _object(obj[lab], path, f"thresholds.{lab}")
+        points = {op: _operating_point(_req(t, op, path, f"thresholds.{lab}.{op}"), path, f"thresholds.{lab}.{op}")
+                  for op in OPERATING_POINT_NAMES}
+        out[lab] = LabelThresholds(**points)
+    return out
+
+
+def _calibration(data: Mapping[str, Any], labels: tuple[str, ...], path: Path) -> Calibration | None:
+    """None or ``{}``: scores are sigmoid(logit); else Platt a and b, finite, one of each per label."""
+    raw = data.get("calibration")
+    if raw is None or raw == {}:
+        return None
+    obj = _object(raw, path, "calibration")
+    method = _text(_req(obj, "method", path, "calibration.method"), path, "calibration.method")
+    if method.lower() != "platt":
+        raise _bad(path, "calibration.method", f"is '{method}'; only 'platt' (score = sigmoid(a * logit + b)) is "
+                                               "supported in a manifest (site files may use isotonic maps)")
+    params: dict[str, dict[str, float]] = {}
+    for key in ("a", "b"):
+        name = f"calibration.{key}"
+        values = _object(_req(obj, key, path, name), path, name)
+        _keys_are_labels(values, labels, path, name)
+        params[key] = {lab: _number(values[lab], path, f"{name}.{lab}") for lab in labels}
+    zero = [lab for lab, a in params["a"].items() if a == 0.0]
+    if zero:
+        raise _bad(path, f"calibration.a.{zero[0]}", "is 0, which makes the score ignore the image")
+    return Calibration(method=method, a=params["a"], b=params["b"])
+
+
+def _input(data: Mapping[str, Any], recipe: PreprocessRecipe, path: Path) -> tuple[str, tuple[int | None, ...]]:
+    inp = _object(_req(data, "input", path), path, "input")
+    name = _text(_req(inp, "name", path, "input.name"), path, "input.name")
+    shape = _req(inp, "shape", path, "input.shape")
+    if not isinstance(shape, list) or len(shape) != 4:
+        raise _bad(path, "input.shape", f"must be [N, 1, S, S] (N may be null), got {shape!r}")
+    dims: list[int | None] = []
+    for i, v in enumerate(shape):
+        if v is None:
+            dims.append(None)
+        elif isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            dims.append(v)
+        else:
+            raise _bad(path, f"input.shape[{i}]", f"must be a positive integer or null, got {v!r}")
+    if dims[1] not in (None, 1):
+        raise _bad(path, "input.shape[1]", f"is {dims[1]}; models take one grey channel")
+    for i in (2, 3):
+        if dims[i] not in (None, recipe.size):
+            raise _bad(path, f"input.shape[{i}]", f"is {dims[i]}, but preprocessing.size is {recipe.size}; they must agree")
+    return name, tuple(dims)
+
+
+def _outputs(data: Mapping[str, Any], task: Task, path: Path) -> dict[str, str]:
+    obj = _object(_req(data, "outputs", path), path, "outputs")
+    outputs = {str(k): _text(v, path, f"outputs.{k}") for k, v in obj.items()}
+    main_output = "logits" if task is Task.CLASSIFICATION else "masks"
+    if main_output not in outputs:
+        raise _bad(path, "outputs", f"must name the '{main_output}' output of the ONNX graph")
+    return outputs
+
+
+def _head(data: Mapping[str, Any], path: Path) -> HeadInfo | None:
+    raw = data.get("head")
+    if not raw:
+        return None
+    h = _object(raw, path, "head")
+    bias = h.get("bias")
+    transposed = h.get("transposed", False)
+    if not isinstance(transposed, bool):
+        raise _bad(path, "head.transposed", f"must be true or false, got {transposed!r}")
+    return HeadInfo(pooling=_text(_req(h, "pooling", path, "head.pooling"), path, "head.pooling"),
+                    weight=_text(_req(h, "weight", path, "head.weight"), path, "head.weight"),
+                    bias=None if bias is None else _text(bias, path, "head.bias"), transposed=transposed)
+
+
+def _preprocessing(data: Mapping[str, Any], path: Path) -> PreprocessRecipe:
+    raw = _object(_req(data, "preprocessing", path), path, "preprocessing")
+    try:
+        return PreprocessRecipe.from_dict(raw, where=f"{path}: manifest field 'preprocessing'")
+    except ConfigError as exc:  # a model problem here, not a configuration one (exit code 3, not 4)
+        raise ModelError(f"{exc}; {_fix_hint(path)}") from exc
+
+
+def _sha256(data: Mapping[str, Any], path: Path) -> str:
+    sha = _req(data, "sha256", path)
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+        raise _bad(path, "sha256", f"must be the 64-hex sha256 of the ONNX file, got {sha!r}")
+    return sha.lower()
+
+
+KNOWN_FIELDS = frozenset({
+    "schema_version", "name", "version", "task", "onnx_file", "sha256", "input", "labels", "outputs", "preprocessing",
+    "thresholds", "calibration", "head", "intended_use", "training_data", "metrics", "model_card", INTEGRITY_FIELD,
+})
+# Fields that name files; each must stay inside the model folder (see ``_inside``).
+FILE_FIELDS = ("onnx_file", "model_card")
+
+
+def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> ModelManifest:
+    """Build a ModelManifest from parsed JSON, validating every field; ``path`` is the manifest file.
+
+    The seal is not checked here (``load_manifest`` does that first); ``integrity`` is the checked value
+    to record. ``ModelError`` names the first invalid field and how to fix it.
+    """
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ModelError(f"{path}: schema_version {data.get('schema_version')!r} is not supported (expected {SCHEMA_VERSION})")
     try:
         task = Task(_req(data, "task", path))
     except ValueError as exc:
-        raise ModelError(f"{path}: task must be one of {[t.value for t in Task]}") from exc
-    inp = _req(data, "input", path)
-    labels = tuple(str(x) for x in _req(data, "labels", path))
-    if not labels or len(set(labels)) != len(labels):
-        raise ModelError(f"{path}: 'labels' must be a non-empty list of unique names")
-    outputs = {str(k): str(v) for k, v in _req(data, "outputs", path).items()}
-    main_output = "logits" if task is Task.CLASSIFICATION else "masks"
-    if main_output not in outputs:
-        raise ModelError(f"{path}: 'outputs' must name the '{main_output}' output of the ONNX graph")
-    thresholds: dict[str, LabelThresholds] = {}
-    for label, t in data.get("thresholds", {}).items():
-        if label not in labels:
-            raise ModelError(f"{path}: thresholds given for unknown label '{label}'; labels are {list(labels)}")
-        thresholds[label] = LabelThresholds(rule_out=_op(t["rule_out"]), balanced=_op(t["balanced"]))
-    cal = data.get("calibration")
-    calibration = None
-    if cal:
-        calibration = Calibration(
-            method=str(cal["method"]),
-            a={k: float(v) for k, v in cal["a"].items()},
-            b={k: float(v) for k, v in cal["b"].items()},
-        )
-    head = None
-    if data.get("head"):
-        h = data["head"]
-        head = HeadInfo(pooling=str(h["pooling"]), weight=str(h["weight"]), bias=h.get("bias"),
-                        transposed=bool(h.get("transposed", False)))
-    base = path.parent
+        raise _bad(path, "task", f"must be one of {[t.value for t in Task]}") from exc
+    labels = _labels(data, path)
+    recipe = _preprocessing(data, path)
+    input_name, input_shape = _input(data, recipe, path)
     card = data.get("model_card")
-    known = {"schema_version", "name", "version", "task", "onnx_file", "sha256", "input", "labels", "outputs",
-             "preprocessing", "thresholds", "calibration", "head", "intended_use", "training_data", "metrics",
-             "model_card"}
+    for key in ("intended_use", "training_data"):
+        if not isinstance(data.get(key, ""), str):
+            raise _bad(path, key, "must be a string")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise _bad(path, "metrics", "must be a JSON object")
     return ModelManifest(
-        name=str(_req(data, "name", path)),
-        version=str(_req(data, "version", path)),
+        name=_text(_req(data, "name", path), path, "name"),
+        version=_text(_req(data, "version", path), path, "version"),
         task=task,
-        onnx_file=(base / str(_req(data, "onnx_file", path))).resolve(),
-        sha256=str(_req(data, "sha256", path)).lower(),
-        input_name=str(_req(inp, "name", path)),
-        input_shape=tuple(None if v is None else int(v) for v in _req(inp, "shape", path)),
+        onnx_file=_inside(_req(data, "onnx_file", path), path, "onnx_file"),
+        sha256=_sha256(data, path),
+        input_name=input_name,
+        input_shape=input_shape,
         labels=labels,
-        outputs=outputs,
-        preprocessing=PreprocessRecipe.from_dict(_req(data, "preprocessing", path), where=str(path)),
-        thresholds=thresholds,
-        calibration=calibration,
-        head=head,
+        outputs=_outputs(data, task, path),
+        preprocessing=recipe,
+        thresholds=_thresholds(data, labels, path),
+        calibration=_calibration(data, labels, path),
+        head=_head(data, path),
         intended_use=str(data.get("intended_use", "")),
         training_data=str(data.get("training_data", "")),
-        metrics=dict(data.get("metrics", {})),
-        model_card=(base / card).resolve() if card else None,
+        metrics=dict(metrics),
+        model_card=None if card is None or card == "" else _inside(card, path, "model_card"),
         path=path.resolve(),
-        extra={k: v for k, v in data.items() if k not in known},
+        extra={k: v for k, v in data.items() if k not in KNOWN_FIELDS},
+        integrity=integrity,
     )
 
 
-def load_manifest(path: str | Path) -> ModelManifest:
-    """Read and validate a manifest JSON file."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(f"{p}: manifest not found") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{p}: manifest is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{p}: manifest must be a JSON object")
-    return parse_manifest(data, p)
+# --------------------------------------------------------------------------- writing
+
+
+def sealed(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``integrity`` (re)computed, placed after ``sha256`` so that the two read together."""
+    seal = seal_of(data).to_json()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == INTEGRITY_FIELD:
+            continue
+        out[key] = value
+        if key == "sha256":
+            out[INTEGRITY_FIELD] = seal
+    out.setdefault(INTEGRITY_FIELD, seal)
+    return out
+
+
+def manifest_text(data: Mapping[str, Any]) -> str:
+    """The file text of a manifest (2-space indent, as the training recipe has always written it)."""
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_sealed_manifest(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Seal ``data`` and write it to ``path`` atomically. Validates nothing: callers load it back (``load_manifest``)."""
+    return atomic_write(Path(path), manifest_text(sealed(data)))
 
 
 def verify_onnx(manifest: ModelManifest) -> None:

@@ -42,7 +42,8 @@ class ProgressCounter:
 
 def with_model(record: ImageRecord, manifest: ModelManifest) -> ImageRecord:
     """``record`` stamped with the model that produced (or would have produced) its result."""
-    return record.replace(model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256)
+    return record.replace(model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256,
+                          model_integrity=manifest.integrity or None)
 
 
 def check_inputs(inputs: Sequence[Path]) -> None:

@@ -27,7 +27,7 @@ def run_record(
     hooks = list(hooks)
     record = RunRecord(
         tool_version=__version__,
-        model=ModelRef(name=m.name, version=m.version, sha256=m.sha256, manifest=str(m.path)),
+        model=ModelRef(name=m.name, version=m.version, sha256=m.sha256, manifest=str(m.path), integrity=m.integrity),
         operating_point="balanced",
         thresholds={lab: {"rule_out": t.rule_out.threshold, "balanced": t.balanced.threshold}
                     for lab, t in m.thresholds.items()},

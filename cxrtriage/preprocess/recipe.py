@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -49,15 +50,24 @@ class PreprocessRecipe:
     pad_value: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 8 <= self.size <= 4096:
-            raise ConfigError(f"preprocessing.size must be within 8..4096, got {self.size}")
+        # Comparisons with NaN are all false, so every range test below is written to fail on NaN.
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 8 <= self.size <= 4096:
+            raise ConfigError(f"preprocessing.size must be an integer within 8..4096, got {self.size!r}")
+        for name, mode in (("geometry", GeometryMode), ("voi", VoiMode), ("intensity", IntensityMode)):
+            if not isinstance(getattr(self, name), mode):
+                raise ConfigError(f"preprocessing.{name} must be one of {[m.value for m in mode]}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("percentiles", "output_range"):
+            pair = getattr(self, name)
+            if not isinstance(pair, tuple) or len(pair) != 2 or not all(_finite(v) for v in pair):
+                raise ConfigError(f"preprocessing.{name} must be two finite numbers [low, high], got {pair!r}")
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
-        if self.output_range[0] >= self.output_range[1]:
+        if not self.output_range[0] < self.output_range[1]:
             raise ConfigError(f"preprocessing.output_range must be increasing, got {self.output_range}")
-        if not 0.0 <= self.pad_value <= 1.0:
-            raise ConfigError(f"preprocessing.pad_value is in [0, 1] display units, got {self.pad_value}")
+        if not _finite(self.pad_value) or not 0.0 <= self.pad_value <= 1.0:
+            raise ConfigError(f"preprocessing.pad_value is in [0, 1] display units, got {self.pad_value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,5 +98,18 @@ class PreprocessRecipe:
             raise ConfigError(f"{where}: invalid preprocessing value: {exc}") from exc
         for key in ("percentiles", "output_range"):
             if key in kw:
-                kw[key] = tuple(float(v) for v in kw[key])
-        return cls(**kw)
+                v = kw[key]
+                if not isinstance(v, list | tuple) or not all(_finite(x) for x in v):
+                    raise ConfigError(f"{where}: preprocessing.{key} must be a list of two finite numbers, got {v!r}")
+                kw[key] = tuple(float(x) for x in v)
+        if "pad_value" in kw and _finite(kw["pad_value"]):
+            kw["pad_value"] = float(kw["pad_value"])
+        try:
+            return cls(**kw)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a boolean, not a string) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -119,6 +119,8 @@ def _algorithms(bundle: ResultsBundle) -> tuple[AlgorithmInfo, AlgorithmInfo, tu
     """AlgorithmInfo of the classifier and of the segmenter, and the segmenter's label names."""
     man, run = bundle.manifest, bundle.run
     params: dict[str, str] = {"operating_point": bundle.operating_point}
+    if bundle.model.integrity:  # which manifest (thresholds, calibration, labels) decided, beside the ONNX sha256
+        params["manifest_integrity"] = bundle.model.integrity
     for img in bundle.images:
         for f in img.findings:
             if f.threshold is not None:
@@ -130,16 +132,19 @@ def _algorithms(bundle: ResultsBundle) -> tuple[AlgorithmInfo, AlgorithmInfo, tu
     seg = run.segmenter if run is not None else None
     names: tuple[str, ...] = run.segmenter_labels if run is not None else ()
     seg_name, seg_version, seg_sha = (seg.name, seg.version, "") if seg is not None else ("", "", "")
+    seg_integrity = seg.integrity if seg is not None else ""
     if seg_name:
         try:
             sm = resolve_manifest(seg_name)
             names = names or sm.labels
             seg_version = seg_version or sm.version
             seg_sha = sm.sha256
+            seg_integrity = seg_integrity or sm.integrity
         except Exception as exc:  # the SEG still works with generic segment names
             log.info("segmenter manifest '%s' not found (%s); generic segment names are used", seg_name, exc)
     segmenter = AlgorithmInfo(name=seg_name or "lung segmenter (not recorded)", version=seg_version or UNKNOWN,
-                              sha256=seg_sha)
+                              sha256=seg_sha,
+                              parameters={"manifest_integrity": seg_integrity} if seg_integrity else {})
     return classifier, segmenter, names
 
 

@@ -34,7 +34,7 @@ def build_seg(
         raise ValueError("lung mask is empty: no segment to store")
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algo.name[:64], family=codes.cid7162.ArtificialIntelligence, version=algo.version[:64],
-        source=common.MANUFACTURER,
+        source=common.MANUFACTURER, parameters=dict(algo.parameters) or None,
     )
     descriptions: list[hd.seg.SegmentDescription] = []
     segmap = np.zeros((1, rows, cols), dtype=np.uint8)

@@ -157,10 +157,11 @@ def read_worklist(results_dir: Path) -> dict[str, tuple[str, str]]:
 def model_identity(manifest: ModelManifest | None, table: ResultsTable, run: RunRecord | None) -> ModelRef:
     """Which model produced the results: its manifest, else the records' model columns, else run.json."""
     if manifest is not None:
-        return ModelRef(manifest.name, manifest.version, manifest.sha256, str(manifest.path))
+        return ModelRef(manifest.name, manifest.version, manifest.sha256, str(manifest.path), manifest.integrity)
     first = next((r for r in table.records if r.model_name), None)
     if first is not None:
-        return ModelRef(first.model_name or UNKNOWN, first.model_version or UNKNOWN, first.model_sha256 or UNKNOWN)
+        return ModelRef(first.model_name or UNKNOWN, first.model_version or UNKNOWN, first.model_sha256 or UNKNOWN,
+                        integrity=first.model_integrity or (run.model.integrity if run is not None else ""))
     if run is not None:
         return run.model
     return ModelRef(UNKNOWN, UNKNOWN, UNKNOWN)
@@ -171,11 +172,15 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
     """The classifier manifest for these results, and a note saying how it was found (or why not).
 
     Tried in order: an explicit name/path (``--model``); the manifest path in run.json; the model name the results
-    record, through the model registry. Each is checked against the results' sha256 by ``manifest_for_results``;
-    a report never fails for want of a manifest (thresholds and validation figures are then "unknown").
+    record, through the model registry. Each is checked against the results' sha256 by ``manifest_for_results``,
+    and against the integrity they record (a manifest edited and re-sealed since may hold other thresholds and
+    figures than those that decided these results). A report never fails for want of a manifest: thresholds and
+    validation figures are then "unknown".
     """
     names = table.distinct("model_name") or ([run.model.name] if run is not None and run.model.name else [])
     shas = table.distinct("model_sha256") or ([run.model.sha256] if run is not None and run.model.sha256 else [])
+    seals = table.distinct("model_integrity")
+    seal = seals[0] if seals else (run.model.integrity if run is not None else "")
     candidates: list[tuple[str, str | Path | None]] = [("--model", explicit)] if explicit else []
     if run is not None and run.model.manifest:
         candidates.append(("run.json", _resolve(run.model.manifest, results_dir)))
@@ -186,6 +191,10 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
             man = manifest_for_results(names, shas, target, where=results_dir)
         except (ConfigError, ModelError) as exc:
             problems.append(f"{source}: {exc}")
+            continue
+        if seal and man.integrity != seal.lower():
+            problems.append(f"{source}: manifest {man.path} has integrity {man.short_integrity}, the results record "
+                            f"{seal[:12]} (it was edited and re-sealed since they were made)")
             continue
         return man, f"model manifest {man.path} (from {source})"
     return None, f"model manifest not found ({'; '.join(problems)}); thresholds and validation figures are unknown"

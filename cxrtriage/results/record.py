@@ -76,6 +76,7 @@ class ImageRecord:
     model_name: str | None = None
     model_version: str | None = None
     model_sha256: str | None = None
+    model_integrity: str | None = None  # the manifest's integrity: which thresholds/calibration/labels decided
     priority: Priority | None = None
     priority_reason: str | None = None
     priority_finding: str | None = None

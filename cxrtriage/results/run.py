@@ -28,12 +28,25 @@ def utc_now() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """Which model: name, version, sha256 of the ONNX file and the manifest it was loaded from."""
+    """Which model: name, version, sha256 of the ONNX file, the manifest it was loaded from and that manifest's
+    integrity (the sha256 sealing its whole content: thresholds, calibration, labels...; '' when not recorded)."""
 
     name: str
     version: str
     sha256: str
     manifest: str = ""
+    integrity: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "integrity": self.integrity,
+                "manifest": self.manifest}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelRef:
+        """A model section of run.json (``model`` or ``segmenter``); a missing key reads as ''."""
+        return cls(name=str(data.get("name", "")), version=str(data.get("version", "")),
+                   sha256=str(data.get("sha256", "")), manifest=str(data.get("manifest", "") or ""),
+                   integrity=str(data.get("integrity", "") or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +99,7 @@ class RunRecord:
             if f.name == "sections":
                 out.update(value)
             elif f.name == "model":
-                out["model"] = {"name": value.name, "version": value.version, "sha256": value.sha256,
-                                "manifest": value.manifest}
+                out["model"] = value.to_json()
             else:
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -107,8 +119,7 @@ class RunRecord:
             values[f.name] = tuple(v) if f.name in _TUPLE_FIELDS and isinstance(v, list) else v
         return cls(
             tool_version=str(data.get("tool_version", "")),
-            model=ModelRef(name=str(model.get("name", "")), version=str(model.get("version", "")),
-                           sha256=str(model.get("sha256", "")), manifest=str(model.get("manifest", "") or "")),
+            model=ModelRef.from_json(model),
             sections={k: v for k, v in data.items() if k not in names},
             **values,
         )
@@ -132,8 +143,7 @@ class RunRecord:
         seg = self.sections.get("segmenter")
         if not isinstance(seg, Mapping):
             return None
-        return ModelRef(name=str(seg.get("name", "")), version=str(seg.get("version", "")),
-                        sha256=str(seg.get("sha256", "")), manifest=str(seg.get("manifest", "") or ""))
+        return ModelRef.from_json(seg)
 
     @property
     def segmenter_labels(self) -> tuple[str, ...]:

@@ -35,7 +35,8 @@ LEAD_COLUMNS: tuple[str, ...] = (
     "path", "status", "reason", "input_kind", "study_key", "study_instance_uid", "series_instance_uid",
     "sop_instance_uid", "view", "rows", "columns", "pixel_spacing_mm",
 )
-TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", "priority", "priority_reason", "site_file")
+TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", "model_integrity", "priority",
+                                 "priority_reason", "site_file")
 # Artefact columns, in this order when present (added by pipeline hooks).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "mask_path", "lung_area_mm2", "lung_area_px")
 
@@ -67,7 +68,7 @@ def segment_columns(labels: Sequence[str]) -> list[str]:
     per_label = [c for lab in labels[1:] for c in (f"{lab}_px", f"{lab}_mm2")]
     return ["path", "status", "reason", "input_kind", "study_key", "sop_instance_uid", "rows", "columns",
             "pixel_spacing_mm", "mask_path", "lung_area_px", "lung_area_mm2", *per_label,
-            "model_name", "model_version", "model_sha256"]
+            "model_name", "model_version", "model_sha256", "model_integrity"]
 
 
 # --------------------------------------------------------------------------- record -> cells

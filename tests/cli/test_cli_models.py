@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter
+from factories import edit_manifest, make_tiny_classifier, make_tiny_segmenter
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -20,7 +20,7 @@ def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data["metrics"] = {"test": {"n_images": 321, "auroc": {"abnormal": 0.8125, "pneumonia": 0.7}},
                        "external": [{"site": "kermany", "auroc": 0.66}]}
     data["model_card"] = "MODEL_CARD.md"
-    man.write_text(json.dumps(data))
+    edit_manifest(man, data)
     make_tiny_segmenter(root / "lung-segmenter")
     monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(root))
     monkeypatch.setenv("COLUMNS", "200")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from factories import make_tiny_classifier
+from factories import edit_manifest, make_tiny_classifier
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -176,8 +177,9 @@ def test_calibrate_refuses_a_site_file_for_another_model(tmp_path: Path, model: 
     renamed.mkdir()
     data = json.loads(model.path.read_text())
     data["version"] = "9.9.9"
-    data["onnx_file"] = str(model.onnx_file)
-    (renamed / "manifest.json").write_text(json.dumps(data))
+    shutil.copy(model.onnx_file, renamed / "model.onnx")  # a manifest names files inside its own folder only
+    data["onnx_file"] = "model.onnx"
+    edit_manifest(renamed / "manifest.json", data)
     code, out = invoke("calibrate", "--results", results, "--labels", labels, "--out", tmp_path / "s3.toml",
                        "--model", renamed)
     assert code == 4 and "not from --model 'tiny-classifier' 9.9.9" in out, out

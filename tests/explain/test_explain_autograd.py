@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from cxrtriage.explain import explain_input, read_head
 from cxrtriage.io.raster import read_raster
 from cxrtriage.model import Classifier, load_model
-from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
+from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file, write_sealed_manifest
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -67,7 +66,7 @@ def _build_model(folder: Path, size: int = 96, labels: tuple[str, ...] = ("a", "
         "head": head,
         "preprocessing": {"size": size, "geometry": "letterbox", "voi": "ignore", "intensity": "percentile"},
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed_manifest(folder / "manifest.json", manifest)
     clf = load_model(folder)
     assert isinstance(clf, Classifier)
     return net, clf

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from factories import make_tiny_classifier, write_textured_png
+from factories import edit_manifest, make_tiny_classifier, write_textured_png
 
 from cxrtriage.errors import ConfigError, InputError
 from cxrtriage.explain.batch import (
@@ -26,7 +26,7 @@ from cxrtriage.explain.batch import (
 EXPECTED_COLUMNS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged",
     "png", "npy", "deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
-    "deletion_auc_random", "insertion_auc_random", "model_name", "model_version", "model_sha256",
+    "deletion_auc_random", "insertion_auc_random", "model_name", "model_version", "model_sha256", "model_integrity",
 )
 
 
@@ -71,7 +71,7 @@ def test_nothing_flagged_all_failed_and_no_files(tmp_path: Path, model: Path) ->
     manifest = json.loads((model / "manifest.json").read_text())
     for t in manifest["thresholds"].values():
         t["balanced"]["threshold"] = 1.0  # no score reaches it
-    (model / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(model / "manifest.json", manifest)
     write_textured_png(tmp_path / "in" / "ok.png", 40, 40, 3)
     summary = run_explain(ExplainConfig(inputs=(tmp_path / "in",), out=tmp_path / "out", model=model, flagged=True))
     (row,) = summary.rows

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter, write_textured_png
+from factories import edit_manifest, make_tiny_classifier, make_tiny_segmenter, write_textured_png
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -92,7 +92,7 @@ def test_method_all_skips_what_a_headless_model_cannot_do(setup: tuple[Path, Pat
     model, inputs, out = setup
     manifest = json.loads((model / "manifest.json").read_text())
     del manifest["head"]
-    (model / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(model / "manifest.json", manifest)
     res = runner.invoke(app, ["explain", str(inputs / "a"), "--out", str(out), "--model", str(model), "--label", "abnormal",
                               "--method", "all", "--scorecam-top-k", "2", "--occlusion-patch", "8"])
     assert res.exit_code == 0, res.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from cxrtriage.explain.hirescam import hirescam
 from cxrtriage.explain.layercam import layercam
 from cxrtriage.explain.xgradcam import xgradcam
 from cxrtriage.model import Classifier, load_model
-from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
+from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file, write_sealed_manifest
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 LABELS = ("lesion", "against")
@@ -79,7 +78,7 @@ def build_classifier(
     }
     if head:
         manifest["head"] = {"pooling": "gap", "weight": head_weight_name, "bias": "head.bias"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed_manifest(folder / "manifest.json", manifest)
     clf = load_model(folder)
     assert isinstance(clf, Classifier)
     return clf

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter
+from factories import edit_manifest, make_tiny_classifier, make_tiny_segmenter
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import load_manifest
@@ -58,7 +58,7 @@ def test_onnx_with_stem_json_manifest(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "a" / "model.onnx", loose / "net.onnx")
     data = json.loads((tmp_path / "a" / "manifest.json").read_text())
     data["onnx_file"] = "net.onnx"
-    (loose / "net.json").write_text(json.dumps(data))
+    edit_manifest(loose / "net.json", data)
     assert resolve_manifest_path(loose / "net.onnx") == loose / "net.json"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, read_jsonl, write_dicom
+from factories import edit_manifest, make_tiny_classifier, read_jsonl, write_dicom
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -26,7 +26,7 @@ def _model_flagging(tmp_path: Path, threshold: float) -> Path:
     for t in data["thresholds"].values():
         t["balanced"]["threshold"] = threshold
         t["rule_out"]["threshold"] = min(threshold, 0.2)
-    manifest.write_text(json.dumps(data))
+    edit_manifest(manifest, data)
     return manifest
 
 

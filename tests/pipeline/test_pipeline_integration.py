@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter, read_jsonl, write_dicom
+from factories import edit_manifest, make_tiny_classifier, make_tiny_segmenter, read_jsonl, write_dicom
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.io import read_image
@@ -119,7 +119,9 @@ def test_every_row_is_triaged_and_the_worklist_and_run_json_are_written(scans: P
     # run.json: provenance for the report
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == {"name": "tiny-classifier", "version": "0.0.1-test", "sha256": model.manifest.sha256,
-                            "manifest": str(model.manifest.path)}
+                            "integrity": model.manifest.integrity, "manifest": str(model.manifest.path)}
+    assert len(model.manifest.integrity) == 64
+    assert {r["model_integrity"] for r in rows.values()} == {model.manifest.integrity}  # every row names the seal
     assert run["operating_point"] == "balanced" and run["site_file"] == ""
     assert run["thresholds"]["pneumonia"] == {"rule_out": 0.2, "balanced": 0.5, "threshold": 0.5, "kind": "balanced",
                                               "source": "model"}
@@ -223,7 +225,7 @@ def test_bad_policy_or_site_fails_before_anything_is_written(scans: Path, tmp_pa
     man = make_tiny_classifier(nothr, name="no-thresholds")
     data = json.loads(man.read_text())
     del data["thresholds"]["effusion"]
-    man.write_text(json.dumps(data))
+    edit_manifest(man, data)
     with pytest.raises(ModelError, match="effusion"):
         run_predict(_config(scans, tmp_path / "e"), model=load_classifier(man, device="cpu"))
     assert not any((tmp_path / d).exists() for d in "abcde")

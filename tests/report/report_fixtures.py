@@ -12,8 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from factories import make_tiny_classifier, write_dicom
+from factories import edit_manifest, make_tiny_classifier, write_dicom
 
+from cxrtriage.model.manifest import load_manifest
 from cxrtriage.results import (
     PRIORITY_LEVELS,
     ImageRecord,
@@ -27,6 +28,7 @@ from cxrtriage.results import (
 )
 
 LABELS = ("pneumothorax", "effusion", "strange_new_finding")
+SEGMENTER_SEAL = "5e" * 32  # the segmenter's manifest integrity as run.json records it (no segmenter model here)
 
 
 def chest_like(rows: int = 120, cols: int = 100, seed: int = 0) -> np.ndarray:
@@ -105,9 +107,10 @@ def make_results(
     mdata = json.loads(manifest.read_text())
     mdata["metrics"] = {"auroc": {"pneumothorax": 0.91, "effusion": 0.88}, "n_validation": 123}
     mdata["model_card"] = "MODEL_CARD.md"
-    manifest.write_text(json.dumps(mdata))
+    edit_manifest(manifest, mdata)
     (models / "tiny" / "MODEL_CARD.md").write_text("# tiny\n")
     sha = mdata["sha256"]
+    seal = load_manifest(manifest).integrity  # recorded with every result, as predict does
 
     rows: list[ImageRecord] = []
     study_a, study_b = "1.2.826.0.1.3680043.8.498.1001", "1.2.826.0.1.3680043.8.498.2002"
@@ -161,7 +164,8 @@ def make_results(
             study_instance_uid=study if path.suffix == ".dcm" else None, view="PA", rows=int(pixels.shape[0]),
             columns=int(pixels.shape[1]), pixel_spacing_mm=(spacing, spacing) if spacing else None,
             scores=dict(zip(LABELS, scores, strict=True)), model_name="tiny-classifier", model_version="0.0.1-test",
-            model_sha256=sha, priority=Priority(prio), priority_reason=why, site_file="", heatmaps=tuple(heatmaps),
+            model_sha256=sha, model_integrity=seal, priority=Priority(prio), priority_reason=why, site_file="",
+            heatmaps=tuple(heatmaps),
             mask_path=f"masks/{tag}.png", lung_area_px=area_px,
             lung_area_mm2=area_px * spacing * spacing if spacing else None,
         )
@@ -192,13 +196,13 @@ def make_results(
     if with_run_json:
         write_run_json(out, RunRecord(
             tool_version="0.1.0",
-            model=ModelRef("tiny-classifier", "0.0.1-test", sha, str(manifest)),
+            model=ModelRef("tiny-classifier", "0.0.1-test", sha, str(manifest), seal),
             operating_point="balanced",
             policy={"name": "default"},
             priority_levels=tuple(p.value for p in PRIORITY_LEVELS),
             started_at="2025-03-12T10:00:00Z",
             finished_at="2025-03-12T10:00:05Z",
-            sections={"segmenter": {"name": "tiny-segmenter", "version": "0.0.1-test",
+            sections={"segmenter": {"name": "tiny-segmenter", "version": "0.0.1-test", "integrity": SEGMENTER_SEAL,
                                     "labels": ["background", "right_lung", "left_lung"]}},
         ))
     return out

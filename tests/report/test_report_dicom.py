@@ -11,8 +11,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from report_fixtures import LABELS, dciodvfy, make_results, require_tool
+from report_fixtures import LABELS, SEGMENTER_SEAL, dciodvfy, make_results, require_tool
 
+from cxrtriage.model.manifest import load_manifest
 from cxrtriage.report.batch import ReportSummary, build_reports
 from cxrtriage.report.dicom_common import (
     FINDING_CODES,
@@ -111,6 +112,9 @@ def test_sr_holds_every_scored_finding_the_model_version_and_the_evidence(built:
     params = {i.TextValue for i in items if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "111002"}
     assert "0.0.1-test" in versions and "tiny-classifier" in names
     assert any(p.startswith("threshold.pneumothorax=0.5000 (balanced)") for p in params)
+    seal = load_manifest(built.results_dir.parent / "models" / "tiny" / "manifest.json").integrity
+    assert f"manifest_integrity={seal}" in params  # which manifest (thresholds, calibration, labels) decided
+    assert f"manifest_integrity={SEGMENTER_SEAL}" in params  # the lung-area group names the segmenter's
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     src = pydicom.dcmread(built.results_dir.parent / "inputs" / "a" / "pa.dcm")
     assert evidence.ReferencedSOPInstanceUID == src.SOPInstanceUID
@@ -129,6 +133,8 @@ def test_seg_stores_the_lung_mask_exactly(built: ReportSummary) -> None:
     assert got.shape == expected.shape and np.array_equal(got, expected)
     ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    algorithm = seg.get_segment_description(1).SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmParameters == f"manifest_integrity={SEGMENTER_SEAL}"
 
 
 def test_secondary_capture_is_a_marked_rgb_picture(built: ReportSummary) -> None:

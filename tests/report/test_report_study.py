@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from factories import edit_manifest
 from report_fixtures import LABELS, make_results
 
 from cxrtriage.errors import ConfigError, InputError
@@ -103,6 +104,22 @@ def test_manifest_with_another_sha_is_refused(results: Path, tmp_path: Path) -> 
     b = load_results(d)
     assert b.manifest is None
     assert any("000000000000" in n for n in b.notes)
+
+
+def test_manifest_resealed_since_the_results_is_refused(tmp_path: Path) -> None:
+    """The same ONNX file, but its manifest was edited and re-sealed after the run: its thresholds may not be the
+    ones that decided, so the report does not take them (nor its integrity) from it."""
+    results = make_results(tmp_path)  # its own model folder: the manifest is edited below
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    recorded = rows[0]["model_integrity"]
+    assert recorded and all(r["model_integrity"] == recorded for r in rows if r["status"] == "scored")
+    man = Path(json.loads((results / "run.json").read_text())["model"]["manifest"])
+    data = json.loads(man.read_text())
+    data["thresholds"]["effusion"]["balanced"]["threshold"] = 0.9
+    edit_manifest(man, data)
+    b = load_results(results)
+    assert b.manifest is None and b.model.integrity == recorded
+    assert any(f"the results record {recorded[:12]}" in n and "re-sealed" in n for n in b.notes)
 
 
 def test_csv_fallback_reads_semicolon_lists(results: Path, tmp_path: Path) -> None:

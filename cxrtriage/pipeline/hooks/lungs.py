@@ -48,7 +48,7 @@ class LungsHook(PredictHook):
     def provenance(self) -> Mapping[str, Any]:
         m = self.segmenter.manifest
         return {"segmenter": {
-            "name": m.name, "version": m.version, "sha256": m.sha256, "manifest": str(m.path),
+            "name": m.name, "version": m.version, "sha256": m.sha256, "integrity": m.integrity, "manifest": str(m.path),
             "labels": list(m.labels), "device": self.segmenter.session.device.value,
             "execution_providers": self.segmenter.session.providers,
         }}

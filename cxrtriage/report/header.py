@@ -12,6 +12,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from cxrtriage.files import safe_component
+
 UNKNOWN = "unknown"
 ENV_PSEUDONYM_KEY = "CXRTRIAGE_PSEUDONYM_KEY"
 _DEFAULT_PSEUDONYM_KEY = b"cxrtriage-pseudonym-v1"
@@ -99,11 +101,22 @@ def deidentify(header: PatientHeader, study_key: str, *, key: bytes | None = Non
     )
 
 
+# A UID-shaped study key is its own slug: digits in dot-separated components, so never "." or ".." (PS3.5 9.1
+# also bars leading zeros; real UIDs have them now and then, and they are harmless in a file name).
+_UID_SLUG = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
 def study_slug(key: str, *, deidentified: bool) -> str:
-    """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified)."""
+    """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified).
+
+    A UID-shaped key (``1.2.840...``, at most 64 characters) is used as it is; any other key (``..``, a folder
+    path, a formula) gives its last path component made safe and a hash of the whole key, so a slug is never
+    ``.``, ``..``, empty or holds a separator.
+    """
     if deidentified:
         return pseudonym("study:" + key, prefix="study-")
-    if re.fullmatch(r"[0-9.]{1,64}", key):
+    if len(key) <= 64 and _UID_SLUG.fullmatch(key):
         return key
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).name or key).strip("._")[:40] or "study"
-    return f"{base}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe_component(f"{base}-{digest}", fallback=f"study-{digest}")

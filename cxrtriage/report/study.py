@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass, replace
@@ -21,7 +20,9 @@ from cxrtriage.results import (
     RunRecord,
     read_results_dir,
     read_run_json,
+    read_safe_csv,
 )
+from cxrtriage.triage.worklist import WORKLIST_NOTE_COLUMN
 
 WORKLIST_CSV = "worklist.csv"
 
@@ -141,13 +142,16 @@ def _resolve(path_text: str, results_dir: Path, input_base: Path | None = None) 
 
 
 def read_worklist(results_dir: Path) -> dict[str, tuple[str, str]]:
-    """worklist.csv (the triage's study-level decision): study key → (priority, reason), in worklist order."""
+    """worklist.csv (the triage's study-level decision): study key → (priority, reason), in worklist order.
+
+    Cells read back as they were before ``write_worklist`` made them safe (formula guard, escaped text).
+    """
     path = results_dir / WORKLIST_CSV
     if not path.is_file():
         return {}
     out: dict[str, tuple[str, str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
+        for r in read_safe_csv(f, WORKLIST_NOTE_COLUMN)[1]:
             key = (r.get("study_key") or "").strip()
             if key and key not in out:
                 out[key] = ((r.get("priority") or "").strip(), (r.get("priority_reason") or "").strip())

@@ -174,6 +174,10 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
         except Exception as exc:
             errors.append(f"{study.slug} image {n}: {exc}")
             continue
+        dropped = dicom_common.drop_invalid_values(source)
+        if dropped:  # named by attribute only: the values themselves are patient data
+            notes.append(f"{study.slug} image {n}: invalid source values left out of the DICOM results: "
+                         + ", ".join(dropped))
         used.append(source)
         steps: list[tuple[str, Callable[[], Dataset]]] = [
             ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
@@ -186,13 +190,13 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             try:
                 written.append(dicom_common.save(build(), folder / f"{kind}_{n:03d}.dcm"))
             except Exception as exc:  # one object failing never stops the others
-                errors.append(f"{study.slug} image {n}: DICOM {kind.upper()} not written ({type(exc).__name__}: {exc})")
+                errors.append(f"{study.slug} image {n}: DICOM {kind.upper()} not written ({dicom_common.describe_error(exc)})")
     if used and pdf_bytes is not None:
         try:
             ds = dicom_pdf.build_encapsulated_pdf(used, pdf_bytes, classifier, modality=modality)
             written.append(dicom_common.save(ds, folder / "report_pdf.dcm"))
         except Exception as exc:
-            errors.append(f"{study.slug}: encapsulated PDF not written ({type(exc).__name__}: {exc})")
+            errors.append(f"{study.slug}: encapsulated PDF not written ({dicom_common.describe_error(exc)})")
     return written, errors, notes
 
 

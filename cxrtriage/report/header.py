@@ -6,13 +6,19 @@ import hashlib
 import hmac
 import os
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from cxrtriage.files import safe_component
+from cxrtriage.results import clean_text
 
 UNKNOWN = "unknown"
 ENV_PSEUDONYM_KEY = "CXRTRIAGE_PSEUDONYM_KEY"
@@ -34,9 +40,26 @@ class PatientHeader:
     deidentified: bool = False
 
 
+@contextmanager
+def quiet_values() -> Iterator[None]:
+    """Read DICOM values without pydicom warning (and logging) about invalid ones: the caller handles them, and
+    pydicom's messages quote the raw value (a birth date, a UID) on the terminal."""
+    saved = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = saved
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value: Any = ds.get(keyword)
-    t = "" if value is None else str(value).strip()
+    with quiet_values():
+        value: Any = ds.get(keyword)
+    if isinstance(value, MultiValue):  # e.g. a backslash inside a name: shown as written
+        value = "\\".join(str(v) for v in value)
+    t = "" if value is None else clean_text(str(value)).strip()  # no NUL or other control character reaches a report
     return t if t else UNKNOWN
 
 

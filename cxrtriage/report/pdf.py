@@ -12,7 +12,7 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 from cxrtriage.report.view import Figure, StudyView
-from cxrtriage.results import Status
+from cxrtriage.results import Status, clean_text, display_text
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class _ReportPDF(FPDF):
         self.set_creator("cxrtriage")
 
     def t(self, text: str) -> str:
+        # Every text of the PDF passes here: no control character, an undecodable file-name byte as \xNN
+        # (fpdf would drop it silently and show "Mller" for "M\xfcller").
+        text = display_text(clean_text(text))
         return text if self.unicode else latin1(text)
 
     def footer(self) -> None:

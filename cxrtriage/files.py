@@ -174,8 +174,16 @@ def atomic_output(
     return AtomicOutput(Path(path), mode, fsync=fsync, keep_on_error=keep_on_error)
 
 
+def text_bytes(text: str) -> bytes:
+    """The bytes ``text`` stands for: UTF-8, and a file name's undecodable bytes as they were (for hashes)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON, say)
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    return hashlib.sha256(text_bytes(text)).hexdigest()[:_HASH_LEN]
 
 
 def _cut(safe: str, original: str, limit: int) -> str:

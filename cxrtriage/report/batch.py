@@ -21,12 +21,12 @@ from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_seg, dicom
 from cxrtriage.report import html as html_writer
 from cxrtriage.report.capture import sc_picture
 from cxrtriage.report.dicom_common import AlgorithmInfo
-from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify, require_pseudonym_key
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.pdf import render_study_pdf
 from cxrtriage.report.send import Destination, SendResult, send_files
 from cxrtriage.report.sources import StudySources
-from cxrtriage.report.study import ImageResult, ResultsBundle, StudyReport, load_results
+from cxrtriage.report.study import ImageResult, InputNames, ResultsBundle, StudyReport, load_results
 from cxrtriage.report.view import DISCLAIMER, provenance, study_view
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
                 notes: list[str]) -> Path:
     """``report/index.html``: the worklist most urgent first, counts, failures and exclusions, provenance."""
     by_key = {o.key: o for o in outputs}
+    # De-identified: no text of the index names an input (reasons, errors and notes quote paths and file names).
+    names: Callable[[str], str] = InputNames.of(bundle.studies, with_slug=True) if deidentify else str
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
     for study in bundle.studies:
@@ -84,7 +86,7 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         positives = sorted({f.label for i in study.scored for f in i.findings if f.positive})
         rows.append({
             "priority": study.priority or UNKNOWN,
-            "reason": study.priority_reason,
+            "reason": names(study.priority_reason),
             "label": o.label if o and o.label else study.slug,
             "scored": len(study.scored),
             "total": len(study.images),
@@ -95,20 +97,20 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         for n, img in enumerate(study.images, start=1):
             if not img.scored:
                 problems.append({"source": _image_source(study, img, n, deidentify), "status": img.status,
-                                 "reason": img.reason or "no reason recorded"})
+                                 "reason": names(img.reason) or "no reason recorded"})
     priority_counts = Counter(s.priority or UNKNOWN for s in bundle.studies)
     order = list(dict.fromkeys(s.priority or UNKNOWN for s in bundle.studies))
     status_counts = Counter(i.status for i in bundle.images)
     page = html_writer.render_index_html(
-        run_title=bundle.results_dir.name,
+        run_title="de-identified results" if deidentify else bundle.results_dir.name,
         disclaimer=DISCLAIMER,
         priority_counts=[(k, priority_counts[k]) for k in order],
         status_counts=[(f"images {k}", n) for k, n in sorted(status_counts.items())],
         studies=rows,
         problems=problems,
-        report_errors=[e for o in outputs for e in o.errors],
+        report_errors=[names(e) for o in outputs for e in o.errors],
         provenance=provenance(bundle),
-        notes=list(bundle.notes) + notes + [n for o in outputs for n in o.notes],
+        notes=[names(n) for n in [*bundle.notes, *notes, *(n for o in outputs for n in o.notes)]],
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         version=__version__,
     )
@@ -260,9 +262,15 @@ def build_reports(
     ``DIR/dicom/<study>/*.dcm`` (SR, SC, SEG per image; encapsulated PDF per study); then send them.
 
     A study that fails is listed in the index with its error; it never stops the others. ``deidentify``
-    applies to the HTML/PDF reports; DICOM results always carry the source identity (they go back into
-    the source study).
+    applies to the HTML/PDF reports and the index (pseudonyms, no dates, accession or description, inputs named
+    "image N"); DICOM results always carry the source identity (they go back into the source study), and the
+    results tables keep the paths. See the README, "De-identification".
+
+    Raises:
+        ConfigError: ``deidentify`` without a usable ``CXRTRIAGE_PSEUDONYM_KEY`` (nothing is written).
     """
+    if deidentify:
+        require_pseudonym_key()  # refuse before any work: pseudonyms under a public key are reversible
     bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentified=deidentify)
     rdir = bundle.results_dir
     outputs = [_study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,

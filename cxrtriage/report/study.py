@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cxrtriage.results import (
     Priority,
     ResultsTable,
     RunRecord,
+    display_text,
     read_results_dir,
     read_run_json,
     read_safe_csv,
@@ -108,6 +110,58 @@ class StudyReport:
     @property
     def scored(self) -> tuple[ImageResult, ...]:
         return tuple(i for i in self.images if i.scored)
+
+
+# A name is replaced only where it stands alone: "pa.dcm" inside "spa.dcm" is someone else's text.
+_BEFORE, _AFTER = r"(?<![\w.-])", r"(?![\w-])"
+_MIN_STEM = 4  # shorter stems ("pa", "ap") are words of the reports' own text, and too short to identify anyone
+
+
+@dataclass(frozen=True, slots=True)
+class InputNames:
+    """Replaces what names an input in a text (its path, file name, stem, folder) by "image N" (``--deidentify``).
+
+    File names often carry a medical record number or a patient name; the reports' text quotes them (the study's
+    priority reason names the deciding file, a failure reason its path). ``prefix`` labels them per study
+    ("study-3F... image 2") where the texts of several studies are shown together (the index).
+    """
+
+    pattern: re.Pattern[str] | None
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, studies: Iterable[StudyReport], *, with_slug: bool = False) -> InputNames:
+        found: dict[str, set[str]] = {}
+
+        def add(text: str, label: str) -> None:
+            for t in {text, display_text(text)}:
+                if t.strip("./\\"):
+                    found.setdefault(t, set()).add(label)
+
+        for study in studies:
+            prefix = f"{study.slug} " if with_slug else ""
+            for n, img in enumerate(study.images, start=1):
+                label = f"{prefix}image {n}"
+                for p in (Path(img.record.path), img.path):
+                    add(str(p), label)
+                    add(p.name, label)
+                    if len(p.stem) >= _MIN_STEM:
+                        add(p.stem, label)
+                    add(str(p.parent), f"{prefix}input folder")
+            if study.key.startswith("folder:"):
+                add(study.key, f"{prefix}input folder")
+                add(study.key.removeprefix("folder:"), f"{prefix}input folder")
+        labels = {t: (next(iter(ls)) if len(ls) == 1 else "one of " + ", ".join(sorted(ls)))
+                  for t, ls in found.items()}
+        if not labels:
+            return cls(None, {})
+        alternatives = "|".join(re.escape(t) for t in sorted(labels, key=len, reverse=True))
+        return cls(re.compile(f"{_BEFORE}(?:{alternatives}){_AFTER}"), labels)
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None or not text:
+            return text
+        return self.pattern.sub(lambda m: self.labels[m.group()], text)
 
 
 @dataclass(frozen=True, slots=True)

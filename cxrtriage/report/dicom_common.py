@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path

@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from cxrtriage.report.view import StudyView
+from cxrtriage.report.view import DEIDENTIFIED_NOTE, StudyView
 from cxrtriage.results import clean_text, display_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -41,7 +41,7 @@ def _css() -> str:
 
 def render_study_html(view: StudyView) -> str:
     """One study's report as a single HTML document."""
-    return _env().get_template("study.html").render(v=view, css=_css())
+    return _env().get_template("study.html").render(v=view, css=_css(), deidentified_note=DEIDENTIFIED_NOTE)
 
 
 def render_index_html(**context: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from cxrtriage.report.view import Figure, StudyView
+from cxrtriage.report.view import DEIDENTIFIED_NOTE, Figure, StudyView
 from cxrtriage.results import Status, clean_text, display_text
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def render_study_pdf(view: StudyView) -> bytes:
     pdf.ln(1)
     pdf.para(view.disclaimer, size=9.5, bold=True, colour=(180, 35, 24))
     if view.deidentified:
-        pdf.para("De-identified: names, IDs and UIDs are replaced by stable pseudonyms; dates are removed.", size=8,
-                 colour=(90, 96, 105))
+        pdf.para(DEIDENTIFIED_NOTE, size=8, colour=(90, 96, 105))
     pdf.h2("Patient and study")
     pdf.kv(view.header)
     pdf.h2("Triage priority")

@@ -21,6 +21,11 @@ DISCLAIMER = (
     "Decision support only; not a diagnosis; a qualified clinician must review the images. "
     "Scores are model outputs with known error rates at the stated operating points, not findings."
 )
+DEIDENTIFIED_NOTE = (
+    "De-identified: names, IDs and UIDs are replaced by stable pseudonyms; dates, accession number and study "
+    "description are removed; inputs are named 'image N'. Pictures are shown as they are (text burned into the "
+    "pixels stays)."
+)
 FIGURE_MAX_SIDE = 1024
 _KIND_TEXT = {
     "rule_out": "rule-out (high sensitivity)",

@@ -77,12 +77,18 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
                 notes: list[str]) -> Path:
     """``report/index.html``: the worklist most urgent first, counts, failures and exclusions, provenance."""
     by_key = {o.key: o for o in outputs}
-    # De-identified: no text of the index names an input (reasons, errors and notes quote paths and file names).
-    names: Callable[[str], str] = InputNames.of(bundle.studies, with_slug=True) if deidentify else str
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
+    report_errors: list[str] = []
+    study_notes: list[str] = []
     for study in bundle.studies:
         o = by_key.get(study.key)
+        # De-identified: no text of the index names an input (reasons, errors and notes quote paths and file names).
+        # Per study: a study's texts name only its own inputs, and a pattern per study stays small in large runs.
+        names: Callable[[str], str] = InputNames.of([study], with_slug=True) if deidentify else str
+        if o is not None:
+            report_errors += [names(e) for e in o.errors]
+            study_notes += [names(n) for n in o.notes]
         positives = sorted({f.label for i in study.scored for f in i.findings if f.positive})
         rows.append({
             "priority": study.priority or UNKNOWN,
@@ -108,9 +114,9 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         status_counts=[(f"images {k}", n) for k, n in sorted(status_counts.items())],
         studies=rows,
         problems=problems,
-        report_errors=[names(e) for o in outputs for e in o.errors],
+        report_errors=report_errors,
         provenance=provenance(bundle),
-        notes=[names(n) for n in [*bundle.notes, *notes, *(n for o in outputs for n in o.notes)]],
+        notes=[*bundle.notes, *notes, *study_notes],  # the run's own notes name the model, never an input
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         version=__version__,
     )

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from html import unescape
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def _pixels(seed: int = 1, size: int = 64) -> np.ndarray:
 
 
 def _dicom(path: Path, size: int = 64, **attrs: object) -> Path:
-    return write_dicom(path, rows=size, cols=size, pixels=_pixels(size=size), **attrs)
+    with warnings.catch_warnings():  # pydicom warns as the hostile values are set: they are the point here
+        warnings.simplefilter("ignore")
+        return write_dicom(path, rows=size, cols=size, pixels=_pixels(size=size), **attrs)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,24 @@ Every file cxrtriage writes goes through ``atomic_write`` (whole contents at onc
 (streamed, e.g. a CSV written row by row): a crash or a full disk leaves the previous file, or none,
 never a half-written one. Artefact names come from ``StemRegistry`` so that two inputs with the same
 name never overwrite each other's masks or heat maps.
+
+Names built from data (input file names, labels, study keys) are made safe here, once:
+
+- ``safe_name``: ASCII letters, digits, ``.``, ``_``, ``-`` only (no separator, no NUL, no ``..``, never empty),
+  at most ``MAX_PART`` characters; a longer name is cut and keeps a short hash of the whole name, so that two
+  long names stay distinct. ``fit_name`` does the same for a whole file name with its suffix (``MAX_NAME``),
+  which leaves room for the ``.partial`` suffix of the atomic write under the usual 255-byte limit.
+- ``safe_component``: a study slug or other single path component: never ``.``, ``..``, empty or with a separator.
+
+Text files are encoded as UTF-8 with ``TEXT_ERRORS``: a character UTF-8 cannot hold (the surrogate escape of a
+file-name byte that is not UTF-8) is written as ``\\xNN`` instead of aborting the write. The tables escape such
+text losslessly before it gets here (``cxrtriage.results.cells``); this is the net under everything else.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import os
 import re
 from contextlib import suppress
@@ -20,6 +34,25 @@ PARTIAL_SUFFIX = ".partial"
 # Suffixes dropped from an input's name to make its artefact stem (``scan.dcm`` -> ``scan``).
 _INPUT_SUFFIXES = (".gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".mha", ".nrrd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Longest part of an artefact name built from data (a stem, a label) and longest artefact file name, suffix
+# included: 255 bytes is the usual file-name limit; "name.partial" (atomic writes) must fit in it as well.
+MAX_PART = 96
+MAX_NAME = 200
+_HASH_LEN = 8
+TEXT_ERRORS = "cxrtriage-bytes"
+
+
+def _bytes_as_escapes(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: surrogate escapes of undecodable bytes become ``\\xNN`` (other lone surrogates
+    ``\\uXXXX``), so that writing text never aborts on a file name that is not UTF-8."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+                   for c in chunk), exc.end
+
+
+codecs.register_error(TEXT_ERRORS, _bytes_as_escapes)
 
 
 def partial_path(path: Path) -> Path:
@@ -45,7 +78,7 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(data.encode("utf-8", TEXT_ERRORS) if isinstance(data, str) else data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -77,7 +110,8 @@ class AtomicOutput(Generic[T]):
             if self._mode == "wb":
                 self._f = open(self.partial, "wb")  # type: ignore[assignment]  # noqa: SIM115
             else:
-                self._f = open(self.partial, "w", newline="", encoding="utf-8")  # type: ignore[assignment]  # noqa: SIM115
+                self._f = open(self.partial, "w", newline="", encoding="utf-8",  # type: ignore[assignment]  # noqa: SIM115
+                               errors=TEXT_ERRORS)
         except OSError as exc:
             raise _fail(self.path, exc) from exc
         assert self._f is not None
@@ -140,9 +174,48 @@ def atomic_output(
     return AtomicOutput(Path(path), mode, fsync=fsync, keep_on_error=keep_on_error)
 
 
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a stem or label: letters, digits, '.', '_', '-' (anything else becomes '_')."""
-    return _UNSAFE.sub("_", name).strip("._") or "x"
+def text_bytes(text: str) -> bytes:
+    """The bytes ``text`` stands for: UTF-8, and a file name's undecodable bytes as they were (for hashes)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON, say)
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text_bytes(text)).hexdigest()[:_HASH_LEN]
+
+
+def _cut(safe: str, original: str, limit: int) -> str:
+    """``safe`` when it fits in ``limit`` characters, else its start and a hash of ``original`` (unique names)."""
+    if len(safe) <= limit:
+        return safe
+    head = safe[: max(1, limit - _HASH_LEN - 1)].rstrip("._-") or "x"
+    return f"{head}-{_short_hash(original)}"
+
+
+def safe_name(name: str, *, max_len: int = MAX_PART) -> str:
+    """A file-name-safe version of a stem or label: letters, digits, '.', '_', '-' (anything else becomes '_'),
+    never starting or ending with '.' or '_' (so never ``.``, ``..`` or empty), at most ``max_len`` characters
+    (a longer name keeps its start and a hash of the whole name)."""
+    return _cut(_UNSAFE.sub("_", name).strip("._") or "x", name, max_len)
+
+
+def fit_name(stem: str, suffix: str, *, max_len: int = MAX_NAME) -> str:
+    """``stem + suffix`` as a file name of at most ``max_len`` characters: ``stem`` (already ``safe_name``d) is cut,
+    with a hash of it, when the whole would be longer."""
+    return _cut(stem, stem, max(_HASH_LEN + 2, max_len - len(suffix))) + suffix
+
+
+def safe_component(name: str, *, fallback: str = "x") -> str:
+    """``name`` when it is usable as one path component as it is (no separator or NUL, not ``.``, ``..`` or empty,
+    not too long), else its ``safe_name`` (``fallback`` when nothing of it is left). Nothing built from data may
+    name a folder above, or the folder itself."""
+    if (name and name not in (".", "..") and len(name) <= MAX_PART and "/" not in name and "\\" not in name
+            and "\x00" not in name and name == name.strip()):
+        return name
+    cleaned = _UNSAFE.sub("_", name).strip("._")
+    return _cut(cleaned, name, MAX_PART) if cleaned else fallback
 
 
 def input_stem(path: str | Path) -> str:

@@ -49,3 +49,34 @@ def test_stems_are_safe_unique_and_stable() -> None:
     # a stem is already in safe_name form, so names derived from it (heat maps) cannot collide either
     assert stems.stem_for("/e/_x.png") == "x_4" and safe_name(stems.stem_for("/e/_x.png")) == "x_4"
     assert input_stem("scan.nii.gz") == "scan" and input_stem("....png") == "x"
+
+
+def test_names_from_data_fit_the_file_system_and_stay_unique() -> None:
+    """Row 12 at the root: a 244-character input name gives a stem, and heat-map and mask names, well under the
+    255-byte limit (with room for ".partial"); two long names differing only at the end stay distinct."""
+    from cxrtriage.explain.overlay import heatmap_filename
+    from cxrtriage.files import MAX_NAME, MAX_PART, fit_name
+
+    long_a, long_b = "x" * 240 + "a.png", "x" * 240 + "b.png"
+    a, b = input_stem(long_a), input_stem(long_b)
+    assert len(a) <= MAX_PART and a != b and a.startswith("x" * 40)
+    for name in (heatmap_filename(a, "pleural_thickening", "gradcampp"), fit_name(a, ".png"),
+                 heatmap_filename("y" * 300, "z" * 300, "w" * 300)):
+        assert len((name + ".partial").encode()) <= 255 and len(name) <= MAX_NAME + 10
+    assert heatmap_filename("scan", "effusion", "gradcam") == "scan__effusion__gradcam.png"  # short names unchanged
+    reg = StemRegistry()
+    assert len({reg.stem_for(f"/d{i}/{long_a}") for i in range(3)}) == 3
+
+
+def test_study_slugs_are_never_dot_dot_empty_or_paths() -> None:
+    """Row 14: a StudyInstanceUID '..' named reports '...html' and put DICOM results straight into OUT/."""
+    from cxrtriage.files import safe_component
+    from cxrtriage.report.header import study_slug
+
+    for key in ("..", ".", "...", "", "/", "../../etc", "a/../../b", "1.2.3.", "=HYPERLINK(\"x\")", "\x00"):
+        slug = study_slug(key, deidentified=False)
+        assert slug not in (".", "..", "") and "/" not in slug and "\\" not in slug and "\x00" not in slug, key
+        assert not slug.startswith(".") and len(slug) <= 64, key
+    assert study_slug("1.2.840.10008.1", deidentified=False) == "1.2.840.10008.1"
+    assert [safe_component(x) for x in ("..", ".", "", "a/b")] == ["x", "x", "x", "a_b"]
+    assert safe_component("1.2.3") == "1.2.3"

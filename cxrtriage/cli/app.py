@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
+import warnings
 
 import typer
 
@@ -38,6 +40,27 @@ COMMAND_MODULES = (
 )
 
 
+# pydicom and highdicom quote raw values in their messages ("Invalid value for VR DA: '1945-06-07'", UIDs, names).
+_DICOM_LIBRARIES = ("pydicom", "highdicom")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class DicomLibraryFilter(logging.Filter):
+    """Messages of the DICOM libraries go to the log at debug level, without the values they quote.
+
+    cxrtriage handles what they warn about (invalid source values are left out of the DICOM results and noted by
+    attribute name), so they are no news for the user, and their text would put patient data on the terminal.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in _DICOM_LIBRARIES:
+            return True
+        record.msg = _QUOTED.sub("(value not shown)", record.getMessage())
+        record.args = ()
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cxrtriage {__version__}")
@@ -53,12 +76,17 @@ def _root(
 
     from cxrtriage.cli.render import err_console
 
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    handler.addFilter(DicomLibraryFilter())
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        handlers=[handler],
         force=True,
     )
+    # pydicom logs every warning it issues (above); its Python warning is the same text, values included.
+    for library in _DICOM_LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
 
 
 for _name in COMMAND_MODULES:

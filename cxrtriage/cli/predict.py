@@ -69,10 +69,15 @@ DicomOpt = Annotated[
     bool, typer.Option("--dicom", help="Write DICOM results into each source study under OUT/dicom/ (SR, secondary "
                                        "capture, lung SEG, encapsulated PDF); implies --report.")
 ]
-DeidOpt = Annotated[
-    bool, typer.Option("--deidentify", help="With --report: stable pseudonyms instead of names, IDs, accession and UIDs, "
-                                            "no dates, in the HTML/PDF reports (DICOM results keep the source identity).")
-]
+DEIDENTIFY_HELP = (
+    "The HTML/PDF reports and their index show stable pseudonyms instead of patient name, ID and "
+    "UIDs, no birth or study date, accession number or study description, and each input as 'image N' instead of "
+    "its path or file name. Needs CXRTRIAGE_PSEUDONYM_KEY, a secret of your site (at least 16 characters): refused "
+    "without it. NOT covered: results.csv/.jsonl, worklist.csv, run.json and the mask and heat-map file names keep "
+    "paths and file names; DICOM results (--dicom) keep the source identity, as they go back into the patient's own "
+    "study; pictures are shown as they are (text burned into the pixels stays)."
+)
+DeidOpt = Annotated[bool, typer.Option("--deidentify", help="With --report: " + DEIDENTIFY_HELP)]
 SendOpt = Annotated[
     str | None, typer.Option("--send", metavar="HOST:PORT", help="C-STORE the DICOM results to this PACS; implies --dicom.")
 ]

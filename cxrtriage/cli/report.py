@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cxrtriage.cli.predict import DEIDENTIFY_HELP
+
 
 def register(app: typer.Typer) -> None:
     app.command("report")(report)
@@ -14,11 +16,7 @@ def register(app: typer.Typer) -> None:
 
 def report(
     results_dir: Annotated[Path, typer.Argument(help="The --out folder of `cxrtriage predict` (holds results.jsonl).")],
-    deidentify: Annotated[bool, typer.Option(
-        "--deidentify",
-        help="Replace names, IDs, accession and UIDs in the HTML/PDF reports by stable pseudonyms and remove dates "
-             "(set CXRTRIAGE_PSEUDONYM_KEY to a site secret). DICOM results keep the source identity.",
-    )] = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help=DEIDENTIFY_HELP)] = False,
     dicom: Annotated[bool, typer.Option(
         "--dicom",
         help="Also write DICOM results into each source study: TID 1500 SR, secondary capture, lung SEG, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -20,6 +19,7 @@ from cxrtriage.files import StemRegistry, atomic_output
 from cxrtriage.io.discover import discover
 from cxrtriage.model import Classifier, Segmenter, load_classifier, load_segmenter
 from cxrtriage.preprocess import ModelInput
+from cxrtriage.results import SafeCsvWriter, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class ExplainRow:
     model_version: str = ""
     model_sha256: str = ""
     model_integrity: str = ""
+
+    def __post_init__(self) -> None:
+        # A reason quotes data (exception messages, DICOM values): no control character reaches explain.csv.
+        object.__setattr__(self, "reason", clean_text(self.reason))
 
     def csv_row(self) -> dict[str, str]:
         """The row as explain.csv writes it (numbers with 4 decimals, missing values empty)."""
@@ -252,11 +256,11 @@ def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> 
 
 
 def write_explain_csv(path: Path, rows: Sequence[ExplainRow]) -> Path:
-    """Write ``rows`` as explain.csv, atomically."""
+    """Write ``rows`` as explain.csv, atomically; cells made safe as in results.csv (``SafeCsvWriter``)."""
     with atomic_output(path) as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(r.csv_row() for r in rows)
+        writer = SafeCsvWriter(fh, CSV_FIELDS, note_column="reason")
+        for r in rows:
+            writer.writerow(r.csv_row())
     return path
 
 

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from cxrtriage.errors import OutputError
 from cxrtriage.explain.base import Heatmap
 from cxrtriage.explain.registry import METHODS
-from cxrtriage.files import atomic_write, safe_name
+from cxrtriage.files import atomic_write, fit_name, safe_name
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.types import FloatArray, Image2D
 
@@ -224,8 +224,12 @@ def save_heatmap(
 
 
 def heatmap_filename(stem: str, label: str, method: str) -> str:
-    """``<stem>__<label>__<method>.png``: the overlay name used by `explain` and `predict --heatmaps`."""
-    return f"{safe_name(stem)}__{safe_name(label)}__{safe_name(method)}.png"
+    """``<stem>__<label>__<method>.png``: the overlay name used by `explain` and `predict --heatmaps`.
+
+    The name always fits the file system (``fit_name``): a long stem is cut first (with a hash, so names stay
+    unique), keeping ``__<label>__<method>`` whole for the report to read the finding and the method from.
+    """
+    return fit_name(safe_name(stem), f"__{safe_name(label)}__{safe_name(method)}.png")
 
 
 def write_overlays(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cxrtriage.files import fit_name
 from cxrtriage.measure.lungs import lung_area
 from cxrtriage.model import LungMask
 from cxrtriage.report.masks import write_mask_png
@@ -15,7 +16,7 @@ MASKS_DIR = "masks"
 def save_mask(record: ImageRecord, mask: LungMask, out_dir: Path, stem: str) -> ImageRecord:
     """Write ``out_dir/masks/<stem>.png``; the record gains ``mask_path`` (relative to ``out_dir``) and the
     lung areas, overall and per label (mm² when the pixel spacing is known)."""
-    rel = Path(MASKS_DIR) / f"{stem}.png"
+    rel = Path(MASKS_DIR) / fit_name(stem, ".png")
     write_mask_png(out_dir / rel, mask.labels)
     area = lung_area(mask)
     per_mm2 = area.per_label_mm2 or {}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtriage.errors import ConfigError
+from cxrtriage.report.header import require_pseudonym_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class PredictConfig:
         _check_common(self.inputs, self.batch_size, self.workers)
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.intra_op_threads}")
+        if self.deidentify:  # refused now, not after scoring every file (see the README, "De-identification")
+            require_pseudonym_key()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,12 @@ from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_seg, dicom
 from cxrtriage.report import html as html_writer
 from cxrtriage.report.capture import sc_picture
 from cxrtriage.report.dicom_common import AlgorithmInfo
-from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify, require_pseudonym_key
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.pdf import render_study_pdf
 from cxrtriage.report.send import Destination, SendResult, send_files
 from cxrtriage.report.sources import StudySources
-from cxrtriage.report.study import ImageResult, ResultsBundle, StudyReport, load_results
+from cxrtriage.report.study import ImageResult, InputNames, ResultsBundle, StudyReport, load_results
 from cxrtriage.report.view import DISCLAIMER, provenance, study_view
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,20 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
     by_key = {o.key: o for o in outputs}
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
+    report_errors: list[str] = []
+    study_notes: list[str] = []
     for study in bundle.studies:
         o = by_key.get(study.key)
+        # De-identified: no text of the index names an input (reasons, errors and notes quote paths and file names).
+        # Per study: a study's texts name only its own inputs, and a pattern per study stays small in large runs.
+        names: Callable[[str], str] = InputNames.of([study], with_slug=True) if deidentify else str
+        if o is not None:
+            report_errors += [names(e) for e in o.errors]
+            study_notes += [names(n) for n in o.notes]
         positives = sorted({f.label for i in study.scored for f in i.findings if f.positive})
         rows.append({
             "priority": study.priority or UNKNOWN,
-            "reason": study.priority_reason,
+            "reason": names(study.priority_reason),
             "label": o.label if o and o.label else study.slug,
             "scored": len(study.scored),
             "total": len(study.images),
@@ -95,20 +103,20 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         for n, img in enumerate(study.images, start=1):
             if not img.scored:
                 problems.append({"source": _image_source(study, img, n, deidentify), "status": img.status,
-                                 "reason": img.reason or "no reason recorded"})
+                                 "reason": names(img.reason) or "no reason recorded"})
     priority_counts = Counter(s.priority or UNKNOWN for s in bundle.studies)
     order = list(dict.fromkeys(s.priority or UNKNOWN for s in bundle.studies))
     status_counts = Counter(i.status for i in bundle.images)
     page = html_writer.render_index_html(
-        run_title=bundle.results_dir.name,
+        run_title="de-identified results" if deidentify else bundle.results_dir.name,
         disclaimer=DISCLAIMER,
         priority_counts=[(k, priority_counts[k]) for k in order],
         status_counts=[(f"images {k}", n) for k, n in sorted(status_counts.items())],
         studies=rows,
         problems=problems,
-        report_errors=[e for o in outputs for e in o.errors],
+        report_errors=report_errors,
         provenance=provenance(bundle),
-        notes=list(bundle.notes) + notes + [n for o in outputs for n in o.notes],
+        notes=[*bundle.notes, *notes, *study_notes],  # the run's own notes name the model, never an input
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         version=__version__,
     )
@@ -179,6 +187,10 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
         except Exception as exc:
             errors.append(f"{study.slug} image {n}: {exc}")
             continue
+        dropped = dicom_common.drop_invalid_values(source)
+        if dropped:  # named by attribute only: the values themselves are patient data
+            notes.append(f"{study.slug} image {n}: invalid source values left out of the DICOM results: "
+                         + ", ".join(dropped))
         used.append(source)
         steps: list[tuple[str, Callable[[], Dataset]]] = [
             ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
@@ -191,13 +203,13 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             try:
                 written.append(dicom_common.save(build(), folder / f"{kind}_{n:03d}.dcm"))
             except Exception as exc:  # one object failing never stops the others
-                errors.append(f"{study.slug} image {n}: DICOM {kind.upper()} not written ({type(exc).__name__}: {exc})")
+                errors.append(f"{study.slug} image {n}: DICOM {kind.upper()} not written ({dicom_common.describe_error(exc)})")
     if used and pdf_bytes is not None:
         try:
             ds = dicom_pdf.build_encapsulated_pdf(used, pdf_bytes, classifier, modality=modality)
             written.append(dicom_common.save(ds, folder / "report_pdf.dcm"))
         except Exception as exc:
-            errors.append(f"{study.slug}: encapsulated PDF not written ({type(exc).__name__}: {exc})")
+            errors.append(f"{study.slug}: encapsulated PDF not written ({dicom_common.describe_error(exc)})")
     return written, errors, notes
 
 
@@ -261,9 +273,15 @@ def build_reports(
     ``DIR/dicom/<study>/*.dcm`` (SR, SC, SEG per image; encapsulated PDF per study); then send them.
 
     A study that fails is listed in the index with its error; it never stops the others. ``deidentify``
-    applies to the HTML/PDF reports; DICOM results always carry the source identity (they go back into
-    the source study).
+    applies to the HTML/PDF reports and the index (pseudonyms, no dates, accession or description, inputs named
+    "image N"); DICOM results always carry the source identity (they go back into the source study), and the
+    results tables keep the paths. See the README, "De-identification".
+
+    Raises:
+        ConfigError: ``deidentify`` without a usable ``CXRTRIAGE_PSEUDONYM_KEY`` (nothing is written).
     """
+    if deidentify:
+        require_pseudonym_key()  # refuse before any work: pseudonyms under a public key are reversible
     bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentified=deidentify)
     rdir = bundle.results_dir
     outputs = [_study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,

@@ -11,16 +11,21 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
 
 from cxrtriage import __version__
 from cxrtriage.errors import InputError
 from cxrtriage.files import atomic_write
+from cxrtriage.report.header import quiet_values
 
 MANUFACTURER = "cxrtriage"
 PRIVATE_SCHEME = "99CXRTRIAGE"
@@ -182,18 +187,113 @@ def read_dataset(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path, force=True)  # as cxrtriage.io reads it: by content, preamble or not
     except Exception as exc:
-        raise InputError(f"{path}: source DICOM cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: source DICOM cannot be read ({describe_error(exc)})") from exc
+
+
+# A UID the results can reference: digits in dot-separated components, at most 64 characters. (PS3.5 9.1 also
+# bars leading zeros, which real sources have now and then; a PACS files them without complaint.)
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# Control characters no DICOM text value may hold (ESC is kept: ISO 2022 character-set escapes; so are the
+# TAB/LF/FF/CR that LT/ST/UT allow).
+_BAD_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                       "UR", "UT"})
+# Besides the patient and study modules, the image-level attributes the SC copies from the source.
+_COPIED_IMAGE_ATTRIBUTES = ("BodyPartExamined", "ImageLaterality", "Laterality")
+_FALLBACK_PATIENT_STUDY = (*TYPE2_PATIENT_STUDY, "ReferringPhysicianName", "StudyDescription", "PatientAge",
+                           "PatientSize", "PatientWeight", "OtherPatientNames", "PatientBirthTime", "PatientComments")
+
+
+@lru_cache(maxsize=1)
+def copied_keywords() -> frozenset[str]:
+    """Keywords of the source attributes the DICOM results copy: the root attributes of the Patient, Clinical Trial
+    Subject, General Study, Patient Study and Clinical Trial Study modules (exactly the set highdicom's
+    ``copy_patient_and_study_information`` copies; its module tables are not public API, hence the fallback)
+    and the image-level attributes the SC copies."""
+    try:
+        from highdicom._standard_utils import get_module_attribute_map
+
+        modules = get_module_attribute_map()
+        names = {str(item["keyword"]) for key in ("patient", "clinical-trial-subject", "general-study", "patient-study",
+                                                  "clinical-trial-study")
+                 for item in modules[key] if len(item["path"]) == 0}
+    except Exception:  # another highdicom: the attributes it is known to read, and the usual free text
+        names = set(_FALLBACK_PATIENT_STUDY)
+    return frozenset(names | set(_COPIED_IMAGE_ATTRIBUTES) | set(TYPE2_PATIENT_STUDY))
+
+
+def _invalid_value(keyword: str, vr: str, value: object) -> bool:
+    """True when ``value`` is not a valid ``vr`` value for ``keyword`` (VM, format, length, control characters)."""
+    values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+    if len(values) > 1 and dictionary_VM(keyword) == "1":  # e.g. a backslash inside a PatientName
+        return True
+    for v in values:
+        if v is None or v == "":
+            continue
+        text = str(v)
+        if _BAD_CONTROL.search(text):
+            return True
+        try:
+            validate_value(vr, text, pydicom_config.RAISE)
+        except (ValueError, TypeError):
+            return True
+    return False
+
+
+def drop_invalid_values(ds: Dataset) -> tuple[str, ...]:
+    """Blank (Type 2) or remove (otherwise) every invalid value among the attributes the results copy.
+
+    A malformed value in the source (a birth date ``1945-06-07``, a backslash in a person name) would make
+    highdicom refuse the whole object, or end up in it; leaving it out keeps the result valid and complete
+    otherwise. Changes ``ds`` in memory only. Returns ``"Keyword (VR)"`` of each value left out, never the value.
+    """
+    dropped: list[str] = []
+    keep_empty = set(TYPE2_PATIENT_STUDY)
+    with quiet_values():
+        for keyword in sorted(copied_keywords()):
+            if keyword not in ds or keyword in _REFERENCED_UIDS:
+                continue
+            elem = ds[keyword]
+            if elem.VR not in _TEXT_VRS or elem.is_empty:
+                continue
+            if _invalid_value(keyword, str(elem.VR), elem.value):
+                dropped.append(f"{keyword} ({elem.VR})")
+                if keyword in keep_empty:
+                    ds[keyword].value = ""
+                else:
+                    del ds[keyword]
+    return tuple(dropped)
 
 
 def check_source(ds: Dataset, path: Path) -> Dataset:
-    """``ds`` made ready to be referenced by results: its UIDs checked, absent Type 2 attributes set empty."""
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        if not str(ds.get(kw, "")):
-            raise InputError(f"{path}: source DICOM has no {kw}; DICOM results cannot reference it")
+    """``ds`` made ready to be referenced by results: its UIDs checked, absent Type 2 attributes set empty.
+
+    Raises:
+        InputError: a UID the results must reference is absent or not a UID (e.g. ``..``); the message names the
+            attribute, never its value.
+    """
+    with quiet_values():
+        for kw in _REFERENCED_UIDS:
+            uid = str(ds.get(kw, "") or "")
+            if not uid:
+                raise InputError(f"{path}: source DICOM has no {kw}; DICOM results cannot reference it")
+            if len(uid) > 64 or not _UID.fullmatch(uid):
+                raise InputError(f"{path}: the source's {kw} is not a valid UID (digits and dots, at most 64 "
+                                 "characters); DICOM results cannot reference it")
     for kw in TYPE2_PATIENT_STUDY:  # absent Type 2 = "known to be unknown": empty (in memory only) for highdicom
         if kw not in ds:
             setattr(ds, kw, "")
     return ds
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of an error raised while building a result, with quoted text (a source value, a UID) left
+    out: the message is shown on the terminal and in the report index."""
+    return f"{type(exc).__name__}: {_QUOTED.sub('(value not shown)', str(exc))}"
 
 
 def read_source(path: Path) -> Dataset:

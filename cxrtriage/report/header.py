@@ -6,15 +6,27 @@ import hashlib
 import hmac
 import os
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from cxrtriage.errors import ConfigError
+from cxrtriage.files import safe_component, text_bytes
+from cxrtriage.results import clean_text
 
 UNKNOWN = "unknown"
 ENV_PSEUDONYM_KEY = "CXRTRIAGE_PSEUDONYM_KEY"
-_DEFAULT_PSEUDONYM_KEY = b"cxrtriage-pseudonym-v1"
+MIN_KEY_LENGTH = 16
+# The key versions up to 0.1 used when none was set; it is public, so it is refused.
+_PUBLISHED_KEY = b"cxrtriage-pseudonym-v1"
+REMOVED = "removed (de-identified)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +44,26 @@ class PatientHeader:
     deidentified: bool = False
 
 
+@contextmanager
+def quiet_values() -> Iterator[None]:
+    """Read DICOM values without pydicom warning (and logging) about invalid ones: the caller handles them, and
+    pydicom's messages quote the raw value (a birth date, a UID) on the terminal."""
+    saved = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = saved
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value: Any = ds.get(keyword)
-    t = "" if value is None else str(value).strip()
+    with quiet_values():
+        value: Any = ds.get(keyword)
+    if isinstance(value, MultiValue):  # e.g. a backslash inside a name: shown as written
+        value = "\\".join(str(v) for v in value)
+    t = "" if value is None else clean_text(str(value)).strip()  # no NUL or other control character reaches a report
     return t if t else UNKNOWN
 
 
@@ -64,46 +93,82 @@ def header_without_dicom(study_key: str, *, dicom_study: bool) -> PatientHeader:
 
 
 def pseudonym_key() -> bytes:
-    """The HMAC key for pseudonyms: ``$CXRTRIAGE_PSEUDONYM_KEY`` (set it per site), else a fixed default."""
+    """The HMAC key for pseudonyms: ``$CXRTRIAGE_PSEUDONYM_KEY``, a secret of the site.
+
+    There is no built-in key: a key anyone can read in the source turns every pseudonym back into the identity it
+    hides (the IDs of a hospital are few enough to try them all), so de-identifying with it would only look safe.
+
+    Raises:
+        ConfigError: the variable is unset, shorter than ``MIN_KEY_LENGTH`` characters, or the old built-in key.
+    """
     env = os.environ.get(ENV_PSEUDONYM_KEY, "")
-    return env.encode("utf-8") if env else _DEFAULT_PSEUDONYM_KEY
+    how = (f"set {ENV_PSEUDONYM_KEY} to a secret of your site, at least {MIN_KEY_LENGTH} characters, and keep it "
+           f"(the same key gives the same pseudonyms), e.g. export {ENV_PSEUDONYM_KEY}=$(openssl rand -hex 32)")
+    if not env:
+        raise ConfigError(f"--deidentify needs a pseudonym key and {ENV_PSEUDONYM_KEY} is not set: {how}")
+    if len(env) < MIN_KEY_LENGTH or text_bytes(env) == _PUBLISHED_KEY:
+        raise ConfigError(f"--deidentify: {ENV_PSEUDONYM_KEY} is too short or a published key, so its pseudonyms could "
+                          f"be reversed by trying every ID: {how}")
+    return text_bytes(env)
+
+
+def require_pseudonym_key() -> None:
+    """Check that de-identification can run, before any work is done (``ConfigError`` as ``pseudonym_key``)."""
+    pseudonym_key()
 
 
 def pseudonym(value: str, *, prefix: str = "ANON-", key: bytes | None = None) -> str:
     """A stable pseudonym: HMAC-SHA256 of ``value`` (same input and key → same pseudonym)."""
-    digest = hmac.new(key or pseudonym_key(), value.encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(key or pseudonym_key(), text_bytes(value), hashlib.sha256).hexdigest()
     return prefix + digest[:10].upper()
 
 
 def pseudonym_uid(value: str, *, key: bytes | None = None) -> str:
     """A stable UID-shaped pseudonym (2.25.<decimal>) for a StudyInstanceUID."""
-    digest = hmac.new(key or pseudonym_key(), b"uid:" + value.encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.new(key or pseudonym_key(), b"uid:" + text_bytes(value),
+                      hashlib.sha256).digest()
     return "2.25." + str(int.from_bytes(digest[:15], "big"))
 
 
 def deidentify(header: PatientHeader, study_key: str, *, key: bytes | None = None) -> PatientHeader:
-    """Replace name/ID/accession/UID with stable pseudonyms and remove dates (birth and study)."""
+    """Replace name/ID/UID with stable pseudonyms; remove dates (birth and study), the accession number and the
+    study description (free text a site may fill with names or numbers). Sex is kept.
+
+    Raises:
+        ConfigError: no usable pseudonym key (``pseudonym_key``) when ``key`` is not given.
+    """
+    key = key or pseudonym_key()
     known_id = header.patient_id not in (UNKNOWN, "") and "not available" not in header.patient_id
     ident = header.patient_id if known_id else study_key
-    removed = "removed (de-identified)"
     return PatientHeader(
         patient_name=pseudonym("patient:" + ident, key=key),
         patient_id=pseudonym("patient:" + ident, key=key),
-        birth_date=removed,
+        birth_date=REMOVED,
         sex=header.sex,
-        study_date=removed,
-        accession=removed,
-        description=header.description,
+        study_date=REMOVED,
+        accession=REMOVED,
+        description=REMOVED,
         study_uid=pseudonym_uid(header.study_uid if header.study_uid != UNKNOWN else study_key, key=key),
         deidentified=True,
     )
 
 
+# A UID-shaped study key is its own slug: digits in dot-separated components, so never "." or ".." (PS3.5 9.1
+# also bars leading zeros; real UIDs have them now and then, and they are harmless in a file name).
+_UID_SLUG = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
 def study_slug(key: str, *, deidentified: bool) -> str:
-    """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified)."""
+    """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified).
+
+    A UID-shaped key (``1.2.840...``, at most 64 characters) is used as it is; any other key (``..``, a folder
+    path, a formula) gives its last path component made safe and a hash of the whole key, so a slug is never
+    ``.``, ``..``, empty or holds a separator.
+    """
     if deidentified:
         return pseudonym("study:" + key, prefix="study-")
-    if re.fullmatch(r"[0-9.]{1,64}", key):
+    if len(key) <= 64 and _UID_SLUG.fullmatch(key):
         return key
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).name or key).strip("._")[:40] or "study"
-    return f"{base}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"
+    digest = hashlib.sha256(text_bytes(key)).hexdigest()[:8]
+    return safe_component(f"{base}-{digest}", fallback=f"study-{digest}")

@@ -11,8 +11,8 @@ from pathlib import Path
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from cxrtriage.report.view import Figure, StudyView
-from cxrtriage.results import Status
+from cxrtriage.report.view import DEIDENTIFIED_NOTE, Figure, StudyView
+from cxrtriage.results import Status, clean_text, display_text
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class _ReportPDF(FPDF):
         self.set_creator("cxrtriage")
 
     def t(self, text: str) -> str:
+        # Every text of the PDF passes here: no control character, an undecodable file-name byte as \xNN
+        # (fpdf would drop it silently and show "Mller" for "M\xfcller").
+        text = display_text(clean_text(text))
         return text if self.unicode else latin1(text)
 
     def footer(self) -> None:
@@ -134,8 +137,7 @@ def render_study_pdf(view: StudyView) -> bytes:
     pdf.ln(1)
     pdf.para(view.disclaimer, size=9.5, bold=True, colour=(180, 35, 24))
     if view.deidentified:
-        pdf.para("De-identified: names, IDs and UIDs are replaced by stable pseudonyms; dates are removed.", size=8,
-                 colour=(90, 96, 105))
+        pdf.para(DEIDENTIFIED_NOTE, size=8, colour=(90, 96, 105))
     pdf.h2("Patient and study")
     pdf.kv(view.header)
     pdf.h2("Triage priority")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,9 +19,12 @@ from cxrtriage.results import (
     Priority,
     ResultsTable,
     RunRecord,
+    display_text,
     read_results_dir,
     read_run_json,
+    read_safe_csv,
 )
+from cxrtriage.triage.worklist import WORKLIST_NOTE_COLUMN
 
 WORKLIST_CSV = "worklist.csv"
 
@@ -109,6 +112,58 @@ class StudyReport:
         return tuple(i for i in self.images if i.scored)
 
 
+# A name is replaced only where it stands alone: "pa.dcm" inside "spa.dcm" is someone else's text.
+_BEFORE, _AFTER = r"(?<![\w.-])", r"(?![\w-])"
+_MIN_STEM = 4  # shorter stems ("pa", "ap") are words of the reports' own text, and too short to identify anyone
+
+
+@dataclass(frozen=True, slots=True)
+class InputNames:
+    """Replaces what names an input in a text (its path, file name, stem, folder) by "image N" (``--deidentify``).
+
+    File names often carry a medical record number or a patient name; the reports' text quotes them (the study's
+    priority reason names the deciding file, a failure reason its path). ``prefix`` labels them per study
+    ("study-3F... image 2") where the texts of several studies are shown together (the index).
+    """
+
+    pattern: re.Pattern[str] | None
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, studies: Iterable[StudyReport], *, with_slug: bool = False) -> InputNames:
+        found: dict[str, set[str]] = {}
+
+        def add(text: str, label: str) -> None:
+            for t in {text, display_text(text)}:
+                if t.strip("./\\"):
+                    found.setdefault(t, set()).add(label)
+
+        for study in studies:
+            prefix = f"{study.slug} " if with_slug else ""
+            for n, img in enumerate(study.images, start=1):
+                label = f"{prefix}image {n}"
+                for p in (Path(img.record.path), img.path):
+                    add(str(p), label)
+                    add(p.name, label)
+                    if len(p.stem) >= _MIN_STEM:
+                        add(p.stem, label)
+                    add(str(p.parent), f"{prefix}input folder")
+            if study.key.startswith("folder:"):
+                add(study.key, f"{prefix}input folder")
+                add(study.key.removeprefix("folder:"), f"{prefix}input folder")
+        labels = {t: (next(iter(ls)) if len(ls) == 1 else "one of " + ", ".join(sorted(ls)))
+                  for t, ls in found.items()}
+        if not labels:
+            return cls(None, {})
+        alternatives = "|".join(re.escape(t) for t in sorted(labels, key=len, reverse=True))
+        return cls(re.compile(f"{_BEFORE}(?:{alternatives}){_AFTER}"), labels)
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None or not text:
+            return text
+        return self.pattern.sub(lambda m: self.labels[m.group()], text)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultsBundle:
     """Everything read from a results folder, grouped by study and ordered most urgent first.
@@ -141,13 +196,16 @@ def _resolve(path_text: str, results_dir: Path, input_base: Path | None = None) 
 
 
 def read_worklist(results_dir: Path) -> dict[str, tuple[str, str]]:
-    """worklist.csv (the triage's study-level decision): study key → (priority, reason), in worklist order."""
+    """worklist.csv (the triage's study-level decision): study key → (priority, reason), in worklist order.
+
+    Cells read back as they were before ``write_worklist`` made them safe (formula guard, escaped text).
+    """
     path = results_dir / WORKLIST_CSV
     if not path.is_file():
         return {}
     out: dict[str, tuple[str, str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
+        for r in read_safe_csv(f, WORKLIST_NOTE_COLUMN)[1]:
             key = (r.get("study_key") or "").strip()
             if key and key not in out:
                 out[key] = ((r.get("priority") or "").strip(), (r.get("priority_reason") or "").strip())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,13 +13,18 @@ from cxrtriage.report import imaging
 from cxrtriage.report.header import UNKNOWN, PatientHeader
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.sources import StudySources
-from cxrtriage.report.study import Finding, ImageResult, ResultsBundle, StudyReport
+from cxrtriage.report.study import Finding, ImageResult, InputNames, ResultsBundle, StudyReport
 
 log = logging.getLogger(__name__)
 
 DISCLAIMER = (
     "Decision support only; not a diagnosis; a qualified clinician must review the images. "
     "Scores are model outputs with known error rates at the stated operating points, not findings."
+)
+DEIDENTIFIED_NOTE = (
+    "De-identified: names, IDs and UIDs are replaced by stable pseudonyms; dates, accession number and study "
+    "description are removed; inputs are named 'image N'. Pictures are shown as they are (text burned into the "
+    "pixels stays)."
 )
 FIGURE_MAX_SIDE = 1024
 _KIND_TEXT = {
@@ -166,7 +172,13 @@ def image_figures(img: ImageResult, sources: StudySources, *,
     return tuple(figures), tuple(problems)
 
 
-def image_view(img: ImageResult, number: int, sources: StudySources, *, deidentified: bool) -> ImageView:
+def _keep(text: str) -> str:
+    return text
+
+
+def image_view(img: ImageResult, number: int, sources: StudySources, *, deidentified: bool,
+               names: Callable[[str], str] = _keep) -> ImageView:
+    """What the report shows of one image; ``names`` rewrites its texts (``InputNames`` when de-identified)."""
     figures, problems = image_figures(img, sources) if img.path.exists() else ((), ("source image file not found",))
     meas: list[tuple[str, str]] = []
     r = img.record
@@ -181,13 +193,13 @@ def image_view(img: ImageResult, number: int, sources: StudySources, *, deidenti
         title=f"Image {number} ({view})",
         source=f"image {number}" if deidentified else str(img.path),
         status=img.status,
-        reason=img.reason,
+        reason=names(img.reason),
         priority=img.priority,
-        priority_reason=img.priority_reason,
+        priority_reason=names(img.priority_reason),
         figures=figures,
         findings=tuple(finding_row(f) for f in img.findings),
         measurements=tuple(meas),
-        notes=img.notes + problems,
+        notes=tuple(names(n) for n in img.notes + problems),
     )
 
 
@@ -240,17 +252,20 @@ def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources,
         ("Study Instance UID", h.study_uid),
     )
     model, metrics = model_summary(bundle)
+    # De-identified: no text names an input (the priority reason names the deciding file, a failure its path).
+    names: Callable[[str], str] = InputNames.of([study]) if deidentified else _keep
     return StudyView(
         title="Chest X-ray decision-support report",
         slug=study.slug,
         header=header,
         priority=study.priority or UNKNOWN,
-        priority_reason=study.priority_reason or ("no priority recorded" if not study.priority else ""),
-        images=tuple(image_view(img, n, sources, deidentified=deidentified) for n, img in enumerate(study.images, start=1)),
+        priority_reason=names(study.priority_reason) or ("no priority recorded" if not study.priority else ""),
+        images=tuple(image_view(img, n, sources, deidentified=deidentified, names=names)
+                     for n, img in enumerate(study.images, start=1)),
         model=model,
         metrics=metrics,
         provenance=provenance(bundle),
-        notes=bundle.notes,
+        notes=tuple(names(n) for n in bundle.notes),
         disclaimer=DISCLAIMER,
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         deidentified=deidentified,

@@ -7,6 +7,17 @@ calibration read them back with ``read_results`` / ``read_results_dir`` and ``re
 
 from __future__ import annotations
 
+from cxrtriage.results.cells import (
+    UNDECODABLE_NOTE,
+    SafeCsvWriter,
+    clean_text,
+    decode_row,
+    display_text,
+    encode_row,
+    read_safe_csv,
+    spreadsheet_text,
+    spreadsheet_value,
+)
 from cxrtriage.results.record import PRIORITY_LEVELS, ImageRecord, LabelArea, Priority, Status
 from cxrtriage.results.run import OPERATING_POINTS, RUN_JSON, ModelRef, RunRecord, read_run_json, utc_now, write_run_json
 from cxrtriage.results.table import (
@@ -35,6 +46,7 @@ __all__ = [
     "RESULTS_JSONL",
     "RUN_JSON",
     "SCORE_PREFIX",
+    "UNDECODABLE_NOTE",
     "ImageRecord",
     "LabelArea",
     "ModelRef",
@@ -42,16 +54,24 @@ __all__ = [
     "ResultsTable",
     "ResultsWriter",
     "RunRecord",
+    "SafeCsvWriter",
     "Status",
+    "clean_text",
     "csv_cell",
+    "decode_row",
+    "display_text",
+    "encode_row",
     "from_row",
     "model_score_column",
     "read_results",
     "read_results_dir",
     "read_run_json",
+    "read_safe_csv",
     "result_columns",
     "score_column",
     "segment_columns",
+    "spreadsheet_text",
+    "spreadsheet_value",
     "to_row",
     "utc_now",
     "write_run_json",

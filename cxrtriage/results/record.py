@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cxrtriage.results.cells import clean_value
+
 
 class Status(StrEnum):
     """What happened to one input file."""
@@ -95,6 +97,18 @@ class ImageRecord:
             raise TypeError(f"{self.path}: status must be a Status, got {self.status!r}")
         if self.priority is not None and not isinstance(self.priority, Priority):
             raise TypeError(f"{self.path}: priority must be a Priority, got {self.priority!r}")
+        # The record boundary: text from data (DICOM values, exception messages) loses its control characters
+        # here, once, whatever wrote it; every table, report and message is built from records. ``path`` is
+        # kept exactly as given: it must still open the file (the writers escape what UTF-8 cannot hold).
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            cleaned = clean_value(value)
+            if cleaned != value:
+                object.__setattr__(self, name, cleaned)
+        if self.extra:
+            extra = {k: clean_value(v) for k, v in self.extra.items()}
+            if extra != dict(self.extra):
+                object.__setattr__(self, "extra", extra)
 
     @property
     def scored(self) -> bool:
@@ -115,3 +129,6 @@ class ImageRecord:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageRecord))
+# Text fields cleaned of control characters at construction: every optional text field (``path`` is not one).
+_TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageRecord)
+                                      if f.type in ("str | None", "tuple[str, ...] | None"))

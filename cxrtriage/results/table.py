@@ -4,6 +4,10 @@ The header is fixed per run: the lead columns, one ``score_<label>`` per model l
 triage columns, then the columns of the pipeline hooks that ran. Rows are written as they complete into
 ``*.partial`` files (flushed per batch) which ``close()`` renames into place atomically; a run that
 crashes leaves only ``*.partial`` files, never a half-written ``results.csv``.
+
+What a cell may hold is ``cxrtriage.results.cells``'s to decide: a row whose text is not valid UTF-8 (a file
+name in Latin-1 bytes) is escaped and says so in its ``reason``, CSV cells are protected against formula
+injection; ``read_results`` undoes both, so a record reads back as it was written.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import IO, Any
 
 from cxrtriage.errors import InputError, OutputError
 from cxrtriage.files import AtomicOutput, atomic_output
+from cxrtriage.results.cells import SafeCsvWriter, decode_row, encode_row, read_safe_csv
 from cxrtriage.results.record import FIELD_NAMES, ImageRecord, LabelArea, Priority, Status
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ LEAD_COLUMNS: tuple[str, ...] = (
 )
 TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", "model_integrity", "priority",
                                  "priority_reason", "site_file")
+# The column that says when a row's text had to be escaped (``cells.UNDECODABLE_NOTE``).
+NOTE_COLUMN = "reason"
 # Artefact columns, in this order when present (added by pipeline hooks).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "mask_path", "lung_area_mm2", "lung_area_px")
 
@@ -102,7 +109,9 @@ def _unwritten(record: ImageRecord, columns: Sequence[str]) -> list[str]:
 
 
 def csv_cell(value: Any) -> str:
-    """CSV cell: empty for None/NaN, ';'-joined for lists/tuples, 6 significant digits for floats."""
+    """CSV cell: empty for None/NaN, ';'-joined for lists/tuples, 6 significant digits for floats.
+
+    The formula-injection guard is applied to the finished cell by ``SafeCsvWriter`` (numbers are left alone)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -245,19 +254,23 @@ class ResultsWriter:
                 o.abort(keep=False)
             raise OutputError(f"{self.out_dir}: cannot write results here ({exc}); choose another --out folder or fix "
                               "its permissions") from exc
-        self._csv = csv.writer(files[0])
         self._jsonl: IO[str] | None = files[1] if len(files) > 1 else None
         self._files = files
-        self._csv.writerow(self.columns)
+        try:
+            self._csv = SafeCsvWriter(files[0], self.columns, note_column=NOTE_COLUMN)
+        except OSError as exc:
+            self.abort(remove=True)
+            raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
 
     def write(self, record: ImageRecord) -> None:
         """Append one record; a value without a column is an error (it would be lost from the table)."""
         lost = _unwritten(record, self.columns)
         if lost:
             raise ValueError(f"{record.path}: values for {sorted(lost)} have no column in this results table")
-        row = to_row(record, self.columns)
+        # Text that UTF-8 cannot hold (a file name in Latin-1 bytes) is escaped, losslessly, in both files.
+        row = encode_row(to_row(record, self.columns), NOTE_COLUMN)
         try:
-            self._csv.writerow([csv_cell(row[c]) for c in self.columns])
+            self._csv.writerow({c: csv_cell(row[c]) for c in self.columns})
             if self._jsonl is not None:
                 self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
         except OSError as exc:
@@ -340,13 +353,12 @@ def read_results(path: str | Path) -> ResultsTable:
                 if not isinstance(row, dict):
                     raise InputError(f"{p}:{n}: a results line must be a JSON object")
                 columns.update(dict.fromkeys(row))
-                rows.append((n, row))
+                rows.append((n, decode_row(row, NOTE_COLUMN)))
             header = list(columns)
         else:
             with open(p, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                rows = [(n, dict(r)) for n, r in enumerate(reader, start=2)]
-                header = list(reader.fieldnames or [])
+                header, csv_rows = read_safe_csv(f, NOTE_COLUMN)
+            rows = [(n, dict(r)) for n, r in enumerate(csv_rows, start=2)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{p}: cannot read the results ({exc})") from exc
     for col in ("path", "status"):

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtriage.files import atomic_output
-from cxrtriage.results import ImageRecord, Priority
+from cxrtriage.results import ImageRecord, Priority, SafeCsvWriter
 
 WORKLIST_COLUMNS = (
     "rank", "priority", "study_key", "study_instance_uid", "priority_reason", "top_finding", "top_score",
     "n_images", "n_scored", "paths",
 )
+# The column that says when a row's text had to be escaped (a path that is not valid UTF-8).
+WORKLIST_NOTE_COLUMN = "priority_reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +86,16 @@ def build_worklist(records: Iterable[ImageRecord]) -> list[WorklistEntry]:
 
 
 def write_worklist(path: str | Path, entries: Iterable[WorklistEntry]) -> Path:
-    """Write the worklist CSV atomically (columns ``WORKLIST_COLUMNS``; ``paths`` joined with ';')."""
+    """Write the worklist CSV atomically (columns ``WORKLIST_COLUMNS``; ``paths`` joined with ';').
+
+    Cells are made safe as in results.csv (``SafeCsvWriter``): no formula runs in a spreadsheet, and a row whose
+    text is not valid UTF-8 is escaped and says so in its ``priority_reason``.
+    """
     with atomic_output(path) as f:
-        w = csv.writer(f)
-        w.writerow(WORKLIST_COLUMNS)
+        w = SafeCsvWriter(f, WORKLIST_COLUMNS, note_column=WORKLIST_NOTE_COLUMN)
         for i, e in enumerate(entries, start=1):
-            w.writerow([i, e.priority.value, e.study_key, e.study_instance_uid, e.priority_reason, e.top_finding,
-                        "" if e.top_score is None else f"{e.top_score:.4f}", e.n_images, e.n_scored, ";".join(e.paths)])
+            cells = [str(i), e.priority.value, e.study_key, e.study_instance_uid, e.priority_reason, e.top_finding,
+                     "" if e.top_score is None else f"{e.top_score:.4f}", str(e.n_images), str(e.n_scored),
+                     ";".join(e.paths)]
+            w.writerow(dict(zip(WORKLIST_COLUMNS, cells, strict=True)))
     return Path(path)

@@ -108,7 +108,9 @@ def test_predict_with_site_file(scans: Path, models: tuple[Path, Path], tmp_path
     assert code == 4 and "version 9.9" in output and not (tmp_path / "o2").exists()
 
 
-def test_predict_lungs_and_report(scans: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+def test_predict_lungs_and_report(scans: Path, models: tuple[Path, Path], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRTRIAGE_PSEUDONYM_KEY", "a-site-secret-of-sixteen+")
     out = tmp_path / "out"
     code, output = _invoke(*_base(scans, out, models, "--segmenter", str(models[1]), "--report", "--no-pdf",
                                   "--deidentify"))

@@ -93,7 +93,8 @@ def _html_text(page: str) -> str:
     return unescape(_BASE64_PAYLOAD.sub(r"\1", page))
 
 
-def test_deidentified_reports_hide_identifiers_and_paths(tmp_path: Path) -> None:
+def test_deidentified_reports_hide_identifiers_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRTRIAGE_PSEUDONYM_KEY", "a-site-secret-of-sixteen+")
     out = make_results(tmp_path)
     summary = build_reports(out, pdf=True, deidentify=True)
     pages = [s.html.read_text(encoding="utf-8") for s in summary.studies if s.html]

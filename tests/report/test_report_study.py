@@ -12,7 +12,15 @@ from factories import edit_manifest
 from report_fixtures import LABELS, make_results
 
 from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.report.header import ENV_PSEUDONYM_KEY, UNKNOWN, deidentify, pseudonym, study_slug
+from cxrtriage.report.header import (
+    ENV_PSEUDONYM_KEY,
+    UNKNOWN,
+    PatientHeader,
+    deidentify,
+    pseudonym,
+    pseudonym_key,
+    study_slug,
+)
 from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import load_results
 
@@ -151,17 +159,33 @@ def test_missing_folder_and_bad_operating_point_are_clear_errors(results: Path, 
 
 
 def test_deidentified_header_has_no_identifiers_and_stable_pseudonyms(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_PSEUDONYM_KEY, "a-site-secret-of-sixteen+")
     b = load_results(results, deidentified=True)
     h = deidentify(StudySources(b.studies[0]).header(), b.studies[0].key)
-    text = " ".join(str(v) for v in (h.patient_name, h.patient_id, h.birth_date, h.study_date, h.accession, h.study_uid))
-    for ident in ("Doe", "Jane", "PID-123", "1960", "2025", "ACC-9", "1.2.826.0.1.3680043.8.498.1001"):
+    text = " ".join(str(v) for v in (h.patient_name, h.patient_id, h.birth_date, h.study_date, h.accession, h.study_uid,
+                                     h.description))
+    for ident in ("Doe", "Jane", "PID-123", "1960", "2025", "ACC-9", "1.2.826.0.1.3680043.8.498.1001", "XR CHEST PA"):
         assert ident not in text
     assert h.patient_name.startswith("ANON-") and h.study_uid.startswith("2.25.") and h.deidentified
     again = load_results(results, deidentified=True).studies[0]
     assert deidentify(StudySources(again).header(), again.key) == h  # stable
     assert b.studies[0].slug.startswith("study-") and "1001" not in b.studies[0].slug
-    monkeypatch.setenv(ENV_PSEUDONYM_KEY, "site-secret")
+    monkeypatch.setenv(ENV_PSEUDONYM_KEY, "another-site-secret-16")
     assert deidentify(StudySources(b.studies[0]).header(), b.studies[0].key).patient_id != h.patient_id  # keyed
+
+
+@pytest.mark.parametrize("key", [None, "", "short", "cxrtriage-pseudonym-v1"])
+def test_deidentify_refuses_a_missing_short_or_published_key(key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row 10: the key that used to be built in is public; its pseudonyms of a 6-digit patient ID are reversed by
+    trying the 10^6 candidates. Without a key of the site's own, de-identification is refused, saying how to set one."""
+    if key is None:
+        monkeypatch.delenv(ENV_PSEUDONYM_KEY, raising=False)
+    else:
+        monkeypatch.setenv(ENV_PSEUDONYM_KEY, key)
+    with pytest.raises(ConfigError, match="CXRTRIAGE_PSEUDONYM_KEY.*openssl rand"):
+        pseudonym_key()
+    with pytest.raises(ConfigError, match="CXRTRIAGE_PSEUDONYM_KEY"):
+        deidentify(PatientHeader(patient_id="004711"), "1.2.3")
 
 
 def test_pseudonym_and_slug_helpers() -> None:

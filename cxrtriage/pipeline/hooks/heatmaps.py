@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxrtriage.errors import ConfigError
+from cxrtriage.errors import ConfigError, OutputError
 from cxrtriage.explain.api import explain_output, flagged_labels
 from cxrtriage.explain.gating import gate_heatmap
 from cxrtriage.explain.overlay import write_overlays
@@ -66,7 +66,12 @@ class HeatmapsHook(PredictHook):
             mask = ctx.lung_masks.get(item.index)
             if self.gate_with_lungs and mask is not None:
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
-            pngs = write_overlays(out_dir, ctx.stem_for(item.path), image, heatmaps, model.manifest, compact_npy=True)
+            try:
+                pngs = write_overlays(out_dir, ctx.stem_for(item.path), image, heatmaps, model.manifest,
+                                      compact_npy=True)
+            except OutputError as exc:  # one image's maps failing to write never costs the others theirs
+                out.append(item.record.with_note(f"heat maps not written: {exc}"))
+                continue
             self.written += len(pngs)
             out.append(item.record.replace(heatmaps=tuple(str(Path(HEATMAP_DIR) / p.name) for p in pngs)))
         return out

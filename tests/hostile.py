@@ -181,3 +181,30 @@ def latin1_copy(folder: Path, src: Path = PNG_SAMPLE) -> Path:
     dest = folder / name
     shutil.copyfile(src, dest)
     return dest
+
+
+EXPECTED = {  # file name in hostile_folder -> a phrase of the reason it fails
+    "a_bad_rle.dcm": "RLE Lossless decoder stopped on an internal error (PanicException",
+    "b_ba33.dcm": "(0028,0100) BitsAllocated 33 is invalid",
+    "c_j2k.dcm": "the JPEG 2000 codestream describes a different image (20000x20000",
+    "d_jpeg.dcm": "the JPEG codestream describes a different image (20000x20000",
+    "e_jls.dcm": "the JPEG-LS codestream describes a different image (20000x20000",
+    "f_bomb.dcm": "element (0009,1000) alone announces 1024 MiB",
+    "g_dup.tif": "ImageWidth (256) appears twice",
+    "h_big.png": "GiB of memory (16384x16384",
+}
+
+
+def hostile_folder(root: Path) -> Path:
+    """Every hostile file of issue 11 that the decode stage must fail, and two good files."""
+    corrupt_rle(root / "a_bad_rle.dcm")
+    rle_with_bits_allocated(root / "b_ba33.dcm")
+    j2k_claiming(root / "c_j2k.dcm")
+    jpeg_claiming(root / "d_jpeg.dcm")
+    jpegls_claiming(root / "e_jls.dcm")
+    deflated_bomb(root / "f_bomb.dcm")
+    tiff_duplicate_size(root / "g_dup.tif")
+    png_claiming(root / "h_big.png")
+    good_png(root / "y_good.png")
+    j2k_claiming(root / "z_good_j2k.dcm", side=64)
+    return root

@@ -9,21 +9,22 @@ Bound: probing, reading and preprocessing any accepted image (`cxrtriage.pipelin
 most ``MAX_IMAGE_MEMORY`` (1 GiB) above the process's fixed footprint (interpreter, libraries, model). The
 estimate is: encoded bytes (the file) + 2 x the stored samples + a per-pixel working cost by reader:
 
-- DICOM: 20 bytes per pixel (pydicom's modality LUT works in float64 (8) and returns float32 (4), MONOCHROME1
-  inversion makes a second float32 (4), a JPEG 2000 decoder works on 32-bit integers (4)); a deflated data set
-  also keeps its inflated copy, within the same margin.
-- Raster (PNG/JPEG/TIFF with OpenCV): 4 bytes per pixel for a single channel (the float32 image); with colour
-  channels 8 per channel + 4 (float32 channels, the colour test's spread arrays, the averaged image). A TIFF
-  also counts one decoded tile, which OpenCV allocates beside the image.
+- DICOM: 24 bytes per pixel (pydicom's modality LUT works in float64 (8) and returns float32 (4), MONOCHROME1
+  inversion makes a second float32 (4), a JPEG 2000 decoder works on 32-bit integers (4), a deflated data set
+  also keeps its inflated copy (2-4)).
+- Raster (PNG/JPEG/TIFF with OpenCV): 8 bytes per pixel for a single channel (the float32 image and one float32
+  temporary of the preprocessing); with colour channels 8 per channel + 8 (float32 channels, the colour test's
+  spread arrays, the averaged image). A TIFF also counts one decoded tile, which OpenCV allocates beside it.
 - SimpleITK: 8 bytes per pixel (float32 image and the min/max pass), the ITK image and its NumPy copy being
   the 2 x stored samples.
 
-Measured peak resident memory above the footprint, 3072 x 3072 images (``tests/io/test_io_memory.py`` checks
-the estimate against measurements again): 16-bit MONOCHROME1 DICOM with a rescale 15-16 bytes per pixel
-(uncompressed, RLE, JPEG 2000, JPEG-LS; estimate 24-26), deflated 21.5 (estimate 25.5); 8/16-bit grey PNG,
-JPEG, TIFF 5-6 (estimate 7-9); 16-bit grey-in-RGB PNG 25.4 (estimate 43.5); float64 NRRD 20 (estimate 32).
-So the largest accepted 16-bit DICOM is about 6400 x 6400 (a real radiograph is at most ~4300 x 4300) and the
-largest 8-bit grey PNG about 13000 x 13000; a 16384 x 16384 PNG (which used to peak at 1.3 GB) is refused.
+Measured peak resident memory above the footprint (``tests/io/test_io_memory.py`` measures it again against the
+estimate), 3072 x 3072 images, bytes per pixel measured (several runs) / estimated: 16-bit MONOCHROME1 DICOM
+with a rescale, uncompressed 16.1 / 30, RLE 15.2 / 29, JPEG 2000 15-19 / 29, JPEG-LS 15-16.4 / 29, deflated
+21-21.6 / 30; 16-bit grey PNG or TIFF 6-9.4 / 13; 8-bit grey PNG or JPEG 5-6.2 / 10; 16-bit grey-in-RGB PNG
+24-25.2 / 47; float64 NRRD 20 / 32. So the largest accepted 16-bit DICOM is about 5900 x 5900 (a real
+radiograph is at most ~4300 x 4300), the largest 8-bit grey PNG about 10200 x 10200; a 16384 x 16384 PNG (which
+used to peak at 1.3 GB) is refused.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ Reader = Literal["dicom", "raster", "sitk"]
 def _work_bytes(reader: Reader, samples: int) -> int:
     """Bytes per pixel the reader allocates besides the encoded and the stored samples (see the module docstring)."""
     if reader == "dicom":
-        return 20
+        return 24
     if reader == "raster":
-        return 4 if samples == 1 else 8 * samples + 4
+        return 8 if samples == 1 else 8 * samples + 8
     return 8
 
 

@@ -291,3 +291,39 @@ def test_checks_module_finds_the_first_fragment() -> None:
 
     head, total = checks.first_frame_head(encapsulate([b"\x01\x02\x03\x04", b"\x05\x06"]))
     assert head == b"\x01\x02\x03\x04\x05\x06" and total == 6
+
+
+# --- the shared corpus: real codestreams forged, and the GDCM fallback through its child process -----------------
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(("name", "marker", "codec"), [
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", b"\xff\xc3", "JPEG"),
+    ("JPGExtended.dcm", b"\xff\xc1", "JPEG"),
+    ("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", "JPEG-LS"),
+    ("693_J2KI.dcm", b"\xff\x4f\xff\x51", "JPEG 2000"),
+])
+def test_real_codestreams_with_a_forged_size_are_refused(shared_data: Path, tmp_path: Path, name: str, marker: bytes,
+                                                         codec: str) -> None:
+    src = shared_data / "dicom" / "other_modalities" / name
+    assert read_image(src).pixels.size  # the original decodes
+    data = bytearray(src.read_bytes())
+    pos = data.index(marker)
+    if codec == "JPEG 2000":
+        struct.pack_into(">II", data, pos + 8, 20000, 20000)  # Xsiz, Ysiz
+        struct.pack_into(">II", data, pos + 24, 20000, 20000)  # XTsiz, YTsiz
+    else:
+        struct.pack_into(">HH", data, pos + 5, 20000, 20000)  # SOF: Y, X after length and precision
+    forged = tmp_path / name
+    forged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"the {codec} codestream describes a different image \\(20000x20000"):
+        read_image(forged)
+
+
+@pytest.mark.data
+def test_gdcm_fallback_decodes_through_its_child_process(shared_data: Path) -> None:
+    from cxrtriage.io.dicom import read_dicom_detailed
+
+    image, facts = read_dicom_detailed(shared_data / "dicom" / "other_modalities" / "JPEG-lossy.dcm")
+    assert facts.decoder == "gdcm (fallback)" and image.pixels.shape == (1024, 256)
+    assert any("decoded with GDCM directly after pydicom failed" in n for n in facts.notes)

@@ -146,21 +146,29 @@ def is_colour_content(arr: np.ndarray) -> bool:
     return float(np.mean(spread > COLOUR_SPREAD)) > COLOUR_FRACTION
 
 
-def file_bytes(path: str | Path) -> np.ndarray:
-    """The whole file as a uint8 array, for ``cv2.imdecode``.
+def decode_file(path: str | Path, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` of the file's bytes; None when it cannot be read or decoded (as ``cv2.imread`` would say).
 
     OpenCV is never given a path: ``cv2.imread`` crashes the process on a file name that is not valid UTF-8
     (bytes from another encoding, kept by Python as surrogates); Python opens any name the OS can.
     """
-    return np.fromfile(Path(path), dtype=np.uint8)
+    try:
+        data = np.fromfile(Path(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error:
+        return None
 
 
 def colour_check(path: str | Path) -> bool:
     """Decode a (reduced) copy of a colour raster and tell whether its content is really colour."""
-    data = file_bytes(path)
-    arr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4)
+    arr = decode_file(path, cv2.IMREAD_REDUCED_COLOR_4)
     if arr is None:
-        arr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        arr = decode_file(path, cv2.IMREAD_COLOR)
     if arr is None:
         raise InputError(f"{path}: OpenCV could not decode this image (corrupt or unsupported format)")
     return is_colour_content(arr)
@@ -183,7 +191,7 @@ def read_raster(path: str | Path, fmt: str | None = None) -> Image2D:
         header = read_raster_header(p, fmt)
         check_size(p, header.rows, header.columns, samples=header.channels, bytes_per_sample=header.bytes_per_sample,
                    reader="raster", encoded_bytes=p.stat().st_size + header.tile_bytes)
-    arr = cv2.imdecode(file_bytes(p), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    arr = decode_file(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format); "
                          "re-export it as PNG")

@@ -327,3 +327,19 @@ def test_gdcm_fallback_decodes_through_its_child_process(shared_data: Path) -> N
     image, facts = read_dicom_detailed(shared_data / "dicom" / "other_modalities" / "JPEG-lossy.dcm")
     assert facts.decoder == "gdcm (fallback)" and image.pixels.shape == (1024, 256)
     assert any("decoded with GDCM directly after pydicom failed" in n for n in facts.notes)
+
+
+def test_row2_every_opencv_read_goes_through_bytes(tmp_path: Path) -> None:
+    import cv2
+
+    from cxrtriage.io.raster import decode_file
+    from cxrtriage.report.imaging import read_png_rgb
+    from cxrtriage.report.masks import read_mask, write_mask_png
+
+    folder = tmp_path / "M\udcfcller"  # an output folder whose name is not valid UTF-8
+    mask = write_mask_png(folder / "mask.png", np.eye(8, dtype=np.uint8))
+    np.testing.assert_array_equal(read_mask(mask, (8, 8)), np.eye(8, dtype=np.uint8))
+    assert read_png_rgb(mask).shape == (8, 8, 3)
+    assert decode_file(folder / "missing.png", cv2.IMREAD_UNCHANGED) is None
+    (folder / "empty.png").write_bytes(b"")
+    assert decode_file(folder / "empty.png", cv2.IMREAD_UNCHANGED) is None

@@ -343,3 +343,12 @@ def test_row2_every_opencv_read_goes_through_bytes(tmp_path: Path) -> None:
     assert decode_file(folder / "missing.png", cv2.IMREAD_UNCHANGED) is None
     (folder / "empty.png").write_bytes(b"")
     assert decode_file(folder / "empty.png", cv2.IMREAD_UNCHANGED) is None
+
+
+def test_row6_deflated_file_with_a_meta_group_that_cannot_be_walked_is_refused(tmp_path: Path) -> None:
+    path = deflated_bomb(tmp_path / "meta.dcm", zeros=16)
+    data = bytearray(path.read_bytes())
+    version = data.index(b"\x02\x00\x01\x00OB")  # (0002,0001) FileMetaInformationVersion
+    struct.pack_into("<I", data, version + 8, 0xFFFFFFFF)  # an undefined length where a 2-byte value should be
+    path.write_bytes(bytes(data))
+    assert "file meta information of this deflated file is malformed" in (deflated_problem(path) or "")

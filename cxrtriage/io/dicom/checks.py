@@ -79,8 +79,11 @@ def check_codestream(ds: Dataset, ts: str, p: Path, *, rows: int, columns: int, 
     """
     if ts not in _J2K and ts not in _JPEG_LS and ts not in _JPEG and ts != _RLE:
         return
+    value = ds.get("PixelData")
+    if not isinstance(value, bytes | bytearray):
+        return  # no (readable) pixel data: the decoders say so
     try:
-        head, total = first_frame_head(bytes(ds.PixelData))
+        head, total = first_frame_head(bytes(value))
     except (ValueError, struct.error) as exc:
         raise InputError(f"{p}: encapsulated pixel data is malformed ({exc}); the file is damaged") from exc
     if ts == _RLE:

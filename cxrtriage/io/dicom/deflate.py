@@ -29,8 +29,15 @@ class _Refused(Exception):
     """The stream breaks a limit (the message says which)."""
 
 
+_MALFORMED_META = "?"
+
+
 def file_meta_end(fh: BinaryIO) -> tuple[str, int] | None:
-    """(TransferSyntaxUID, offset of the data set) from the preamble and file meta group; None without them."""
+    """(TransferSyntaxUID, offset of the data set) from the preamble and file meta group; None without them.
+
+    The group is walked element by element, as pydicom walks it; a group that cannot be walked (an element cut
+    short or announcing more than 1 MiB) gives the syntax ``"?"``.
+    """
     fh.seek(0)
     head = fh.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
@@ -39,21 +46,21 @@ def file_meta_end(fh: BinaryIO) -> tuple[str, int] | None:
     while True:
         hdr = fh.read(8)
         if len(hdr) < 8:
-            return None
+            return (ts or _MALFORMED_META), pos
         group, elem = struct.unpack("<HH", hdr[:4])
         if group != 0x0002:
             return ts, pos
         if hdr[4:6] in _LONG_VRS:
             extra = fh.read(4)
             if len(extra) < 4:
-                return None
+                return _MALFORMED_META, pos
             (length,) = struct.unpack("<I", extra)
             start = pos + 12
         else:
             (length,) = struct.unpack("<H", hdr[6:8])
             start = pos + 8
         if length == _UNDEFINED or length > 1 << 20:
-            return None
+            return _MALFORMED_META, pos
         value = fh.read(length)
         if elem == 0x0010:
             ts = value.decode("ascii", "replace").strip("\x00 ")
@@ -64,6 +71,11 @@ def deflated_problem(path: str | Path) -> str | None:
     """Why the deflated data set of ``path`` must not be inflated, or None (also None when it is not deflated)."""
     with Path(path).open("rb") as fh:
         meta = file_meta_end(fh)
+        if meta is not None and meta[0] == _MALFORMED_META:
+            fh.seek(0)
+            if DEFLATED.encode("ascii") in fh.read(1 << 16):  # pydicom may still find the syntax: do not let it inflate
+                return "the file meta information of this deflated file is malformed, so its inflation cannot be bounded"
+            return None
         if meta is None or meta[0] != DEFLATED:
             return None
         fh.seek(meta[1])

@@ -104,17 +104,18 @@ def _native_stderr() -> Iterator[None]:
     """
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
+        tmp = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # no stderr to guard, or nowhere to hold it: decode unguarded
         yield
         return
     panicked = False
-    with tempfile.TemporaryFile() as tmp:
+    with tmp:
+        saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
         try:
             yield
         except BaseException as exc:
-            panicked = not isinstance(exc, Exception)
+            panicked = not isinstance(exc, Exception | KeyboardInterrupt | SystemExit)
             raise
         finally:
             os.dup2(saved, 2)

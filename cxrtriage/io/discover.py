@@ -171,6 +171,7 @@ def _probe_dicom(p: Path, size: int) -> tuple[Probe, DicomHeader | None]:
 
 
 def _probe_raster(p: Path, fmt: str, size: int) -> Probe:
+    from cxrtriage.io.limits import size_problem
     from cxrtriage.io.raster import colour_check, read_raster_header
 
     try:
@@ -179,7 +180,9 @@ def _probe_raster(p: Path, fmt: str, size: int) -> Probe:
         return Probe(p, InputKind.RASTER, fmt, file_size=size, error=_strip_path(str(exc), p))
     colour = False
     notes: list[str] = []
-    if header.channels >= 3:
+    oversize = size_problem(header.rows, header.columns, samples=header.channels,
+                            bytes_per_sample=header.bytes_per_sample, reader="raster", encoded_bytes=size)
+    if header.channels >= 3 and oversize is None:  # the colour test decodes the image: not one refused for its size
         try:
             colour = colour_check(p)
         except InputError as exc:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from cxrtriage.errors import InputError
+from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
@@ -31,18 +32,27 @@ class RasterHeader:
     bits: int  # bits per sample as stored
     significant_bits: int | None = None  # PNG sBIT: original precision (e.g. 12 in a 16-bit PNG)
     palette: bool = False
+    tile_bytes: int = 0  # TIFF: one decoded tile, which OpenCV allocates on top of the image
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return max((self.bits + 7) // 8, 1)
 
 
 def read_raster_header(path: str | Path, fmt: str) -> RasterHeader:
-    """Parse the size / depth / channels of a PNG, JPEG or TIFF from its header. Raises InputError if malformed."""
+    """Parse the size / depth / channels of a PNG, JPEG or TIFF from its header. Raises InputError if malformed.
+
+    The size is the one the decoder will use: PNG IHDR, the JPEG SOF, the first TIFF IFD as libtiff reads it
+    (a tag listed twice is refused: libtiff keeps the first value, a naive parser the last).
+    """
     p = Path(path)
     with p.open("rb") as fh:
-        data = fh.read(1 << 16)
         try:
             if fmt == "png":
-                return _png_header(data)
+                return _png_header(fh.read(1 << 16))
             if fmt == "jpeg":
-                return _jpeg_header(data)
+                # APPn segments (EXIF, ICC profiles) may precede the SOF: each is at most 64 KiB
+                return _jpeg_header(fh.read(1 << 20))
             if fmt == "tiff":
                 return _tiff_header(fh)
         except (struct.error, ValueError, IndexError) as exc:
@@ -51,12 +61,8 @@ def read_raster_header(path: str | Path, fmt: str) -> RasterHeader:
 
 
 def _png_header(data: bytes) -> RasterHeader:
-    if data[12:16] != b"IHDR":
-        raise ValueError("first chunk is not IHDR")
-    width, height, depth, ctype = struct.unpack(">IIBB", data[16:26])
-    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(ctype)
-    if channels is None:
-        raise ValueError(f"invalid colour type {ctype}")
+    size = png_size(data)
+    ctype = data[25]
     sig: int | None = None
     pos = 8
     while pos + 8 <= len(data):  # walk the chunks before IDAT looking for sBIT
@@ -67,58 +73,67 @@ def _png_header(data: bytes) -> RasterHeader:
         if ctype_b == b"sBIT" and ctype in (0, 4) and pos + 9 <= len(data):
             sig = data[pos + 8]
         pos += 12 + length
-    return RasterHeader("png", int(height), int(width), channels, int(depth), sig, palette=ctype == 3)
+    return RasterHeader("png", size.rows, size.columns, size.components, size.precision, sig, palette=ctype == 3)
 
 
 def _jpeg_header(data: bytes) -> RasterHeader:
-    pos = 2
-    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ValueError(f"expected a marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        if marker in sof:
-            precision, height, width, ncomp = struct.unpack(">BHHB", data[pos + 4:pos + 10])
-            return RasterHeader("jpeg", int(height), int(width), int(ncomp), int(precision))
-        if marker == 0xDA:
-            break
-        pos += 2 + length
-    raise ValueError("no SOF marker in the first 64 KiB")
+    size = jpeg_size(data)
+    return RasterHeader("jpeg", size.rows, size.columns, size.components, size.precision)
+
+
+_TIFF_NAMES = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 262: "PhotometricInterpretation",
+               277: "SamplesPerPixel", 278: "RowsPerStrip", 322: "TileWidth", 323: "TileLength"}
+_TIFF_SHORT, _TIFF_LONG = 3, 4
 
 
 def _tiff_header(fh: BinaryIO) -> RasterHeader:
+    """The first IFD, read as libtiff (OpenCV's TIFF decoder) reads it; a duplicated tag is refused."""
     fh.seek(0)
     head = fh.read(8)
     endian = "<" if head[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(endian + "I", head[4:8])
+    magic, ifd = struct.unpack(endian + "HI", head[2:8])
+    if magic != 42:
+        raise ValueError(f"not a classic TIFF (version {magic})")
     fh.seek(ifd)
     (count,) = struct.unpack(endian + "H", fh.read(2))
-    if count > 4096:
+    if count == 0 or count > 4096:
         raise ValueError(f"implausible IFD entry count {count}")
     entries = fh.read(12 * count)
+    if len(entries) < 12 * count:
+        raise ValueError("the first IFD is cut short")
     tags: dict[int, int] = {}
+    seen: set[int] = set()
     for i in range(count):
         tag, typ, n, value = struct.unpack(endian + "HHI4s", entries[12 * i:12 * i + 12])
-        if typ == 3:  # SHORT
-            tags[tag] = struct.unpack(endian + "H", value[:2])[0]
-            if tag == 258 and n > 2:  # BitsPerSample: offset to n shorts; first is enough
-                (off,) = struct.unpack(endian + "I", value)
-                here = fh.tell()
-                fh.seek(off)
-                tags[tag] = struct.unpack(endian + "H", fh.read(2))[0]
-                fh.seek(here)
-        elif typ == 4:  # LONG
-            tags[tag] = struct.unpack(endian + "I", value)[0]
+        if tag in seen:
+            name = _TIFF_NAMES.get(tag, "tag")
+            raise ValueError(f"{name} ({tag}) appears twice in the first IFD; decoders disagree on which one counts")
+        seen.add(tag)
+        if tag not in _TIFF_NAMES or typ not in (_TIFF_SHORT, _TIFF_LONG) or n == 0:
+            continue
+        width = 2 if typ == _TIFF_SHORT else 4
+        if n * width <= 4:
+            raw = value[:n * width]
+        else:  # values stored elsewhere (BitsPerSample of RGB): read them, keep the largest
+            (off,) = struct.unpack(endian + "I", value)
+            here = fh.tell()
+            fh.seek(off)
+            raw = fh.read(min(n, 16) * width)
+            fh.seek(here)
+        fmt = endian + ("H" if typ == _TIFF_SHORT else "I") * (len(raw) // width)
+        values = struct.unpack(fmt, raw)
+        if not values:
+            raise ValueError(f"{_TIFF_NAMES[tag]} ({tag}) value is cut short")
+        tags[tag] = max(values)
     if 256 not in tags or 257 not in tags:
         raise ValueError("ImageWidth/ImageLength tags missing")
-    return RasterHeader("tiff", tags[257], tags[256], tags.get(277, 1), tags.get(258, 1), palette=tags.get(262) == 3)
+    rows, cols = tags[257], tags[256]
+    channels, bits = tags.get(277, 1), tags.get(258, 1)
+    if rows == 0 or cols == 0 or channels == 0 or bits == 0:
+        raise ValueError(f"empty image ({cols}x{rows}, {channels} sample(s) of {bits} bit(s))")
+    tile = tags.get(322, 0) * tags.get(323, 0)
+    return RasterHeader("tiff", rows, cols, channels, bits, palette=tags.get(262) == 3,
+                        tile_bytes=tile * channels * ((bits + 7) // 8))
 
 
 def is_colour_content(arr: np.ndarray) -> bool:
@@ -131,11 +146,29 @@ def is_colour_content(arr: np.ndarray) -> bool:
     return float(np.mean(spread > COLOUR_SPREAD)) > COLOUR_FRACTION
 
 
+def decode_file(path: str | Path, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` of the file's bytes; None when it cannot be read or decoded (as ``cv2.imread`` would say).
+
+    OpenCV is never given a path: ``cv2.imread`` crashes the process on a file name that is not valid UTF-8
+    (bytes from another encoding, kept by Python as surrogates); Python opens any name the OS can.
+    """
+    try:
+        data = np.fromfile(Path(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error:
+        return None
+
+
 def colour_check(path: str | Path) -> bool:
     """Decode a (reduced) copy of a colour raster and tell whether its content is really colour."""
-    arr = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_4)
+    arr = decode_file(path, cv2.IMREAD_REDUCED_COLOR_4)
     if arr is None:
-        arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        arr = decode_file(path, cv2.IMREAD_COLOR)
     if arr is None:
         raise InputError(f"{path}: OpenCV could not decode this image (corrupt or unsupported format)")
     return is_colour_content(arr)
@@ -156,8 +189,9 @@ def read_raster(path: str | Path, fmt: str | None = None) -> Image2D:
         fmt = sniff(p).fmt
     if fmt in ("png", "jpeg", "tiff"):
         header = read_raster_header(p, fmt)
-        check_size(p, header.rows, header.columns, samples=header.channels, bytes_per_sample=max(header.bits // 8, 1))
-    arr = cv2.imread(str(p), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        check_size(p, header.rows, header.columns, samples=header.channels, bytes_per_sample=header.bytes_per_sample,
+                   reader="raster", encoded_bytes=p.stat().st_size + header.tile_bytes)
+    arr = decode_file(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format); "
                          "re-export it as PNG")

@@ -175,7 +175,8 @@ def _select_dicom(probe: Probe, rules: SelectionRules) -> Selection:
     if probe.presentation_intent == "FOR PROCESSING" and not rules.allow_for_processing:
         return Selection(Status.EXCLUDED, "PresentationIntentType FOR PROCESSING (raw detector data, not for display)")
     problem = size_problem(info.rows, info.columns, frames=info.number_of_frames,
-                           samples=info.samples_per_pixel, bytes_per_sample=max(((probe.bits or 16) + 7) // 8, 1))
+                           samples=info.samples_per_pixel, bytes_per_sample=max(((probe.bits or 16) + 7) // 8, 1),
+                           reader="dicom", encoded_bytes=probe.file_size)
     if problem:
         return Selection(Status.FAILED, problem)
     view_txt = info.view_position or "view absent"
@@ -194,7 +195,8 @@ def _select_other(probe: Probe, rules: SelectionRules) -> Selection:
     if probe.rows is None or probe.columns is None:
         return Selection(Status.FAILED, f"{what} size unknown")
     problem = size_problem(probe.rows, probe.columns, samples=probe.samples_per_pixel,
-                           bytes_per_sample=max((probe.bits or 8) // 8, 1))
+                           bytes_per_sample=max(((probe.bits or 8) + 7) // 8, 1),
+                           reader="sitk" if probe.kind is InputKind.SITK else "raster", encoded_bytes=probe.file_size)
     if problem:
         return Selection(Status.FAILED, problem)
     return Selection(Status.SCORED, f"{what} image (no DICOM tags to check: assumed a frontal chest radiograph)")

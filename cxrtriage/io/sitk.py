@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.limits import check_size
+from cxrtriage.io.limits import MAX_HEADER_BYTES, check_size
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 _BYTES = {"8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
@@ -93,6 +97,10 @@ def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
 
     p = Path(path)
     fmt = _fmt(p, fmt)
+    if fmt == "nifti":
+        problem = _nifti_problem(p)
+        if problem is not None:
+            raise InputError(f"{p}: {problem}; the file is refused before SimpleITK reads it")
     with _readable_by_itk(p, fmt) as itk_path:
         reader = _reader(itk_path, fmt)
         try:
@@ -109,6 +117,34 @@ def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
                       direction_is_identity=bool(identity))
 
 
+def _nifti_problem(p: Path) -> str | None:
+    """Why ITK must not read this NIfTI header, or None.
+
+    ITK's NIfTI reader loads every header extension, up to ``vox_offset`` bytes, when it only reads the header:
+    in a .nii.gz a few hundred kilobytes can announce gigabytes of extension (all inflated and kept).
+    """
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(540)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(p, "rb") as gz:
+                head = gz.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"the NIfTI header cannot be read ({exc})"
+    vox_offset: float | None = None
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            vox_offset = struct.unpack(endian + "q", head[168:176])[0]
+    if vox_offset is None:
+        return None  # not NIfTI after all: ITK says why
+    if not math.isfinite(vox_offset) or vox_offset > MAX_HEADER_BYTES:
+        return (f"NIfTI vox_offset {vox_offset:.0f} leaves {vox_offset / 2**20:.0f} MiB for header extensions, "
+                f"more than the {MAX_HEADER_BYTES >> 20} MiB accepted (a decompression bomb or a corrupt file)")
+    return None
+
+
 def read_sitk(path: str | Path, fmt: str | None = None) -> Image2D:
     """Read a 2-D image (or a 3-D image with one slice); a true volume or a colour image is an InputError."""
     import SimpleITK as sitk
@@ -121,7 +157,8 @@ def read_sitk(path: str | Path, fmt: str | None = None) -> Image2D:
                          "radiograph; export the single projection image instead")
     if header.components != 1:
         raise InputError(f"{p}: {header.components} components per pixel (colour/vector image); expected greyscale")
-    check_size(p, header.rows, header.columns, bytes_per_sample=_BYTES.get(_scalar(header.pixel_type), 8))
+    check_size(p, header.rows, header.columns, bytes_per_sample=_BYTES.get(_scalar(header.pixel_type), 8),
+               reader="sitk", encoded_bytes=p.stat().st_size)
     with _readable_by_itk(p, fmt) as itk_path:
         reader = _reader(itk_path, fmt)
         try:

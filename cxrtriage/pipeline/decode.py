@@ -107,12 +107,26 @@ def examine(task: DecodeTask) -> Decoded:
     except Exception as exc:  # a decoder bug on one odd file must not stop the run
         reason = (f"{task.path}: unexpected {type(exc).__name__} while reading ({str(exc)[:200]}); "
                   "please report this file")
+    except BaseException as exc:
+        # Native extensions raise BaseException subclasses (a Rust panic is pyo3's PanicException): one file's,
+        # as long as it is no interrupt or exit. Caught here, it never reaches the pool, which cannot pickle it.
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        reason = (f"{task.path}: a decoder stopped on an internal error ({type(exc).__name__}: {str(exc)[:200]}); "
+                  "the file is probably corrupt")
     return Decoded(task.index, probe_record(task.path, probe, Status.FAILED, reason), seconds=time.perf_counter() - t0)
 
 
 def crashed(task: DecodeTask) -> Decoded:
     """The item of a file whose decoder killed its worker process."""
     reason = f"{task.path}: the decoder crashed its worker process on this file (corrupt or hostile file?)"
+    return Decoded(task.index, ImageRecord(path=task.path, status=Status.FAILED, reason=reason))
+
+
+def unreturned(task: DecodeTask, exc: BaseException) -> Decoded:
+    """The item of a file whose worker raised, or returned something that could not come back (e.g. unpicklable)."""
+    reason = (f"{task.path}: the decode worker could not return a result for this file ({type(exc).__name__}: "
+              f"{str(exc)[:200]}); please report this file")
     return Decoded(task.index, ImageRecord(path=task.path, status=Status.FAILED, reason=reason))
 
 
@@ -212,8 +226,12 @@ def decode_stream(
                         log.warning("%s: decoder crashed its worker process; marked failed", t.path)
                         pool = restart()
                         yield crashed(t)
+                    except Exception as exc:
+                        yield unreturned(t, exc)
                 fill()
                 continue
+            except Exception as exc:  # the worker's result or exception could not be sent back (PicklingError...)
+                result = unreturned(task, exc)
             pending.popleft()
             fill()
             yield result

@@ -25,6 +25,7 @@ from pydicom.valuerep import validate_value
 from cxrtriage import __version__
 from cxrtriage.errors import InputError
 from cxrtriage.files import atomic_write
+from cxrtriage.io.dicom import check_inflation
 from cxrtriage.report.header import quiet_values
 
 MANUFACTURER = "cxrtriage"
@@ -184,6 +185,7 @@ TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
 
 def read_dataset(path: Path) -> Dataset:
     """The whole source DICOM data set, pixels included (SEG and SC need the geometry and the image)."""
+    check_inflation(path)  # a deflated file inflates in one piece in pydicom: only when bounded
     try:
         return pydicom.dcmread(path, force=True)  # as cxrtriage.io reads it: by content, preamble or not
     except Exception as exc:

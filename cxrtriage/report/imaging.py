@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError
+from cxrtriage.io.raster import decode_file
 from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _to_u8(values: NDArray[np.float32], window: tuple[float, float] | None) -> U
 
 def read_png_rgb(path: Path) -> U8:
     """An overlay picture as it was drawn (RGB uint8); transparency is flattened onto black."""
-    o = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    o = decode_file(path, cv2.IMREAD_UNCHANGED)  # not cv2.imread: it crashes on a name that is not UTF-8
     if o is None:
         raise InputError(f"{path}: overlay PNG cannot be read")
     if o.dtype != np.uint8:

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError, OutputError
 from cxrtriage.files import atomic_write
+from cxrtriage.io.raster import decode_file
 
 U8 = NDArray[np.uint8]
 
@@ -24,7 +25,7 @@ def write_mask_png(path: Path, labels: U8) -> Path:
 
 def read_mask(path: Path, shape: tuple[int, int]) -> U8:
     """A label map PNG, resized (nearest) to ``shape`` when it differs."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = decode_file(path, cv2.IMREAD_UNCHANGED)  # not cv2.imread: it crashes on a name that is not UTF-8
     if m is None:
         raise InputError(f"{path}: lung mask PNG cannot be read")
     if m.ndim == 3:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from cxrtriage.io.dicom.header import DicomHeader, PixelDataStatus, dicom_info, header_from_dataset, read_header
+from cxrtriage.io.dicom.header import (
+    DicomHeader,
+    PixelDataStatus,
+    check_inflation,
+    dicom_info,
+    header_from_dataset,
+    read_header,
+)
 from cxrtriage.io.dicom.reader import MONOCHROME, DicomReadFacts, read_dicom, read_dicom_detailed
 from cxrtriage.io.dicom.spacing import pixel_spacing
 from cxrtriage.io.dicom.transforms import voi_window
@@ -13,6 +20,7 @@ __all__ = [
     "DicomHeader",
     "DicomReadFacts",
     "PixelDataStatus",
+    "check_inflation",
     "dicom_info",
     "get_int",
     "get_numbers",

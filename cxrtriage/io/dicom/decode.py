@@ -1,9 +1,20 @@
-"""Decode DICOM pixel data with fallbacks: OpenJPEG first for JPEG 2000, then every pydicom plugin, then GDCM."""
+"""Decode DICOM pixel data with fallbacks: OpenJPEG first for JPEG 2000, then every pydicom plugin, then GDCM.
+
+No decoder failure escapes as anything but an `InputError`: a plugin's exception, a Rust panic (pylibjpeg-rle,
+a ``BaseException``) and a hard crash of GDCM (which aborts its process on some malformed files) all become the
+reason the file failed. The GDCM fallback runs in a short-lived child process (`gdcm_child.py`), so that its
+crash cannot take the run with it when decoding happens in the main process (``--workers 0``, reports); the
+pydicom plugins run in this process, on sizes and layouts already checked against the codestream (`checks.py`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -17,35 +28,47 @@ from pydicom.uid import UID
 from cxrtriage.errors import InputError
 from cxrtriage.io.dicom.messages import first_line, warning_notes
 from cxrtriage.io.dicom.values import get_int
+from cxrtriage.io.limits import MAX_IMAGE_MEMORY
 
 log = logging.getLogger(__name__)
 
 _J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                            "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+GDCM_TIMEOUT_S = 300
+"""A GDCM child still decoding after this long is killed (a hostile codestream can make a decoder loop)."""
+_GDCM_CHILD = Path(__file__).with_name("gdcm_child.py")
+_GDCM_ADDRESS_SPACE = 3 * MAX_IMAGE_MEMORY + (256 << 20)  # the image, GDCM's copies of it, the interpreter
+_GDCM_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16,
+                "UINT32": np.uint32, "INT32": np.int32, "FLOAT32": np.float32, "FLOAT64": np.float64}
 
 
 def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
     """Pixels of ``ds`` (read from ``p``, transfer syntax ``ts``), the decoder that succeeded, and notes.
 
-    pydicom first (it tries every installed plugin for the syntax), then GDCM directly on the file.
+    pydicom first (it tries every installed plugin for the syntax), then GDCM on the file, in a child process.
     For JPEG 2000 the OpenJPEG plugin (pylibjpeg) is asked first: on the RG1 chest it needs ~0.6-0.85x the CPU
     time of pydicom's default choice (GDCM), which matters when several decode workers share the cores.
 
     Raises:
-        InputError: the pixel data is shorter than the header implies, or no decoder can decode it.
+        InputError: the pixel data is shorter than the header implies, a decoder panicked or crashed on it
+            (corrupt compressed data), or no decoder can decode it.
     """
     errors: list[str] = []
     notes: list[str] = []
     if ts in _J2K_SYNTAXES and _has_plugin(ts, "pylibjpeg"):
         try:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
-            return ds.pixel_array, "pydicom (pylibjpeg-openjpeg)", notes
+            with _native_stderr():
+                return ds.pixel_array, "pydicom (pylibjpeg-openjpeg)", notes
         except Exception as exc:  # fall through to every plugin
             log.debug("%s: pylibjpeg could not decode (%s); trying all plugins", p, first_line(exc))
+        except BaseException as exc:
+            _reraise_exit(exc)
+            raise _panicked(p, ts, exc) from None
         finally:
             ds.pixel_array_options(decoding_plugin="")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _native_stderr():
             warnings.simplefilter("always")
             arr = ds.pixel_array
         notes.extend(warning_notes(caught))
@@ -56,6 +79,11 @@ def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
             raise InputError(f"{p}: pixel data is shorter than Rows x Columns x BitsAllocated imply ({msg}); "
                              "the file is truncated or its header is wrong") from exc
         errors.append(f"pydicom: {msg}")
+    except BaseException as exc:
+        # A Rust panic (pyo3 PanicException) is a BaseException: pydicom's plugin loop does not catch it, and a
+        # more lenient decoder that "succeeds" after it would hide data that are known to be corrupt.
+        _reraise_exit(exc)
+        raise _panicked(p, ts, exc) from None
     try:
         arr = _decode_gdcm(ds, p)
         notes.append(f"decoded with GDCM directly after pydicom failed ({errors[0][:160]})")
@@ -64,6 +92,53 @@ def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
         errors.append(f"gdcm: {' '.join(str(exc).split())}")
     raise InputError(f"{p}: pixel data cannot be decoded ({UID(ts).name}, {ts}); tried {'; '.join(errors)}. "
                      "Re-export the image uncompressed or with a standard lossless syntax")
+
+
+@contextmanager
+def _native_stderr() -> Iterator[None]:
+    """Hold back what native decoders print on the C stderr while they run; pass it on unless they panicked.
+
+    A Rust panic prints its message (with RUST_BACKTRACE, a backtrace) before it becomes an exception: that text
+    is already in the file's reason, so it is only logged. Anything else (codec warnings; another thread's
+    output during the call) reaches stderr as before, only after the call.
+    """
+    try:
+        sys.stderr.flush()
+        tmp = tempfile.TemporaryFile()
+    except (OSError, ValueError, AttributeError):  # no stderr to guard, or nowhere to hold it: decode unguarded
+        yield
+        return
+    panicked = False
+    with tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException as exc:
+            panicked = not isinstance(exc, Exception | KeyboardInterrupt | SystemExit)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            held = tmp.read()
+            if held and panicked:
+                log.debug("decoder output before it panicked: %s", held.decode("utf-8", "replace")[:2000])
+            elif held:
+                view = memoryview(held)
+                while view:
+                    view = view[os.write(2, view):]
+
+
+def _reraise_exit(exc: BaseException) -> None:
+    """Interrupts and exits are the user's or the interpreter's, never a file's problem."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        raise exc
+
+
+def _panicked(p: Path, ts: str, exc: BaseException) -> InputError:
+    return InputError(f"{p}: the {UID(ts).name} decoder stopped on an internal error ({type(exc).__name__}: "
+                      f"{first_line(exc)}): the compressed pixel data are corrupt; re-export or re-send the image")
 
 
 def _has_plugin(ts: str, name: str) -> bool:
@@ -75,48 +150,16 @@ def _has_plugin(ts: str, name: str) -> bool:
         return False
 
 
-@contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """GDCM's codecs print to the C stderr; capture it for the error message instead of the terminal."""
-    out: list[str] = []
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield out
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.extend(line for line in tmp.read().decode("utf-8", "replace").splitlines() if line.strip())
-
-
 def _decode_gdcm(ds: Dataset, p: Path) -> np.ndarray:
-    """GDCM on the file itself, with BitsStored masking and sign extension (GDCM returns the raw samples)."""
-    import gdcm  # python-gdcm; imported lazily, only for files pydicom cannot decode
+    """GDCM on the file itself, with BitsStored masking and sign extension (GDCM returns the raw samples).
 
-    with _captured_stderr() as messages:
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(p))
-        ok = reader.Read()
-    if not ok:
-        raise RuntimeError("GDCM could not read the file" + (f": {messages[-1]}" if messages else ""))
-    img = reader.GetImage()
-    fmt = img.GetPixelFormat()
-    dtypes = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16,
-              "UINT32": np.uint32, "INT32": np.int32, "FLOAT32": np.float32, "FLOAT64": np.float64}
-    dtype = dtypes.get(fmt.GetScalarTypeAsString())
+    Runs `gdcm_child.py` in a child process: this process only sees its exit status (a crash is a reason like
+    any other) and the samples.
+    """
+    raw, scalar = _gdcm_in_child(p)
+    dtype = _GDCM_DTYPES.get(scalar)
     if dtype is None:
-        raise RuntimeError(f"unsupported GDCM scalar type {fmt.GetScalarTypeAsString()}")
-    with _captured_stderr() as messages:
-        buf = img.GetBuffer()
-    if not buf:
-        raise RuntimeError("GDCM returned no pixel buffer" + (f": {messages[-1]}" if messages else ""))
-    raw = buf.encode("utf-8", "surrogateescape") if isinstance(buf, str) else bytes(buf)
+        raise RuntimeError(f"unsupported GDCM scalar type {scalar}")
     arr = np.frombuffer(raw, dtype=dtype)
     rows, cols = get_int(ds, "Rows", 0), get_int(ds, "Columns", 0)
     if arr.size != rows * cols:
@@ -131,3 +174,39 @@ def _decode_gdcm(ds: Dataset, p: Path) -> np.ndarray:
             as_unsigned = (as_unsigned ^ sign) - sign
         arr = as_unsigned.astype(np.int32 if arr.dtype.kind == "i" else np.uint32)
     return arr
+
+
+def _gdcm_in_child(p: Path) -> tuple[bytes, str]:
+    """(samples, GDCM scalar type) of ``p`` decoded by GDCM in a child process.
+
+    The child gets the open file as a descriptor where the platform allows it (GDCM cannot open a file name that
+    is not valid UTF-8), and GDCM's messages, which it prints on the C stderr, come back for the error message.
+    """
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        fd_path = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}"
+        target = fd_path if os.name == "posix" else str(p)
+        cmd = [sys.executable, "-P", str(_GDCM_CHILD), target, str(_GDCM_ADDRESS_SPACE)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, timeout=GDCM_TIMEOUT_S, pass_fds=(fd,) if os.name == "posix" else (),
+                                 stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"GDCM was still decoding after {GDCM_TIMEOUT_S} s and was stopped") from exc
+    finally:
+        os.close(fd)
+    messages = [line.strip() for line in res.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    said = f": {messages[-1][:200]}" if messages else ""
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        raise RuntimeError(f"GDCM crashed ({name}) on this file{said}")
+    if res.returncode != 0:
+        raise RuntimeError(f"GDCM could not decode the file (exit status {res.returncode}){said}")
+    line, _, raw = res.stdout.partition(b"\n")
+    try:
+        head = json.loads(line)
+        return raw, str(head["scalar"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"GDCM child process answered something unreadable{said}") from exc

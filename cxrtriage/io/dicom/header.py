@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxrtriage.errors import InputError
+from cxrtriage.io.dicom.deflate import deflated_problem
 from cxrtriage.io.dicom.messages import first_line, warning_notes
 from cxrtriage.io.dicom.values import get_int, get_text, transfer_syntax
 from cxrtriage.types import DicomInfo
@@ -86,9 +87,25 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> DicomHeader:
         return _header(Path(path), ds, pixel, has_preamble, [])
 
 
+def check_inflation(path: str | Path) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file whose inflation would exceed the limits (see `deflate`).
+
+    Call it before anything that makes pydicom parse the file: pydicom inflates a deflated data set in one piece,
+    without a limit. Files in any other transfer syntax pass at the cost of reading their file meta.
+
+    Raises:
+        InputError: the deflated data set would inflate beyond `MAX_IMAGE_MEMORY` + `MAX_HEADER_BYTES`.
+    """
+    problem = deflated_problem(path)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; the file is refused before it is inflated. Re-export it uncompressed "
+                         "or check where it came from")
+
+
 def _read_header(p: Path) -> DicomHeader:
     file_size = p.stat().st_size
     notes: list[str] = []
+    check_inflation(p)
     with p.open("rb") as fh:
         preamble = fh.read(132)
         has_preamble = len(preamble) == 132 and preamble[128:132] == b"DICM"
@@ -273,7 +290,7 @@ def _ended_early(ds: Dataset) -> PixelDataStatus | None:
 
 
 def _deflated_pixel_status(p: Path) -> PixelDataStatus:
-    # Deflated data sets are inflated in memory by pydicom; read them whole (they are small by nature).
+    # Deflated data sets are inflated in memory by pydicom; read them whole (`check_inflation` bounded them).
     try:
         ds = pydicom.dcmread(p, force=True)
     except Exception as exc:

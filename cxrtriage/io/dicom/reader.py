@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from cxrtriage.errors import InputError
+from cxrtriage.io.dicom.checks import check_codestream, check_pixel_module
 from cxrtriage.io.dicom.decode import decode
 from cxrtriage.io.dicom.header import DicomHeader, header_from_dataset, read_header
 from cxrtriage.io.dicom.messages import first_line, warning_notes
@@ -98,10 +99,17 @@ def _check_image(header: DicomHeader, p: Path) -> int:
                          "radiograph (MONOCHROME1/MONOCHROME2)")
     if info.number_of_frames > 1:
         raise InputError(f"{p}: multi-frame object ({info.number_of_frames} frames); a radiograph has a single frame")
-    bits_allocated = get_int(header.dataset, "BitsAllocated", 16)
+    bits_allocated = check_pixel_module(header.dataset, p, pixel.keyword)
     check_size(p, rows, cols, frames=info.number_of_frames, samples=info.samples_per_pixel,
-               bytes_per_sample=max((bits_allocated + 7) // 8, 1))
+               bytes_per_sample=max((bits_allocated + 7) // 8, 1), reader="dicom", encoded_bytes=_file_size(p))
     return bits_allocated
+
+
+def _file_size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
 
 
 def _parse_full(p: Path) -> tuple[Dataset, list[str]]:
@@ -136,6 +144,8 @@ def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
               notes: list[str]) -> tuple[Image2D, DicomReadFacts]:
     info = header.info
     ts = _decoding_syntax(ds, header, p)
+    check_codestream(ds, ts, p, rows=info.rows, columns=info.columns, samples=info.samples_per_pixel,
+                     bits_allocated=bits_allocated)
     arr, decoder, decode_notes = decode(ds, p, ts)
     notes.extend(decode_notes)
     arr = np.asarray(arr)

@@ -11,6 +11,7 @@ from pathlib import Path
 from cxrtriage.errors import InputError
 from cxrtriage.io import SelectionRules, discover, load_rules
 from cxrtriage.model import ModelManifest
+from cxrtriage.outdir import check_out_is_not_an_input
 from cxrtriage.pipeline.decode import Decoded
 from cxrtriage.results import ImageRecord, ResultsWriter, Status
 
@@ -45,16 +46,20 @@ def with_model(record: ImageRecord, manifest: ModelManifest) -> ImageRecord:
     return record.replace(model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256)
 
 
-def check_inputs(inputs: Sequence[Path]) -> None:
-    """Raise ``InputError`` naming every input that does not exist (before anything is written)."""
+def check_inputs(inputs: Sequence[Path], out_dir: Path | None = None) -> None:
+    """Before anything is written: raise ``InputError`` naming every input that does not exist, and
+    ``ConfigError`` when ``out_dir`` is itself one of the input folders."""
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    if out_dir is not None:
+        check_out_is_not_an_input(out_dir, inputs)
 
 
-def discover_paths(inputs: Iterable[Path]) -> Iterator[str]:
-    """Every input file under ``inputs`` (files as given, folders walked), streamed."""
-    for p in discover(list(inputs)):
+def discover_paths(inputs: Iterable[Path], out_dir: Path | None = None) -> Iterator[str]:
+    """Every input file under ``inputs`` (files as given, folders walked), streamed; never a file under
+    ``out_dir`` or under any other folder that holds a cxrtriage run (outputs are never inputs)."""
+    for p in discover(list(inputs), exclude=() if out_dir is None else (out_dir,)):
         yield str(p)
 
 

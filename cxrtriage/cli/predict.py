@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cxrtriage.errors import EXIT_FAILED_INPUTS
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from cxrtriage.pipeline.hooks.base import PredictSummary
     from cxrtriage.pipeline.segment import SegmentSummary
 
-FAILED_INPUTS_EXIT = 1
+FAILED_INPUTS_EXIT = EXIT_FAILED_INPUTS
 
 InputsArg = Annotated[
     list[Path], typer.Argument(metavar="INPUT", help="DICOM/PNG/JPEG/TIFF/NIfTI files or folders (walked recursively).")

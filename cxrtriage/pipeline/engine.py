@@ -82,7 +82,8 @@ def write_in_batches(
 
     A batch closes when it holds ``batch_size`` readable items; an excluded/failed item with nothing
     waiting before it is written at once. The writer is closed (atomic rename) at the end, or aborted on
-    any error; ``InputError`` when there was no input file at all.
+    any error or interrupt (the rows written so far stay in the ``*.partial`` files, and ``decoded`` is
+    closed so that its worker processes stop at once); ``InputError`` when there was no input file at all.
     """
     pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
 
@@ -112,4 +113,8 @@ def write_in_batches(
         writer.close()
     except BaseException:
         writer.abort()
+        # Stop the decode workers now (an interrupt, an error): not whenever the stream happens to be collected.
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()
         raise

@@ -286,3 +286,10 @@ def test_the_signal_handlers_raise_interrupted() -> None:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    for words in ("1 only with --fail-on-error", "5 output", "70 an internal error", "130 Ctrl-C", "143 SIGTERM"):
+        assert words in text, words

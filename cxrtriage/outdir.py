@@ -128,7 +128,7 @@ class OutputLock:
             return os.open(self.path, flags, 0o644)
         except OSError as exc:
             self._remove_created_folder()
-            what = "it is a link; remove it" if exc.errno == errno.ELOOP else "check that the folder is writable"
+            what = "it is a link; remove it" if exc.errno == getattr(errno, "ELOOP", -1) else "check that the folder is writable"
             raise OutputError(f"{self.path}: cannot create the lock file of the output folder ({exc.strerror or exc}); "
                               f"{what}") from exc
 

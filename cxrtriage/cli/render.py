@@ -51,16 +51,18 @@ _STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "
 def install_signal_handlers() -> None:
     """Make SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread (call it from the main thread).
 
-    A second signal while the run is stopping is not caught again: it ends the process at once (the worker
-    processes still end with it, see ``cxrtriage.pipeline.decode``).
+    A signal this process was started with ignored stays ignored (``nohup`` ignores SIGHUP, a shell ignores
+    SIGINT for a background job). A second signal while the run is stopping is not caught again: it ends the
+    process at once (the worker processes still end with it, see ``cxrtriage.pipeline.decode``).
     """
+    mine = [s for s in _STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN]
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        for s in _STOP_SIGNALS:
+        for s in mine:
             signal.signal(s, signal.SIG_DFL)
         raise Interrupted(signum)
 
-    for s in _STOP_SIGNALS:
+    for s in mine:
         signal.signal(s, stop)
 
 

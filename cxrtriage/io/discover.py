@@ -157,7 +157,7 @@ def not_a_regular_file(path: str | Path) -> tuple[str, bool] | None:
             return f"dangling link: its target '{target}' does not exist; fix or remove the link", True
         return "file not found (removed while the run was going on?)", True
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == getattr(errno, "ELOOP", -1):
             return "link loop: following this link leads back to itself; fix or remove the link", True
         return f"cannot read the file ({exc.strerror or exc}); check the path and permissions", True
     mode = st.st_mode

@@ -293,3 +293,17 @@ def test_help_documents_the_exit_codes() -> None:
     text = " ".join(result.output.split())
     for words in ("1 only with --fail-on-error", "5 output", "70 an internal error", "130 Ctrl-C", "143 SIGTERM"):
         assert words in text, words
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    """`nohup cxrtriage predict ...` must survive the terminal closing."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        render.install_signal_handlers()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

@@ -3,6 +3,9 @@ interrupted, killed or raced by the lifecycle tests (tests/cli/test_cli_lifecycl
 
     python tests/cli/slow_cli.py predict DIR --out OUT ...     (CXRTRIAGE_TEST_BATCH_SECONDS, default 0.2)
 
+With CXRTRIAGE_TEST_GATE=PATH set, no batch runs before PATH exists (at most 5 minutes): the test decides
+when the run may go on.
+
 Start it with the repository as the working directory and on PYTHONPATH, so that the main process and its
 forkserver (which puts the working directory first on its path) import the same code.
 """
@@ -16,7 +19,12 @@ from typing import Any
 
 
 def _slowed(fn: Any, seconds: float) -> Any:
+    gate = os.environ.get("CXRTRIAGE_TEST_GATE")
+
     def slow(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 300
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(seconds)
         return fn(*args, **kwargs)
 

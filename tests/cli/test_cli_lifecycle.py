@@ -50,15 +50,19 @@ def _pngs(folder: Path, n: int) -> Path:
     return folder
 
 
-def _env(batch_seconds: float) -> dict[str, str]:
+def _env(batch_seconds: float, gate: Path | None = None) -> dict[str, str]:
     path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return dict(os.environ, PYTHONPATH=path, CXRTRIAGE_TEST_BATCH_SECONDS=str(batch_seconds), COLUMNS="200",
-                NO_COLOR="1")
+    env = dict(os.environ, PYTHONPATH=path, CXRTRIAGE_TEST_BATCH_SECONDS=str(batch_seconds), COLUMNS="200",
+               NO_COLOR="1")
+    if gate is not None:
+        env["CXRTRIAGE_TEST_GATE"] = str(gate)
+    return env
 
 
-def _slow_run(*args: str, batch_seconds: float, **popen: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(SLOW_CLI), *args], cwd=REPO, env=_env(batch_seconds), text=True,
-                            **popen)  # type: ignore[call-overload]
+def _slow_run(*args: str, batch_seconds: float, gate: Path | None = None, **popen: object) -> subprocess.Popen[str]:
+    """`slow_cli.py` ARGS: every batch sleeps ``batch_seconds``, and waits for the file ``gate`` when given."""
+    return subprocess.Popen([sys.executable, str(SLOW_CLI), *args], cwd=REPO, env=_env(batch_seconds, gate),
+                            text=True, **popen)  # type: ignore[call-overload]
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -116,8 +120,9 @@ def _error_lines(text: str) -> list[str]:
 def test_a_second_run_into_the_same_out_is_refused_and_the_first_completes(tmp_path: Path, model: Path) -> None:
     scans = _pngs(tmp_path / "scans", 24)
     out = tmp_path / "out"
+    gate = tmp_path / "go"  # the first run scores nothing until the test has raced it
     first = _slow_run("predict", str(scans), "--out", str(out), "-m", str(model), "-w", "0", "-b", "2",
-                      batch_seconds=0.3, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      batch_seconds=0.05, gate=gate, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: f'"pid": {first.pid}' in _text(out / LOCK_NAME) or first.poll() is not None, 120,
                   "the first run to lock its output folder")
@@ -135,6 +140,7 @@ def test_a_second_run_into_the_same_out_is_refused_and_the_first_completes(tmp_p
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 5 and f"pid {first.pid}" in result.output, (args, result.output)
         assert first.poll() is None, "the refused runs must not have disturbed the first one"
+        gate.touch()
         _, stderr = first.communicate(timeout=180)
     finally:
         if first.poll() is None:

@@ -94,11 +94,17 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point: one red line and a per-class exit code on a known error."""
-    from cxrtriage.cli.render import print_error
+    """Console-script entry point: every way a command can end maps to one line and a documented exit code
+    (``cxrtriage.errors``): a known error its class's code, a signal 128 + its number, a bug 70."""
+    from cxrtriage.cli.render import Interrupted, install_signal_handlers, print_error, report_internal_error, report_interrupt
 
+    install_signal_handlers()
     try:
         app()
     except CxrTriageError as exc:
         print_error(str(exc))
         sys.exit(exc.exit_code)
+    except Interrupted as exc:  # one that came before or after a command's own handling (exit_on_error)
+        sys.exit(report_interrupt(exc.signum))
+    except Exception as exc:  # a bug outside exit_on_error (e.g. a command without it)
+        sys.exit(report_internal_error(exc))

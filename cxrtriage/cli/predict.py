@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cxrtriage.errors import EXIT_FAILED_INPUTS
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -17,12 +19,12 @@ if TYPE_CHECKING:
     from cxrtriage.pipeline.hooks.base import PredictSummary
     from cxrtriage.pipeline.segment import SegmentSummary
 
-FAILED_INPUTS_EXIT = 1
+FAILED_INPUTS_EXIT = EXIT_FAILED_INPUTS
 
 InputsArg = Annotated[
     list[Path], typer.Argument(metavar="INPUT", help="DICOM/PNG/JPEG/TIFF/NIfTI files or folders (walked recursively).")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed; one run at a time).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=1024, help="Images per inference batch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|tensorrt|openvino|directml|coreml|rocm.")]
 StrictOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU.")]
@@ -132,7 +134,9 @@ def predict_cmd(
 
     Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run. Images that fail a quality check (column `quality`) keep their scores but are `not_assessed`. Decision support only: every image must still be read.
 
-    Exit status: 0 when the run completed, 1 with --fail-on-error when an input failed or a report could not be written, 2-5 when the run could not happen (inputs, model, options, output).
+    OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs.
+
+    Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 options, 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C, 143 SIGTERM.
     """  # noqa: E501
     from cxrtriage.cli.render import console, err_console, exit_on_error, print_error, print_warning
     from cxrtriage.pipeline.config import PredictConfig

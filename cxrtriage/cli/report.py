@@ -40,14 +40,16 @@ def report(
     Exit code 0 when every report was written, 1 when some outputs or sends failed (listed).
     """
     from cxrtriage.cli.render import console, print_warning
+    from cxrtriage.outdir import lock_output
     from cxrtriage.report.batch import build_reports
     from cxrtriage.report.send import parse_destination
 
     dest = parse_destination(send, called_aet=called_aet, calling_aet=aet) if send else None
     if dest is not None and not dicom:
         print_warning("--send only sends DICOM results: add --dicom")
-    summary = build_reports(results_dir, deidentify=deidentify, pdf=pdf, dicom=dicom, send=dest, modality=modality,
-                            model=model, operating_point=operating_point)
+    with lock_output(results_dir, "report", create=False):  # not while a predict run still writes there
+        summary = build_reports(results_dir, deidentify=deidentify, pdf=pdf, dicom=dicom, send=dest,
+                                modality=modality, model=model, operating_point=operating_point)
     n_html = sum(1 for s in summary.studies if s.html)
     n_pdf = sum(1 for s in summary.studies if s.pdf)
     console.print(f"{n_html} HTML and {n_pdf} PDF study reports, index: {summary.index}", highlight=False)

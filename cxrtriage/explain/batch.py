@@ -18,6 +18,7 @@ from cxrtriage.explain.registry import METHODS, get_method, method_availability,
 from cxrtriage.files import StemRegistry, atomic_output
 from cxrtriage.io.discover import discover
 from cxrtriage.model import Classifier, Segmenter, load_classifier, load_segmenter
+from cxrtriage.outdir import check_out_is_not_an_input, lock_output
 from cxrtriage.preprocess import ModelInput
 from cxrtriage.results import SafeCsvWriter, clean_text
 
@@ -274,10 +275,16 @@ def run_explain(config: ExplainConfig, *, on_file: Callable[[ExplainedFile], Non
         ConfigError: an unknown method or finding.
         ModelError: a model cannot be loaded, or a method does not apply to it.
         InputError: no file was found under the inputs.
-        OutputError: the output folder or explain.csv cannot be written.
+        OutputError: the output folder or explain.csv cannot be written, or another run holds the folder.
     """
+    check_out_is_not_an_input(config.out, config.inputs)  # before anything is written, the lock file included
+    with lock_output(config.out, "explain"):  # one writer per output folder (cxrtriage.outdir)
+        return _run_explain(config, on_file)
+
+
+def _run_explain(config: ExplainConfig, on_file: Callable[[ExplainedFile], None] | None) -> ExplainSummary:
     plan, notes = _plan(config)
-    files = list(discover(config.inputs))
+    files = list(discover(config.inputs, exclude=(config.out,)))
     if not files:
         raise InputError(f"no files found under {', '.join(map(str, config.inputs))}")
     try:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.sniff import sniff
+from cxrtriage.outdir import output_marker
 from cxrtriage.types import DicomInfo, InputKind
 
 if TYPE_CHECKING:
@@ -22,49 +25,156 @@ log = logging.getLogger(__name__)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 
 
-def discover(inputs: Sequence[str | Path], *, include_hidden: bool = False) -> Iterator[Path]:
+def discover(
+    inputs: Sequence[str | Path], *, include_hidden: bool = False, exclude: Sequence[str | Path] = ()
+) -> Iterator[Path]:
     """Yield every file under ``inputs`` (files or folders, walked recursively), sorted and de-duplicated.
 
     Order is deterministic: inputs in the order given; inside a folder, paths sorted by their parts.
     Hidden files and folders (name starting with ``.``, e.g. ``.DS_Store``, ``.git``) are skipped unless
-    ``include_hidden``; a file named explicitly is always yielded. Every other file is yielded, whatever its
-    name or content: `probe` and `select` decide what it is and report it.
+    ``include_hidden``; a file named explicitly is always yielded. Every other entry is yielded, whatever its
+    name, content or type, so that each gets a row: `probe` and `select` decide what it is and report it. That
+    includes links that dangle or loop, FIFOs, sockets, device files, links to folders (which are *not*
+    followed: the walk never leaves the folders named, and cannot loop) and folders that cannot be listed.
+
+    Folders that hold the outputs of a cxrtriage run are not walked (`cxrtriage.outdir.output_marker`), nor
+    the folders in ``exclude`` (the run's own ``--out``): outputs are never read as inputs. Each skipped folder
+    is named once in the log; a folder named explicitly in ``inputs`` is walked all the same (unless excluded).
+    The same file reached twice (e.g. through a link) is yielded once.
 
     Raises:
         InputError: an input does not exist (checked for all inputs before anything is yielded).
     """
     paths = [Path(i) for i in inputs]
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [_missing_text(p) for p in paths if not p.exists()]
     if missing:
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    excluded = {ident for ident in map(_identity, exclude) if ident is not None}
     seen: set[Path] = set()
-    skipped = 0
+    skipped = duplicates = 0
     for root in paths:
-        if root.is_file():
+        if _identity(root) in excluded:
+            log.warning("%s: not read, it is this run's output folder", root)
+            continue
+        if not root.is_dir():  # a file, or anything else named explicitly (a FIFO gets its row from the probe)
             candidates: Iterable[Path] = [root]
         else:
             found: list[Path] = []
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            # An unlistable folder becomes an entry of its own, so that it gets a failed row instead of vanishing.
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=_collect_into(found, root)):
+                here = Path(dirpath)
+                if here != root:
+                    if excluded and _identity(here) in excluded:
+                        log.warning("%s: not read as input, it is this run's output folder", here)
+                        dirnames[:] = []
+                        continue
+                    why = output_marker(here, filenames)
+                    if why:
+                        log.warning("%s: not read as input, %s (outputs are never inputs; name the folder as an "
+                                    "INPUT to read it anyway)", here, why)
+                        dirnames[:] = []
+                        continue
                 if not include_hidden:
                     hidden = [d for d in dirnames if d.startswith(".")]
                     skipped += len(hidden)
                     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                # A link to a folder is an entry with a row of its own (excluded, not followed).
+                links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+                if links:
+                    dirnames[:] = [d for d in dirnames if d not in links]
+                    found += [here / d for d in links]
                 for name in filenames:
                     if not include_hidden and name.startswith("."):
                         skipped += 1
                         continue
-                    found.append(Path(dirpath) / name)
+                    found.append(here / name)
             candidates = sorted(found, key=lambda q: q.relative_to(root).parts)
         for path in candidates:
-            if not path.is_file():
-                continue
-            key = path.resolve()
+            key = _resolved(path)
             if key in seen:
+                duplicates += 1
                 continue
             seen.add(key)
             yield path
     if skipped:
         log.info("skipped %d hidden file(s)/folder(s) (names starting with '.')", skipped)
+    if duplicates:
+        log.info("skipped %d path(s) that lead to a file already listed (e.g. through a link)", duplicates)
+
+
+def _collect_into(found: list[Path], root: Path) -> Callable[[OSError], None]:
+    def collect(exc: OSError) -> None:
+        found.append(Path(exc.filename) if exc.filename else root)
+
+    return collect
+
+
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, to recognise it under any name; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
+
+
+def _missing_text(p: Path) -> str:
+    return f"{p} (a link that dangles or loops)" if p.is_symlink() else str(p)
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _safe_text(text: str) -> str:
+    """``text`` (e.g. a link target, which may hold any bytes) printable in a results row."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def not_a_regular_file(path: str | Path) -> tuple[str, bool] | None:
+    """Why ``path`` cannot be read as an image file, as (reason, failed), or None for a readable regular file.
+
+    Decided from ``stat`` alone, so that nothing that could block or never end (a FIFO, a device) is opened.
+    ``failed`` is True for an input that is broken (a dangling link, a link loop, a file or folder that cannot be
+    read), False for an entry that is simply not an image file (a FIFO, socket or device; a link to a folder).
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if p.is_symlink():
+            try:
+                target = _safe_text(os.readlink(p))
+            except OSError:
+                target = "?"
+            return f"dangling link: its target '{target}' does not exist; fix or remove the link", True
+        return "file not found (removed while the run was going on?)", True
+    except OSError as exc:
+        if exc.errno == getattr(errno, "ELOOP", -1):
+            return "link loop: following this link leads back to itself; fix or remove the link", True
+        return f"cannot read the file ({exc.strerror or exc}); check the path and permissions", True
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        if p.is_symlink():
+            return ("link to a folder: links to folders are not followed; name the folder itself as an INPUT to "
+                    "include it"), False
+        try:
+            with os.scandir(p):
+                pass
+        except OSError as exc:
+            return f"cannot list this folder ({exc.strerror or exc}); its files were not read", True
+        return "a folder, not a file", False
+    kind = next((text for test, text in _SPECIAL_KINDS if test(mode)), "a special file")
+    return f"{kind}, not a regular file: not opened, as reading it could block or never end", False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +224,12 @@ def probe_with_header(path: str | Path) -> tuple[Probe, DicomHeader | None]:
     pydicom Dataset, so it stays out of `Probe`, which is small and crosses process boundaries.
     """
     p = Path(path)
+    special = not_a_regular_file(p)
+    if special is not None:
+        reason, failed = special
+        if failed:
+            return Probe(p, InputKind.UNKNOWN, error=reason), None
+        return Probe(p, InputKind.UNKNOWN, not_an_image=reason), None
     try:
         size = p.stat().st_size
         sniffed = sniff(p)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.discover import Probe, probe_with_header
+from cxrtriage.io.discover import Probe, not_a_regular_file, probe_with_header
 from cxrtriage.io.selection import DEFAULT_RULES, Selection, SelectionRules, select
 from cxrtriage.io.sniff import sniff
 from cxrtriage.results import Status
@@ -24,6 +24,9 @@ def read_image(path: str | Path) -> Image2D:
             the message names the file and what to do.
     """
     p = Path(path)
+    special = not_a_regular_file(p)
+    if special is not None:  # never open a FIFO or a device: reading it could block or never end
+        raise InputError(f"{p}: {special[0]}")
     try:
         sniffed = sniff(p)
     except OSError as exc:

@@ -4,14 +4,20 @@
 with at most ``window`` files in flight, so memory stays flat however many files there are.
 Every per-file problem becomes a ``failed``/``excluded`` record; a decoder that crashes its worker
 process is isolated by re-running the in-flight files one at a time in a fresh pool.
+
+No worker outlives the run: a stream that is abandoned (an error, an interrupt) kills its workers at once, and
+a worker dies with the main process even when that is killed outright (kill -9): see `_init_worker`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +29,7 @@ from multiprocessing.context import BaseContext
 
 import cv2
 
-from cxrtriage.errors import CxrTriageError
+from cxrtriage.errors import ConfigError, CxrTriageError
 from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, study_key
 from cxrtriage.measure.quality import QualityCheck, image_checks
 from cxrtriage.preprocess import ModelInput, PreprocessRecipe, to_model_input
@@ -145,17 +151,100 @@ def prestart(workers: int) -> None:
         forkserver.ensure_running()
 
 
-class WorkerStartError(CxrTriageError):
-    """The decode worker processes cannot run at all (environment problem, not a file problem)."""
+class WorkerStartError(ConfigError):
+    """The decode worker processes cannot run at all (environment problem, not a file problem): run with
+    ``--workers 0``."""
 
 
 def _ping() -> int:
     return os.getpid()
 
 
-def _init_worker() -> None:
-    """One decode process = one core: OpenCV's own thread pool would only compete with onnxruntime."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCH_SECONDS = 1.0
+
+
+def _init_worker(main_pid: int) -> None:
+    """Set up a decode process: one core, no own reaction to Ctrl-C, and no life beyond the main process.
+
+    One decode process = one core: OpenCV's own thread pool would only compete with onnxruntime. Ctrl-C reaches
+    the whole process group: the main process decides what it means and stops the workers itself.
+    """
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _tie_to_main_process(main_pid)
+
+
+def _tie_to_main_process(main_pid: int) -> None:
+    """Make this worker end when the main process ends, however it ends (kill -9 included).
+
+    - A forkserver worker inherits the write end of the pipe by which the forkserver learns that the main process
+      is gone (so that a worker could start processes of its own, which decode workers never do). While any worker
+      holds it, the forkserver never exits, nor does the resource tracker; and a worker waiting for its next file
+      never learns that nobody will send one: all of them outlived a killed main process by hours. Closing it here
+      lets the forkserver exit as soon as the main process is gone.
+    - On Linux the kernel then kills the worker as its parent (the forkserver, or the main process under
+      ``spawn``) ends: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, which works even in the middle of a long decode.
+    - Elsewhere (and as a second line on Linux) a daemon thread checks every second that the parent and the
+      main process are still there, and ends the worker when they are not.
+    """
+    fs = getattr(forkserver, "_forkserver", None)  # private: CPython keeps the inherited fd there (3.8-3.14)
+    alive_fd = getattr(fs, "_forkserver_alive_fd", None)
+    if isinstance(alive_fd, int):
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
+        fs._forkserver_alive_fd = None  # type: ignore[union-attr]
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc (unusual builds): the watch thread remains
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable; decode workers rely on the watch thread")
+    if os.name != "posix":  # Windows: os.kill(pid, 0) would *terminate* the main process; nothing to watch with
+        return
+    if not _is_alive(main_pid):  # the main process ended before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent, main_pid), name="cxrtriage-watch-main", daemon=True).start()
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else (the pid was reused: the main process is gone)
+        return False
+    return True
+
+
+def _watch(parent: int, main_pid: int) -> None:
+    while True:
+        time.sleep(_WATCH_SECONDS)
+        if os.getppid() != parent or not _is_alive(main_pid):
+            os._exit(1)  # nothing to clean up: the main process, which owned every result, is gone
+
+
+def _new_pool(workers: int, ctx: BaseContext) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop an abandoned pool now: its files are not wanted any more, and waiting for a worker busy on a huge file
+    would hold up an interrupted run for minutes."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # private, but the only way before 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):  # already gone or closed
+            pass
 
 
 def _start_pool(workers: int, ctx: BaseContext) -> ProcessPoolExecutor:
@@ -164,7 +253,7 @@ def _start_pool(workers: int, ctx: BaseContext) -> ProcessPoolExecutor:
     Used after a crash; the first pool of a run starts without this check so that starting the
     workers overlaps with the first files (a first pool that breaks is replaced by a checked one).
     """
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+    pool = _new_pool(workers, ctx)
     try:
         pool.submit(_ping).result()
     except BrokenProcessPool as exc:
@@ -192,7 +281,7 @@ def decode_stream(
             yield fn(t)
         return
     ctx = _context()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+    pool = _new_pool(workers, ctx)
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
     window = max(window, workers)
@@ -208,6 +297,7 @@ def decode_stream(
         pool.shutdown(wait=False, cancel_futures=True)
         return _start_pool(workers, ctx)
 
+    finished = False
     try:
         fill()
         while pending:
@@ -235,5 +325,9 @@ def decode_stream(
             pending.popleft()
             fill()
             yield result
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if finished:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:  # an error, an interrupt, or the consumer closed the stream: no file in flight is wanted any more
+            _kill_workers(pool)

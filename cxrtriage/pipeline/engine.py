@@ -11,6 +11,7 @@ from pathlib import Path
 from cxrtriage.errors import InputError
 from cxrtriage.io import SelectionRules, discover, load_rules
 from cxrtriage.model import ModelManifest
+from cxrtriage.outdir import check_out_is_not_an_input
 from cxrtriage.pipeline.decode import Decoded
 from cxrtriage.results import ImageRecord, ResultsWriter, Status
 
@@ -46,16 +47,20 @@ def with_model(record: ImageRecord, manifest: ModelManifest) -> ImageRecord:
                           model_integrity=manifest.integrity or None)
 
 
-def check_inputs(inputs: Sequence[Path]) -> None:
-    """Raise ``InputError`` naming every input that does not exist (before anything is written)."""
+def check_inputs(inputs: Sequence[Path], out_dir: Path | None = None) -> None:
+    """Before anything is written: raise ``InputError`` naming every input that does not exist, and
+    ``ConfigError`` when ``out_dir`` is itself one of the input folders."""
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
         raise InputError(f"input not found: {', '.join(missing)}; check the path(s)")
+    if out_dir is not None:
+        check_out_is_not_an_input(out_dir, inputs)
 
 
-def discover_paths(inputs: Iterable[Path]) -> Iterator[str]:
-    """Every input file under ``inputs`` (files as given, folders walked), streamed."""
-    for p in discover(list(inputs)):
+def discover_paths(inputs: Iterable[Path], out_dir: Path | None = None) -> Iterator[str]:
+    """Every input file under ``inputs`` (files as given, folders walked), streamed; never a file under
+    ``out_dir`` or under any other folder that holds a cxrtriage run (outputs are never inputs)."""
+    for p in discover(list(inputs), exclude=() if out_dir is None else (out_dir,)):
         yield str(p)
 
 
@@ -78,7 +83,8 @@ def write_in_batches(
 
     A batch closes when it holds ``batch_size`` readable items; an excluded/failed item with nothing
     waiting before it is written at once. The writer is closed (atomic rename) at the end, or aborted on
-    any error; ``InputError`` when there was no input file at all.
+    any error or interrupt (the rows written so far stay in the ``*.partial`` files, and ``decoded`` is
+    closed so that its worker processes stop at once); ``InputError`` when there was no input file at all.
     """
     pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
 
@@ -108,4 +114,8 @@ def write_in_batches(
         writer.close()
     except BaseException:
         writer.abort()
+        # Stop the decode workers now (an interrupt, an error): not whenever the stream happens to be collected.
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()
         raise

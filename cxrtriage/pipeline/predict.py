@@ -24,6 +24,7 @@ import numpy as np
 
 from cxrtriage.errors import CxrTriageError
 from cxrtriage.model import Classifier, load_classifier
+from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
 from cxrtriage.pipeline.decode import Decoded, DecodeTask, decode_stream, prestart
 from cxrtriage.pipeline.engine import (
@@ -121,13 +122,26 @@ def run_predict(
 ) -> PredictSummary:
     """Score every input file and write ``results.csv`` / ``results.jsonl`` (and the rest) under ``config.out_dir``.
 
+    The output folder is locked for the whole run (``cxrtriage.outdir``): a second run into it is refused.
     Raises ``InputError`` when no input file exists, ``ModelError`` when the model cannot be
-    loaded, ``OutputError`` when the output cannot be written. Problems of single files never
+    loaded, ``ConfigError`` when an option is invalid (``--out`` is an input folder), ``OutputError`` when the
+    output cannot be written or another run holds it. Problems of single files never
     raise: they become ``failed`` / ``excluded`` records.
     """
+    check_inputs(config.inputs, config.out_dir)  # before anything is written, the lock file included
+    with lock_output(config.out_dir, "predict"):
+        return _run_predict(config, model=model, hooks=hooks, on_progress=on_progress)
+
+
+def _run_predict(
+    config: PredictConfig,
+    *,
+    model: Classifier | None,
+    hooks: Sequence[PredictHook] | None,
+    on_progress: Callable[[ProgressUpdate], None] | None,
+) -> PredictSummary:
     t0 = time.perf_counter()
     started_at = utc_now()
-    check_inputs(config.inputs)  # before anything is written
     destination = report_destination(config)
     workers = auto_workers() if config.workers is None else config.workers
     prestart(workers)
@@ -141,7 +155,8 @@ def run_predict(
     keep_images = any(h.needs_images for h in hooks)
     checks = any(h.needs_image_checks for h in hooks)
     recipe = model.manifest.preprocessing
-    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(discover_paths(config.inputs)))
+    paths = discover_paths(config.inputs, config.out_dir)
+    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(paths))
     counter = ProgressCounter(on_progress)
     write_in_batches(
         decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, keep_images)),

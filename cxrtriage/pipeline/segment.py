@@ -10,6 +10,7 @@ from pathlib import Path
 from cxrtriage.errors import CxrTriageError
 from cxrtriage.files import StemRegistry
 from cxrtriage.model import Segmenter, load_segmenter
+from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.artefacts import MASKS_DIR, save_mask
 from cxrtriage.pipeline.config import SegmentConfig, auto_workers, in_flight_window
 from cxrtriage.pipeline.decode import Decoded, DecodeTask, decode_stream, prestart
@@ -63,9 +64,22 @@ def run_segment(
     model: Segmenter | None = None,
     on_progress: Callable[[ProgressUpdate], None] | None = None,
 ) -> SegmentSummary:
-    """Segment the lungs of every input file: ``DIR/masks/<stem>.png`` and ``DIR/segment.csv``."""
+    """Segment the lungs of every input file: ``DIR/masks/<stem>.png`` and ``DIR/segment.csv``.
+
+    The output folder is locked for the whole run (``cxrtriage.outdir``): a second run into it is refused.
+    """
+    check_inputs(config.inputs, config.out_dir)  # before anything is written, the lock file included
+    with lock_output(config.out_dir, "segment"):
+        return _run_segment(config, model=model, on_progress=on_progress)
+
+
+def _run_segment(
+    config: SegmentConfig,
+    *,
+    model: Segmenter | None,
+    on_progress: Callable[[ProgressUpdate], None] | None,
+) -> SegmentSummary:
     t0 = time.perf_counter()
-    check_inputs(config.inputs)  # before anything is written
     workers = auto_workers() if config.workers is None else config.workers
     prestart(workers)
     if model is None:
@@ -75,7 +89,7 @@ def run_segment(
     out_dir = Path(config.out_dir)
     writer = ResultsWriter(out_dir, segment_columns(model.labels), csv_name=SEGMENT_CSV, jsonl_name=None)
     recipe = model.manifest.preprocessing
-    tasks = (DecodeTask(i, p, recipe, rules) for i, p in enumerate(discover_paths(config.inputs)))
+    tasks = (DecodeTask(i, p, recipe, rules) for i, p in enumerate(discover_paths(config.inputs, config.out_dir)))
     counter = ProgressCounter(on_progress)
     stems = StemRegistry()
     write_in_batches(

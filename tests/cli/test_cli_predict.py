@@ -111,7 +111,7 @@ def test_run_level_errors_exit_non_zero_with_one_line(folder: Path, model: Path,
     assert code == 2 and "no input files found" in _one_error_line(output)
     (tmp_path / "afile").write_text("x")
     code, output = _invoke("predict", str(folder), "-o", str(tmp_path / "afile" / "out"), "-m", str(model))
-    assert code == 5 and "cannot write results here" in _one_error_line(output)
+    assert code == 5 and "cannot create the output folder" in _one_error_line(output)
     seg = make_tiny_segmenter(tmp_path / "seg")
     code, output = _invoke("predict", str(folder), "-o", str(tmp_path / "out"), "-m", str(seg))
     assert code == 3 and "segmentation model" in _one_error_line(output)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -91,6 +93,38 @@ def test_unreadable_file_is_failed_not_raised(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(sys.modules["cxrtriage.io.read"], "sniff", denied)
     with pytest.raises(InputError, match="locked.dcm: cannot read the file \\(Permission denied\\)"):
         read_image(path)
+
+
+def test_a_folder_that_cannot_be_listed_gets_a_failed_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_dicom(tmp_path / "ok.dcm", rows=8, cols=8)
+    write_dicom(tmp_path / "locked" / "hidden_by_permissions.dcm", rows=8, cols=8)
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str] = ".") -> Iterator[os.DirEntry[str]]:
+        if Path(path).name == "locked":  # chmod does not stop root: deny the listing here
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = list(discover([tmp_path]))
+    assert [p.name for p in found] == ["locked", "ok.dcm"]
+    assert select(probe(tmp_path / "locked")) == Selection(
+        "failed", "cannot list this folder (Permission denied); its files were not read")
+
+
+def test_discovery_never_walks_the_excluded_or_cxrtriage_output_folders(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    write_dicom(tmp_path / "scan.dcm", rows=8, cols=8)
+    write_dicom(tmp_path / "out" / "masks" / "scan.dcm", rows=8, cols=8)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.csv").write_text("path,status,reason\n")
+    write_dicom(tmp_path / "old" / "masks" / "scan.dcm", rows=8, cols=8)
+    with caplog.at_level(logging.WARNING):
+        assert [p.name for p in discover([tmp_path], exclude=[tmp_path / "out"])] == ["scan.dcm"]
+    assert sum("not read as input" in r.getMessage() for r in caplog.records) == 2
+    # a cxrtriage output folder named explicitly is read (the user asked for it); the run's own --out never is
+    assert [p.name for p in discover([tmp_path / "old"])] == ["scan.dcm", "results.csv"]
+    assert list(discover([tmp_path / "out"], exclude=[tmp_path / "out"])) == []
 
 
 def test_probe_reads_only_the_header(tmp_path: Path) -> None:

@@ -89,7 +89,16 @@ HeatmapsOpt = Annotated[
     bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw map as float16 .npy, long side <= 1024 px) at the original "
                                           "image geometry for every finding at "
                                           "or above its balanced threshold: OUT/heatmaps/<stem>__<label>__<method>.png, "
-                                          "column heatmaps. Computed from the same forward pass (no extra model run).")
+                                          "column heatmaps. Computed from the same forward pass (no extra model run). "
+                                          "Maps are shown ungated; column outside_lungs gives each map's share of "
+                                          "evidence outside the lung fields and column shortcut names the findings at "
+                                          "or above 50% (a possible shortcut). Needs a lung mask: --lungs, else the "
+                                          "images with a map are segmented for it.")
+]
+HeatmapGateOpt = Annotated[
+    bool, typer.Option("--heatmap-gate", help="With --heatmaps: multiply each map by the dilated lung mask (the old "
+                                              "default). Hides the evidence outside the lungs, where shortcuts live; the "
+                                              "share outside the lungs is still measured on the ungated map.")
 ]
 HeatmapMethodOpt = Annotated[
     str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
@@ -129,6 +138,7 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    heatmap_gate: HeatmapGateOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
@@ -148,7 +158,7 @@ def predict_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
             fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, heatmap_gate=heatmap_gate,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)

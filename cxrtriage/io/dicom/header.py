@@ -16,6 +16,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from cxrtriage.errors import InputError
 from cxrtriage.io.dicom.deflate import deflated_problem
 from cxrtriage.io.dicom.messages import first_line, warning_notes
+from cxrtriage.io.dicom.source import source_facts
 from cxrtriage.io.dicom.values import get_int, get_text, transfer_syntax
 from cxrtriage.types import DicomInfo
 
@@ -172,6 +173,7 @@ def dicom_info(ds: Dataset, path: Path | None = None) -> DicomInfo:
         samples_per_pixel=get_int(ds, "SamplesPerPixel", 1),
         image_laterality=get_text(ds, "ImageLaterality") or get_text(ds, "Laterality"),
         series_description=get_text(ds, "SeriesDescription"),
+        **source_facts(ds),
     )
 
 

@@ -270,6 +270,17 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         by = ", ".join(f"{k} {n}" for k, n in (quality.get("failed_by_check") or {}).items())
         text = f"[magenta]{failed} image(s) failed ({by}): not_assessed[/]" if failed else "all scored images passed"
         rows.append(("quality", text))
+    heat = sections.get("heatmaps")
+    if isinstance(heat, dict):
+        outside = heat.get("outside_lungs") if isinstance(heat.get("outside_lungs"), dict) else {}
+        text = f"{heat.get('overlays_written', 0)} overlay(s) ({heat.get('method')}"
+        text += ", gated by the lung mask)" if heat.get("lung_gated") else ", ungated)"
+        if outside:
+            n, level = int(outside.get("maps_at_or_above_level", 0)), float(outside.get("shortcut_level", 0.5))
+            text += (f"; [bold orange1]{n} map(s) with {100 * level:.0f}% or more of their evidence outside the lungs: "
+                     "possible shortcut (column shortcut)[/]" if n else
+                     f"; no map with {100 * level:.0f}% or more of its evidence outside the lungs")
+        rows.append(("heat maps", text))
     seg = sections.get("segmenter")
     if isinstance(seg, dict):
         rows.append(("lungs", f"masks by {seg.get('name')} {seg.get('version')} on {seg.get('device')}"))

@@ -188,15 +188,6 @@ def score_drift(current: FloatArray, reference: ScoreDistribution, bins: int = 1
     return value, len(edges) + 1, d, ks_pvalue(d, effective_n(len(current), reference.n))
 
 
-def category_counts(values: Sequence[str], categories: Sequence[str]) -> FloatArray:
-    """Counts of ``values`` per category, in the order of ``categories``."""
-    index = {c: i for i, c in enumerate(categories)}
-    out = np.zeros(len(categories), np.float64)
-    for v in values:
-        out[index[v]] += 1
-    return out
-
-
 def categorical_psi(reference: Mapping[str, float], current: Mapping[str, float]) -> tuple[float, int, list[str]]:
     """PSI of two count mappings over the union of their categories; returns (psi, bins, categories)."""
     cats = sorted(set(reference) | set(current))

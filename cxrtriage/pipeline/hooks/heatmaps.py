@@ -5,7 +5,7 @@ The maps come from the batch's own ``ClassifierOutput`` (features + logits), so 
 made: the CAM itself is a few small matrix products per map. Rendering the overlay PNGs (and the raw
 ``.npy`` maps) is the expensive part and is timed separately in ``benchmarks/bench_cam.py``. The lung mask for the
 share outside the lungs is the lungs hook's (``--lungs``); without it this hook segments the images that have a map
-(one segmenter pass per batch; its cost is measured in ``benchmarks/bench_cam.py --shortcut``).
+(one segmenter pass per batch; its cost is measured in ``benchmarks/bench_shortcut.py``).
 """
 
 from __future__ import annotations

@@ -70,7 +70,10 @@ def _table(path: Path) -> ResultsTable:
 
 
 def read_records(paths: Sequence[Path]) -> tuple[list[ImageRecord], list[str], tuple[str, ...], int]:
-    """Records of every results folder/file, each image once (by SOP Instance UID, else path: the first wins).
+    """Records of every results folder/file; a row already read from an earlier input (same SOP Instance UID, else
+    same path) is dropped, so that overlapping folders count each image once. Rows of one input are all kept: one
+    run lists each file once, and two files holding the same instance (a copy in another transfer syntax) were
+    each scored.
 
     Returns (records, notes, model labels, duplicates dropped).
     """
@@ -83,13 +86,13 @@ def read_records(paths: Sequence[Path]) -> tuple[list[ImageRecord], list[str], t
         table = _table(Path(p))
         notes += table.notes
         labels.update(dict.fromkeys(table.labels))
-        for r in table.records:
-            key = r.sop_instance_uid or r.path
+        keys = [r.sop_instance_uid or r.path for r in table.records]
+        for key, r in zip(keys, table.records, strict=True):
             if key in seen:
                 duplicates += 1
                 continue
-            seen.add(key)
             records.append(r)
+        seen.update(keys)
     if not records:
         raise InputError(f"no results rows in {', '.join(map(str, paths))}")
     return records, notes, tuple(labels), duplicates

@@ -86,6 +86,25 @@ def test_a_growing_results_file_is_read_up_to_its_last_complete_line(setup: dict
     assert twice.duplicates == len(lines) and twice.slices[0].rows == len(lines)
 
 
+def test_one_instance_in_two_files_of_one_run_is_kept_and_across_inputs_dropped(setup: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (setup["same"] / "results.jsonl").read_text().splitlines()]
+    uid = rows[0]["sop_instance_uid"]
+    assert uid
+    rows[1]["sop_instance_uid"] = uid  # two files of one instance (e.g. a copy in another transfer syntax)
+    one = tmp_path / "one" / "results.jsonl"
+    one.parent.mkdir()
+    one.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"reference": (str(setup["ref"]),), "model": str(setup["model"])}
+    report = run_monitor(MonitorConfig(results=(one,), **config))  # type: ignore[arg-type]
+    assert report.duplicates == 0 and report.slices[0].rows == len(rows)
+    assert not any("counted once" in w for w in report.warnings)
+    both = run_monitor(MonitorConfig(results=(one, setup["same"]), **config))  # type: ignore[arg-type]
+    # the run's own second row (its UID replaced in the first input) is the only one not read before
+    assert both.duplicates == len(rows) - 1 and both.slices[0].rows == len(rows) + 1
+    assert any(f"{len(rows) - 1} row(s) seen in more than one input" in w for w in both.warnings)
+
+
 def test_model_reference_errors_say_how_to_fix(setup: dict[str, Path], tmp_path: Path) -> None:
     res = runner.invoke(app, ["monitor", str(setup["same"]), "--model", str(setup["model"])])
     assert res.exit_code == 3 and "has no validation reference" in res.output and "train reference" in res.output

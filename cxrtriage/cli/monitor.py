@@ -43,7 +43,12 @@ def _render(report: MonitorReport) -> None:
     for col in ("slice", "rows", "scored", "largest score PSI", "priority", "quality", "status", "excluded",
                 "composition", "level"):
         t.add_column(col, justify="left" if col in ("slice", "largest score PSI", "level") else "right")
+    # Slices with nothing to judge (a handful of excluded files from odd devices or dates) would bury the ones that
+    # matter: the table names them in one line; JSON and HTML keep every slice.
+    unjudged = [s for s in report.slices if s.level == "too few" and s.dimension != "all"]
     for s in report.slices:
+        if s in unjudged:
+            continue
         comp = [m for m in s.metrics if m.name in ("age_band", "sex", "view", "manufacturer", "device_model",
                                                     "institution", "input_kind") and m.psi is not None]
         worst_comp = max(comp, key=lambda m: m.psi or 0.0) if comp else None
@@ -52,6 +57,10 @@ def _render(report: MonitorReport) -> None:
                   f"{_cell(worst_comp)} {worst_comp.name}" if worst_comp else "",
                   f"[{_STYLE[s.level]}]{s.level}[/]")
     console.print(t)
+    if unjudged:
+        names = [f"{s.label} ({s.rows})" for s in unjudged]
+        console.print(f"[dim]{len(unjudged)} slice(s) with fewer than {report.min_n} values for every metric, not "
+                      f"judged (rows): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}[/]", highlight=False)
     alerts = report.alerts
     if alerts:
         a = Table(title=f"{len(alerts)} alert(s) (PSI, q = p adjusted over the run's {report.judged} judged metrics)",

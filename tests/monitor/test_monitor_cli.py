@@ -74,6 +74,17 @@ def test_cli_writes_json_and_html_and_fails_on_alert_only_when_asked(setup: dict
     assert res.exit_code == 0 and "no alert" in res.output, res.output
 
 
+def test_slices_too_small_to_judge_are_named_in_one_line_not_rows(setup: dict[str, Path], tmp_path: Path) -> None:
+    res = runner.invoke(app, ["monitor", str(setup["same"]), str(setup["noisy"]), "--reference", str(setup["ref"]),
+                              "--model", str(setup["model"]), "--min-n", "61", "--json", str(tmp_path / "m.json")],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "4 slice(s) with fewer than 61 values for every metric, not judged (rows): month=2024-02 (60)" in res.output
+    assert "│ month=2024-02" not in res.output and "│ all" in res.output
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert {s["slice"]: s["level"] for s in data["slices"]}["month=2024-02"] == "too few"  # JSON keeps every slice
+
+
 def test_a_growing_results_file_is_read_up_to_its_last_complete_line(setup: dict[str, Path], tmp_path: Path) -> None:
     lines = (setup["same"] / "results.jsonl").read_text().splitlines(keepends=True)
     growing = tmp_path / "results.jsonl.partial"

@@ -94,3 +94,27 @@ def test_no_alert_between_two_samples_of_one_distribution(seed: int) -> None:
     reference = profile_of(_rows(200, seed=100 + seed, mean=0.4), ["x"], name="ref", kind="results")
     drift = slice_drift("all", "all", _rows(200, seed=200 + seed, mean=0.4), ["x"], reference, composition=True)
     assert drift.level in ("ok", "warn") and drift.metric("score:x").level != "alert"
+
+
+def test_quality_failures_and_exclusion_reasons_that_change_are_flagged() -> None:
+    def site(n_small: int, n_ct: int, n_broken: int, seed: int) -> list[ImageRecord]:
+        rows = _rows(200 - n_small, seed=seed, mean=0.4)
+        rows += [r.replace(quality="image too small: short side 120 px < 224 px", priority=Priority.NOT_ASSESSED)
+                 for r in _rows(n_small, seed=seed + 1, mean=0.4)]
+        rows += [ImageRecord(f"ct{seed}-{i}.dcm", Status.EXCLUDED, reason="Modality 'CT' not accepted (accepted: CR, DX)")
+                 for i in range(n_ct)]
+        rows += [ImageRecord(f"b{seed}-{i}.dcm", Status.FAILED, reason=f"b{seed}-{i}.dcm: pixel data truncated: ...")
+                 for i in range(n_broken)]
+        return rows
+
+    reference = profile_of(site(4, 40, 2, seed=1), ["x"], name="ref", kind="results")
+    same = slice_drift("all", "all", site(5, 38, 3, seed=3), ["x"], reference, composition=True)
+    assert {m.name: m.level for m in same.metrics if m.name in ("quality", "excluded", "status")} == \
+        {"quality": "ok", "excluded": "ok", "status": "ok"}
+    # a new detector sends small images, and the CT exclusions give way to truncated files
+    changed = slice_drift("all", "all", site(60, 5, 40, seed=5), ["x"], reference, composition=True)
+    assert changed.metric("quality").level == "alert"  # type: ignore[union-attr]
+    assert changed.metric("priority").level == "alert"  # type: ignore[union-attr]  # not_assessed
+    excluded = changed.metric("excluded")
+    assert excluded is not None and excluded.level == "alert"
+    assert excluded.current is not None and excluded.current["failed: pixel data truncated"] > 0.8

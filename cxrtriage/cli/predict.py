@@ -95,6 +95,11 @@ HeatmapMethodOpt = Annotated[
     str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
                                                "for scorecam/occlusion use `cxrtriage explain`.")
 ]
+FullResolutionOpt = Annotated[
+    bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
+                                                 "images are decoded at the lowest resolution that still gives the "
+                                                 "models (and heat-map overlays) all the pixels they use.")
+]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
 ]
@@ -129,6 +134,7 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
@@ -148,7 +154,7 @@ def predict_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
             fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, reduced_decode=not full_resolution,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)

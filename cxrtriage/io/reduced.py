@@ -133,6 +133,10 @@ def decode_j2k_reduced(code: bytes, *, rows: int, columns: int, max_scale: float
         raise ReducedDecodeError("glymur or the system libopenjp2 is not available")
     import glymur
 
+    if glymur.get_option("lib.num_threads") != 0:
+        # 0: OpenJPEG decodes in the calling thread. 1 (glymur's default) starts a one-thread pool per image, which
+        # costs ~2 ms; a decode worker is one core anyway.
+        glymur.set_option("lib.num_threads", 0)
     path, fd, tmp = _memory_file(code)
     try:
         with warnings.catch_warnings():

@@ -92,20 +92,28 @@ def max_scale(shape: tuple[int, int], recipe: PreprocessRecipe) -> float:
 class PixelNeeds:
     """What the consumers of a decoded image need of its pixels; the decode step asks it how far it may reduce.
 
-    ``recipes``: the model inputs made from the image (classifier, segmenter); ``min_long_side``: pictures drawn
-    at the image's own geometry (heat-map overlays) need at least this many pixels on the long side (0: none);
-    ``full``: some consumer needs every pixel (no reduction at all).
+    ``recipes``: the model inputs made from the image (classifier, segmenter); ``oversample``: the decoded image
+    keeps at least this many times a model input's pixels per side, so that the area resize to the model input
+    still averages over several decoded pixels; ``min_long_side``: pictures drawn at the image's own geometry
+    (heat-map overlays) need at least this many pixels on the long side (0: none); ``full``: some consumer needs
+    every pixel (no reduction at all).
+
+    Why ``oversample`` is 2: a wavelet low-pass band (or a scaled IDCT) is sharper than an area average. Decoded
+    at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then 256 -> 224) scored up to 0.084
+    apart from full decoding (AUROC up to 0.004); with at least twice the pixels the RG1 chest (1955 px, at 1/4)
+    is within 0.004 (see benchmarks/agreement.py and the README).
     """
 
     recipes: tuple[PreprocessRecipe, ...]
     min_long_side: int = 0
     full: bool = False
+    oversample: float = 2.0
 
     def __call__(self, shape: tuple[int, int]) -> float:
         """The largest reduction per side of an image of ``shape`` (rows, columns) that every consumer accepts."""
         if self.full or not self.recipes:
             return 1.0
-        limit = min(max_scale(shape, r) for r in self.recipes)
+        limit = min(max_scale(shape, r) for r in self.recipes) / max(self.oversample, 1.0)
         if self.min_long_side > 0:
             limit = min(limit, max(shape) / self.min_long_side)
         return max(1.0, limit)

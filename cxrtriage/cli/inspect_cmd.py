@@ -29,10 +29,9 @@ def inspect(
     MONOCHROME1 inversion, VOI window, pixel spacing and its source, value range, notes) and whether it would be
     scored, excluded or failed, and why. Patient names and IDs are never shown."""
     from cxrtriage.cli.render import console
+    from cxrtriage.errors import ModelError
     from cxrtriage.io import DEFAULT_RULES, discover, load_rules
     from cxrtriage.io.inspect import inspect_file
-
-    from cxrtriage.errors import ModelError
     from cxrtriage.model.registry import resolve_manifest
     from cxrtriage.preprocess import PixelNeeds
 

@@ -111,7 +111,7 @@ def test_real_chest_masks_and_scores_match_full_decoding(shared_data: Path, name
             assert a.labels.shape == b.labels.shape == full.shape
             inter = np.count_nonzero((a.labels > 0) & (b.labels > 0))
             assert 2 * inter / (np.count_nonzero(a.labels) + np.count_nonzero(b.labels)) > 0.99  # measured 0.998x
-            assert lung_area(b).total_px == pytest.approx(lung_area(a).total_px, rel=0.01)  
+            assert lung_area(b).total_px == pytest.approx(lung_area(a).total_px, rel=0.01)
         else:
             sa, sb = clf.predict(full), clf.predict(small)
             assert max(abs(sa[k] - sb[k]) for k in sa) < 0.01  # measured 0.0023 (J2KR), 0.0035 (J2KI)

@@ -220,6 +220,8 @@ def operating_points_from_scores(h: HeldOut, base: ModelManifest, policy: Triage
                        "the policy's findings of that tier), over the study's images"),
         "fitted_on": ("validation split, per population; the threshold sits halfway between two validation studies' "
                       "scores"),
+        "evaluated_on": ("test split: Kermany's published test set (pediatric); the NIH and ieee test patients (adult); "
+                         "never used to set a threshold"),
         "study_unit": ("one study per image (Kermany, NIH); ieee_lungs: one study per patient (several images, no "
                        "study identifier)"),
         "unknown_population": ("age not known (and no --population): labels validated for any population decide, and "

@@ -354,7 +354,7 @@ def fit_study(
                 return StudyFit(None, (), len(studies), population, tuple(warnings))
             thr = threshold_for_max_share(sc[y == 0], max_false_urgent)
             target = {"max_false_urgent": max_false_urgent}
-            if n_neg < 1 / max(max_false_urgent, 1e-9):
+            if max_false_urgent > 0 and n_neg < 1 / max_false_urgent:
                 warnings.append(f"{tier}: only {n_neg} studies without a {tier} finding; at least "
                                 f"{math.ceil(1 / max_false_urgent)} are needed to allow even one false {tier} flag at "
                                 f"{max_false_urgent:.0%}")

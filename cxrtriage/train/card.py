@@ -240,6 +240,9 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
         "handful of cases have wide intervals and are shown for transparency, not as evidence of equity.\n")
     L.extend(study_section(m))
     add("## Thresholds (validation split, calibrated score)\n")
+    if m.get("study_operating_points"):
+        add("Per-label operating points, reported for each finding (reports, per-label evaluation); triage priorities "
+            "are decided on the study-level operating points above, not on these.\n")
     add("| label | rule_out thr (sens / spec on val) | balanced thr (sens / spec on val) | Platt a | Platt b |\n"
         "|---|---|---|---|---|")
     for lab in labels:

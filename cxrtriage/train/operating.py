@@ -229,7 +229,7 @@ def operating_points_from_scores(h: HeldOut, base: ModelManifest, policy: Triage
         "policy": policy.name,
         "tiers": {t: {"labels": score_labels[t], "target": targets[t], "thresholds": thresholds[t],
                       "validation": figures[t]["validation"], "test": figures[t]["test"]} for t in tiers},
-        "candidates": compare_scores(h, man0, policy, score_labels["normal"]),
+        "candidates": compare_scores(h, man0, policy, score_labels["normal"], n_boot=n_boot),
     }
     return {
         "populations": {name: {"age_years": p["age_years"], "description": p["description"]}
@@ -239,7 +239,8 @@ def operating_points_from_scores(h: HeldOut, base: ModelManifest, policy: Triage
     }
 
 
-def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_labels: Sequence[str]) -> dict[str, Any]:
+def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_labels: Sequence[str], *,
+                   n_boot: int = N_BOOT) -> dict[str, Any]:
     """The measurements behind the choice of study score for ``normal``: candidate scores over each population's
     deciding labels, their study-level AUROC (abnormal vs normal) on validation and test, and on test the
     sensitivity/specificity at the threshold each gets on validation for the same target."""
@@ -274,7 +275,7 @@ def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_
             if not np.any(sv) and not np.any(st):
                 continue
             thr = threshold_for_sensitivity(ab_va[mv], sv, NORMAL_TARGET_SENSITIVITY)
-            lo, hi = bootstrap_ci(auroc, ab_te[mt], st, n_boot=N_BOOT)
+            lo, hi = bootstrap_ci(auroc, ab_te[mt], st, n_boot=n_boot)
             flagged = st >= thr
             yt = ab_te[mt]
             row[pop] = {"auroc_validation": _r(auroc(ab_va[mv], sv)), "auroc_test": _r(auroc(yt, st)),

@@ -217,7 +217,7 @@ def parse_site(data: Mapping[str, Any], *, where: str = "site calibration", path
         )
     model = _get(data, "model", dict, where)
     method = str(_get(data, "method", str, where))
-    labels_raw = _get(data, "labels", dict, where)
+    labels_raw = _get(data, "labels", dict, where) if "labels" in data or "study" not in data else {}
     labels: dict[str, LabelSiteCalibration] = {}
     for label, d in labels_raw.items():
         w = f"{where} [labels.{json.dumps(label)}]"

@@ -200,3 +200,22 @@ def test_run_json_states_the_operating_points_and_the_labels_that_decide(manifes
     assert prov["not_deciding_labels"]["adult"] == ["nodule"]
     assert prov["tiers"]["urgent"]["thresholds"] == {"child": 0.6, "adult": 0.4, "unknown": 0.4}
     assert prov["tiers"]["urgent"]["held_out_test"]["adult"]["sensitivity"] == 0.8
+
+
+def test_an_old_per_label_site_file_keeps_working(tmp_path: Path, manifest, policy) -> None:  # type: ignore[no-untyped-def]
+    """A site file written before study-level thresholds (schema 1, no [study]) loads, and its per-label thresholds
+    decide as they did; run.json says so."""
+    from cxrtriage.triage import LabelSiteCalibration, dump_site, load_site
+
+    new = SiteCalibration(manifest.name, manifest.version, manifest.sha256, "platt", 0.95, {
+        "effusion": LabelSiteCalibration("effusion", "platt", rule_out=0.1, balanced=0.3, a=1.0, b=0.0)})
+    text = dump_site(new)
+    assert "schema_version = 2" in text and "[study" not in text
+    old = tmp_path / "old-site.toml"
+    old.write_text(text.replace("schema_version = 2", "schema_version = 1"))
+    site = load_site(old, manifest=manifest)
+    assert site.schema_version == 1 and site.study == {}
+    d = decide_priority(scores(effusion=0.35), manifest=manifest, policy=policy, site=site, population="adult")
+    assert (d.priority, d.threshold, d.threshold_source, d.tier) == (Priority.URGENT, 0.3, "site", None)
+    notes = TriageHook(policy, manifest, site).provenance()["notes"]
+    assert any("per-label thresholds only (schema 1): the per-label rules decide" in n for n in notes)

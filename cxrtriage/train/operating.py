@@ -178,8 +178,9 @@ def operating_points_from_scores(h: HeldOut, base: ModelManifest, policy: Triage
     truth_labels = tier_labels(policy, labels)
     tiers = [t for t in ("critical", "urgent", "normal") if t in truth_labels]
     # The labels a tier's study SCORE is taken over: its own findings (critical findings do not score "urgent").
-    score_labels: dict[str, list[str]] = {t: (truth_labels[t] if t != "urgent" else
-                        [lab for lab in truth_labels[t] if lab not in truth_labels.get("critical", [])]) for t in tiers}
+    score_labels: dict[str, list[str]] = {
+        t: (truth_labels[t] if t != "urgent" else [lab for lab in truth_labels[t] if lab not in truth_labels.get("critical", [])])
+        for t in tiers}
     va, te = h.split == "val", h.split == "test"
     s_va, y_va, pop_va = h.studies(va)
     thresholds: dict[str, dict[str, float]] = {t: {} for t in tiers}
@@ -239,6 +240,12 @@ def operating_points_from_scores(h: HeldOut, base: ModelManifest, policy: Triage
     }
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    out: np.ndarray = np.log(q) - np.log1p(-q)
+    return out
+
+
 def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_labels: Sequence[str], *,
                    n_boot: int = N_BOOT) -> dict[str, Any]:
     """The measurements behind the choice of study score for ``normal``: candidate scores over each population's
@@ -249,7 +256,6 @@ def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_
     s_va, y_va, pop_va = h.studies(va)
     s_te, y_te, pop_te = h.studies(te)
     ab_va, ab_te = _truth(y_va, labels, normal_labels), _truth(y_te, labels, normal_labels)
-    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(p, 1e-7, 1 - 1e-7))  # noqa: E731
     names = {pop: [lab for lab in deciding_labels(man, policy, pop) if lab in normal_labels] for pop in POPULATIONS}
     summary = [lab for lab in normal_labels if normalize_label(lab) in policy.summary_labels]
     # A logistic regression over the deciding labels' logits, fitted on validation with both populations weighted
@@ -258,13 +264,13 @@ def compare_scores(h: HeldOut, man: ModelManifest, policy: TriagePolicy, normal_
     idx = [labels.index(lab) for lab in union]
     ok = np.isfinite(ab_va)
     w = np.array([1.0 / max(1, int(((pop_va == p) & ok).sum())) for p in pop_va])
-    beta = fit_logistic(logit(s_va[ok][:, idx]), ab_va[ok], weights=w[ok] * ok.sum())
+    beta = fit_logistic(_logit(s_va[ok][:, idx]), ab_va[ok], weights=w[ok] * ok.sum())
 
     candidates: dict[str, Callable[[np.ndarray, str], np.ndarray]] = {
         "max (chosen)": lambda s, pop: _score(s, labels, names[pop]),
         "summary label only": lambda s, pop: _score(s, labels, [lab for lab in summary if lab in names[pop]]),
         "noisy-OR": lambda s, pop: 1 - np.prod(1 - s[:, [labels.index(lab) for lab in names[pop]]], axis=1),
-        "logistic regression (fitted on validation)": lambda s, pop: sigmoid(logit(s[:, idx]) @ beta[:-1] + beta[-1]),
+        "logistic regression (fitted on validation)": lambda s, pop: sigmoid(_logit(s[:, idx]) @ beta[:-1] + beta[-1]),
     }
     out: dict[str, Any] = {}
     for name, fn in candidates.items():

@@ -256,8 +256,8 @@ def tier_labels(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[s
                                      and not policy.is_ignored(lab)] for lvl in policy.levels}
     if findings.get("critical"):
         out["critical"] = findings["critical"]
-    if findings.get("urgent") or (findings.get("critical") and "urgent" in findings):
-        out["urgent"] = findings.get("urgent", []) + findings.get("critical", [])
+    if findings.get("urgent"):
+        out["urgent"] = findings["urgent"] + findings.get("critical", [])
     out["normal"] = [lab for lab in labels if not policy.is_ignored(lab)]
     return out
 

@@ -53,6 +53,7 @@ class DicomInfo:
     samples_per_pixel: int = 1
     image_laterality: str = ""
     series_description: str = ""
+    patient_age_years: float | None = None  # at the study (PatientAge, or birth and study dates); None = not told
 
 
 @dataclass(frozen=True, slots=True)

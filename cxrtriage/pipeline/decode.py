@@ -95,6 +95,7 @@ def probe_record(path: str, probe: Probe | None, status: Status, reason: str | N
         series_instance_uid=(d.series_instance_uid or None) if d else None,
         sop_instance_uid=(d.sop_instance_uid or None) if d else None,
         view=(d.view_position or None) if d else None, rows=probe.rows, columns=probe.columns,
+        patient_age=d.patient_age_years if d else None,
     )
 
 

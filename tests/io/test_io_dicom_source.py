@@ -63,4 +63,6 @@ def test_predict_writes_the_source_columns_and_no_identifier(tmp_path: Path) -> 
         "age_band": "60-74", "sex": "M"}
     assert all(rows["b.png"][c] is None for c in SOURCE_COLUMNS)
     text = (tmp_path / "out" / "results.csv").read_text()
-    assert "1957" not in text and "20240229" not in text and "067Y" not in text  # no birth date, date or exact age
+    # no birth date or date of service (the age, in years, is triage's column patient_age: 67.0 here)
+    assert "1957" not in text and "20240229" not in text and "067Y" not in text
+    assert rows["a.dcm"]["patient_age"] == 67.0

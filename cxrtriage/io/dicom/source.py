@@ -1,8 +1,8 @@
 """Coarse facts about where an image came from (device, site, month, age band, sex), for drift monitoring by subgroup.
 
 None of them identifies a patient: manufacturer, device model and institution describe the equipment and the site;
-the study date is kept as its month only and the age as a band (``AGE_BANDS``), so a results row never carries a
-date of birth, an exact age or a date of service.
+the study date is kept as its month only and the age as a band (``AGE_BANDS``; from ``patient_age_years``, the age
+triage uses), so these columns carry no date of birth, exact age or date of service.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 
 from pydicom.dataset import Dataset
 
+from cxrtriage.io.dicom.age import patient_age_years
 from cxrtriage.io.dicom.values import get_text
 
 # Age bands, in years: the pediatric range of the default model's pediatric data (Kermany: 1-5) apart, then the adult
@@ -20,8 +21,6 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<1", 0.0, 1.0), ("1-5", 1.0, 6.0), ("6-17", 6.0, 18.0), ("18-39", 18.0, 40.0), ("40-59", 40.0, 60.0),
     ("60-74", 60.0, 75.0), ("75+", 75.0, 200.0),
 )
-_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
-_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 _DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 
 
@@ -55,17 +54,6 @@ def study_date(ds: Dataset) -> dt.date | None:
     return None
 
 
-def age_years(ds: Dataset, when: dt.date | None) -> float | None:
-    """PatientAge (AS: 045Y, 006M, 003W, 010D), else the years from PatientBirthDate to ``when``; None if unknown."""
-    m = _AGE.match(get_text(ds, "PatientAge").upper())
-    if m is not None:
-        return int(m.group(1)) * _UNIT_YEARS[m.group(2)]
-    born = _date(get_text(ds, "PatientBirthDate"))
-    if born is None or when is None or born > when:
-        return None
-    return (when - born).days / 365.25
-
-
 def source_facts(ds: Dataset) -> dict[str, str]:
     """``manufacturer``, ``device_model``, ``institution``, ``study_month`` (YYYY-MM), ``age_band``, ``sex`` ("" when
     absent or malformed)."""
@@ -76,6 +64,6 @@ def source_facts(ds: Dataset) -> dict[str, str]:
         "device_model": get_text(ds, "ManufacturerModelName"),
         "institution": get_text(ds, "InstitutionName"),
         "study_month": when.strftime("%Y-%m") if when is not None else "",
-        "age_band": age_band(age_years(ds, when)),
+        "age_band": age_band(patient_age_years(ds)),
         "sex": sex if sex in ("M", "F", "O") else "",
     }

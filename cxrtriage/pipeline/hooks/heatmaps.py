@@ -33,10 +33,15 @@ from cxrtriage.model import Classifier, LungMask, Segmenter, load_segmenter
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, RunContext, ScoredBatch
 from cxrtriage.results import ImageRecord
+from cxrtriage.types import InputKind, SourceRef
 
 log = logging.getLogger(__name__)
 
 HEATMAP_DIR = "heatmaps"
+# An overlay is two radiograph panels side by side, a legend and a colour bar: at 640 px per panel it is a 1338 x 781
+# JPEG of about 175 KB (a 1024 px PNG was 2.3 MB), legible on screen and in the reports, which show it at ~600 px.
+OVERLAY_SIDE = 640
+MAP_SIDE = 224  # the raw maps (.npy): a CAM holds the model's 7 x 7 feature map; 224 px keeps every detail of it
 
 
 class HeatmapsHook(PredictHook):
@@ -44,16 +49,19 @@ class HeatmapsHook(PredictHook):
     ``outside_lungs`` (per mapped finding, the share of its evidence outside the lung fields) and ``shortcut`` (the
     note naming each finding whose share reaches ``SHORTCUT_LEVEL``).
 
-    Files: ``DIR/heatmaps/<stem>__<label>__<method>.png`` and the raw map beside it as ``.npy`` (float16, the
-    original geometry downscaled like the PNG to at most 1024 px on the long side, so batches stay small). A
-    finding whose map is all zero (no positive evidence) gets no file ("no map" is never drawn). The maps are shown
-    ungated, with the outline of the lung fields; ``gate`` (``--heatmap-gate``) multiplies them by the dilated lung
-    mask as before, and the overlay says so. The share is always measured on the ungated map.
+    Files: ``DIR/heatmaps/<stem>__<label>__<method>.jpg`` (JPEG, quality 90: the radiograph panels at most
+    ``OVERLAY_SIDE`` px on the long side) and the raw map beside it as ``.npy`` (float16, the original geometry
+    downscaled to at most ``MAP_SIDE`` px on the long side, so that thousands of maps stay small). A finding whose
+    map is all zero (no positive evidence) gets no file ("no map" is never drawn). The maps are shown ungated, with
+    the outline of the lung fields; ``gate`` (``--heatmap-gate``) multiplies them by the dilated lung mask, and the
+    overlay says so. The share is always measured on the ungated map. `cxrtriage explain` writes full-size PNG
+    overlays for a closer look.
     """
 
     name = "heatmaps"
     columns = ("heatmaps", "outside_lungs", "shortcut")
     needs_images = True
+    image_long_side = OVERLAY_SIDE  # the image is decoded with at least this many pixels (cxrtriage.io.reduced)
     needs_features = True
     order = 40  # after lungs (20) and quality (30), before triage (90)
 
@@ -69,6 +77,8 @@ class HeatmapsHook(PredictHook):
             raise ConfigError(f"the shortcut level must be within (0, 1], got {level}")
         self.method = m.name
         self.segmenter = segmenter  # None: the lungs hook's masks (ctx.lung_masks) are used
+        # like the lungs hook, the segmenter's input is made in the decode workers from the full image
+        self.recipes = (segmenter.manifest.preprocessing,) if segmenter is not None else ()
         self.gate = gate
         self.level = level
         self.written = 0
@@ -88,10 +98,11 @@ class HeatmapsHook(PredictHook):
         masks = {it.index: ctx.lung_masks[it.index] for it in items if it.index in ctx.lung_masks}
         todo = [it for it in items if it.index not in masks]
         if todo and self.segmenter is not None:
-            images = [it.require_image(self.name) for it in todo]
-            found = self.segmenter.segment_inputs([self.segmenter.preprocess(img) for img in images],
-                                                  [img.source for img in images],
-                                                  [img.pixel_spacing_mm for img in images])
+            inputs = [it.input_for(self.recipes[0]) or self.segmenter.preprocess(it.require_image(self.name))
+                      for it in todo]
+            found = self.segmenter.segment_inputs(
+                inputs, [SourceRef(it.path, InputKind(it.record.input_kind or "unknown")) for it in todo],
+                [it.record.pixel_spacing_mm for it in todo])
             masks |= {it.index: m for it, m in zip(todo, found, strict=True)}
             self.segmented += len(todo)
         return masks
@@ -131,7 +142,8 @@ class HeatmapsHook(PredictHook):
             self.shortcuts += sum(s >= self.level for s in shares.values())
             try:
                 pngs = write_overlays(out_dir, ctx.stem_for(item.path), image, heatmaps, model.manifest,
-                                      compact_npy=True, outline=fields)
+                                      max_side=OVERLAY_SIDE, compact_npy=True, npy_max_side=MAP_SIDE, suffix=".jpg",
+                                      outline=fields)
             except OutputError as exc:  # one image's maps failing to write never costs the others theirs
                 out.append(record.with_note(f"heat maps not written: {exc}"))
                 continue

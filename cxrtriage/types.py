@@ -53,6 +53,13 @@ class DicomInfo:
     samples_per_pixel: int = 1
     image_laterality: str = ""
     series_description: str = ""
+    # Coarse source facts for drift monitoring (``cxrtriage.io.dicom.source``): no date of birth, exact age or date.
+    manufacturer: str = ""
+    device_model: str = ""
+    institution: str = ""
+    study_month: str = ""  # YYYY-MM
+    age_band: str = ""
+    sex: str = ""
     patient_age_years: float | None = None  # at the study (PatientAge, or birth and study dates); None = not told
 
 

@@ -2,7 +2,7 @@
 
 Layers, top to bottom (a module may import its own layer and the layers below it, never above):
 
-    cli → pipeline, train → explain, measure, triage, report, evaluate → model → preprocess, io
+    cli → pipeline, train → explain, measure, triage, report, evaluate, monitor → model → preprocess, io
         → types, errors, files, outdir, results (and the package root, which only holds the version and a lazy API)
 
 Inside ``cxrtriage.pipeline`` the modules are layered too: config → decode, engine, artefacts → hooks.base →
@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("cxrtriage", "cxrtriage.types", "cxrtriage.errors", "cxrtriage.files", "cxrtriage.outdir", "cxrtriage.results"),
     ("cxrtriage.preprocess", "cxrtriage.io"),
     ("cxrtriage.model",),
-    ("cxrtriage.explain", "cxrtriage.measure", "cxrtriage.triage", "cxrtriage.report", "cxrtriage.evaluate"),
+    ("cxrtriage.explain", "cxrtriage.measure", "cxrtriage.triage", "cxrtriage.report", "cxrtriage.evaluate",
+     "cxrtriage.monitor"),
     ("cxrtriage.pipeline", "cxrtriage.train"),
     ("cxrtriage.cli", "cxrtriage.__main__"),
 )

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "report",
     "evaluate",
     "calibrate",
+    "monitor",
     "train",
 )
 

@@ -18,7 +18,9 @@ def _summary(summary: ExplainSummary, evaluate: bool) -> None:
     from cxrtriage.explain.batch import faithfulness_means
 
     table = Table(title="Explanations", title_justify="left")
+    measured = any(row.outside_lungs is not None for row in summary.rows)
     cols = ["file", "finding", "method", "score", "threshold", "result"]
+    cols += ["outside lungs"] if measured else []
     cols += ["deletion AUC ↓", "insertion AUC ↑"] if evaluate else []
     for c in cols:
         table.add_column(c, overflow="fold")
@@ -27,6 +29,9 @@ def _summary(summary: ExplainSummary, evaluate: bool) -> None:
         result = {"map": r["png"], "no_map": f"[yellow]no map[/]: {r['reason']}",
                   "nothing_flagged": f"[dim]{r['reason']}[/]", "failed": f"[red]failed[/]: {r['reason']}"}
         cells = [Path(r["path"]).name, r["label"], r["method"], r["score"], r["threshold"], result.get(r["status"], r["status"])]
+        if measured:
+            share = "" if row.outside_lungs is None else f"{100 * row.outside_lungs:.0f}%"
+            cells.append(f"[bold orange1]{share} possible shortcut[/]" if row.shortcut else share)
         if evaluate:
             for key in ("deletion_auc", "insertion_auc"):
                 cells.append(f"{r[key]} (random {r[key + '_random']})" if r[key] else "")
@@ -57,9 +62,15 @@ def explain_cmd(
     operating_point: Annotated[str, typer.Option(
         "--operating-point", help="Threshold used by --flagged and shown on overlays: balanced or rule_out.")] = "balanced",
     model: Annotated[str | None, typer.Option("--model", help="Classifier name or path (default: cxr-classifier).")] = None,
-    lung_mask: Annotated[bool, typer.Option("--lung-mask", help="Gate maps by the dilated lung mask of the segmenter.")] = False,
+    lung_mask: Annotated[bool, typer.Option(
+        "--lung-mask", help="Segment the lungs: each map's share of evidence outside the lung fields (explain.csv "
+                            "outside_lungs, shortcut; a note on the overlay at 50% or more) and their outline on the "
+                            "overlay. The maps stay ungated.")] = False,
+    gate: Annotated[bool, typer.Option(
+        "--gate", help="Multiply each map by the dilated lung mask (implies --lung-mask). Hides the evidence outside "
+                       "the lungs, where shortcuts live.")] = False,
     segmenter_name: Annotated[str | None, typer.Option(
-        "--segmenter", help="Segmenter for --lung-mask (default: lung-segmenter).")] = None,
+        "--segmenter", help="Segmenter for --lung-mask / --gate (default: lung-segmenter).")] = None,
     evaluate: Annotated[bool, typer.Option(
         "--evaluate", help="Also compute deletion/insertion AUC per map, with reversed and random references "
                                "(4 x (steps + 1) model passes per map).")] = False,
@@ -91,7 +102,8 @@ def explain_cmd(
     with exit_on_error():
         config = ExplainConfig(
             inputs=tuple(inputs), out=out, methods=tuple(method or ["gradcam"]), labels=tuple(label or ()), flagged=flagged,
-            operating_point=operating_point, model=model, lung_mask=lung_mask, segmenter=segmenter_name, evaluate=evaluate,
+            operating_point=operating_point, model=model, lung_mask=lung_mask, gate=gate, segmenter=segmenter_name,
+            evaluate=evaluate,
             steps=steps, scorecam_top_k=top_k, occlusion_patch=patch, occlusion_stride=stride, max_side=max_side,
             device=device,
         )

@@ -200,9 +200,41 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         parts += render_mapping("Metrics", m.metrics)
     else:
         parts.append("Metrics: none recorded in the manifest.")
-    if m.extra:
-        parts += render_mapping("Other manifest fields", m.extra)
+    reference = m.extra.get("reference")
+    if isinstance(reference, dict):
+        parts += _reference_renderables(reference, m.labels)
+    other = {k: v for k, v in m.extra.items() if k != "reference"}
+    if other:
+        parts += render_mapping("Other manifest fields", other)
     return parts
+
+
+def _reference_renderables(ref: dict[str, object], labels: tuple[str, ...]) -> list[RenderableType]:
+    """The validation reference of ``cxrtriage monitor`` in brief: per population its size and sources, per label the
+    median and 90th percentile of the calibrated score (the manifest holds 101 quantiles each)."""
+    from rich.table import Table
+
+    pops = ref.get("populations")
+    if not isinstance(pops, dict) or not pops:
+        return ["Validation reference (cxrtriage monitor): [red]malformed[/]"]
+    t = Table(title=f"Validation reference for `cxrtriage monitor` (split '{ref.get('split', '?')}'): calibrated score "
+                    "median / 90th percentile", title_justify="left")
+    t.add_column("label")
+    for name, pop in pops.items():
+        n = pop.get("n", "?") if isinstance(pop, dict) else "?"
+        t.add_column(f"{name} (n={n})", justify="right")
+    for lab in labels:
+        cells = []
+        for pop in pops.values():
+            q = pop.get("scores", {}).get(lab) if isinstance(pop, dict) else None
+            if isinstance(q, list) and len(q) > 1:
+                cells.append(f"{_fmt(q[len(q) // 2])} / {_fmt(q[(9 * (len(q) - 1)) // 10])}")
+            else:
+                cells.append("-")
+        t.add_row(lab, *cells)
+    sources = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in (pop.get("sources") or {}).items())
+                        for name, pop in pops.items() if isinstance(pop, dict))
+    return [t, f"Reference sources: {sources}."]
 
 
 def _rate(value: Any, ci: Any) -> str:

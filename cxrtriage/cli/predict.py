@@ -97,7 +97,16 @@ HeatmapsOpt = Annotated[
     bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw map as float16 .npy, long side <= 1024 px) at the original "
                                           "image geometry for every finding at "
                                           "or above its balanced threshold: OUT/heatmaps/<stem>__<label>__<method>.png, "
-                                          "column heatmaps. Computed from the same forward pass (no extra model run).")
+                                          "column heatmaps. Computed from the same forward pass (no extra model run). "
+                                          "Maps are shown ungated; column outside_lungs gives each map's share of "
+                                          "evidence outside the lung fields and column shortcut names the findings at "
+                                          "or above 50% (a possible shortcut). Needs a lung mask: --lungs, else the "
+                                          "images with a map are segmented for it.")
+]
+HeatmapGateOpt = Annotated[
+    bool, typer.Option("--heatmap-gate", help="With --heatmaps: multiply each map by the dilated lung mask (the old "
+                                              "default). Hides the evidence outside the lungs, where shortcuts live; the "
+                                              "share outside the lungs is still measured on the ungated map.")
 ]
 HeatmapMethodOpt = Annotated[
     str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
@@ -143,6 +152,7 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    heatmap_gate: HeatmapGateOpt = False,
     full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
@@ -164,7 +174,8 @@ def predict_cmd(
             fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, population=population,
             lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, reduced_decode=not full_resolution,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, heatmap_gate=heatmap_gate,
+            reduced_decode=not full_resolution,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)
@@ -278,6 +289,17 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         by = ", ".join(f"{k} {n}" for k, n in (quality.get("failed_by_check") or {}).items())
         text = f"[magenta]{failed} image(s) failed ({by}): not_assessed[/]" if failed else "all scored images passed"
         rows.append(("quality", text))
+    heat = sections.get("heatmaps")
+    if isinstance(heat, dict):
+        outside = heat.get("outside_lungs") if isinstance(heat.get("outside_lungs"), dict) else {}
+        text = f"{heat.get('overlays_written', 0)} overlay(s) ({heat.get('method')}"
+        text += ", gated by the lung mask)" if heat.get("lung_gated") else ", ungated)"
+        if outside:
+            n, level = int(outside.get("maps_at_or_above_level", 0)), float(outside.get("shortcut_level", 0.5))
+            text += (f"; [bold orange1]{n} map(s) with {100 * level:.0f}% or more of their evidence outside the lungs: "
+                     "possible shortcut (column shortcut)[/]" if n else
+                     f"; no map with {100 * level:.0f}% or more of its evidence outside the lungs")
+        rows.append(("heat maps", text))
     seg = sections.get("segmenter")
     if isinstance(seg, dict):
         rows.append(("lungs", f"masks by {seg.get('name')} {seg.get('version')} on {seg.get('device')}"))

@@ -113,5 +113,25 @@ def segmenter(
     console.print(f"wrote {manifest} (wall time {time.time() - t0:.0f} s)")
 
 
+@train_app.command("reference")
+def reference(
+    data: Path = _DATA,
+    out: Path = _OUT_CLS,
+) -> None:
+    """Recompute a trained classifier's validation score distribution (the manifest's `reference`, which
+    `cxrtriage monitor` compares results with) without retraining. Leaves manifest.json unsealed: check and
+    re-seal it with `cxrtriage models seal OUT`."""
+    from cxrtriage.cli.render import console, exit_on_error
+
+    with exit_on_error():
+        _check(data)
+        from cxrtriage.train.finalize import add_reference
+
+        t0 = time.time()
+        path = add_reference(data, out)
+    console.print(f"wrote the reference into {path} ({time.time() - t0:.0f} s); it is NOT sealed: run "
+                  f"`cxrtriage models seal {out} --dry-run`, then `cxrtriage models seal {out}`", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")

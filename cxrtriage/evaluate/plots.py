@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 _MARKERS = {"rule_out": "v", "balanced": "o"}
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches at 100 dpi, constrained layout (shared with the monitor's plots)."""
     # The object-oriented API with an explicit Agg canvas: no global pyplot state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -29,7 +30,8 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -48,7 +50,7 @@ def _roc_axes(ax: Any, y: NDArray[np.float64], s: NDArray[np.float64], m: LabelM
 
 def label_figure(label: str, y: NDArray[np.float64], s: NDArray[np.float64], m: LabelMetrics) -> bytes:
     """ROC curve with the operating points in effect, and the reliability diagram with case counts."""
-    fig = _figure(9.0, 3.6)
+    fig = new_figure(9.0, 3.6)
     ax_roc, ax_rel = fig.subplots(1, 2)
     _roc_axes(ax_roc, y, s, m)
     for op in m.operating_points:
@@ -76,13 +78,13 @@ def label_figure(label: str, y: NDArray[np.float64], s: NDArray[np.float64], m: 
     ax_cnt.set_ylabel("images per bin", fontsize=8)
     ax_cnt.tick_params(labelsize=7)
     ax_rel.legend(loc="upper left", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def overview_figure(curves: Mapping[str, tuple[NDArray[np.float64], NDArray[np.float64]]],
                     metrics: Mapping[str, LabelMetrics]) -> bytes:
     """All labels' ROC curves on one plot."""
-    fig = _figure(6.0, 5.0)
+    fig = new_figure(6.0, 5.0)
     ax = fig.subplots()
     for lab, (y, s) in curves.items():
         m = metrics[lab]
@@ -91,4 +93,4 @@ def overview_figure(curves: Mapping[str, tuple[NDArray[np.float64], NDArray[np.f
     ax.set_title("ROC by label (AUROC)", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=7)
-    return _png(fig)
+    return png_bytes(fig)

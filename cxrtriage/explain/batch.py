@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -12,7 +13,7 @@ from cxrtriage.errors import ConfigError, CxrTriageError, InputError, OutputErro
 from cxrtriage.explain.api import explain_input, flagged_labels, random_heatmap, read_any_image
 from cxrtriage.explain.base import Heatmap, label_index
 from cxrtriage.explain.faithfulness import deletion_insertion
-from cxrtriage.explain.gating import gate_heatmap
+from cxrtriage.explain.gating import gate_heatmap, is_shortcut, lung_fields, outside_share, share_note
 from cxrtriage.explain.overlay import heatmap_filename, overlay_text, save_heatmap
 from cxrtriage.explain.registry import METHODS, get_method, method_availability, require_method
 from cxrtriage.files import StemRegistry, atomic_output
@@ -47,7 +48,8 @@ class ExplainConfig:
     flagged: bool = False
     operating_point: str = "balanced"
     model: str | Path | None = None
-    lung_mask: bool = False
+    lung_mask: bool = False  # segment the lungs: share of each map's evidence outside them, outline on the overlay
+    gate: bool = False  # also gate the maps by the dilated lung mask (implies lung_mask)
     segmenter: str | Path | None = None
     evaluate: bool = False
     steps: int = 24
@@ -107,6 +109,8 @@ class ExplainRow:
     flagged: bool | None = None
     png: str = ""  # file names inside the output folder
     npy: str = ""
+    outside_lungs: float | None = None  # share of the map's evidence outside the lung fields (with a lung mask)
+    shortcut: bool | None = None  # outside_lungs at or above the shortcut level
     faithfulness: Faithfulness | None = None
     model_name: str = ""
     model_version: str = ""
@@ -123,6 +127,7 @@ class ExplainRow:
             "path": self.path, "label": self.label, "method": self.method, "status": self.status, "reason": self.reason,
             "score": _fmt(self.score), "threshold": _fmt(self.threshold), "operating_point": self.operating_point,
             "flagged": "" if self.flagged is None else str(self.flagged).lower(), "png": self.png, "npy": self.npy,
+            "outside_lungs": _fmt(self.outside_lungs), "shortcut": "" if self.shortcut is None else str(self.shortcut).lower(),
         }
         f = self.faithfulness
         for name in FAITHFULNESS_FIELDS:
@@ -135,7 +140,7 @@ class ExplainRow:
 FAITHFULNESS_FIELDS = tuple(f.name for f in fields(Faithfulness))
 CSV_FIELDS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged", "png", "npy",
-    *FAITHFULNESS_FIELDS, "model_name", "model_version", "model_sha256", "model_integrity",
+    "outside_lungs", "shortcut", *FAITHFULNESS_FIELDS, "model_name", "model_version", "model_sha256", "model_integrity",
 )
 
 
@@ -200,7 +205,7 @@ def _plan(config: ExplainConfig) -> tuple[_Plan, list[str]]:
     else:
         methods = [require_method(m, clf.manifest).name for m in config.methods]
     labels = tuple(clf.labels[label_index(clf.labels, lab)] for lab in config.labels) if config.labels else None
-    segmenter = load_segmenter(config.segmenter, device=config.device) if config.lung_mask else None
+    segmenter = load_segmenter(config.segmenter, device=config.device) if config.lung_mask or config.gate else None
     plan = _Plan(clf, segmenter, tuple(dict.fromkeys(methods)), labels, config.method_options)
     return plan, notes
 
@@ -232,23 +237,33 @@ def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> 
     if not targets:
         return [ExplainRow(**base, status=NOTHING_FLAGGED, reason=f"no finding reached its {op} threshold")]
     heatmaps = explain_input(plan.clf, mi, targets, list(plan.methods), options=plan.options, output=output)
+    fields = None
+    shares: list[float | None] = [None] * len(heatmaps)
     if plan.segmenter is not None:
         mask = plan.segmenter.segment(image)
-        heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
+        fields = lung_fields(mask)
+        if fields is not None:  # measured on the ungated maps: gating removes what is measured
+            shares = [outside_share(h, fields) for h in heatmaps]
+            heatmaps = [h if sh is None else dataclasses.replace(h, notes=(*h.notes, share_note(sh)))
+                        for h, sh in zip(heatmaps, shares, strict=True)]
+        if config.gate:
+            heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
     random_scores: dict[str, tuple[float, float]] = {}
     rows: list[ExplainRow] = []
-    for h in heatmaps:
+    for h, share in zip(heatmaps, shares, strict=True):
         t = m.thresholds.get(h.label)
         thr = None if t is None else getattr(t, op).threshold
         common: dict[str, Any] = {
             **base, "label": h.label, "method": h.method, "score": h.score, "threshold": thr, "operating_point": op,
             "flagged": None if thr is None or h.score is None else bool(h.score >= thr),
+            "outside_lungs": share, "shortcut": None if share is None else is_shortcut(share),
         }
         if h.empty:
             rows.append(ExplainRow(**common, status=NO_MAP, reason=h.reason))
             continue
         png = config.out / heatmap_filename(stem, h.label, h.method)
-        png_path, npy_path = save_heatmap(png, image, h, overlay_text(m, h, operating_point=op), max_side=config.max_side)
+        png_path, npy_path = save_heatmap(png, image, h, overlay_text(m, h, operating_point=op), max_side=config.max_side,
+                                          outline=fields)
         rows.append(ExplainRow(
             **common, status=MAP, png=png_path.name, npy=npy_path.name if npy_path else "",
             faithfulness=_faithfulness(plan, mi, h, config.steps, random_scores) if config.evaluate else None,

@@ -4,8 +4,10 @@ Layout (RGB, at the ORIGINAL image geometry, downscaled only for the PNG when th
 above ``max_side``, keeping the aspect ratio): a text band (finding, calibrated score, threshold
 and operating point, model name + version, method, notes) above two panels — the plain
 radiograph in grey (display window = percentiles of its pixels) and the same radiograph with the
-heat map (turbo colour map) blended where the map is above ``floor`` — then a 0..1 colour bar and
-the line "Decision support only - not a diagnosis". The raw map is saved beside it as ``.npy``.
+heat map (turbo colour map) blended where the map is above ``floor``, with the outline of the lung fields when they
+are known (``outline``: the region the share of evidence outside the lungs is measured against, see
+``cxrtriage.explain.gating``) — then a 0..1 colour bar and the line "Decision support only - not a diagnosis". The raw
+map is saved beside it as ``.npy``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from numpy.typing import NDArray
 
 from cxrtriage.errors import OutputError
 from cxrtriage.explain.base import Heatmap
+from cxrtriage.explain.gating import SHORTCUT_MARK
 from cxrtriage.explain.registry import METHODS
 from cxrtriage.files import atomic_write, fit_name, safe_name
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.types import FloatArray, Image2D
 
+BoolArray = NDArray[np.bool_]
 DISCLAIMER = "Decision support only - not a diagnosis"
 OPERATING_POINTS = {"balanced": "balanced (Youden) operating point", "rule_out": "rule-out (high-sensitivity) operating point"}
 UInt8Image = NDArray[np.uint8]
@@ -133,6 +137,16 @@ def _colour_bar(height: int, width: int, font_px: int, floor: float) -> UInt8Ima
     return np.asarray(canvas)
 
 
+def draw_outline(rgb: UInt8Image, region: BoolArray) -> UInt8Image:
+    """``rgb`` with the outer border of ``region`` (resized to it, nearest) drawn as a thin white line."""
+    h, w = rgb.shape[:2]
+    small = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out: UInt8Image = np.ascontiguousarray(rgb).copy()
+    cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, round(max(h, w) / 400)), lineType=cv2.LINE_AA)
+    return out
+
+
 def render_overlay(
     image: Image2D,
     heatmap: Heatmap,
@@ -141,8 +155,12 @@ def render_overlay(
     max_side: int = 1024,
     floor: float = 0.2,
     alpha: float = 0.5,
+    outline: BoolArray | None = None,
 ) -> UInt8Image:
-    """The overlay as an RGB uint8 array (see the module docstring for the layout)."""
+    """The overlay as an RGB uint8 array (see the module docstring for the layout).
+
+    ``outline``: a region on the original grid (the lung fields) whose border is drawn on the map panel.
+    """
     from PIL import Image, ImageDraw
 
     original = heatmap.original
@@ -162,6 +180,10 @@ def render_overlay(
         values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)
     left = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     right = blend(grey, values, floor=floor, alpha=alpha)
+    if outline is not None:
+        if outline.shape != image.shape:
+            raise OutputError(f"{image.source.path}: outline shape {outline.shape} differs from the image {image.shape}")
+        right = draw_outline(right, outline)
     font_px = max(14, min(28, round(max(dh, 2 * dw) / 55)))
     gap = max(4, font_px // 2)
     bar = _colour_bar(dh, 5 * font_px, font_px, floor)
@@ -177,10 +199,13 @@ def render_overlay(
     font = _font(font_px)
     y = gap // 2
     for i, line in enumerate(lines):
-        draw.text((gap, y), line, font=font, fill=(255, 255, 255) if i == 0 else (210, 210, 210))
+        colour = (255, 255, 255) if i == 0 else (255, 165, 0) if SHORTCUT_MARK in line else (210, 210, 210)
+        draw.text((gap, y), line, font=font, fill=colour)
         y += round(font_px * 1.35)
-    draw.text((gap, y), f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
-              f"drawn where > {floor:g} (dimmed part of the bar).", font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
+    legend = (f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
+              f"drawn where > {floor:g} (dimmed part of the bar)")
+    legend += "; white line: the lung fields." if outline is not None else "."
+    draw.text((gap, y), legend, font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
     draw.text((gap, band_h + dh + (foot_h - font_px) // 2), DISCLAIMER, font=font, fill=(255, 215, 0))
     return np.asarray(canvas)
 
@@ -205,6 +230,7 @@ def save_heatmap(
     floor: float = 0.2,
     save_npy: bool = True,
     compact_npy: bool = False,
+    outline: BoolArray | None = None,
     npy_max_side: int | None = None,
 ) -> tuple[Path, Path | None]:
     """Write the overlay picture (PNG, or JPEG when ``png_path`` ends in ``.jpg``) and, beside it (same stem,
@@ -215,9 +241,9 @@ def save_heatmap(
     ``predict --heatmaps``, where thousands of maps add up) stores it as float16, downscaled with the aspect ratio
     kept to at most ``npy_max_side`` pixels on the long side (default ``max_side``); resize it to the image size to
     overlay it. The maps are smooth (a CAM has the model's feature-map resolution, 7 x 7 for a 224 px input), so a
-    model-input-sized copy (224 px: 95 KB) keeps what they hold.
+    model-input-sized copy (224 px: 95 KB) keeps what they hold. ``outline``: see ``render_overlay``.
     """
-    rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
+    rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor, outline=outline)
     png_path = Path(png_path)
     npy_path = png_path.with_suffix(".npy")
     atomic_write(png_path, encode_picture(rgb, png_path))
@@ -255,12 +281,14 @@ def write_overlays(
     max_side: int = 1024,
     save_npy: bool = True,
     compact_npy: bool = False,
+    outline: BoolArray | None = None,
     npy_max_side: int | None = None,
     suffix: str = ".png",
 ) -> list[Path]:
     """Write the overlay picture (+ .npy unless ``save_npy`` is false) of every non-empty map of one image.
 
-    ``compact_npy``, ``npy_max_side``: see ``save_heatmap``; ``suffix``: ``.png`` or ``.jpg`` (JPEG, quality 90).
+    ``compact_npy``, ``npy_max_side``: see ``save_heatmap``; ``outline``: see ``render_overlay``; ``suffix``: ``.png``
+    or ``.jpg`` (JPEG, quality 90).
 
     Returns the picture paths.
 
@@ -272,6 +300,6 @@ def write_overlays(
             continue
         png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method, suffix), image, hm,
                               overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side,
-                              save_npy=save_npy, compact_npy=compact_npy, npy_max_side=npy_max_side)
+                              save_npy=save_npy, compact_npy=compact_npy, npy_max_side=npy_max_side, outline=outline)
         written.append(png)
     return written

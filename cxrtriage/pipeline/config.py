@@ -39,6 +39,7 @@ class PredictConfig:
     modality: str = "DOC"  # Modality of the encapsulated PDF
     heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
     heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
+    heatmap_gate: bool = False  # gate the overlays by the dilated lung mask (hides evidence outside the lungs)
     reduced_decode: bool = True  # False (--full-resolution): decode every image in full, even where fewer pixels do
 
     @property
@@ -57,6 +58,8 @@ class PredictConfig:
         _check_common(self.inputs, self.batch_size, self.workers)
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.intra_op_threads}")
+        if self.heatmap_gate and not self.heatmaps:
+            raise ConfigError("--heatmap-gate gates the heat maps: it needs --heatmaps")
         if self.deidentify:  # refused now, not after scoring every file (see the README, "De-identification")
             require_pseudonym_key()
 

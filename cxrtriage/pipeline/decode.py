@@ -33,7 +33,7 @@ from cxrtriage.errors import ConfigError, CxrTriageError
 from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, study_key
 from cxrtriage.measure.quality import QualityCheck, image_checks
 from cxrtriage.preprocess import ModelInput, PixelNeeds, PreprocessRecipe, to_model_input
-from cxrtriage.results import ImageRecord, Status
+from cxrtriage.results import SOURCE_COLUMNS, ImageRecord, Status
 from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def probe_record(path: str, probe: Probe | None, status: Status, reason: str | N
     if probe is None:
         return ImageRecord(path=path, status=status, reason=reason)
     d = probe.dicom
+    source: dict[str, str | None] = {k: getattr(d, k) or None for k in SOURCE_COLUMNS} if d else {}
     return ImageRecord(
         path=path, status=status, reason=reason or None, input_kind=probe.kind.value, study_key=study_key(probe),
         study_instance_uid=(d.study_instance_uid or None) if d else None,
@@ -96,7 +97,7 @@ def probe_record(path: str, probe: Probe | None, status: Status, reason: str | N
         sop_instance_uid=(d.sop_instance_uid or None) if d else None,
         view=(d.view_position or None) if d else None, rows=probe.rows, columns=probe.columns,
         patient_age=d.patient_age_years if d else None,
-    )
+    ).replace(**source)
 
 
 def examine(task: DecodeTask) -> Decoded:

@@ -11,6 +11,7 @@ SC_MAX_SIDE = 2048
 SC_MIN_SIDE = 768  # tiny images are upscaled so that the burned-in legend stays legible
 MAP_FLOOR = 0.2  # map values below this are not drawn (as in the explain overlays)
 RED, GREEN, GREY, WHITE = (255, 80, 80), (120, 230, 120), (190, 190, 190), (235, 235, 235)
+AMBER = (255, 176, 0)  # a possible shortcut: most of the shown map's evidence lies outside the lungs
 
 
 def _short(text: str, n: int = 70) -> str:
@@ -64,6 +65,17 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, sources: StudySources,
         except Exception as exc:
             notes.append(f"{img.path.name}: lung mask left out of the secondary capture: {exc}")
 
+    lines = legend_lines(img, bundle, shown, drawn_map=drawn_map, mask_values=mask_values, mask_names=mask_names)
+    footer = "Decision support only; not a diagnosis.\nA qualified clinician must review\nthe original image."
+    picture = imaging.burn_legend(rgb, "AI RESULT - NOT FOR DIAGNOSIS", lines, footer, colour_bar=drawn_map,
+                                  bar_floor=MAP_FLOOR)
+    return picture, notes
+
+
+def legend_lines(img: ImageResult, bundle: ResultsBundle, shown: Heatmap | None, *, drawn_map: bool,
+                 mask_values: list[int], mask_names: tuple[str, ...]) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend's coloured lines: model, findings against thresholds, priority, outlines, the shown map and the
+    maps whose evidence lies mostly outside the lung fields (a possible shortcut, in amber)."""
     name, version = bundle.model.name, bundle.model.version
     lines: list[tuple[str, tuple[int, int, int]]] = [
         (f"Model: {name} {version}", WHITE),
@@ -91,7 +103,14 @@ def sc_picture(img: ImageResult, bundle: ResultsBundle, sources: StudySources,
         what = "colour = model evidence, not a lesion outline" if drawn_map else "picture drawn by the explain step"
         lines.append((f"Map{method}: {shown.label}", WHITE))
         lines.append((f"  {what}", WHITE))
-    footer = "Decision support only; not a diagnosis.\nA qualified clinician must review\nthe original image."
-    picture = imaging.burn_legend(rgb, "AI RESULT - NOT FOR DIAGNOSIS", lines, footer, colour_bar=drawn_map,
-                                  bar_floor=MAP_FLOOR)
-    return picture, notes
+        if shown.outside_lungs is not None:
+            colour = AMBER if shown.outside_lungs >= bundle.shortcut_level else WHITE
+            lines.append((f"  {100 * shown.outside_lungs:.0f}% of it outside the lung fields", colour))
+    shortcuts = [h for h in img.heatmaps if h.outside_lungs is not None and h.outside_lungs >= bundle.shortcut_level]
+    if shortcuts:
+        lines.append(("", WHITE))
+        lines.append(("POSSIBLE SHORTCUT (evidence mostly", AMBER))
+        lines.append(("outside the lung fields):", AMBER))
+        lines += [(f"  {h.label} {100 * (h.outside_lungs or 0.0):.0f}%", AMBER)
+                  for h in sorted(shortcuts, key=lambda h: -(h.outside_lungs or 0.0))]
+    return lines

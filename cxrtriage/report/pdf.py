@@ -148,6 +148,8 @@ def render_study_pdf(view: StudyView) -> bytes:
         if img.priority:
             status += f"  |  priority {img.priority}" + (f": {img.priority_reason}" if img.priority_reason else "")
         pdf.para(status, size=8, colour=(90, 96, 105))
+        if img.shortcut:
+            pdf.para(img.shortcut, size=9, bold=True, colour=(154, 103, 0))
         _figures(pdf, img.figures)
         if img.findings:
             rows = [(f.label, f.score, f.threshold, f.kind, f.status, f.sensitivity, f.specificity) for f in img.findings]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cxrtriage.errors import ConfigError, InputError, ModelError
+from cxrtriage.explain.gating import SHORTCUT_LEVEL
 from cxrtriage.model.manifest import ModelManifest, OperatingPoint
 from cxrtriage.model.registry import manifest_for_results
 from cxrtriage.report.header import UNKNOWN, study_slug
@@ -56,6 +57,7 @@ class Heatmap:
     path: Path
     method: str = ""
     map_path: Path | None = None
+    outside_lungs: float | None = None  # share of the map's evidence outside the lung fields (the results row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,11 @@ class ImageResult:
     @property
     def priority(self) -> str:
         return self.record.priority.value if self.record.priority else ""
+
+    @property
+    def shortcut(self) -> str:
+        """The results row's "possible shortcut" note ("" when no map's evidence lay mostly outside the lungs)."""
+        return self.record.shortcut or ""
 
     @property
     def priority_reason(self) -> str:
@@ -181,6 +188,7 @@ class ResultsBundle:
     studies: tuple[StudyReport, ...]
     images: tuple[ImageResult, ...]
     notes: tuple[str, ...]
+    shortcut_level: float = SHORTCUT_LEVEL  # the run's "possible shortcut" level (run.json), for the captions
 
 
 def _resolve(path_text: str, results_dir: Path, input_base: Path | None = None) -> Path:
@@ -291,8 +299,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "x"
 
 
-def _heatmaps(paths: tuple[str, ...] | None, labels: tuple[str, ...], results_dir: Path) -> tuple[Heatmap, ...]:
-    """Overlays named ``<stem>__<label>__<method>.png`` (the name gives the label and the method)."""
+def _heatmaps(paths: tuple[str, ...] | None, labels: tuple[str, ...], results_dir: Path,
+              shares: Mapping[str, float] | None = None) -> tuple[Heatmap, ...]:
+    """Overlays named ``<stem>__<label>__<method>.png`` (the name gives the label and the method), with the share of
+    each map's evidence outside the lungs from ``shares`` (the record's ``outside_lungs``)."""
     out: list[Heatmap] = []
     by_safe = {_safe(lab): lab for lab in labels}
     for p in paths or ():
@@ -304,7 +314,8 @@ def _heatmaps(paths: tuple[str, ...] | None, labels: tuple[str, ...], results_di
             label = max(hits, key=len) if hits else stem
         path = _resolve(p, results_dir)
         npy = path.with_suffix(".npy")
-        out.append(Heatmap(label=label, path=path, method=method, map_path=npy if npy.is_file() else None))
+        out.append(Heatmap(label=label, path=path, method=method, map_path=npy if npy.is_file() else None,
+                           outside_lungs=(shares or {}).get(label)))
     return tuple(out)
 
 
@@ -325,10 +336,19 @@ def image_result(index: int, record: ImageRecord, labels: tuple[str, ...], manif
         record=record,
         path=_resolve(record.path, results_dir, Path(run.cwd) if run is not None and run.cwd else None),
         findings=resolve_findings(record, labels, manifest, run, operating_point) if record.scored else (),
-        heatmaps=_heatmaps(record.heatmaps, labels, results_dir),
+        heatmaps=_heatmaps(record.heatmaps, labels, results_dir, record.outside_lungs),
         mask_path=_resolve(record.mask_path, results_dir) if record.mask_path else None,
         notes=_notes(record),
     )
+
+
+def shortcut_level(run: RunRecord | None) -> float:
+    """The share of evidence outside the lungs at which the run called a map a possible shortcut (run.json's
+    ``heatmaps.outside_lungs.shortcut_level``; the current default when the run does not say)."""
+    section = run.sections.get("heatmaps") if run is not None else None
+    outside = section.get("outside_lungs") if isinstance(section, Mapping) else None
+    level = outside.get("shortcut_level") if isinstance(outside, Mapping) else None
+    return float(level) if isinstance(level, int | float) and 0 < level <= 1 else SHORTCUT_LEVEL
 
 
 def _rank(priority: str, levels: tuple[str, ...]) -> int:
@@ -401,4 +421,4 @@ def load_results(
         unique.append(s if n == 0 else replace(s, slug=f"{s.slug}-{n}"))
     return ResultsBundle(results_dir=rdir, run=run, manifest=manifest, model=model_identity(manifest, table, run),
                          labels=labels, operating_point=op, operating_point_source=op_src, studies=tuple(unique),
-                         images=images, notes=tuple(notes))
+                         images=images, notes=tuple(notes), shortcut_level=shortcut_level(run))

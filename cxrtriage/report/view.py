@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxrtriage import __version__
+from cxrtriage.explain.gating import SHORTCUT_LEVEL
 from cxrtriage.report import imaging
 from cxrtriage.report.header import UNKNOWN, PatientHeader
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.sources import StudySources
-from cxrtriage.report.study import Finding, ImageResult, InputNames, ResultsBundle, StudyReport
+from cxrtriage.report.study import Finding, Heatmap, ImageResult, InputNames, ResultsBundle, StudyReport
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ImageView:
     findings: tuple[FindingRow, ...]
     measurements: tuple[tuple[str, str], ...]
     notes: tuple[str, ...]
+    shortcut: str = ""  # "possible shortcut" note: a map's evidence lay mostly outside the lungs
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +151,20 @@ def _figure(caption: str, rgb: imaging.U8, file: str) -> Figure:
                   file=file)
 
 
+def heatmap_caption(hm: Heatmap, level: float = SHORTCUT_LEVEL) -> str:
+    """An overlay's caption: what the map is, and how much of its evidence lies outside the lungs."""
+    method = f" ({hm.method})" if hm.method else ""
+    text = f"Explanation map{method} for '{hm.label}': where the model's evidence was, not a lesion outline"
+    if hm.outside_lungs is not None:
+        text += f"; {100 * hm.outside_lungs:.0f}% of it outside the lung fields"
+        if hm.outside_lungs >= level:
+            text += " - POSSIBLE SHORTCUT: the model may be using something other than the lungs"
+    return text
+
+
 def image_figures(img: ImageResult, sources: StudySources, *, max_side: int = FIGURE_MAX_SIDE,
-                  stem: str = "figure") -> tuple[tuple[Figure, ...], tuple[str, ...]]:
+                  stem: str = "figure", shortcut_level: float = SHORTCUT_LEVEL,
+                  ) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
     """The source image (with the lung outline when a mask exists) and each overlay, plus problems met.
 
     Figure ``k`` (from 1) is to be written as ``<stem>-<k>.jpg``.
@@ -175,9 +189,8 @@ def image_figures(img: ImageResult, sources: StudySources, *, max_side: int = FI
         except Exception as exc:
             problems.append(f"overlay for {hm.label} not shown: {exc}")
             continue
-        method = f" ({hm.method})" if hm.method else ""
-        figures.append(_figure(f"Explanation map{method} for '{hm.label}': where the model's evidence was, "
-                               "not a lesion outline", imaging.fit(ov, max_side), f"{stem}-{len(figures) + 1}.jpg"))
+        figures.append(_figure(heatmap_caption(hm, shortcut_level), imaging.fit(ov, max_side),
+                               f"{stem}-{len(figures) + 1}.jpg"))
     return tuple(figures), tuple(problems)
 
 
@@ -186,12 +199,14 @@ def _keep(text: str) -> str:
 
 
 def image_view(img: ImageResult, number: int, sources: StudySources, *, deidentified: bool,
-               names: Callable[[str], str] = _keep, slug: str = "study") -> ImageView:
+               names: Callable[[str], str] = _keep, slug: str = "study",
+               shortcut_level: float = SHORTCUT_LEVEL) -> ImageView:
     """What the report shows of one image; ``names`` rewrites its texts (``InputNames`` when de-identified).
 
     Its figures are named ``<slug>-image<number>-<k>.jpg`` (the slug is pseudonymous when de-identified).
     """
-    figures, problems = (image_figures(img, sources, stem=f"{slug}-image{number}") if img.path.exists()
+    figures, problems = (image_figures(img, sources, stem=f"{slug}-image{number}", shortcut_level=shortcut_level)
+                         if img.path.exists()
                          else ((), ("source image file not found",)))
     meas: list[tuple[str, str]] = []
     r = img.record
@@ -213,6 +228,7 @@ def image_view(img: ImageResult, number: int, sources: StudySources, *, deidenti
         findings=tuple(finding_row(f) for f in img.findings),
         measurements=tuple(meas),
         notes=tuple(names(n) for n in img.notes + problems),
+        shortcut=img.shortcut,
     )
 
 
@@ -273,8 +289,8 @@ def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources,
         header=header,
         priority=study.priority or UNKNOWN,
         priority_reason=names(study.priority_reason) or ("no priority recorded" if not study.priority else ""),
-        images=tuple(image_view(img, n, sources, deidentified=deidentified, names=names, slug=study.slug)
-                     for n, img in enumerate(study.images, start=1)),
+        images=tuple(image_view(img, n, sources, deidentified=deidentified, names=names, slug=study.slug,
+                                shortcut_level=bundle.shortcut_level) for n, img in enumerate(study.images, start=1)),
         model=model,
         metrics=metrics,
         provenance=provenance(bundle),

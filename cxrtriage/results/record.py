@@ -58,6 +58,7 @@ class ImageRecord:
     ``scores`` maps each model label to its calibrated score (the site's score with ``--site``; the model's own
     is then in ``model_scores``). ``reason`` explains an excluded/failed file; for a scored file it holds the
     reading notes. Artefact paths (``heatmaps``, ``mask_path``) are relative to the output folder.
+    ``outside_lungs`` and ``shortcut`` come with heat maps; ``manufacturer`` ... ``sex`` from the DICOM header.
     ``extra`` carries columns of third-party pipeline hooks that this record does not know.
     """
 
@@ -73,6 +74,14 @@ class ImageRecord:
     rows: int | None = None
     columns: int | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
+    # Where the image came from, for drift monitoring by subgroup (``cxrtriage monitor``); DICOM only. No patient
+    # identifier: the study date is kept as its month, the patient's age as a band (``AGE_BANDS``).
+    manufacturer: str | None = None
+    device_model: str | None = None  # ManufacturerModelName
+    institution: str | None = None  # InstitutionName
+    study_month: str | None = None  # YYYY-MM of StudyDate (else SeriesDate, AcquisitionDate, ContentDate)
+    age_band: str | None = None  # PatientAge, else BirthDate and the study date, as a band of AGE_BANDS
+    sex: str | None = None  # PatientSex: M, F or O
     scores: Mapping[str, float | None] = field(default_factory=dict)
     model_scores: Mapping[str, float | None] = field(default_factory=dict)
     model_name: str | None = None
@@ -88,6 +97,9 @@ class ImageRecord:
     population: str | None = None  # the population whose operating points decided (triage), or "unknown"
     quality: str | None = None
     heatmaps: tuple[str, ...] | None = None
+    # Per finding with a heat map: the share of its evidence outside the lung fields (``cxrtriage.explain.gating``).
+    outside_lungs: Mapping[str, float] = field(default_factory=dict)
+    shortcut: str | None = None  # the "possible shortcut" note naming each finding whose share reached the level
     mask_path: str | None = None
     lung_area_px: int | None = None
     lung_area_mm2: float | None = None

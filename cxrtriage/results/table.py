@@ -1,9 +1,9 @@
 """Results tables: ``ImageRecord``s to and from ``results.csv`` / ``results.jsonl`` (and ``segment.csv``).
 
 The header is fixed per run: the lead columns, one ``score_<label>`` per model label, the model and
-triage columns, then the columns of the pipeline hooks that ran. Rows are written as they complete into
-``*.partial`` files (flushed per batch) which ``close()`` renames into place atomically; a run that
-crashes leaves only ``*.partial`` files, never a half-written ``results.csv``.
+triage columns, the source columns (DICOM facts for monitoring), then the columns of the pipeline hooks that ran.
+Rows are written as they complete into ``*.partial`` files (flushed per batch) which ``close()`` renames into
+place atomically; a run that crashes leaves only ``*.partial`` files, never a half-written ``results.csv``.
 
 What a cell may hold is ``cxrtriage.results.cells``'s to decide: a row whose text is not valid UTF-8 (a file
 name in Latin-1 bytes) is escaped and says so in its ``reason``, CSV cells are protected against formula
@@ -42,13 +42,17 @@ LEAD_COLUMNS: tuple[str, ...] = (
 )
 TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", "model_integrity", "priority",
                                  "priority_reason", "site_file")
+# Where each image came from (DICOM headers; empty for other files), after the tail so that every earlier column keeps
+# its position; ``cxrtriage monitor`` slices by them.
+SOURCE_COLUMNS: tuple[str, ...] = ("manufacturer", "device_model", "institution", "study_month", "age_band", "sex")
 # The column that says when a row's text had to be escaped (``cells.UNDECODABLE_NOTE``).
 NOTE_COLUMN = "reason"
 # Artefact columns, in this order when present (added by pipeline hooks).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "mask_path", "lung_area_mm2", "lung_area_px")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "outside_lungs", "shortcut", "mask_path", "lung_area_mm2", "lung_area_px")
 
 # Record fields written under their own name; the mappings (scores, areas, extra) have columns of their own.
-_PLAIN_FIELDS = frozenset(FIELD_NAMES) - {"scores", "model_scores", "label_areas", "extra"}
+_PLAIN_FIELDS = frozenset(FIELD_NAMES) - {"scores", "model_scores", "label_areas", "extra", "outside_lungs"}
+SHARES_COLUMN = "outside_lungs"  # a mapping finding -> share: "label=0.62;label=0.21" in CSV, an object in JSONL
 _INT_FIELDS = frozenset({"rows", "columns", "lung_area_px"})
 _FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2", "patient_age"})
 
@@ -63,7 +67,7 @@ def model_score_column(label: str) -> str:
 
 def result_columns(labels: Sequence[str], extra: Iterable[str] = ()) -> list[str]:
     """The header: fixed columns, one score column per label, model/triage columns, then hook columns."""
-    cols = [*LEAD_COLUMNS, *(score_column(lab) for lab in labels), *TAIL_COLUMNS]
+    cols = [*LEAD_COLUMNS, *(score_column(lab) for lab in labels), *TAIL_COLUMNS, *SOURCE_COLUMNS]
     extra = list(dict.fromkeys(extra))
     cols += [c for c in OPTIONAL_COLUMNS if c in extra]
     cols += [c for c in extra if c not in cols]
@@ -85,6 +89,8 @@ def column_value(record: ImageRecord, column: str) -> Any:
     """The value of ``column`` for ``record`` (None when the record has none)."""
     if column in _PLAIN_FIELDS:
         return getattr(record, column)
+    if column == SHARES_COLUMN:
+        return dict(record.outside_lungs) or None
     if column.startswith(MODEL_SCORE_PREFIX):
         return record.model_scores.get(column[len(MODEL_SCORE_PREFIX):])
     if column.startswith(SCORE_PREFIX):
@@ -105,11 +111,13 @@ def _unwritten(record: ImageRecord, columns: Sequence[str]) -> list[str]:
     lost += [model_score_column(lab) for lab, v in record.model_scores.items()
              if v is not None and model_score_column(lab) not in have]
     lost += [k for k in record.extra if k not in have]
+    lost += [SHARES_COLUMN] if record.outside_lungs and SHARES_COLUMN not in have else []
     return lost
 
 
 def csv_cell(value: Any) -> str:
-    """CSV cell: empty for None/NaN, ';'-joined for lists/tuples, 6 significant digits for floats.
+    """CSV cell: empty for None/NaN, ';'-joined for lists/tuples (``key=value`` items for mappings), 6 significant
+    digits for floats.
 
     The formula-injection guard is applied to the finished cell by ``SafeCsvWriter`` (numbers are left alone)."""
     if value is None:
@@ -120,6 +128,8 @@ def csv_cell(value: Any) -> str:
         return "" if math.isnan(value) else format(value, ".6g")
     if isinstance(value, list | tuple):
         return ";".join(csv_cell(v) for v in value)
+    if isinstance(value, Mapping):
+        return ";".join(f"{k}={csv_cell(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -129,6 +139,8 @@ def json_value(value: Any) -> Any:
         return None
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
@@ -174,6 +186,19 @@ def _items(v: Any) -> list[Any] | None:
     return [p for p in str(v).split(";") if p.strip()]
 
 
+def _shares(v: Any) -> dict[str, float]:
+    """An ``outside_lungs`` cell: a JSON object, or ``label=share`` items separated by ';' (CSV)."""
+    if v is None or v == "":
+        return {}
+    items = v.items() if isinstance(v, Mapping) else (p.split("=", 1) for p in str(v).split(";") if "=" in p)
+    out: dict[str, float] = {}
+    for k, x in items:
+        f = _float(x)
+        if f is not None:
+            out[str(k).strip()] = f
+    return out
+
+
 def from_row(row: Mapping[str, Any], *, where: str = "results row") -> ImageRecord:
     """Parse one results row (CSV strings or JSON values) into an ``ImageRecord``.
 
@@ -197,8 +222,9 @@ def from_row(row: Mapping[str, Any], *, where: str = "results row") -> ImageReco
     model_scores: dict[str, float | None] = {}
     areas: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
+    shares = _shares(row.get(SHARES_COLUMN))
     for key, v in row.items():
-        if key in ("path", "status", "priority"):
+        if key in ("path", "status", "priority", SHARES_COLUMN):
             continue
         if key in _INT_FIELDS:
             values[key] = _int(v)
@@ -224,7 +250,7 @@ def from_row(row: Mapping[str, Any], *, where: str = "results row") -> ImageReco
     label_areas = {lab: LabelArea(px=_int(a.get("px")) or 0, mm2=_float(a.get("mm2"))) for lab, a in areas.items()
                    if _int(a.get("px")) is not None}
     return ImageRecord(path=path, status=status, priority=priority, scores=scores, model_scores=model_scores,
-                       label_areas=label_areas, extra=extra, **values)
+                       label_areas=label_areas, outside_lungs=shares, extra=extra, **values)
 
 
 # --------------------------------------------------------------------------- writing
@@ -314,6 +340,7 @@ class ResultsTable:
     path: Path
     columns: tuple[str, ...]
     records: tuple[ImageRecord, ...]
+    notes: tuple[str, ...] = ()  # e.g. a last line cut short while a run was still writing (``growing=True``)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -329,8 +356,12 @@ class ResultsTable:
         return sorted(vals - {""})
 
 
-def read_results(path: str | Path) -> ResultsTable:
-    """Read ``results.csv`` or ``results.jsonl`` (by suffix) as written by ``cxrtriage predict``.
+def read_results(path: str | Path, *, growing: bool = False) -> ResultsTable:
+    """Read ``results.csv`` or ``results.jsonl`` (by suffix; ``results.jsonl.partial`` too) as written by
+    ``cxrtriage predict``.
+
+    ``growing``: the JSONL file may still be being written (a run in progress, or a file a site appends to): a last
+    line without its newline that is not valid JSON is left out, and ``notes`` says so.
 
     Raises:
         InputError: the file is missing, unreadable, not a results table, or a row is malformed (file and
@@ -339,16 +370,22 @@ def read_results(path: str | Path) -> ResultsTable:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: results file not found; run `cxrtriage predict ... --out DIR` first")
+    notes: list[str] = []
     try:
-        if p.suffix.lower() == ".jsonl":
+        if p.name.lower().endswith((".jsonl", ".jsonl.partial")):
             rows: list[tuple[int, dict[str, Any]]] = []
             columns: dict[str, None] = {}
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+            text = p.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            for n, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    if growing and n == len(lines) and not text.endswith("\n"):
+                        notes.append(f"{p}:{n}: last line incomplete (still being written): left out")
+                        continue
                     raise InputError(f"{p}:{n}: not valid JSON ({exc}); the results file is damaged") from exc
                 if not isinstance(row, dict):
                     raise InputError(f"{p}:{n}: a results line must be a JSON object")
@@ -365,7 +402,7 @@ def read_results(path: str | Path) -> ResultsTable:
         if col not in header:
             raise InputError(f"{p}: results have no '{col}' column; is this a results file written by `cxrtriage predict`?")
     records = tuple(from_row(r, where=f"{p}:{n}") for n, r in rows)
-    return ResultsTable(path=p, columns=tuple(header), records=records)
+    return ResultsTable(path=p, columns=tuple(header), records=records, notes=tuple(notes))
 
 
 def read_results_dir(results_dir: str | Path) -> ResultsTable:

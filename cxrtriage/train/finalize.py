@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
 import subprocess
@@ -12,8 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrtriage.errors import ModelError
 from cxrtriage.files import atomic_write
-from cxrtriage.model.manifest import SCHEMA_VERSION, load_manifest, sha256_file, verify_onnx, write_sealed_manifest
+from cxrtriage.io.dicom.source import age_band as dicom_age_band
+from cxrtriage.model.integrity import canonical_json
+from cxrtriage.model.manifest import (
+    SCHEMA_VERSION,
+    load_manifest,
+    manifest_text,
+    sha256_file,
+    verify_onnx,
+    write_sealed_manifest,
+)
 from cxrtriage.model.verify import open_checked_session
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.data import (
@@ -95,6 +107,91 @@ def _group_metrics(records: list[Record], y: np.ndarray, p: np.ndarray, n_boot: 
             res.pop("ece", None)
             out[f"{attr}={v}"] = res
     return out
+
+
+REFERENCE_QUANTILES = 101  # the score CDF in 1 % steps: KS within 0.01, PSI bins at the deciles
+REFERENCE_POPULATIONS = {"all": ("nih14", "kermany224", "ieee_lungs"), "adult": ("nih14", "ieee_lungs"),
+                         "pediatric": ("kermany224",)}
+
+
+def _counts(values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def validation_reference(records: list[Record], probs: np.ndarray, labels: tuple[str, ...],
+                         calibration: dict[str, Any], onnx_sha256: str) -> dict[str, Any]:
+    """The manifest's ``reference``: what the model's calibrated scores looked like on the validation split, for
+    ``cxrtriage monitor`` to compare a site's results against (drift).
+
+    ``records`` are the validation images, ``probs`` [N, L] their calibrated scores. Per population (``all``, and the
+    adult and pediatric sources apart: a site compares itself with the one it serves): the number of images, per label
+    the score quantiles in 1 % steps, and the composition the monitor can compare with DICOM facts (age band, sex,
+    view; "" = unknown). ``calibration_sha256`` and ``onnx_sha256`` say which scores these are: a re-calibrated or
+    re-exported model needs a new reference (``cxrtriage train reference``).
+    """
+    source = np.array([r.source for r in records])
+    q = np.linspace(0.0, 1.0, REFERENCE_QUANTILES)
+    populations: dict[str, Any] = {}
+    for name, sources in REFERENCE_POPULATIONS.items():
+        m = np.isin(source, sources)
+        recs = [r for r, keep in zip(records, m, strict=True) if keep]
+        if not recs:
+            continue
+        # Kermany's ages are not in its labels; its README gives 1-5 years for every child
+        ages = [dicom_age_band(r.age if r.age is not None else (3.0 if r.source == "kermany224" else None)) for r in recs]
+        populations[name] = {
+            "n": len(recs),
+            "sources": _counts([r.source for r in recs]),
+            "scores": {lab: [float(f"{v:.5g}") for v in np.quantile(probs[m, j], q)] for j, lab in enumerate(labels)},
+            "age_band": _counts(ages),
+            "sex": _counts([(r.sex or "").upper()[:1] for r in recs]),
+            "view": _counts([v if (v := view_group(r)) != "unknown" else "" for r in recs]),
+        }
+    return {
+        "what": "calibrated scores of the validation split (the images the calibration and thresholds were fitted on)",
+        "split": "val",
+        "quantiles": REFERENCE_QUANTILES,
+        "calibration_sha256": hashlib.sha256(canonical_json(calibration)).hexdigest(),
+        "onnx_sha256": onnx_sha256,
+        "populations": populations,
+    }
+
+
+def add_reference(data_root: Path, out: Path) -> Path:
+    """Recompute the ``reference`` of an existing classifier folder (model.pt, manifest.json, train_config.json)
+    without retraining: the same validation images (checked against splits/splits.csv), the same network and the
+    manifest's own calibration. Writes it into manifest.json, which is then no longer sealed: re-seal it on purpose
+    with ``cxrtriage models seal OUT`` (which validates it and shows that only ``reference`` changed)."""
+    path = out / "manifest.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    info = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
+    cfg = info["config"]
+    labels = tuple(data["labels"])
+    _, records = classifier_records(data_root, seed=int(cfg["seed"]))
+    if cfg["tiny"]:
+        records = tiny_subset(records)
+    val = [r for r in records if r.split == "val"]
+    splits = out / "splits" / "splits.csv"
+    if splits.is_file():
+        with open(splits, newline="", encoding="utf-8") as fh:
+            listed = sorted(row["path"] for row in csv.DictReader(fh) if row["split"] == "val")
+        if listed != sorted(r.path for r in val):
+            raise ModelError(f"{splits}: its validation list differs from the recipe's (seed {cfg['seed']}); "
+                             "the reference would describe other images than the ones the model was validated on")
+    x, _ = cached_arrays(data_root, val, PreprocessRecipe.from_dict(data["preprocessing"]))
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    logits = predict_logits(model, x)
+    cal = data.get("calibration") or {}
+    a = np.array([float(cal.get("a", {}).get(lab, 1.0)) for lab in labels])
+    b = np.array([float(cal.get("b", {}).get(lab, 0.0)) for lab in labels])
+    data["reference"] = validation_reference(val, sigmoid(logits * a + b), labels, cal, data["sha256"])
+    atomic_write(path, manifest_text(data))
+    return path
 
 
 def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
@@ -270,6 +367,8 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
             "images": counts,
         },
         "model_card": "MODEL_CARD.md",
+        "reference": validation_reference([r for r, v in zip(records, va, strict=True) if v], probs[va], labels,
+                                          {"method": "platt", "a": cal_a, "b": cal_b}, sha256_file(onnx_path)),
         "label_mapping": label_mapping,
         "architecture": {"name": "SlimResNet", **ckpt["config"], "feature_map": "post-ReLU output of the last residual block"},
         "training": {"best_epoch": info["best_epoch"], "epochs": cfg["epochs"], "seed": cfg["seed"],

@@ -73,3 +73,11 @@ def test_empty_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert code == 0 and "No models found" in out
     code, out = _run("models", "verify")
     assert code == 3 and "no models found" in out
+
+
+def test_info_shows_the_shipped_validation_reference_in_brief(repo_root: Path) -> None:
+    res = CliRunner().invoke(app, ["models", "info", str(repo_root / "models" / "cxr-classifier")])
+    assert res.exit_code == 0, res.output
+    assert "Validation reference for `cxrtriage monitor`" in res.output
+    assert "(n=117)" in res.output and "(n=494)" in res.output  # adult, pediatric
+    assert "0.0004097" not in res.output  # the 101 quantiles per label stay in the manifest

@@ -25,7 +25,7 @@ from cxrtriage.explain.batch import (
 # explain.csv columns, in the order users' scripts read them; changing them is a breaking change.
 EXPECTED_COLUMNS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged",
-    "png", "npy", "deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
+    "png", "npy", "outside_lungs", "shortcut", "deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
     "deletion_auc_random", "insertion_auc_random", "model_name", "model_version", "model_sha256", "model_integrity",
 )
 

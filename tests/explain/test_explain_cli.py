@@ -103,11 +103,13 @@ def test_method_all_skips_what_a_headless_model_cannot_do(setup: tuple[Path, Pat
     assert res.exit_code == 3 and "still apply" in res.output
 
 
-def test_lung_mask_gating_from_the_cli(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_lung_mask_measures_outside_share_and_gate_gates_from_the_cli(setup: tuple[Path, Path, Path],
+                                                                       tmp_path: Path) -> None:
     model, inputs, out = setup
     seg = make_tiny_segmenter(tmp_path / "models" / "seg", size=32, seed=3).parent  # seed 3: dark pixels are "lung"
-    res = runner.invoke(app, ["explain", str(inputs / "a"), "--out", str(out), "--model", str(model), "--label", "effusion",
-                              "--method", "layercam", "--lung-mask", "--segmenter", str(seg)])
+    args = ["explain", str(inputs / "a"), "--model", str(model), "--label", "effusion", "--method", "layercam",
+            "--segmenter", str(seg)]
+    res = runner.invoke(app, [*args, "--out", str(out), "--lung-mask"])
     assert res.exit_code == 0, res.output
     (row,) = _rows(out)
     assert row["status"] == "map", row
@@ -118,7 +120,18 @@ def test_lung_mask_gating_from_the_cli(setup: tuple[Path, Path, Path], tmp_path:
     assert isinstance(s, Segmenter)
     mask = s.segment(read_raster(inputs / "a" / "wide.png")).binary()
     assert 0.1 < mask.mean() < 0.9
-    raw = np.load(out / row["npy"])
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * 3 + 1, 2 * 3 + 1))  # radius 0.03 * 90 ≈ 3
     dilated = cv2.dilate(mask.astype(np.uint8), kernel) > 0
+    # --lung-mask alone: the map is NOT gated (evidence outside the lungs stays visible) and its share is measured
+    ungated = np.load(out / row["npy"])
+    assert float(ungated[~dilated].max(initial=0.0)) > 0.0
+    share = float(row["outside_lungs"])
+    assert 0.0 <= share <= 1.0 and row["shortcut"] == str(share >= 0.5).lower()
+    # --gate: gated as before; the share is the same, measured before gating
+    gated_out = tmp_path / "gated"
+    res = runner.invoke(app, [*args, "--out", str(gated_out), "--gate"])
+    assert res.exit_code == 0, res.output
+    (row,) = _rows(gated_out)
+    raw = np.load(gated_out / row["npy"])
     assert float(raw[~dilated].max(initial=0.0)) == 0.0 < float(raw[dilated].max())
+    assert float(row["outside_lungs"]) == share

@@ -90,3 +90,9 @@ def test_cli_heatmaps_option(tmp_path: Path) -> None:
                                    "--workers", "0", "--heatmaps", "--heatmap-method", "layercam"])
     assert res.exit_code == 0, res.output
     assert list((out / "heatmaps").glob("a__*__layercam.jpg"))
+    assert "(layercam, ungated)" in res.output and "evidence outside the lungs" in res.output  # the summary row
+
+
+def test_gating_needs_heatmaps(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--heatmap-gate .* needs --heatmaps"):
+        PredictConfig(inputs=(tmp_path,), out_dir=tmp_path / "o", heatmap_gate=True)

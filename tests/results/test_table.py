@@ -129,3 +129,30 @@ def test_unwritable_dir(tmp_path: Path) -> None:
             ResultsWriter(ro / "sub", result_columns(["a"]))
     finally:
         ro.chmod(0o700)
+
+
+def test_source_and_shortcut_columns_round_trip_through_csv_and_jsonl(tmp_path: Path) -> None:
+    """The DICOM source facts sit after the tail columns (earlier columns keep their place); the per-finding shares
+    of evidence outside the lungs are one mapping column ('label=share;...' in CSV, an object in JSONL)."""
+    rec = SCORED.replace(manufacturer="ACME", device_model="DR-1", institution="General", study_month="2024-03",
+                         age_band="40-59", sex="F", outside_lungs={"a": 0.62, "b": 0.05},
+                         shortcut="possible shortcut: evidence outside the lung fields for 'a' 62% (level 50%)")
+    cols = result_columns(["a", "b"], extra=["shortcut", "heatmaps", "outside_lungs", "priority_finding", "priority_score",
+                                            "lung_area_px", "lung_area_mm2"])
+    assert cols[cols.index("site_file") + 1:cols.index("site_file") + 7] == [
+        "manufacturer", "device_model", "institution", "study_month", "age_band", "sex"]
+    assert cols[cols.index("heatmaps"):cols.index("heatmaps") + 3] == ["heatmaps", "outside_lungs", "shortcut"]
+    with ResultsWriter(tmp_path, cols) as w:
+        w.write(rec)
+        w.write(FAILED)
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["outside_lungs"] == "a=0.62;b=0.05" and rows[0]["manufacturer"] == "ACME"
+    assert rows[1]["outside_lungs"] == "" and rows[1]["shortcut"] == ""
+    assert read_jsonl(tmp_path / "results.jsonl")[0]["outside_lungs"] == {"a": 0.62, "b": 0.05}
+    for name in ("results.csv", "results.jsonl"):
+        back = read_results(tmp_path / name).records
+        assert back[0].replace(scores=rec.scores) == rec, name
+        assert back[1].outside_lungs == {} and back[1].shortcut is None
+    with pytest.raises(ValueError, match="outside_lungs"):  # a share without its column would be lost
+        ResultsWriter(tmp_path / "b", result_columns(["a"])).write(rec.replace(heatmaps=None, scores={}))

@@ -17,6 +17,7 @@ from cxrtriage.errors import InputError
 from cxrtriage.io.dicom.age import patient_age_years
 from cxrtriage.io.dicom.deflate import deflated_problem
 from cxrtriage.io.dicom.messages import first_line, warning_notes
+from cxrtriage.io.dicom.source import source_facts
 from cxrtriage.io.dicom.values import get_int, get_text, transfer_syntax
 from cxrtriage.types import DicomInfo
 
@@ -173,6 +174,7 @@ def dicom_info(ds: Dataset, path: Path | None = None) -> DicomInfo:
         samples_per_pixel=get_int(ds, "SamplesPerPixel", 1),
         image_laterality=get_text(ds, "ImageLaterality") or get_text(ds, "Laterality"),
         series_description=get_text(ds, "SeriesDescription"),
+        **source_facts(ds),
         patient_age_years=patient_age_years(ds),
     )
 

@@ -173,6 +173,9 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         head.add_row("CAM head", f"{m.head.pooling}, weight {m.head.weight}" + (f", bias {m.head.bias}" if m.head.bias else ""))
     card = "-" if m.model_card is None else str(m.model_card) + ("" if m.model_card.is_file() else " [red](missing)[/]")
     head.add_row("model card", card)
+    if m.ignores_outputs:
+        ignored = sorted(set(range(m.n_outputs)) - set(m.output_columns))
+        head.add_row("ignored outputs", f"{len(ignored)} of {m.n_outputs} graph outputs (index {_fmt(ignored)}): no label")
     parts: list[RenderableType] = [Panel(head, title=f"Model {m.name}", title_align="left")]
 
     labels = Table(title="Labels, operating points and calibration", title_justify="left")
@@ -187,7 +190,11 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         b = cal.b.get(lab) if cal else None
         labels.add_row(str(i), lab, *(_fmt(v) for v in (*ro, *ba, a, b)))
     parts.append(labels)
-    if cal is not None:
+    if cal is not None and cal.method == "op_norm":
+        parts.append("Calibration: op_norm (torchxrayvision: q = sigmoid(logit); each label's operating point "
+                     f"maps to 0.5; points {', '.join(f'{k} {v:.4g}' for k, v in cal.op_threshs.items())}); "
+                     "thresholds apply to calibrated scores.")
+    elif cal is not None:
         parts.append(f"Calibration: {cal.method} (score = sigmoid(a · logit + b)); thresholds apply to calibrated scores.")
     else:
         parts.append("Calibration: none (score = sigmoid(logit)).")

@@ -3,6 +3,7 @@ and re-sealing a manifest its owner edited on purpose."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -369,6 +370,126 @@ def seal_cmd(
             say(f"sealed: integrity {before} → {res.after}")
         else:
             say(f"not written (--dry-run): integrity would change {before} → {res.after}")
+
+
+def _recipe(recipe_file: Path | None, size: int | None, preset: str | None) -> tuple[Any, list[str | None] | None]:
+    """The preprocessing recipe (and labels, when the TOML file gives them) of ``models import``."""
+    import tomllib
+
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.model.importer import label_name
+    from cxrtriage.preprocess import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode
+
+    labels: list[str | None] | None = None
+    table: dict[str, Any] = {}
+    if preset == "xrv":
+        table = {"geometry": GeometryMode.CENTER_CROP.value, "intensity": IntensityMode.NOMINAL.value,
+                 "output_range": [-1024.0, 1024.0], "resize": ResizeMode.SKIMAGE.value}
+    elif preset not in (None, "default"):
+        raise ConfigError(f"--preprocessing {preset}: use 'xrv' (torchxrayvision's) or 'default'")
+    if recipe_file is not None:
+        try:
+            doc = tomllib.loads(recipe_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--recipe {recipe_file}: cannot read it ({exc})") from exc
+        pre = doc.get("preprocessing", {})
+        if not isinstance(pre, dict):
+            raise ConfigError(f"--recipe {recipe_file}: [preprocessing] must be a table of recipe fields")
+        table.update(pre)
+        if "labels" in doc:
+            labels = [label_name(x) if x not in ("", "-") else None for x in doc["labels"]]
+    if size is not None:
+        table["size"] = size
+    return PreprocessRecipe.from_dict(table, where=f"--recipe {recipe_file}" if recipe_file else "preprocessing"), labels
+
+
+@models_app.command("import")
+def import_cmd(
+    out: Path = typer.Option(..., "--out", help="New model folder to write (e.g. models/my-model); its name is the "
+                                                "model name unless --name is given."),
+    xrv_arch: str | None = typer.Option(None, "--xrv", metavar="WEIGHTS_NAME",
+                                        help="torchxrayvision weights name (densenet121-res224-all, "
+                                             "resnet50-res512-all...) or architecture (densenet121, resnet50) with "
+                                             "--labels. Needs --weights."),
+    pytorch: str | None = typer.Option(None, "--pytorch", metavar="MODULE:FACTORY",
+                                       help="A callable returning your nn.Module; --weights is its state dict."),
+    torchscript: Path | None = typer.Option(None, "--torchscript", help="A TorchScript file (no heat maps)."),
+    onnx_file: Path | None = typer.Option(None, "--onnx", help="A plain ONNX file (exported already)."),
+    weights: Path | None = typer.Option(None, "--weights", help="The weights file (state dict or pickled model)."),
+    labels: str | None = typer.Option(None, "--labels", help="Labels in output order, comma-separated or @FILE (one a "
+                                                             "line); '-' marks an output to ignore."),
+    recipe_file: Path | None = typer.Option(None, "--recipe", help="TOML file: [preprocessing] recipe fields and "
+                                                                   "optionally labels = [...]."),
+    preprocessing: str | None = typer.Option(None, "--preprocessing", help="Recipe preset: xrv or default."),
+    size: int | None = typer.Option(None, "--size", help="Model input size (pixels per side)."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: the --out folder's name)."),
+    version: str = typer.Option("1.0.0", "--version", help="Model version."),
+    images: list[Path] | None = typer.Option(None, "--images", help="Folder or file of real images for the parity "
+                                                                    "check (repeatable); default: sample_data."),
+    task: str = typer.Option("classification", "--task", help="classification or segmentation (--onnx only)."),
+    logits: str | None = typer.Option(None, "--logits", help="ONNX output with the logits/masks (default: the first)."),
+    features: str | None = typer.Option(None, "--features", help="ONNX output with the last post-ReLU feature map "
+                                                                 "(enables exact Grad-CAM; the head is found)."),
+    no_features: bool = typer.Option(False, "--no-features", help="PyTorch: export no feature map (no GAP+linear head)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
+) -> None:
+    """Import your own model into a sealed model folder: ONNX, manifest (sha256, labels, recipe, head, operating points),
+    model card skeleton, and a parity check on real images (framework vs cxrtriage, in the card).
+
+    torchxrayvision and PyTorch sources need the train extra (torch); a plain ONNX file does not.
+    """
+    import tempfile
+
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.model.importer import import_onnx, parse_labels
+    from cxrtriage.model.manifest import load_manifest
+
+    with exit_on_error():
+        sources = [x for x in (xrv_arch, pytorch, torchscript, onnx_file) if x is not None]
+        if len(sources) != 1:
+            raise ConfigError("give exactly one of --xrv, --pytorch, --torchscript, --onnx")
+        if (xrv_arch or pytorch) and weights is None and xrv_arch:
+            raise ConfigError("--xrv needs --weights (the torchxrayvision weights file you downloaded)")
+        recipe, toml_labels = _recipe(recipe_file, size, preprocessing)
+        label_list = parse_labels(labels) if labels else toml_labels
+        parity = list(images) if images else [Path(__file__).resolve().parents[2] / "sample_data"]
+        model_name = name or out.name
+        if onnx_file is not None:
+            if label_list is None:
+                raise ConfigError("--onnx needs --labels (or labels in --recipe)")
+            manifest = import_onnx(onnx_file, out, name=model_name, version=version, labels=label_list, recipe=recipe,
+                                   images=parity, task=task, logits_output=logits, features_output=features, force=force)
+        else:
+            try:
+                from cxrtriage.train import byo
+            except ImportError as exc:
+                raise ConfigError(f"importing a PyTorch or torchxrayvision model needs torch (pip install -e '.[train]'):"
+                                  f" {exc}") from exc
+            with tempfile.TemporaryDirectory(prefix="cxrtriage-import-") as tmp:
+                if xrv_arch is not None:
+                    assert weights is not None
+                    manifest = byo.import_xrv(xrv_arch, weights, out, name=model_name, version=version, images=parity,
+                                              labels=label_list, force=force, work=Path(tmp))
+                else:
+                    if label_list is None:
+                        raise ConfigError("--pytorch/--torchscript need --labels (or labels in --recipe)")
+                    manifest = byo.import_pytorch(pytorch, weights, torchscript, out, name=model_name, version=version,
+                                                  labels=label_list, recipe=recipe, images=parity,
+                                                  features=not no_features, force=force, work=Path(tmp))
+        m = load_manifest(manifest)
+        parity_info = m.extra.get("imported", {}).get("parity", {})
+        say = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        say(f"imported {m.name} {m.version}: {manifest} ({len(m.labels)} labels, "
+            f"{m.n_outputs - len(m.labels)} outputs ignored, input {m.preprocessing.size}px, "
+            f"heat maps: {'exact Grad-CAM' if m.head else 'no GAP+linear head'})")
+        for key, what in (("graph", "ONNX vs framework, same input"), ("pipeline", "whole pipeline vs torchxrayvision's")):
+            p = parity_info.get(key)
+            if p:
+                say(f"parity, {what}: max |logit difference| {p['max_abs_logit_difference']:.3g}, median "
+                    f"{p['median_abs_logit_difference']:.3g} over {p['images']} image(s)"
+                    + (f" ({p['not_compared']} not compared, see the card)" if p.get("not_compared") else ""))
+        say(f"model card: {m.model_card} (performance UNKNOWN until `cxrtriage models validate`)")
 
 
 def register(app: typer.Typer) -> None:

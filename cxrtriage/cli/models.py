@@ -4,7 +4,7 @@ and re-sealing a manifest its owner edited on purpose."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -405,33 +405,35 @@ def _recipe(recipe_file: Path | None, size: int | None, preset: str | None) -> t
 
 @models_app.command("import")
 def import_cmd(
-    out: Path = typer.Option(..., "--out", help="New model folder to write (e.g. models/my-model); its name is the "
-                                                "model name unless --name is given."),
-    xrv_arch: str | None = typer.Option(None, "--xrv", metavar="WEIGHTS_NAME",
+    out: Annotated[Path, typer.Option("--out", help="New model folder to write (e.g. models/my-model); its name is the "
+                                                "model name unless --name is given.")],
+    xrv_arch: Annotated[str | None, typer.Option("--xrv", metavar="WEIGHTS_NAME",
                                         help="torchxrayvision weights name (densenet121-res224-all, "
                                              "resnet50-res512-all...) or architecture (densenet121, resnet50) with "
-                                             "--labels. Needs --weights."),
-    pytorch: str | None = typer.Option(None, "--pytorch", metavar="MODULE:FACTORY",
-                                       help="A callable returning your nn.Module; --weights is its state dict."),
-    torchscript: Path | None = typer.Option(None, "--torchscript", help="A TorchScript file (no heat maps)."),
-    onnx_file: Path | None = typer.Option(None, "--onnx", help="A plain ONNX file (exported already)."),
-    weights: Path | None = typer.Option(None, "--weights", help="The weights file (state dict or pickled model)."),
-    labels: str | None = typer.Option(None, "--labels", help="Labels in output order, comma-separated or @FILE (one a "
-                                                             "line); '-' marks an output to ignore."),
-    recipe_file: Path | None = typer.Option(None, "--recipe", help="TOML file: [preprocessing] recipe fields and "
-                                                                   "optionally labels = [...]."),
-    preprocessing: str | None = typer.Option(None, "--preprocessing", help="Recipe preset: xrv or default."),
-    size: int | None = typer.Option(None, "--size", help="Model input size (pixels per side)."),
-    name: str | None = typer.Option(None, "--name", help="Model name (default: the --out folder's name)."),
-    version: str = typer.Option("1.0.0", "--version", help="Model version."),
-    images: list[Path] | None = typer.Option(None, "--images", help="Folder or file of real images for the parity "
-                                                                    "check (repeatable); default: sample_data."),
-    task: str = typer.Option("classification", "--task", help="classification or segmentation (--onnx only)."),
-    logits: str | None = typer.Option(None, "--logits", help="ONNX output with the logits/masks (default: the first)."),
-    features: str | None = typer.Option(None, "--features", help="ONNX output with the last post-ReLU feature map "
-                                                                 "(enables exact Grad-CAM; the head is found)."),
-    no_features: bool = typer.Option(False, "--no-features", help="PyTorch: export no feature map (no GAP+linear head)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
+                                             "--labels. Needs --weights.")] = None,
+    pytorch: Annotated[str | None, typer.Option("--pytorch", metavar="MODULE:FACTORY",
+                                       help="A callable returning your nn.Module; --weights is its state dict.")] = None,
+    torchscript: Annotated[Path | None, typer.Option("--torchscript", help="A TorchScript file (no heat maps).")] = None,
+    onnx_file: Annotated[Path | None, typer.Option("--onnx", help="A plain ONNX file (exported already).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The weights file (state dict or pickled model).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Labels in output order, comma-separated or @FILE (one a "
+                                                             "line); '-' marks an output to ignore.")] = None,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="TOML file: [preprocessing] recipe fields and "
+                                                                   "optionally labels = [...].")] = None,
+    preprocessing: Annotated[str | None, typer.Option("--preprocessing", help="Recipe preset: xrv or default.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Model input size (pixels per side).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the --out folder's name).")] = None,
+    version: Annotated[str, typer.Option("--version", help="Model version.")] = "1.0.0",
+    images: Annotated[list[Path] | None, typer.Option("--images", help="Folder or file of real images for the parity "
+                                                                    "check (repeatable); default: sample_data.")] = None,
+    task: Annotated[str, typer.Option("--task", help="classification or segmentation (--onnx only).")] = "classification",
+    logits: Annotated[str | None, typer.Option(
+        "--logits", help="ONNX output with the logits/masks (default: the first).")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="ONNX output with the last post-ReLU feature map "
+                                                                 "(enables exact Grad-CAM; the head is found).")] = None,
+    no_features: Annotated[bool, typer.Option(
+        "--no-features", help="PyTorch: export no feature map (no GAP+linear head).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
 ) -> None:
     """Import your own model into a sealed model folder: ONNX, manifest (sha256, labels, recipe, head, operating points),
     model card skeleton, and a parity check on real images (framework vs cxrtriage, in the card).

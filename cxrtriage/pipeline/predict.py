@@ -26,7 +26,15 @@ from cxrtriage.errors import CxrTriageError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
-from cxrtriage.pipeline.decode import GUARD_HINT, Decoded, DecodeTask, WorkerStartError, decode_stream, importing_main_in_worker, prestart
+from cxrtriage.pipeline.decode import (
+    GUARD_HINT,
+    Decoded,
+    DecodeTask,
+    WorkerStartError,
+    decode_stream,
+    importing_main_in_worker,
+    prestart,
+)
 from cxrtriage.pipeline.engine import (
     ProgressCounter,
     ProgressUpdate,

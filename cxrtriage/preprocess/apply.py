@@ -85,7 +85,8 @@ def skimage_resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
     lo, hi = float(src.min()), float(src.max())
     if not lo <= 0.0 <= hi and float(out.min()) <= 0.0 <= float(out.max()):
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-    return np.clip(out, np.float32(lo), np.float32(hi)).astype(np.float32, copy=False)
+    clipped: FloatArray = np.clip(out, np.float32(lo), np.float32(hi)).astype(np.float32, copy=False)
+    return clipped
 
 
 def _to_unit(region: FloatArray, image: Image2D, recipe: PreprocessRecipe) -> FloatArray:

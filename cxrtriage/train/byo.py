@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: N812 (the name torchxrayvision's code u
 from torch import nn
 
 from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.io import read_image
 from cxrtriage.model.importer import (
     ImportSpec,
     Parity,
@@ -47,7 +48,6 @@ from cxrtriage.model.importer import (
 )
 from cxrtriage.model.manifest import sha256_file
 from cxrtriage.preprocess import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode, to_model_input
-from cxrtriage.io import read_image
 from cxrtriage.train.export import export_onnx
 
 XRV_PACKAGE = "torchxrayvision"
@@ -173,8 +173,9 @@ class XrvResNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last (post-ReLU) feature map."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out: torch.Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return out
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -244,8 +245,9 @@ class XrvDenseNetExport(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = F.relu(self.net.features(x))
-        logits = self.net.classifier(F.adaptive_avg_pool2d(feats, (1, 1)).flatten(1))
+        net: Any = self.net  # torchxrayvision's class, defined from its source at run time
+        feats = F.relu(net.features(x))
+        logits: torch.Tensor = net.classifier(F.adaptive_avg_pool2d(feats, (1, 1)).flatten(1))
         return logits, feats
 
 
@@ -304,7 +306,8 @@ def torch_logits(net: nn.Module, batch: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = net(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
     logits = out[0] if isinstance(out, tuple) else out
-    return logits.double().numpy()
+    arr: np.ndarray = logits.double().numpy()
+    return arr
 
 
 def graph_parity(net: nn.Module, onnx_path: Path, input_name: str, recipe: PreprocessRecipe,

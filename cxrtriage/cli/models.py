@@ -494,5 +494,33 @@ def import_cmd(
         say(f"model card: {m.model_card} (performance UNKNOWN until `cxrtriage models validate`)")
 
 
+@models_app.command("validate")
+def validate_cmd(
+    model: Annotated[str, typer.Argument(help="Model name, or path to its folder or manifest.")],
+    images: Annotated[list[Path], typer.Argument(help="The labelled images (files or folders).")],
+    labels: Annotated[Path, typer.Option("--labels", help="LABELS.csv of the images (see `cxrtriage evaluate --help`).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the predict run and evaluation.json.")],
+    by: Annotated[str, typer.Option("--by", help="Comma-separated label-file columns for subgroups (e.g. sex,view).")] = "",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=50, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decode processes (0: in this process).")] = None,
+) -> None:
+    """Validate a model on your own labelled images: predict + evaluate, then write the measured metrics (AUROC with
+    95% CIs, operating points, calibration, subgroups) into a new, sealed version of its manifest and model card."""
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.pipeline.validate import validate_model
+
+    with exit_on_error():
+        res = validate_model(model, labels, images, out, by=tuple(c for c in by.split(",") if c.strip()),
+                             n_boot=n_boot, workers=workers)
+        say = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        for lab, m in res.evaluation.labels.items():
+            say(f"{lab}: AUROC {m.auroc:.3f} ({m.auroc_ci[0]:.3f}-{m.auroc_ci[1]:.3f}), n {m.n}, positives {m.n_positive}, "
+                f"ECE {m.ece:.3f}")
+        for lab, why in res.evaluation.not_evaluated.items():
+            say(f"{lab}: not evaluated ({why})")
+        say(f"{res.manifest}: version {res.version_before} -> {res.version_after}, integrity "
+            f"{res.integrity_before[:12]} -> {res.integrity_after[:12]} (previous manifest kept as {res.history})")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")

@@ -270,3 +270,37 @@ def test_custom_pytorch_cnn_and_torchscript(tmp_path: Path, monkeypatch: pytest.
     assert ts.manifest.head is None and not ts.has_features
     assert json.loads((tmp_path / "ts" / "manifest.json").read_text())["imported"]["parity"]["graph"][
         "max_abs_logit_difference"] <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_models_validate_writes_a_new_sealed_version(densenet: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                                    shared_data: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(densenet[0], folder)
+    nih = shared_data / "nih14"
+    rows = list(csv.DictReader((nih / "labels.csv").open()))[:30]
+    images = tmp_path / "images"
+    images.mkdir()
+    for r in rows:
+        (images / Path(r["image"]).name).symlink_to(nih / r["image"])
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "Effusion", "Infiltration", "sex"])
+        for r in rows:
+            w.writerow([Path(r["image"]).name, r["Effusion"], r["Infiltration"], r["sex"]])
+    before = load_classifier(folder).manifest
+    code, out = _invoke("models", "validate", folder, images, "--labels", labels, "--out", tmp_path / "val",
+                        "--by", "sex", "--n-boot", "50", "--workers", "0")
+    assert code == 0, out
+    after = load_classifier(folder).manifest  # loads: sealed, graph checked
+    assert after.version.startswith("1.0.0-validated.") and after.integrity != before.integrity
+    local = after.metrics["local_validation"]
+    assert set(local["labels"]) == {"effusion", "infiltration"} and "sex" in local["subgroups"]
+    assert 0.0 <= local["labels"]["effusion"]["auroc"] <= 1.0 and len(local["labels"]["effusion"]["auroc_ci95"]) == 2
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Local validation" in card and "| effusion | 30 |" in card
+    assert list((folder / "history").glob("manifest-1.0.0-*.json"))

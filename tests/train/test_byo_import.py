@@ -105,6 +105,25 @@ def test_xrv_densenet_parity_recomputed(densenet: tuple[Path, torch.nn.Module]) 
     np.testing.assert_allclose(clf.run(batch).scores, want, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.data
+def test_xrv_densenet_pipeline_parity_on_shared_pngs_and_dicoms(densenet: tuple[Path, torch.nn.Module],
+                                                               shared_data: Path) -> None:
+    """cxrtriage's whole pipeline vs torchxrayvision's own <= 1e-3 on real NIH PNGs and the RG1 DICOMs (uncompressed,
+    JPEG 2000 lossless and lossy)."""
+    folder, net = densenet
+    clf = load_classifier(folder)
+    paths = [shared_data / "nih14" / "images" / n for n in ("00000075_000.png", "00000100_000.png", "00000129_000.png")]
+    paths += sorted((shared_data / "dicom" / "cxr_real").glob("nema_wg04_RG1_*.dcm"))
+    assert len(paths) == 6
+    theirs = byo.xrv_pipeline_logits(net, 224, paths)
+    for p in paths:
+        ref = theirs[p]
+        assert not isinstance(ref, str), ref
+        ours = clf.run(clf.preprocess(read_image(p)).array[None]).logits[0]
+        assert np.max(np.abs(ours - ref)) <= 1e-3, p.name
+
+
 def _autograd_gradcam(export: torch.nn.Module, arr: np.ndarray, n: int, size: int) -> list[np.ndarray | None]:
     inp = torch.from_numpy(arr[None].astype(np.float32))
     logits, feats = export(inp)

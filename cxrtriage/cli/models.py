@@ -42,11 +42,11 @@ def list_cmd(
     from rich.table import Table
 
     from cxrtriage.cli.render import console, exit_on_error
-    from cxrtriage.model.registry import ENV_MODELS_DIR, list_models, models_dir
+    from cxrtriage.model.registry import ENV_MODELS_DIR, describe_models_path, list_models
 
     with exit_on_error():
-        root = models_dir()
-        entries = list_models(root)
+        root = describe_models_path()
+        entries = list_models()
         if not entries:
             console.print(f"No models found in {root} (set {ENV_MODELS_DIR} or pass --model PATH to commands).")
             return
@@ -305,7 +305,7 @@ def verify_cmd(
 
     from cxrtriage.cli.render import console, exit_on_error, print_error
     from cxrtriage.errors import ModelError
-    from cxrtriage.model.registry import MANIFEST_NAME, models_dir, resolve_manifest_path
+    from cxrtriage.model.registry import describe_models_path, list_models, resolve_manifest_path
     from cxrtriage.model.verify import ModelVerification, verify_model
 
     with exit_on_error():
@@ -313,11 +313,9 @@ def verify_cmd(
         if model is not None:
             results.append(verify_model(resolve_manifest_path(model)))
         else:
-            root = models_dir()
-            paths = sorted(p / MANIFEST_NAME for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) \
-                if root.is_dir() else []
+            paths = [e.manifest_path for e in list_models()]
             if not paths:
-                raise ModelError(f"no models found in {root}; nothing to verify")
+                raise ModelError(f"no models found in {describe_models_path()}; nothing to verify")
             results = [verify_model(p) for p in paths]
         table = Table(title="Model integrity (manifest seal, fields, ONNX sha256, graph)", title_justify="left")
         table.add_column("model", overflow="fold")

@@ -449,7 +449,7 @@ def import_cmd(
         sources = [x for x in (xrv_arch, pytorch, torchscript, onnx_file) if x is not None]
         if len(sources) != 1:
             raise ConfigError("give exactly one of --xrv, --pytorch, --torchscript, --onnx")
-        if (xrv_arch or pytorch) and weights is None and xrv_arch:
+        if xrv_arch is not None and weights is None:
             raise ConfigError("--xrv needs --weights (the torchxrayvision weights file you downloaded)")
         recipe, toml_labels = _recipe(recipe_file, size, preprocessing)
         label_list = parse_labels(labels) if labels else toml_labels

@@ -116,10 +116,6 @@ def xrv() -> types.SimpleNamespace:
     return types.SimpleNamespace(**{k: v for d in (utils, datasets, models) for k, v in d.items() if k not in base})
 
 
-def _bottleneck(cin: int, width: int, stride: int) -> nn.Module:
-    return _Bottleneck(cin, width, stride)
-
-
 class _Bottleneck(nn.Module):
     """torchvision's ResNet Bottleneck (stride on the 3x3 convolution), with its parameter names."""
 
@@ -164,7 +160,7 @@ class XrvResNet(nn.Module):
         for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True)):
             layers = []
             for j in range(n):
-                layers.append(_bottleneck(cin, width, 2 if (j == 0 and i > 0) else 1))
+                layers.append(_Bottleneck(cin, width, 2 if (j == 0 and i > 0) else 1))
                 cin = width * 4
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

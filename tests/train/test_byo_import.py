@@ -323,3 +323,28 @@ def test_models_validate_writes_a_new_sealed_version(densenet: tuple[Path, torch
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Local validation" in card and "| effusion | 30 |" in card
     assert list((folder / "history").glob("manifest-1.0.0-*.json"))
+
+
+@pytest.mark.slow
+def test_weights_file_that_is_a_whole_pickled_xrv_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchxrayvision's DenseNet weights files pickle the whole model under `torchxrayvision.models`: they are read
+    without that package (its classes become an empty shell) and give the same tensors."""
+    import sys
+    import types
+
+    x = byo.xrv()
+    fake = types.ModuleType("torchxrayvision.models")
+    package = types.ModuleType("torchxrayvision")
+    package.models = fake  # type: ignore[attr-defined]
+    for cls in (x.DenseNet, x._DenseLayer, x._DenseBlock, x._Transition):
+        monkeypatch.setattr(cls, "__module__", "torchxrayvision.models")
+        setattr(fake, cls.__name__, cls)
+    with monkeypatch.context() as m:  # the module path exists only while the file is written, as on its author's machine
+        m.setitem(sys.modules, "torchxrayvision", package)
+        m.setitem(sys.modules, "torchxrayvision.models", fake)
+        torch.manual_seed(3)
+        net = x.DenseNet(num_classes=18, **x.get_densenet_params("densenet121")).eval()
+        torch.save(net, tmp_path / "whole.pt")
+    state = byo.load_state_dict(tmp_path / "whole.pt")
+    ref = net.state_dict()
+    assert set(state) == set(ref) and all(torch.equal(state[k], ref[k]) for k in ref)

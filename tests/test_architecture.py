@@ -41,6 +41,7 @@ PIPELINE_LAYERS: tuple[tuple[str, ...], ...] = (
      "cxrtriage.pipeline.hooks.heatmaps", "cxrtriage.pipeline.hooks.triage"),
     ("cxrtriage.pipeline.provenance", "cxrtriage.pipeline.reports"),
     ("cxrtriage.pipeline.predict", "cxrtriage.pipeline.segment"),
+    ("cxrtriage.pipeline.validate",),
 )
 
 

@@ -3,7 +3,8 @@ and re-sealing a manifest its owner edited on purpose."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -41,11 +42,11 @@ def list_cmd(
     from rich.table import Table
 
     from cxrtriage.cli.render import console, exit_on_error
-    from cxrtriage.model.registry import ENV_MODELS_DIR, list_models, models_dir
+    from cxrtriage.model.registry import ENV_MODELS_DIR, describe_models_path, list_models
 
     with exit_on_error():
-        root = models_dir()
-        entries = list_models(root)
+        root = describe_models_path()
+        entries = list_models()
         if not entries:
             console.print(f"No models found in {root} (set {ENV_MODELS_DIR} or pass --model PATH to commands).")
             return
@@ -173,6 +174,9 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         head.add_row("CAM head", f"{m.head.pooling}, weight {m.head.weight}" + (f", bias {m.head.bias}" if m.head.bias else ""))
     card = "-" if m.model_card is None else str(m.model_card) + ("" if m.model_card.is_file() else " [red](missing)[/]")
     head.add_row("model card", card)
+    if m.ignores_outputs:
+        ignored = sorted(set(range(m.n_outputs)) - set(m.output_columns))
+        head.add_row("ignored outputs", f"{len(ignored)} of {m.n_outputs} graph outputs (index {_fmt(ignored)}): no label")
     parts: list[RenderableType] = [Panel(head, title=f"Model {m.name}", title_align="left")]
 
     labels = Table(title="Labels, operating points and calibration", title_justify="left")
@@ -187,7 +191,11 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         b = cal.b.get(lab) if cal else None
         labels.add_row(str(i), lab, *(_fmt(v) for v in (*ro, *ba, a, b)))
     parts.append(labels)
-    if cal is not None:
+    if cal is not None and cal.method == "op_norm":
+        parts.append("Calibration: op_norm (torchxrayvision: q = sigmoid(logit); each label's operating point "
+                     f"maps to 0.5; points {', '.join(f'{k} {v:.4g}' for k, v in cal.op_threshs.items())}); "
+                     "thresholds apply to calibrated scores.")
+    elif cal is not None:
         parts.append(f"Calibration: {cal.method} (score = sigmoid(a · logit + b)); thresholds apply to calibrated scores.")
     else:
         parts.append("Calibration: none (score = sigmoid(logit)).")
@@ -329,7 +337,7 @@ def verify_cmd(
 
     from cxrtriage.cli.render import console, exit_on_error, print_error
     from cxrtriage.errors import ModelError
-    from cxrtriage.model.registry import MANIFEST_NAME, models_dir, resolve_manifest_path
+    from cxrtriage.model.registry import describe_models_path, list_models, resolve_manifest_path
     from cxrtriage.model.verify import ModelVerification, verify_model
 
     with exit_on_error():
@@ -337,11 +345,9 @@ def verify_cmd(
         if model is not None:
             results.append(verify_model(resolve_manifest_path(model)))
         else:
-            root = models_dir()
-            paths = sorted(p / MANIFEST_NAME for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) \
-                if root.is_dir() else []
+            paths = [e.manifest_path for e in list_models()]
             if not paths:
-                raise ModelError(f"no models found in {root}; nothing to verify")
+                raise ModelError(f"no models found in {describe_models_path()}; nothing to verify")
             results = [verify_model(p) for p in paths]
         table = Table(title="Model integrity (manifest seal, fields, ONNX sha256, graph)", title_justify="left")
         table.add_column("model", overflow="fold")
@@ -394,6 +400,156 @@ def seal_cmd(
             say(f"sealed: integrity {before} → {res.after}")
         else:
             say(f"not written (--dry-run): integrity would change {before} → {res.after}")
+
+
+def _recipe(recipe_file: Path | None, size: int | None, preset: str | None) -> tuple[Any, list[str | None] | None]:
+    """The preprocessing recipe (and labels, when the TOML file gives them) of ``models import``."""
+    import tomllib
+
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.model.importer import label_name
+    from cxrtriage.preprocess import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode
+
+    labels: list[str | None] | None = None
+    table: dict[str, Any] = {}
+    if preset == "xrv":
+        table = {"geometry": GeometryMode.CENTER_CROP.value, "intensity": IntensityMode.NOMINAL.value,
+                 "output_range": [-1024.0, 1024.0], "resize": ResizeMode.SKIMAGE.value}
+    elif preset not in (None, "default"):
+        raise ConfigError(f"--preprocessing {preset}: use 'xrv' (torchxrayvision's) or 'default'")
+    if recipe_file is not None:
+        try:
+            doc = tomllib.loads(recipe_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--recipe {recipe_file}: cannot read it ({exc})") from exc
+        pre = doc.get("preprocessing", {})
+        if not isinstance(pre, dict):
+            raise ConfigError(f"--recipe {recipe_file}: [preprocessing] must be a table of recipe fields")
+        table.update(pre)
+        if "labels" in doc:
+            labels = [label_name(x) if x not in ("", "-") else None for x in doc["labels"]]
+    if size is not None:
+        table["size"] = size
+    return PreprocessRecipe.from_dict(table, where=f"--recipe {recipe_file}" if recipe_file else "preprocessing"), labels
+
+
+@models_app.command("import")
+def import_cmd(
+    out: Annotated[Path, typer.Option("--out", help="New model folder to write (e.g. models/my-model); its name is the "
+                                                "model name unless --name is given.")],
+    xrv_arch: Annotated[str | None, typer.Option("--xrv", metavar="WEIGHTS_NAME",
+                                        help="torchxrayvision weights name (densenet121-res224-all, "
+                                             "resnet50-res512-all...) or architecture (densenet121, resnet50) with "
+                                             "--labels. Needs --weights.")] = None,
+    pytorch: Annotated[str | None, typer.Option("--pytorch", metavar="MODULE:FACTORY",
+                                       help="A callable returning your nn.Module; --weights is its state dict.")] = None,
+    torchscript: Annotated[Path | None, typer.Option("--torchscript", help="A TorchScript file (no heat maps).")] = None,
+    onnx_file: Annotated[Path | None, typer.Option("--onnx", help="A plain ONNX file (exported already).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="The weights file (state dict or pickled model).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Labels in output order, comma-separated or @FILE (one a "
+                                                             "line); '-' marks an output to ignore.")] = None,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="TOML file: [preprocessing] recipe fields and "
+                                                                   "optionally labels = [...].")] = None,
+    preprocessing: Annotated[str | None, typer.Option("--preprocessing", help="Recipe preset: xrv or default.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Model input size (pixels per side).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the --out folder's name).")] = None,
+    version: Annotated[str, typer.Option("--version", help="Model version.")] = "1.0.0",
+    images: Annotated[list[Path] | None, typer.Option("--images", help="Folder or file of real images for the parity "
+                                                                    "check (repeatable); default: sample_data.")] = None,
+    task: Annotated[str, typer.Option("--task", help="classification or segmentation (--onnx only).")] = "classification",
+    logits: Annotated[str | None, typer.Option(
+        "--logits", help="ONNX output with the logits/masks (default: the first).")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="ONNX output with the last post-ReLU feature map "
+                                                                 "(enables exact Grad-CAM; the head is found).")] = None,
+    no_features: Annotated[bool, typer.Option(
+        "--no-features", help="PyTorch: export no feature map (no GAP+linear head).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+) -> None:
+    """Import your own model into a sealed model folder: ONNX, manifest (sha256, labels, recipe, head, operating points),
+    model card skeleton, and a parity check on real images (framework vs cxrtriage, in the card).
+
+    torchxrayvision and PyTorch sources need the train extra (torch); a plain ONNX file does not.
+    """
+    import tempfile
+
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.model.importer import import_onnx, parse_labels
+    from cxrtriage.model.manifest import load_manifest
+
+    with exit_on_error():
+        sources = [x for x in (xrv_arch, pytorch, torchscript, onnx_file) if x is not None]
+        if len(sources) != 1:
+            raise ConfigError("give exactly one of --xrv, --pytorch, --torchscript, --onnx")
+        if xrv_arch is not None and weights is None:
+            raise ConfigError("--xrv needs --weights (the torchxrayvision weights file you downloaded)")
+        recipe, toml_labels = _recipe(recipe_file, size, preprocessing)
+        label_list = parse_labels(labels) if labels else toml_labels
+        parity = list(images) if images else [Path(__file__).resolve().parents[2] / "sample_data"]
+        model_name = name or out.name
+        if onnx_file is not None:
+            if label_list is None:
+                raise ConfigError("--onnx needs --labels (or labels in --recipe)")
+            manifest = import_onnx(onnx_file, out, name=model_name, version=version, labels=label_list, recipe=recipe,
+                                   images=parity, task=task, logits_output=logits, features_output=features, force=force)
+        else:
+            try:
+                from cxrtriage.train import byo
+            except ImportError as exc:
+                raise ConfigError(f"importing a PyTorch or torchxrayvision model needs torch (pip install -e '.[train]'):"
+                                  f" {exc}") from exc
+            with tempfile.TemporaryDirectory(prefix="cxrtriage-import-") as tmp:
+                if xrv_arch is not None:
+                    assert weights is not None
+                    manifest = byo.import_xrv(xrv_arch, weights, out, name=model_name, version=version, images=parity,
+                                              labels=label_list, force=force, work=Path(tmp))
+                else:
+                    if label_list is None:
+                        raise ConfigError("--pytorch/--torchscript need --labels (or labels in --recipe)")
+                    manifest = byo.import_pytorch(pytorch, weights, torchscript, out, name=model_name, version=version,
+                                                  labels=label_list, recipe=recipe, images=parity,
+                                                  features=not no_features, force=force, work=Path(tmp))
+        m = load_manifest(manifest)
+        parity_info = m.extra.get("imported", {}).get("parity", {})
+        say = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        say(f"imported {m.name} {m.version}: {manifest} ({len(m.labels)} labels, "
+            f"{m.n_outputs - len(m.labels)} outputs ignored, input {m.preprocessing.size}px, "
+            f"heat maps: {'exact Grad-CAM' if m.head else 'no GAP+linear head'})")
+        for key, what in (("graph", "ONNX vs framework, same input"), ("pipeline", "whole pipeline vs torchxrayvision's")):
+            p = parity_info.get(key)
+            if p:
+                say(f"parity, {what}: max |logit difference| {p['max_abs_logit_difference']:.3g}, median "
+                    f"{p['median_abs_logit_difference']:.3g} over {p['images']} image(s)"
+                    + (f" ({p['not_compared']} not compared, see the card)" if p.get("not_compared") else ""))
+        say(f"model card: {m.model_card} (performance UNKNOWN until `cxrtriage models validate`)")
+
+
+@models_app.command("validate")
+def validate_cmd(
+    model: Annotated[str, typer.Argument(help="Model name, or path to its folder or manifest.")],
+    images: Annotated[list[Path], typer.Argument(help="The labelled images (files or folders).")],
+    labels: Annotated[Path, typer.Option("--labels", help="LABELS.csv of the images (see `cxrtriage evaluate --help`).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the predict run and evaluation.json.")],
+    by: Annotated[str, typer.Option("--by", help="Comma-separated label-file columns for subgroups (e.g. sex,view).")] = "",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=50, help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decode processes (0: in this process).")] = None,
+) -> None:
+    """Validate a model on your own labelled images: predict + evaluate, then write the measured metrics (AUROC with
+    95% CIs, operating points, calibration, subgroups) into a new, sealed version of its manifest and model card."""
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.pipeline.validate import validate_model
+
+    with exit_on_error():
+        res = validate_model(model, labels, images, out, by=tuple(c for c in by.split(",") if c.strip()),
+                             n_boot=n_boot, workers=workers)
+        say = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        for lab, m in res.evaluation.labels.items():
+            say(f"{lab}: AUROC {m.auroc:.3f} ({m.auroc_ci[0]:.3f}-{m.auroc_ci[1]:.3f}), n {m.n}, positives {m.n_positive}, "
+                f"ECE {m.ece:.3f}")
+        for lab, why in res.evaluation.not_evaluated.items():
+            say(f"{lab}: not evaluated ({why})")
+        say(f"{res.manifest}: version {res.version_before} -> {res.version_after}, integrity "
+            f"{res.integrity_before[:12]} -> {res.integrity_after[:12]} (previous manifest kept as {res.history})")
 
 
 def register(app: typer.Typer) -> None:

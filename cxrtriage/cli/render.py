@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
 from cxrtriage.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED
 
@@ -27,12 +28,14 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """Print one red error line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """Print one red error line on stderr; the message is plain text (its ``[...]`` parts are shown, not read as
+    markup: they are field names, lists and paths)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one yellow warning line on stderr; the message is plain text, like ``print_error``'s."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class Interrupted(BaseException):

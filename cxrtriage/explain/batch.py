@@ -205,7 +205,8 @@ def _plan(config: ExplainConfig) -> tuple[_Plan, list[str]]:
     else:
         methods = [require_method(m, clf.manifest).name for m in config.methods]
     labels = tuple(clf.labels[label_index(clf.labels, lab)] for lab in config.labels) if config.labels else None
-    segmenter = load_segmenter(config.segmenter, device=config.device) if config.lung_mask or config.gate else None
+    segmenter = (load_segmenter(config.segmenter, device=config.device, option="--segmenter")
+                 if config.lung_mask or config.gate else None)
     plan = _Plan(clf, segmenter, tuple(dict.fromkeys(methods)), labels, config.method_options)
     return plan, notes
 

@@ -74,22 +74,24 @@ def read_head(manifest: ModelManifest) -> HeadWeights:
         raise ModelError(f"{manifest.path}: head.weight '{head.weight}' has shape {w.shape}; a linear head weight is 2-D")
     if head.transposed:
         w = w.T
-    n_labels = len(manifest.labels)
-    if w.shape[0] != n_labels:
-        hint = " (is 'transposed' set correctly?)" if w.shape[1] == n_labels else ""
+    n_out = manifest.n_outputs  # rows of the graph's head; the manifest's labels pick theirs (others are ignored)
+    if w.shape[0] != n_out:
+        hint = " (is 'transposed' set correctly?)" if w.shape[1] == n_out else ""
         raise ModelError(
             f"{manifest.path}: head.weight '{head.weight}' gives {w.shape[0]} rows after transposition={head.transposed}, "
-            f"but the model has {n_labels} labels{hint}"
+            f"but the model has {n_out} outputs{hint}"
         )
     if head.bias:
         if head.bias not in tensors:
             raise ModelError(f"{manifest.path}: head.bias '{head.bias}' is not an initializer of {manifest.onnx_file.name}")
         b = np.asarray(tensors[head.bias], dtype=np.float32).reshape(-1)
-        if b.shape != (n_labels,):
-            raise ModelError(f"{manifest.path}: head.bias '{head.bias}' has shape {b.shape}, expected ({n_labels},)")
-    else:
-        b = np.zeros(n_labels, np.float32)
-    return HeadWeights(weight=np.ascontiguousarray(w), bias=b, source=f"{manifest.onnx_file.name}:{head.weight}")
+        if b.shape != (n_out,):
+            raise ModelError(f"{manifest.path}: head.bias '{head.bias}' has shape {b.shape}, expected ({n_out},)")
+    else:  # no bias, or one the exporter dropped because it was all zero
+        b = np.zeros(n_out, np.float32)
+    cols = np.asarray(manifest.output_columns, np.intp)
+    return HeadWeights(weight=np.ascontiguousarray(w[cols]), bias=np.ascontiguousarray(b[cols]),
+                       source=f"{manifest.onnx_file.name}:{head.weight}")
 
 
 def check_head(head: HeadWeights, features: FloatArray, logits: FloatArray, *, where: str) -> None:

@@ -13,6 +13,7 @@ from cxrtriage.model.registry import (
     ModelEntry,
     list_models,
     models_dir,
+    models_path,
     resolve_manifest,
     resolve_manifest_path,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "load_model",
     "load_segmenter",
     "models_dir",
+    "models_path",
     "resolve_manifest",
     "resolve_manifest_path",
     "seal_manifest",
@@ -57,6 +59,7 @@ def load_model(
     spinning: bool = True,
     task: Task | str | None = None,
     default: str | None = None,
+    option: str = "--model",
 ) -> Classifier | Segmenter:
     """Load a model by name (from the models dir) or by path to its ONNX file, manifest or folder.
 
@@ -64,15 +67,16 @@ def load_model(
     sealed, or with an invalid field, is refused (``ModelError`` naming the field); so is an ONNX file
     whose sha256 differs from the manifest's, and a manifest whose input/output names, input size or
     label count disagree with the graph. ``task`` refuses a model of another
-    task (e.g. a segmenter passed to ``predict``). ``spinning=False`` keeps idle onnxruntime
+    task (e.g. a segmenter passed to ``predict``). ``option`` is the command-line option that named the model
+    (``--model``, ``--segmenter``), for messages. ``spinning=False`` keeps idle onnxruntime
     threads from busy-waiting, for when decode processes share the CPU cores.
     """
     fallback = default or (DEFAULT_SEGMENTER if task is not None and Task(task) is Task.SEGMENTATION else DEFAULT_CLASSIFIER)
-    manifest = resolve_manifest(name_or_path, default=fallback)
+    manifest = resolve_manifest(name_or_path, default=fallback, option=option)
     if task is not None and manifest.task is not Task(task):
         raise ModelError(
             f"{manifest.path}: model '{manifest.name}' is a {manifest.task.value} model, but a {Task(task).value} "
-            "model is needed here; choose another --model"
+            f"model is needed here; choose another {option}"
         )
     verify_onnx(manifest)
     session = create_session(

@@ -40,11 +40,13 @@ def _sigmoid(x: FloatArray) -> FloatArray:
 
 
 def calibration_arrays(calibration: Calibration | None, labels: tuple[str, ...]) -> tuple[FloatArray, FloatArray]:
-    """Platt ``a`` and ``b`` as [L] arrays in label order; no calibration is the identity (a=1, b=0)."""
-    if calibration is None:
+    """Platt ``a`` and ``b`` as [L] arrays in label order; no calibration (and ``op_norm``, which follows the
+    sigmoid) is the identity (a=1, b=0)."""
+    if calibration is None or calibration.method.lower() == "op_norm":
         return np.ones(len(labels), np.float32), np.zeros(len(labels), np.float32)
     if calibration.method.lower() != "platt":
-        raise ModelError(f"calibration method '{calibration.method}' is not supported; the manifest must use 'platt'")
+        raise ModelError(f"calibration method '{calibration.method}' is not supported; the manifest must use 'platt' "
+                         "or 'op_norm'")
     missing = [lab for lab in labels if lab not in calibration.a or lab not in calibration.b]
     if missing:
         raise ModelError(f"calibration has no a/b for label(s) {missing}; give Platt a and b for every label")
@@ -58,6 +60,22 @@ def calibrate(logits: FloatArray, a: FloatArray, b: FloatArray) -> FloatArray:
     return _sigmoid(logits.astype(np.float32) * a[None, :] + b[None, :])
 
 
+def op_norm(probs: FloatArray, op_threshs: FloatArray) -> FloatArray:
+    """torchxrayvision's operating-point normalisation of probabilities [N, L]: each label's point t maps to 0.5,
+    linearly on either side (p / 2t below t, 1 - (1 - p) / (2 (1 - t)) from t on), so the order of scores is kept."""
+    t = op_threshs[None, :].astype(np.float64)
+    p = probs.astype(np.float64)
+    out = np.where(p < t, p / (t * 2), 1.0 - (1.0 - p) / ((1.0 - t) * 2))
+    return out.astype(np.float32)
+
+
+def op_thresh_array(calibration: Calibration | None, labels: tuple[str, ...]) -> FloatArray | None:
+    """The ``op_norm`` operating points as an [L] array in label order; None for any other calibration."""
+    if calibration is None or calibration.method.lower() != "op_norm":
+        return None
+    return np.array([calibration.op_threshs[lab] for lab in labels], dtype=np.float32)
+
+
 class Classifier:
     """A multi-label chest X-ray classifier described by a manifest and run by onnxruntime."""
 
@@ -67,6 +85,8 @@ class Classifier:
         self.manifest = manifest
         self.session = session
         self._a, self._b = calibration_arrays(manifest.calibration, manifest.labels)
+        self._op_threshs = op_thresh_array(manifest.calibration, manifest.labels)
+        self._columns = None if not manifest.ignores_outputs else np.array(manifest.output_columns, np.intp)
         self._logits_name = manifest.outputs["logits"]
         self._features_name = manifest.feature_output
         fixed = manifest.input_shape[0] if manifest.input_shape else None
@@ -92,11 +112,14 @@ class Classifier:
         names = [self._logits_name] + ([self._features_name] if features and self._features_name else [])
         outs = self.session.run(names, {self.manifest.input_name: batch})
         logits = outs[0].astype(np.float32, copy=False)
-        if logits.ndim != 2 or logits.shape != (batch.shape[0], len(self.labels)):
+        n = self.manifest.n_outputs
+        if logits.ndim != 2 or logits.shape != (batch.shape[0], n):
             raise ModelError(
                 f"{self.manifest.onnx_file}: output '{self._logits_name}' has shape {logits.shape}, expected "
-                f"[{batch.shape[0]}, {len(self.labels)}] for labels {list(self.labels)}; the manifest does not match the graph"
+                f"[{batch.shape[0]}, {n}] for labels {list(self.labels)}; the manifest does not match the graph"
             )
+        if self._columns is not None:  # outputs the manifest marks as ignored (null labels) are dropped here
+            logits = np.ascontiguousarray(logits[:, self._columns])
         return logits, (outs[1].astype(np.float32, copy=False) if len(outs) > 1 else None)
 
     def run(self, batch: FloatArray, *, features: bool = False) -> ClassifierOutput:
@@ -118,7 +141,12 @@ class Classifier:
         parts = [self._run_chunk(batch[i : i + step], features) for i in range(0, batch.shape[0], step)]
         logits = np.concatenate([p[0] for p in parts], axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         feats = np.concatenate([p[1] for p in parts if p[1] is not None], axis=0) if features and parts else None
-        return ClassifierOutput(logits=logits, scores=calibrate(logits, self._a, self._b), features=feats)
+        return ClassifierOutput(logits=logits, scores=self.scores_of(logits), features=feats)
+
+    def scores_of(self, logits: FloatArray) -> FloatArray:
+        """Calibrated scores [N, L] of logits [N, L], by the manifest's calibration (Platt, op_norm or none)."""
+        scores = calibrate(logits, self._a, self._b)
+        return scores if self._op_threshs is None else op_norm(scores, self._op_threshs)
 
     def predict(self, image: Image2D) -> dict[str, float]:
         """Calibrated score per label for one image."""

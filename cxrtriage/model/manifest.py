@@ -56,19 +56,33 @@ class OperatingPoint:
 
 @dataclass(frozen=True, slots=True)
 class LabelThresholds:
-    """Per-label operating points: ``rule_out`` (high sensitivity) and ``balanced`` (Youden)."""
+    """Per-label operating points: ``rule_out`` (high sensitivity) and ``balanced`` (Youden).
+
+    A manifest may give one of them only (torchxrayvision ships one operating point per label): the other name then
+    holds the same point, and ``given`` says which one the manifest gave.
+    """
 
     rule_out: OperatingPoint
     balanced: OperatingPoint
+    given: tuple[str, ...] = OPERATING_POINT_NAMES
+
+
+CALIBRATION_METHODS = ("platt", "op_norm")
 
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """Platt scaling per label: p = sigmoid(a * logit + b). Identity is a=1, b=0."""
+    """How a logit becomes a calibrated score, per label.
+
+    ``platt``: p = sigmoid(a * logit + b) (identity: a=1, b=0). ``op_norm`` (torchxrayvision's operating-point
+    normalisation): with q = sigmoid(logit) and the label's operating point t, p = q / (2t) below t and
+    1 - (1 - q) / (2(1 - t)) from t on, so that t maps to 0.5; ``op_threshs`` holds t per label.
+    """
 
     method: str
-    a: dict[str, float]
-    b: dict[str, float]
+    a: dict[str, float] = field(default_factory=dict)
+    b: dict[str, float] = field(default_factory=dict)
+    op_threshs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +195,21 @@ class ModelManifest:
     populations: dict[str, Population] = field(default_factory=dict)
     label_validation: dict[str, dict[str, LabelValidation]] = field(default_factory=dict)  # label -> population -> ...
     study: StudyOperatingPoints | None = None
+    # Graph outputs per image and which of them the labels are (a null entry of 'labels' marks an ignored output,
+    # e.g. one torchxrayvision left untrained); empty: every output is a label, in order.
+    output_columns: tuple[int, ...] = ()
+    n_outputs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.output_columns:
+            object.__setattr__(self, "output_columns", tuple(range(len(self.labels))))
+        if not self.n_outputs:
+            object.__setattr__(self, "n_outputs", len(self.labels))
+
+    @property
+    def ignores_outputs(self) -> bool:
+        """True when some graph outputs are no label (ignored)."""
+        return self.n_outputs != len(self.labels)
 
     def population_of(self, age: float | None) -> str | None:
         """The population whose age range holds ``age``; None when the age is unknown or in no range."""
@@ -367,18 +396,29 @@ def _inside(value: Any, path: Path, name: str) -> Path:
 # --------------------------------------------------------------------------- fields
 
 
-def _labels(data: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+def _labels(data: Mapping[str, Any], path: Path, task: Task) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+    """The labels, the graph output column of each, and the number of graph outputs.
+
+    A classifier's ``labels`` may hold ``null`` for an output that is no label (torchxrayvision's untrained
+    outputs): that column is ignored, never scored or shown.
+    """
     raw = _req(data, "labels", path)
     if not isinstance(raw, list) or not raw:
         raise _bad(path, "labels", "must be a non-empty list of label names, in output order")
     for i, lab in enumerate(raw):
+        if lab is None and task is Task.CLASSIFICATION:
+            continue
         if not isinstance(lab, str) or not LABEL_PATTERN.fullmatch(lab):
+            hint = " or null for an ignored output" if task is Task.CLASSIFICATION else ""
             raise _bad(path, f"labels[{i}]", f"must be a lower-case snake_case name (a-z, 0-9, _; at most 64 "
-                                             f"characters), got {lab!r}")
-    dupes = sorted({lab for lab in raw if raw.count(lab) > 1})
+                                             f"characters){hint}, got {lab!r}")
+    named = [lab for lab in raw if lab is not None]
+    if not named:
+        raise _bad(path, "labels", "ignores every output (all null); name at least one label")
+    dupes = sorted({lab for lab in named if named.count(lab) > 1})
     if dupes:
         raise _bad(path, "labels", f"must be unique; {dupes} appear more than once")
-    return tuple(raw)
+    return tuple(named), tuple(i for i, lab in enumerate(raw) if lab is not None), len(raw)
 
 
 def _keys_are_labels(obj: Mapping[str, Any], labels: tuple[str, ...], path: Path, name: str, *,
@@ -416,10 +456,20 @@ def _thresholds(data: Mapping[str, Any], labels: tuple[str, ...], path: Path) ->
     _keys_are_labels(obj, labels, path, "thresholds", all_labels=False)
     out: dict[str, LabelThresholds] = {}
     for lab in (lab for lab in labels if lab in obj):
-        t = _object(obj[lab], path, f"thresholds.{lab}")
-        points = {op: _operating_point(_req(t, op, path, f"thresholds.{lab}.{op}"), path, f"thresholds.{lab}.{op}")
-                  for op in OPERATING_POINT_NAMES}
-        out[lab] = LabelThresholds(**points)
+        where = f"thresholds.{lab}"
+        t = _object(obj[lab], path, where)
+        unknown = [k for k in t if k not in OPERATING_POINT_NAMES]
+        if unknown:
+            raise _bad(path, f"{where}.{unknown[0]}", f"is not an operating point; give one or both of "
+                                                      f"{list(OPERATING_POINT_NAMES)}")
+        given = tuple(op for op in OPERATING_POINT_NAMES if op in t)
+        if not given:
+            raise _bad(path, where, f"gives no operating point; give one or both of {list(OPERATING_POINT_NAMES)} "
+                                    '(e.g. {"balanced": {"threshold": 0.5}})')
+        points = {op: _operating_point(t[op], path, f"{where}.{op}") for op in given}
+        only = points[given[0]]
+        out[lab] = LabelThresholds(rule_out=points.get("rule_out", only), balanced=points.get("balanced", only),
+                                   given=given)
     return out
 
 
@@ -429,10 +479,20 @@ def _calibration(data: Mapping[str, Any], labels: tuple[str, ...], path: Path) -
     if raw is None or raw == {}:
         return None
     obj = _object(raw, path, "calibration")
-    method = _text(_req(obj, "method", path, "calibration.method"), path, "calibration.method")
-    if method.lower() != "platt":
-        raise _bad(path, "calibration.method", f"is '{method}'; only 'platt' (score = sigmoid(a * logit + b)) is "
-                                               "supported in a manifest (site files may use isotonic maps)")
+    method = _text(_req(obj, "method", path, "calibration.method"), path, "calibration.method").lower()
+    if method not in CALIBRATION_METHODS:
+        raise _bad(path, "calibration.method", f"is '{method}'; a manifest supports 'platt' (score = sigmoid(a * logit "
+                                               "+ b)) and 'op_norm' (torchxrayvision's operating-point normalisation); "
+                                               "site files may use isotonic maps")
+    if method == "op_norm":
+        name = "calibration.op_threshs"
+        values = _object(_req(obj, "op_threshs", path, name), path, name)
+        _keys_are_labels(values, labels, path, name)
+        ts = {lab: _number(values[lab], path, f"{name}.{lab}", lo=0.0, hi=1.0) for lab in labels}
+        edge = [lab for lab, t in ts.items() if t in (0.0, 1.0)]
+        if edge:
+            raise _bad(path, f"{name}.{edge[0]}", "is 0 or 1; an operating point lies strictly between them")
+        return Calibration(method=method, op_threshs=ts)
     params: dict[str, dict[str, float]] = {}
     for key in ("a", "b"):
         name = f"calibration.{key}"
@@ -629,7 +689,7 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
         task = Task(_req(data, "task", path))
     except ValueError as exc:
         raise _bad(path, "task", f"must be one of {[t.value for t in Task]}") from exc
-    labels = _labels(data, path)
+    labels, columns, n_outputs = _labels(data, path, task)
     recipe = _preprocessing(data, path)
     input_name, input_shape = _input(data, recipe, path)
     card = data.get("model_card")
@@ -664,6 +724,8 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
         populations=pops,
         label_validation=_label_validation(data, labels, pops, path),
         study=_study(data, labels, pops, path),
+        output_columns=columns,
+        n_outputs=n_outputs,
     )
 
 

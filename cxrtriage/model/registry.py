@@ -1,8 +1,10 @@
 """Find models: by name in the models folder, or by path to an ONNX file, its manifest or its folder.
 
-The models folder is ``$CXRTRIAGE_MODELS_DIR`` when set, else ``./models`` in the current
-directory when it exists, else the ``models/`` folder of the cxrtriage checkout. A model named
-``NAME`` is the folder ``<models dir>/NAME/`` holding ``manifest.json`` (and the ONNX file it names).
+Models are looked up by name along a search path: ``$CXRTRIAGE_MODELS_DIR`` when set (one folder, or several
+separated by ``os.pathsep``; it replaces the rest), else ``./models`` in the current directory when it exists, then
+the ``models/`` folder shipped with cxrtriage. A user's ``./models`` therefore adds models beside the shipped ones
+instead of hiding them; a name found in an earlier folder wins. A model named ``NAME`` is the folder
+``<folder>/NAME/`` holding ``manifest.json`` (and the ONNX file it names).
 """
 
 from __future__ import annotations
@@ -21,15 +23,27 @@ MANIFEST_NAME = "manifest.json"
 ENV_MODELS_DIR = "CXRTRIAGE_MODELS_DIR"
 
 
-def models_dir() -> Path:
-    """The folder where models are looked up by name (see the module docstring for the order)."""
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def models_path() -> tuple[Path, ...]:
+    """The folders where models are looked up by name, in order (see the module docstring)."""
     env = os.environ.get(ENV_MODELS_DIR, "").strip()
     if env:
-        return Path(env).expanduser()
+        return tuple(dict.fromkeys(Path(part).expanduser() for part in env.split(os.pathsep) if part.strip()))
     local = Path.cwd() / "models"
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parents[2] / "models"
+    found = [local] if local.is_dir() and local.resolve() != SHIPPED_MODELS else []
+    return (*found, SHIPPED_MODELS)
+
+
+def models_dir() -> Path:
+    """The first folder of the search path (``models_path``): where a new model is installed by default."""
+    return models_path()[0]
+
+
+def describe_models_path() -> str:
+    """The search path in words, for messages."""
+    return " and ".join(str(p) for p in models_path())
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +57,22 @@ class ModelEntry:
 
 
 def list_models(directory: Path | None = None) -> list[ModelEntry]:
-    """Every sub-folder of the models dir holding a ``manifest.json``, sorted by name."""
-    root = models_dir() if directory is None else Path(directory)
-    if not root.is_dir():
-        return []
-    entries: list[ModelEntry] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        mpath = folder / MANIFEST_NAME
-        if not mpath.is_file():
+    """Every sub-folder holding a ``manifest.json`` in ``directory`` (default: every folder of the search path; a
+    name found in an earlier folder hides the same name later, as lookup does), sorted by name."""
+    roots = models_path() if directory is None else (Path(directory),)
+    entries: dict[str, ModelEntry] = {}
+    for root in roots:
+        if not root.is_dir():
             continue
-        try:
-            entries.append(ModelEntry(folder.name, mpath, load_manifest(mpath)))
-        except Exception as exc:  # a broken manifest is listed with its error, not fatal to the listing
-            entries.append(ModelEntry(folder.name, mpath, None, str(exc)))
-    return entries
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            mpath = folder / MANIFEST_NAME
+            if folder.name in entries or not mpath.is_file():
+                continue
+            try:
+                entries[folder.name] = ModelEntry(folder.name, mpath, load_manifest(mpath))
+            except Exception as exc:  # a broken manifest is listed with its error, not fatal to the listing
+                entries[folder.name] = ModelEntry(folder.name, mpath, None, str(exc))
+    return [entries[k] for k in sorted(entries)]
 
 
 def _manifest_for_onnx(onnx_path: Path) -> Path:
@@ -78,10 +94,12 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.lower().endswith((".onnx", ".json")) or text.startswith(".")
 
 
-def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER) -> Path:
+def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER,
+                          option: str = "--model") -> Path:
     """Return the manifest file for a model name, a model folder, an ONNX file or a manifest path.
 
-    ``None`` means the ``default`` name. Unknown names raise ``ModelError`` listing the valid ones.
+    ``None`` means the ``default`` name. Unknown names raise ``ModelError`` listing the valid ones; ``option`` is the
+    command-line option messages tell the user to change.
     """
     target: str | Path = default if name_or_path is None else name_or_path
     if isinstance(target, Path) or _looks_like_path(str(target)):
@@ -89,36 +107,40 @@ def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: st
         if p.is_dir():
             if (p / MANIFEST_NAME).is_file():
                 return p / MANIFEST_NAME
-            raise ModelError(f"{p}: this folder has no {MANIFEST_NAME}; point --model at a model folder, ONNX file or manifest")
+            raise ModelError(f"{p}: this folder has no {MANIFEST_NAME}; point {option} at a model folder, ONNX file or "
+                             "manifest (`cxrtriage models import` makes a model folder from an ONNX or PyTorch model)")
         if not p.exists():
             raise ModelError(f"{p}: model file not found; give a model name, or an existing .onnx or manifest .json path")
         if p.suffix.lower() == ".onnx":
             return _manifest_for_onnx(p)
         return p
     name = str(target)
-    root = models_dir()
-    mpath = root / name / MANIFEST_NAME
-    if mpath.is_file():
-        return mpath
+    roots = models_path()
+    for root in roots:
+        mpath = root / name / MANIFEST_NAME
+        if mpath.is_file():
+            return mpath
     local = Path(name)
     if local.is_dir() and (local / MANIFEST_NAME).is_file():
         return local / MANIFEST_NAME
-    if (root / name).is_dir():
+    half = next((root / name for root in roots if (root / name).is_dir()), None)
+    if half is not None:
         raise ModelError(
-            f"model '{name}': {root / name} has no {MANIFEST_NAME} (not trained/exported yet, or an incomplete copy); "
-            f"install the model folder with its ONNX file and manifest, or pass --model with another name or path"
+            f"model '{name}': {half} has no {MANIFEST_NAME} (not trained/exported yet, or an incomplete copy); "
+            f"install the model folder with its ONNX file and manifest, or pass {option} with another name or path"
         )
-    known = [e.name for e in list_models(root)]
+    known = [e.name for e in list_models()]
     hint = f"available models: {', '.join(known)}" if known else "no models are installed there"
     raise ModelError(
-        f"model '{name}' not found in {root} ({hint}); pass --model with a name from that folder or a path to an "
-        f".onnx file or manifest, or set {ENV_MODELS_DIR}"
+        f"model '{name}' not found in {describe_models_path()} ({hint}); pass {option} with one of those names or a "
+        f"path to a model folder, .onnx file or manifest, or set {ENV_MODELS_DIR}"
     )
 
 
-def resolve_manifest(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER) -> ModelManifest:
+def resolve_manifest(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER,
+                     option: str = "--model") -> ModelManifest:
     """Load the manifest that ``resolve_manifest_path`` finds."""
-    return load_manifest(resolve_manifest_path(name_or_path, default=default))
+    return load_manifest(resolve_manifest_path(name_or_path, default=default, option=option))
 
 
 def _distinct(values: Iterable[str | None]) -> list[str]:

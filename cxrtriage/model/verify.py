@@ -75,11 +75,14 @@ def check_graph(manifest: ModelManifest, session: OrtSession) -> None:
         if y.ndim != rank:
             raise ModelError(f"{where}: the ONNX graph's output '{name}' has shape {list(y.shape)}, not rank {rank}")
         n = int(y.shape[1])
-    if n != len(manifest.labels):
+    if n != manifest.n_outputs:
+        listed = (f"{manifest.n_outputs} entries ({len(manifest.labels)} labels, the rest ignored)"
+                  if manifest.ignores_outputs else f"{len(manifest.labels)} labels")
         raise ModelError(
-            f"{where}: manifest field 'labels' lists {len(manifest.labels)} labels, but the ONNX graph's output '{name}' "
+            f"{where}: manifest field 'labels' lists {listed}, but the ONNX graph's output '{name}' "
             f"gives {n} values per image; the manifest does not belong to this model. Restore the original manifest, "
-            "or re-export the model and its manifest together"
+            "or re-export the model and its manifest together (`cxrtriage models import` writes both; a null entry "
+            "in 'labels' marks an output to ignore)"
         )
 
 

@@ -273,9 +273,28 @@ def _start_pool(workers: int, ctx: BaseContext) -> ProcessPoolExecutor:
         pool.shutdown(wait=False, cancel_futures=True)
         raise WorkerStartError(
             "the decode worker processes exit as soon as they start (see the messages above); "
-            "run with --workers 0 to decode in the main process"
+            f"run with --workers 0 (workers=0) to decode in the main process{script_hint()}"
         ) from exc
     return pool
+
+
+GUARD_HINT = ('a Python script that calls cxrtriage with decode workers must make that call under '
+              '`if __name__ == "__main__":` (each worker process imports the script again, as multiprocessing does), '
+              'or pass workers=0')
+
+
+def script_hint() -> str:
+    """A hint naming the ``__main__`` guard when the main module is a script file (the usual cause of workers that
+    die at start when cxrtriage is used as a library); '' under the command line or an interactive session."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        return ""
+    return f"; {GUARD_HINT}"
+
+
+def importing_main_in_worker() -> bool:
+    """True while a worker process being started re-imports the caller's script (no ``__main__`` guard)."""
+    return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
 def decode_stream(

@@ -26,7 +26,15 @@ from cxrtriage.errors import CxrTriageError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
-from cxrtriage.pipeline.decode import Decoded, DecodeTask, decode_stream, prestart
+from cxrtriage.pipeline.decode import (
+    GUARD_HINT,
+    Decoded,
+    DecodeTask,
+    WorkerStartError,
+    decode_stream,
+    importing_main_in_worker,
+    prestart,
+)
 from cxrtriage.pipeline.engine import (
     ProgressCounter,
     ProgressUpdate,
@@ -200,7 +208,11 @@ def _run_predict(
 def predict(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, **options: Any) -> PredictSummary:
     """Library entry point: ``cxrtriage.predict("scans/", "results/", model="cxr-classifier")``.
 
-    ``options`` are ``PredictConfig`` fields.
+    ``options`` are ``PredictConfig`` fields. Decode workers are separate processes that import the calling script
+    again: call this under ``if __name__ == "__main__":`` in a script, or pass ``workers=0``; without the guard a
+    ``ConfigError`` says so.
     """
+    if importing_main_in_worker():
+        raise WorkerStartError(f"cxrtriage.predict was called while a decode worker process was starting: {GUARD_HINT}")
     paths = (inputs,) if isinstance(inputs, str | Path) else tuple(inputs)
     return run_predict(PredictConfig(inputs=tuple(Path(p) for p in paths), out_dir=Path(out_dir), **options))

@@ -7,10 +7,11 @@ from cxrtriage.preprocess.apply import (
     from_original,
     max_scale,
     plan_geometry,
+    skimage_resize,
     to_model_input,
     to_original,
 )
-from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, VoiMode
+from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode, VoiMode
 
 __all__ = [
     "Geometry",
@@ -19,10 +20,12 @@ __all__ = [
     "ModelInput",
     "PixelNeeds",
     "PreprocessRecipe",
+    "ResizeMode",
     "VoiMode",
     "from_original",
     "max_scale",
     "plan_geometry",
+    "skimage_resize",
     "to_model_input",
     "to_original",
 ]

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, VoiMode
+from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode, VoiMode
 from cxrtriage.types import FloatArray, Image2D
 
 
@@ -43,7 +44,9 @@ def plan_geometry(shape: tuple[int, int], recipe: PreprocessRecipe) -> Geometry:
     s = recipe.size
     if recipe.geometry is GeometryMode.CENTER_CROP:
         side = min(h, w)
-        crop = ((h - side) // 2, (w - side) // 2, side, side)
+        # torchxrayvision's offsets (n // 2 - side // 2): one pixel further than (n - side) // 2 when n is even and
+        # side odd, and models trained with its crop expect exactly its pixels
+        crop = (h // 2 - side // 2, w // 2 - side // 2, side, side)
         placed = (0, 0, s, s)
     elif recipe.geometry is GeometryMode.STRETCH:
         crop = (0, 0, h, w)
@@ -63,6 +66,27 @@ def _resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
     shrinking = oh <= arr.shape[0] and ow <= arr.shape[1]
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(arr, (ow, oh), interpolation=interp).astype(np.float32, copy=False)
+
+
+def skimage_resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
+    """``skimage.transform.resize(arr, out_hw, mode="constant", preserve_range=True)`` for a float32 image, written
+    with the SciPy calls scikit-image makes (so that the runtime needs no scikit-image): Gaussian anti-aliasing
+    with sigma (factor - 1) / 2 per downsampled axis, bilinear ``zoom`` on the pixel grid, borders padded with 0, and
+    the result clipped to the input's range (widened to 0 where the zero border reaches the output)."""
+    src = np.asarray(arr, dtype=np.float32)
+    factors = np.divide(src.shape, out_hw)
+    if src.shape == out_hw:
+        return src.copy()
+    filtered = src
+    if np.any(factors > 1):
+        sigma = np.maximum(0, (factors - 1) / 2)
+        filtered = ndimage.gaussian_filter(src, sigma, cval=0.0, mode="grid-constant")
+    out = ndimage.zoom(filtered, [1 / f for f in factors], order=1, mode="grid-constant", cval=0.0, grid_mode=True)
+    lo, hi = float(src.min()), float(src.max())
+    if not lo <= 0.0 <= hi and float(out.min()) <= 0.0 <= float(out.max()):
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    clipped: FloatArray = np.clip(out, np.float32(lo), np.float32(hi)).astype(np.float32, copy=False)
+    return clipped
 
 
 def _to_unit(region: FloatArray, image: Image2D, recipe: PreprocessRecipe) -> FloatArray:
@@ -110,8 +134,10 @@ class PixelNeeds:
     oversample: float = 2.0
 
     def __call__(self, shape: tuple[int, int]) -> float:
-        """The largest reduction per side of an image of ``shape`` (rows, columns) that every consumer accepts."""
-        if self.full or not self.recipes:
+        """The largest reduction per side of an image of ``shape`` (rows, columns) that every consumer accepts.
+
+        A recipe that reproduces another library's resize (``resize`` "skimage") needs every pixel to do so."""
+        if self.full or not self.recipes or any(r.resize is ResizeMode.SKIMAGE for r in self.recipes):
             return 1.0
         limit = min(max_scale(shape, r) for r in self.recipes) / max(self.oversample, 1.0)
         if self.min_long_side > 0:
@@ -144,11 +170,17 @@ def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:
     """
     geo = plan_geometry(image.shape, recipe)
     py, px, ph, pw = geo.placed
+    lo, hi = recipe.output_range
+    if recipe.resize is ResizeMode.SKIMAGE:  # torchxrayvision's order: scale, then resize the scaled values
+        unit = _to_unit(_pixel_region(image, geo.crop).astype(np.float32, copy=False), image, recipe)
+        scaled = skimage_resize(unit * np.float32(hi - lo) + np.float32(lo), (ph, pw))
+        canvas = np.full((recipe.size, recipe.size), recipe.pad_value * (hi - lo) + lo, dtype=np.float32)
+        canvas[py : py + ph, px : px + pw] = scaled
+        return ModelInput(array=canvas[None, :, :], geometry=geo)
     region = _resize(_pixel_region(image, geo.crop), (ph, pw))
     unit = _to_unit(region, image, recipe)
     canvas = np.full((recipe.size, recipe.size), recipe.pad_value, dtype=np.float32)
     canvas[py : py + ph, px : px + pw] = unit
-    lo, hi = recipe.output_range
     canvas = canvas * np.float32(hi - lo) + np.float32(lo)
     return ModelInput(array=canvas[None, :, :].astype(np.float32, copy=False), geometry=geo)
 

@@ -352,7 +352,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, Sequence):
-        items = [_toml_value(x) for x in v]
+        # TOML has no null: an undefined figure inside a list (a 95% CI without positives) is written as nan
+        items = ["nan" if x is None else _toml_value(x) for x in v]
         if len(items) <= 8:
             return "[" + ", ".join(items) + "]"
         lines = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]

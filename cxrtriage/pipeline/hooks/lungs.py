@@ -34,7 +34,8 @@ class LungsHook(PredictHook):
     @classmethod
     def from_config(cls, config: PredictConfig) -> LungsHook:
         return cls(load_segmenter(config.segmenter, device=config.device, strict_device=config.strict_device,
-                                  intra_op_threads=config.intra_op_threads, spinning=config.workers == 0))
+                                  intra_op_threads=config.intra_op_threads, spinning=config.workers == 0,
+                                  option="--segmenter"))
 
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
         ctx.lung_masks.clear()

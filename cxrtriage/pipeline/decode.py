@@ -323,7 +323,15 @@ def decode_stream(
             task = next(source, None)
             if task is None:
                 return
-            pending.append((task, pool.submit(fn, task)))
+            fut: Future[Decoded]
+            try:
+                fut = pool.submit(fn, task)
+            except BrokenProcessPool as exc:
+                # A file in flight killed a worker after the head of the queue had finished: queue this one as
+                # broken too, so that the loop below re-runs every file in flight (this one included) alone.
+                fut = Future()
+                fut.set_exception(exc)
+            pending.append((task, fut))
 
     def restart() -> ProcessPoolExecutor:
         pool.shutdown(wait=False, cancel_futures=True)

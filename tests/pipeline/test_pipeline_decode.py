@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,27 @@ def test_a_crashing_file_is_isolated_and_the_others_survive() -> None:
     assert status.pop("crash") is Status.FAILED
     assert set(status.values()) == {Status.SCORED}
     assert "crashed its worker process" in next(d.record.reason or "" for d in out if d.path.endswith("crash"))
+
+
+def _slow_crash(task: DecodeTask) -> Decoded:
+    """Stand-in for `examine`: a file named 'crash' kills its worker a moment after the files before it finished."""
+    if Path(task.path).name == "crash":
+        time.sleep(0.3)
+        os._exit(3)
+    return Decoded(task.index, ImageRecord(task.path, Status.SCORED))
+
+
+@pytest.mark.slow
+def test_a_worker_crashing_while_the_consumer_is_busy_loses_no_file() -> None:
+    # The pool breaks while the caller holds a result: the next file at the head has already finished, so it
+    # returns fine, and only the files queued after it meet the broken pool (they used to raise BrokenProcessPool
+    # out of predict instead of being re-run).
+    stream = decode_stream(_tasks(["a", "b", "crash", "c", "d", "e", "f"]), workers=2, window=3, fn=_slow_crash)
+    out = [next(stream)]
+    time.sleep(2.0)  # 'b' finishes, then 'crash' kills its worker
+    out += list(stream)
+    assert [Path(d.path).name for d in out] == ["a", "b", "crash", "c", "d", "e", "f"]
+    assert [d.record.status for d in out].count(Status.FAILED) == 1 and out[2].record.status is Status.FAILED
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -88,6 +89,28 @@ def test_absurd_png_header_refused_before_decoding(tmp_path: Path) -> None:
     assert sel.status == "failed" and "exceeds the limit" in sel.reason
     with pytest.raises(InputError, match="huge.png: image size 100000x100000 exceeds the limit"):
         read_image(tmp_path / "huge.png")
+
+
+def test_png_chunk_announcing_more_than_the_file_is_refused_before_decoding(tmp_path: Path) -> None:
+    # Found by tests/fuzz: libpng allocates a chunk's announced length before reading it, so a 10 KB PNG with a
+    # tEXt chunk announcing 2 GiB made OpenCV allocate 2 GiB. A chunk the file cannot hold is damage.
+    cv2.imwrite(str(tmp_path / "ok.png"), gradient())
+    data = (tmp_path / "ok.png").read_bytes()
+    idat = data.index(b"IDAT") - 4
+    body = b"tEXt" + b"a\0b"
+    lying = struct.pack(">I", 0x7FFFFFF0) + body + struct.pack(">I", zlib.crc32(body))
+    (tmp_path / "text.png").write_bytes(data[:idat] + lying + data[idat:])
+    sel = select(probe(tmp_path / "text.png"))
+    assert sel.status == "failed" and "the tEXt chunk at byte 33 announces 2147483632 bytes, past the end" in sel.reason
+    with pytest.raises(InputError, match="text.png: malformed PNG header .*tEXt chunk .* past the end of the file"):
+        read_image(tmp_path / "text.png")
+    # an honest text chunk, and a file cut short inside its image data, are still the decoder's business
+    honest = struct.pack(">I", 3) + body + struct.pack(">I", zlib.crc32(body))
+    (tmp_path / "honest.png").write_bytes(data[:idat] + honest + data[idat:])
+    assert read_image(tmp_path / "honest.png").pixels.shape == gradient().shape
+    (tmp_path / "cut-in-idat.png").write_bytes(data[:idat + 20])
+    with pytest.raises(InputError, match="OpenCV could not decode"):
+        read_image(tmp_path / "cut-in-idat.png")
 
 
 def _write_sitk(arr: np.ndarray, path: Path, spacing: tuple[float, ...] | None = None) -> Path:

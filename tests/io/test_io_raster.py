@@ -152,3 +152,15 @@ def test_gzip_that_is_not_nifti_is_not_recognised(tmp_path: Path) -> None:
     (tmp_path / "x.nii.gz").write_bytes(gzip.compress(b"hello world" * 100))
     sel = select(probe(tmp_path / "x.nii.gz"))
     assert sel.status == "failed" and "gzip file whose content is not a NIfTI image" in sel.reason
+
+
+def test_metaimage_without_dimensions_fails_with_a_reason(tmp_path: Path) -> None:
+    # Found by tests/fuzz: ITK reads "NDims = 0" as a size of no dimensions, which surfaced as an IndexError
+    # ("unexpected ... please report this file") instead of a reason.
+    header = ("ObjectType = Image\nNDims = 0\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              "ElementSpacing = 0.2 0.2\nDimSize = 30 20\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    (tmp_path / "nodims.mha").write_bytes(header.encode() + gradient().tobytes())
+    sel = select(probe(tmp_path / "nodims.mha"))
+    assert sel.status == "failed" and sel.reason == "the image header declares no dimensions; the file is damaged"
+    with pytest.raises(InputError, match="nodims.mha: the image header declares no dimensions"):
+        read_image(tmp_path / "nodims.mha")

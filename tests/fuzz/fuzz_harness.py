@@ -339,9 +339,11 @@ def _is_formula(cell: object) -> bool:
     return isinstance(cell, str) and cell.startswith(_FORMULA_START) and not _NUMBER.match(cell.strip())
 
 
-def check_run(res: RunResult, *, expect: dict[str, str] | None = None, bound: int | None = None) -> list[Violation]:
+def check_run(res: RunResult, *, expect: dict[str, str] | None = None, bound: int | None = None,
+              exit_code: int = 0) -> list[Violation]:
     """Every invariant ``res`` breaks. ``expect`` maps an input (relative path) to the status it must get
-    (the controls); ``bound`` is the peak tree memory allowed, in bytes."""
+    (the controls); ``bound`` is the peak tree memory allowed, in bytes; ``exit_code`` the documented exit status
+    (0 for a run that completed; 1 with ``--fail-on-error`` when a file failed)."""
     v: list[Violation] = []
 
     def add(inv: str, path: str, detail: str) -> None:
@@ -351,7 +353,7 @@ def check_run(res: RunResult, *, expect: dict[str, str] | None = None, bound: in
         add("killed-memory", "", f"killed when the process tree reached {res.peak_tree_rss / GiB:.2f} GiB")
     elif res.killed == "timeout":
         add("timeout", "", f"killed after {res.wall_s:.0f} s")
-    elif res.returncode != 0:
+    elif res.returncode != exit_code:
         sig = f" (signal {signal.Signals(-res.returncode).name})" if res.returncode and res.returncode < 0 else ""
         add("exit-code", "", f"exit code {res.returncode}{sig}; stderr ends: {res.stderr.strip()[-300:]!r}")
     for stream, text in (("stderr", res.stderr), ("stdout", res.stdout)):

@@ -124,6 +124,17 @@ def test_predict_keeps_every_invariant_on_the_fuzz_corpus(corpus: Path, model: P
         pytest.fail(f"{len(report)} broken invariant(s)\n{summary}\n\n" + "\n".join(report), pytrace=False)
 
 
+def test_fail_on_error_exits_1_and_still_reports_every_file(corpus: Path, model: Path, tmp_path: Path) -> None:
+    """The one documented non-zero status of a completed run: ``--fail-on-error`` with a failed file (the ``names``
+    family: links that dangle or loop, a FIFO, damaged files) exits 1, every other invariant kept."""
+    fam = "names"
+    res = run_predict(corpus / fam, tmp_path / "out", model=model, workers=None, label=f"{fam}, --fail-on-error",
+                      timeout_s=RUN_TIMEOUT_S, kill_rss=KILL_AT, extra_args=["--fail-on-error"])
+    violations = check_run(res, bound=TREE_BOUND, exit_code=1)
+    assert not violations, "\n".join(v.line() for v in violations)
+    assert any(st == "failed" for st, _ in statuses(res).values())
+
+
 _CRASHING_DECODER = textwrap.dedent("""\
     \"\"\"Test only (tests/fuzz): pydicom's compressed-data decoders crash the process (SIGSEGV) on a 61 x 61 image.\"\"\"
     import ctypes

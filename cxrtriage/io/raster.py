@@ -97,7 +97,7 @@ def _check_png_chunks(fh: BinaryIO) -> None:
         fh.seek(pos)
         length, ctype = struct.unpack(">I4s", fh.read(8))
         if ctype != b"IDAT" and pos + 12 + length > end:
-            name = ctype.decode("ascii", "backslashreplace")
+            name = ctype.decode("ascii") if ctype.isalpha() else f"0x{ctype.hex()}"  # a damaged type: its bytes
             raise ValueError(f"the {name} chunk at byte {pos} announces {length} bytes, past the end of the file "
                              f"({end} bytes)")
         if ctype == b"IEND":

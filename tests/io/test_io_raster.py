@@ -104,6 +104,9 @@ def test_png_chunk_announcing_more_than_the_file_is_refused_before_decoding(tmp_
     assert sel.status == "failed" and "the tEXt chunk at byte 33 announces 2147483632 bytes, past the end" in sel.reason
     with pytest.raises(InputError, match="text.png: malformed PNG header .*tEXt chunk .* past the end of the file"):
         read_image(tmp_path / "text.png")
+    damaged = struct.pack(">I", 0x7FFFFFF0) + b"\x01\x02\x03\x04a\0b" + b"\0" * 4  # a chunk type that is no name
+    (tmp_path / "type.png").write_bytes(data[:idat] + damaged + data[idat:])
+    assert "the 0x01020304 chunk at byte 33 announces" in select(probe(tmp_path / "type.png")).reason
     # an honest text chunk, and a file cut short inside its image data, are still the decoder's business
     honest = struct.pack(">I", 3) + body + struct.pack(">I", zlib.crc32(body))
     (tmp_path / "honest.png").write_bytes(data[:idat] + honest + data[idat:])

@@ -5,6 +5,8 @@ tree while it runs, and check the invariants every run must keep, whatever the i
 - ``results.csv`` exists with exactly one row per input file (the folder's entries: regular files, links, FIFOs;
   hidden names aside), every status in scored/excluded/failed, a non-empty reason for excluded/failed, and the
   status a control file must get; ``results.jsonl`` has as many valid JSON lines;
+- no reason is the catch-all of an exception nobody expected (``unexpected <Error> while reading ...; please
+  report this file``): the code path that raised it lacks its own check, and the user gets no real reason;
 - no ``*.partial`` file left anywhere under ``--out``; no NUL byte in ``results.csv``; no spreadsheet formula
   (a non-numeric cell starting with ``= + - @``) in ``results.csv`` / ``worklist.csv``;
 - the peak memory of the process tree (main process, forkserver, decode workers, resource tracker) stays under
@@ -42,6 +44,7 @@ ORPHAN_GRACE_S = 5.0
 STATUSES = ("scored", "excluded", "failed")
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|Fatal Python error")
 _FORMULA_START = ("=", "+", "-", "@")
+_UNEXPECTED = re.compile(r"unexpected .*please report this file")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$")
 
 # Run-level invariants: a failed run cannot be blamed on a file from its rows alone (``isolate`` finds the file).
@@ -409,6 +412,8 @@ def check_run(res: RunResult, *, expect: dict[str, str] | None = None, bound: in
             add("bad-status", entry, f"status {status!r}")
         elif status != "scored" and not reason:
             add("no-reason", entry, f"{status} without a reason")
+        elif _UNEXPECTED.search(reason):
+            add("unexpected-error", entry, reason[:300])
         cells = sorted({c for c in row.values() if _is_formula(c)})
         if cells:
             add("formula-cell", entry, f"results.csv cells {[c[:60] for c in cells]}")

@@ -142,6 +142,32 @@ def deflated_bomb(dest: Path, zeros: int = 1 << 30) -> Path:
     return dest
 
 
+def deflated_pixel_bomb(dest: Path, zeros: int = 1 << 30, side: int = 64) -> Path:
+    """Like `deflated_bomb`, but the ``zeros`` are the pixel data of a header that says ``side`` x ``side`` 8-bit.
+
+    Found by tests/fuzz (``bombs/deflate-pixeldata-1gib``): 1 GiB of pixel data for a 64 x 64 image cost 3 GiB.
+    """
+    ds = make_cxr_dataset(64, 64, pixels=_pixels(), bits_stored=8)
+    ds.Rows = ds.Columns = side
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1.99")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest, enforce_file_format=True)
+    raw = dest.read_bytes()
+    body_start = 144 + struct.unpack("<I", raw[140:144])[0]
+    body = zlib.decompress(raw[body_start:], -zlib.MAX_WBITS)
+    cut = body.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data, the last element
+    z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunk = 1 << 20
+    parts = [z.compress(body[:cut] + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, zeros)),
+             z.flush(zlib.Z_FULL_FLUSH)]
+    block = z.compress(bytes(chunk)) + z.flush(zlib.Z_FULL_FLUSH)
+    parts.append(block * (zeros // chunk))
+    parts.append(z.compress(bytes(zeros % chunk)))
+    parts.append(z.flush())
+    dest.write_bytes(raw[:body_start] + b"".join(parts))
+    return dest
+
+
 def tiff_duplicate_size(dest: Path, first: int = 30000, second: int = 100) -> Path:
     """Issue 11 row 7: an 8-bit grey TIFF whose IFD lists ImageWidth/ImageLength twice (``first``, then ``second``)."""
     pixels = bytes(second * second)

@@ -54,7 +54,9 @@ def read_raster_header(path: str | Path, fmt: str) -> RasterHeader:
     with p.open("rb") as fh:
         try:
             if fmt == "png":
-                return _png_header(fh.read(1 << 16))
+                header = _png_header(fh.read(1 << 16))
+                _check_png_chunks(fh)
+                return header
             if fmt == "jpeg":
                 # APPn segments (EXIF, ICC profiles) may precede the SOF: each is at most 64 KiB
                 return _jpeg_header(fh.read(1 << 20))
@@ -79,6 +81,28 @@ def _png_header(data: bytes) -> RasterHeader:
             sig = data[pos + 8]
         pos += 12 + length
     return RasterHeader("png", size.rows, size.columns, size.components, size.precision, sig, palette=ctype == 3)
+
+
+def _check_png_chunks(fh: BinaryIO) -> None:
+    """Refuse a chunk other than IDAT whose announced length runs past the end of the file.
+
+    libpng allocates a buffer of the announced length for such a chunk (tEXt, iCCP, ...) before it reads it, so a
+    10 KB PNG announcing a 2 GiB tEXt chunk makes OpenCV allocate 2 GiB; a chunk the file cannot hold only says
+    that the file is damaged. IDAT is streamed through zlib, so a file cut short in its image data is left to the
+    decoder. Reads only the 8-byte chunk headers.
+    """
+    end = fh.seek(0, 2)
+    pos = 8
+    while pos + 8 <= end:
+        fh.seek(pos)
+        length, ctype = struct.unpack(">I4s", fh.read(8))
+        if ctype != b"IDAT" and pos + 12 + length > end:
+            name = ctype.decode("ascii") if ctype.isalpha() else f"0x{ctype.hex()}"  # a damaged type: its bytes
+            raise ValueError(f"the {name} chunk at byte {pos} announces {length} bytes, past the end of the file "
+                             f"({end} bytes)")
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
 
 
 def _jpeg_header(data: bytes) -> RasterHeader:

@@ -108,6 +108,8 @@ def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
         except RuntimeError as exc:
             raise InputError(f"{path}: SimpleITK cannot read this image header ({_itk_message(exc)})") from exc
     size = tuple(int(s) for s in reader.GetSize())
+    if not size:  # ITK accepts NDims = 0 (found by tests/fuzz: it used to surface as an IndexError)
+        raise InputError(f"{path}: the image header declares no dimensions; the file is damaged")
     direction = np.asarray(reader.GetDirection(), dtype=float)
     dim = len(size)
     identity = direction.size == dim * dim and np.allclose(direction.reshape(dim, dim), np.eye(dim))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def sniff(path: str | Path) -> Sniffed:
         try:
             with gzip.open(p, "rb") as gz:
                 inner = gz.read(_HEAD_BYTES)
+        except zlib.error as exc:  # damaged deflate data: zlib's own exception, not an OSError
+            return Sniffed(InputKind.UNKNOWN, "", hint=f"gzip file whose compressed data are damaged ({exc})")
         except (OSError, EOFError):
             inner = b""
         if _is_nifti(inner):

@@ -15,6 +15,7 @@ from factories import write_dicom
 from hostile import (
     corrupt_rle,
     deflated_bomb,
+    deflated_pixel_bomb,
     good_png,
     j2k_claiming,
     jpeg_claiming,
@@ -212,6 +213,24 @@ def test_row6_honest_deflated_file_still_reads(tmp_path: Path) -> None:
     assert deflated_problem(path) is None
     d = examine(DecodeTask(0, str(path), RECIPE))
     assert d.record.status is Status.SCORED and (d.record.rows, d.record.columns) == (64, 64)
+
+
+def test_row6_deflated_pixel_data_held_to_the_size_the_header_describes(tmp_path: Path) -> None:
+    # Found by tests/fuzz: pixel data of 1 GiB (within the per-image limit) for a header that says 64 x 64
+    # passed the walk, and pydicom's one-piece inflation plus its copy of the element cost 3 GiB.
+    bomb = deflated_pixel_bomb(tmp_path / "pixels.dcm")
+    assert bomb.stat().st_size < 2 << 20
+    peak = _peak_mib(select, probe(bomb))
+    reason = _failed(bomb)
+    assert "the deflated pixel data announce 1024.0 MiB, but the header describes 64x64" in reason
+    assert "refused before it is inflated" in reason
+    assert peak < 16, f"{peak:.0f} MiB allocated for a refused file"
+    # a header that describes an image over the per-image limit is refused before its pixel data are inflated
+    huge = deflated_pixel_bomb(tmp_path / "huge.dcm", zeros=64 << 20, side=16000)
+    assert "describes an image that is refused before inflating it" in (deflated_problem(huge) or "")
+    # an honest file whose pixel data carry a little more than the header needs still reads
+    padded = deflated_pixel_bomb(tmp_path / "padded.dcm", zeros=64 * 64 + 1024)
+    assert deflated_problem(padded) is None
 
 
 def test_row6_report_reader_refuses_the_bomb(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -90,6 +91,31 @@ def test_absurd_png_header_refused_before_decoding(tmp_path: Path) -> None:
         read_image(tmp_path / "huge.png")
 
 
+def test_png_chunk_announcing_more_than_the_file_is_refused_before_decoding(tmp_path: Path) -> None:
+    # Found by tests/fuzz: libpng allocates a chunk's announced length before reading it, so a 10 KB PNG with a
+    # tEXt chunk announcing 2 GiB made OpenCV allocate 2 GiB. A chunk the file cannot hold is damage.
+    cv2.imwrite(str(tmp_path / "ok.png"), gradient())
+    data = (tmp_path / "ok.png").read_bytes()
+    idat = data.index(b"IDAT") - 4
+    body = b"tEXt" + b"a\0b"
+    lying = struct.pack(">I", 0x7FFFFFF0) + body + struct.pack(">I", zlib.crc32(body))
+    (tmp_path / "text.png").write_bytes(data[:idat] + lying + data[idat:])
+    sel = select(probe(tmp_path / "text.png"))
+    assert sel.status == "failed" and "the tEXt chunk at byte 33 announces 2147483632 bytes, past the end" in sel.reason
+    with pytest.raises(InputError, match="text.png: malformed PNG header .*tEXt chunk .* past the end of the file"):
+        read_image(tmp_path / "text.png")
+    damaged = struct.pack(">I", 0x7FFFFFF0) + b"\x01\x02\x03\x04a\0b" + b"\0" * 4  # a chunk type that is no name
+    (tmp_path / "type.png").write_bytes(data[:idat] + damaged + data[idat:])
+    assert "the 0x01020304 chunk at byte 33 announces" in select(probe(tmp_path / "type.png")).reason
+    # an honest text chunk, and a file cut short inside its image data, are still the decoder's business
+    honest = struct.pack(">I", 3) + body + struct.pack(">I", zlib.crc32(body))
+    (tmp_path / "honest.png").write_bytes(data[:idat] + honest + data[idat:])
+    assert read_image(tmp_path / "honest.png").pixels.shape == gradient().shape
+    (tmp_path / "cut-in-idat.png").write_bytes(data[:idat + 20])
+    with pytest.raises(InputError, match="OpenCV could not decode"):
+        read_image(tmp_path / "cut-in-idat.png")
+
+
 def _write_sitk(arr: np.ndarray, path: Path, spacing: tuple[float, ...] | None = None) -> Path:
     import SimpleITK as sitk
 
@@ -129,3 +155,15 @@ def test_gzip_that_is_not_nifti_is_not_recognised(tmp_path: Path) -> None:
     (tmp_path / "x.nii.gz").write_bytes(gzip.compress(b"hello world" * 100))
     sel = select(probe(tmp_path / "x.nii.gz"))
     assert sel.status == "failed" and "gzip file whose content is not a NIfTI image" in sel.reason
+
+
+def test_metaimage_without_dimensions_fails_with_a_reason(tmp_path: Path) -> None:
+    # Found by tests/fuzz: ITK reads "NDims = 0" as a size of no dimensions, which surfaced as an IndexError
+    # ("unexpected ... please report this file") instead of a reason.
+    header = ("ObjectType = Image\nNDims = 0\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              "ElementSpacing = 0.2 0.2\nDimSize = 30 20\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    (tmp_path / "nodims.mha").write_bytes(header.encode() + gradient().tobytes())
+    sel = select(probe(tmp_path / "nodims.mha"))
+    assert sel.status == "failed" and sel.reason == "the image header declares no dimensions; the file is damaged"
+    with pytest.raises(InputError, match="nodims.mha: the image header declares no dimensions"):
+        read_image(tmp_path / "nodims.mha")

@@ -3,9 +3,15 @@
 pydicom inflates the whole deflated data set in memory (``zlib.decompress``, no limit): a 1 MB file can hold
 1 GiB of zeros in one private element. `deflated_problem` walks the element headers of the inflating stream,
 inflating at most a chunk at a time and never keeping more than one, and refuses as soon as an element
-announces more than the limits allow (so that element is not even inflated): pixel data above
-`MAX_IMAGE_MEMORY`, other elements above `MAX_HEADER_BYTES` in total. A data set that passes inflates to less
-than their sum, which is then what pydicom's one-piece inflation costs.
+announces more than the limits allow (so that element is not even inflated): pixel data longer than the image
+its Rows/Columns/BitsAllocated/SamplesPerPixel/NumberOfFrames describe (plus `PIXEL_SLACK`), or describing an
+image over the per-image memory limit (`cxrtriage.io.limits.size_problem`), other elements above
+`MAX_HEADER_BYTES` in total. A data set that passes inflates to less than their sum, which is then what
+pydicom's one-piece inflation costs.
+
+Why the pixel data are held to the header's size and not only to `MAX_IMAGE_MEMORY`: pydicom keeps the inflated
+data set and copies the pixel element out of it, so 1 GiB of zeros announced as the pixel data of a 64 x 64
+image cost 3 GiB before any size check could see the 64 x 64 (found by ``tests/fuzz``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from cxrtriage.io.limits import MAX_HEADER_BYTES, MAX_IMAGE_MEMORY
+from cxrtriage.io.limits import MAX_HEADER_BYTES, MAX_IMAGE_MEMORY, size_problem
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 _CHUNK = 1 << 20
@@ -23,6 +29,10 @@ _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES = 0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008
+_IMAGE_SIZE_TAGS = frozenset({_ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES})
+PIXEL_SLACK = 1 << 20
+"""Pixel data may exceed what the header implies by this much (odd-length padding, trailing bytes pydicom ignores)."""
 
 
 class _Refused(Exception):
@@ -101,6 +111,8 @@ class _Inflating:
         self.total = 0
         self.header_bytes = 0
         self.limit = MAX_IMAGE_MEMORY + MAX_HEADER_BYTES
+        self.image: dict[int, int] = {}  # the top-level image size elements met so far (tag -> value)
+        self.pixel_bytes = 0  # pixel data bytes announced so far (fragments of encapsulated data add up)
 
     def _more(self) -> bytes:
         """The next inflated chunk (at most 1 MiB); b"" at the end of the stream."""
@@ -143,6 +155,37 @@ class _Inflating:
         while self._more():
             pass
 
+    def note_image_size(self, tag: int, value: bytes, explicit_vr: bytes) -> None:
+        """Remember Rows/Columns/SamplesPerPixel/BitsAllocated (US) or NumberOfFrames (IS); junk is left out."""
+        try:
+            if tag == _FRAMES:
+                self.image[tag] = int(value.decode("ascii").strip("\x00 ") or "1")
+            elif len(value) == 2 and explicit_vr in (b"US", b""):
+                self.image[tag] = struct.unpack("<H", value)[0]
+        except (UnicodeDecodeError, ValueError):
+            pass
+
+    def count_pixels(self, n: int) -> None:
+        """Refuse pixel data that the image the header describes cannot hold, or whose image is over the limit."""
+        self.pixel_bytes += n
+        rows, cols = self.image.get(_ROWS, 0), self.image.get(_COLUMNS, 0)
+        if rows <= 0 or cols <= 0:
+            if self.pixel_bytes > PIXEL_SLACK:
+                raise _Refused(f"the deflated pixel data announce {self.pixel_bytes / 2**20:.0f} MiB but no Rows/"
+                               "Columns precede them, so their size cannot be checked: a decompression bomb or a "
+                               "corrupt file")
+            return
+        frames, samples = max(self.image.get(_FRAMES, 1), 1), max(self.image.get(_SAMPLES, 1), 1)
+        bits = self.image.get(_BITS, 16) or 16
+        expected = (rows * cols * frames * samples * bits + 7) // 8
+        if self.pixel_bytes > expected + PIXEL_SLACK:
+            raise _Refused(f"the deflated pixel data announce {self.pixel_bytes / 2**20:.1f} MiB, but the header "
+                           f"describes {cols}x{rows}, {frames} frame(s) of {samples} sample(s) of {bits} bit(s) "
+                           f"({expected / 2**20:.1f} MiB): a decompression bomb or a corrupt file")
+        if (problem := size_problem(rows, cols, frames=frames, samples=samples, bytes_per_sample=(bits + 7) // 8,
+                                    encoded_bytes=self.pixel_bytes)) is not None:
+            raise _Refused(f"the deflated data set describes an image that is refused before inflating it: {problem}")
+
     def count_header(self, n: int, tag: int) -> None:
         self.header_bytes += n
         if self.header_bytes > MAX_HEADER_BYTES:
@@ -181,8 +224,15 @@ def _walk(s: _Inflating, *, explicit: bool, top: bool, depth: int) -> None:
             if length > MAX_IMAGE_MEMORY:
                 raise _Refused(f"the deflated pixel data announce {length / 2**30:.1f} GiB, over the "
                                f"{MAX_IMAGE_MEMORY / 2**30:.0f} GiB limit per image")
+            s.count_pixels(length)
         else:
             s.count_header(length, tag)
+        if top and tag in _IMAGE_SIZE_TAGS and length <= 16:
+            value = s.read(length)
+            if value is None:
+                return
+            s.note_image_size(tag, value, vr)
+            continue
         s.skip(length)
 
 
@@ -202,6 +252,8 @@ def _walk_items(s: _Inflating, *, explicit: bool, pixel: bool, tag: int, depth: 
         if length == _UNDEFINED:
             _walk(s, explicit=explicit, top=False, depth=depth + 1)
             continue
-        if not pixel:
+        if pixel:
+            s.count_pixels(length)
+        else:
             s.count_header(length, tag)
         s.skip(length)

@@ -98,10 +98,10 @@ class PixelNeeds:
     (heat-map overlays) need at least this many pixels on the long side (0: none); ``full``: some consumer needs
     every pixel (no reduction at all).
 
-    Why ``oversample`` is 2: a wavelet low-pass band (or a scaled IDCT) is sharper than an area average. Decoded
-    at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then 256 -> 224) scored up to 0.084
-    apart from full decoding (AUROC up to 0.004); with at least twice the pixels the RG1 chest (1955 px, at 1/4)
-    is within 0.004 (see benchmarks/agreement.py and the README).
+    Why ``oversample`` is 2: decoded at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then
+    256 -> 224) scored up to 0.084 apart from full decoding (AUROC up to 0.004); with at least twice the pixels
+    (and JPEG 2000 levels made area averages, `cxrtriage.io.reduced`) the same images at 1024 px and the RG1 chest
+    score within 0.0082 (see benchmarks/agreement.py and the README).
     """
 
     recipes: tuple[PreprocessRecipe, ...]

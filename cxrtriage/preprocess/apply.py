@@ -122,10 +122,10 @@ class PixelNeeds:
     (heat-map overlays) need at least this many pixels on the long side (0: none); ``full``: some consumer needs
     every pixel (no reduction at all).
 
-    Why ``oversample`` is 2: a wavelet low-pass band (or a scaled IDCT) is sharper than an area average. Decoded
-    at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then 256 -> 224) scored up to 0.084
-    apart from full decoding (AUROC up to 0.004); with at least twice the pixels the RG1 chest (1955 px, at 1/4)
-    is within 0.004 (see benchmarks/agreement.py and the README).
+    Why ``oversample`` is 2: decoded at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then
+    256 -> 224) scored up to 0.084 apart from full decoding (AUROC up to 0.004); with at least twice the pixels
+    (and JPEG 2000 levels made area averages, `cxrtriage.io.reduced`) the same images at 1024 px and the RG1 chest
+    score within 0.0082 (see benchmarks/agreement.py and the README).
     """
 
     recipes: tuple[PreprocessRecipe, ...]
@@ -162,6 +162,44 @@ def _pixel_region(image: Image2D, crop: tuple[int, int, int, int]) -> FloatArray
     return image.pixels[ry0:ry1, rx0:rx1]
 
 
+def _interpolated(table: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Rows of ``table`` linearly interpolated at the fractional row positions ``at`` (0 <= at <= rows - 1)."""
+    k = np.minimum(at.astype(np.intp), table.shape[0] - 2)
+    f = (at - k).reshape(-1, *([1] * (table.ndim - 1)))
+    out: np.ndarray = table[k] * (1.0 - f) + table[k + 1] * f
+    return out
+
+
+def _region_resized(image: Image2D, crop: tuple[int, int, int, int], out_hw: tuple[int, int]) -> FloatArray:
+    """The pixels of ``crop`` (full-image coordinates) resized to ``out_hw``.
+
+    From a full decode: crop, then OpenCV's area resize (linear when enlarging). From pixels decoded at 1/``scale``
+    (each the area average of ``scale`` x ``scale`` full pixels, `cxrtriage.io.reduced`): the exact area average
+    of each output pixel's footprint on the full image, edges at fractional reduced positions included, so the
+    crop is not rounded to whole reduced pixels (up to ``scale``/2 full pixels per edge, which moved scores by up to
+    0.0066 on the RG1 chest at 1/4) and the last, partial reduced row or column counts for what it covers.
+    """
+    y0, x0, ch, cw = crop
+    oh, ow = out_hw
+    if image.scale == 1 or oh > ch / image.scale or ow > cw / image.scale:
+        # full pixels, or an output finer than the reduced pixels (never chosen by PixelNeeds): OpenCV on the
+        # pixels at hand, crop edges rounded to the nearest reduced pixel
+        return _resize(_pixel_region(image, crop), out_hw)
+    s = image.scale
+    rows = slice(int(y0 // s), min(image.pixels.shape[0], -(-(y0 + ch) // s)))
+    cols = slice(int(x0 // s), min(image.pixels.shape[1], -(-(x0 + cw) // s)))
+    # The integral of a piecewise-constant image is bilinear inside each pixel, so the summed-area table
+    # interpolated at the output pixels' fractional corners (in reduced pixels) integrates their footprints
+    # exactly; a corner inside the last, partial reduced pixel stops where the image does.
+    sat = cv2.integral(np.ascontiguousarray(image.pixels[rows, cols]), sdepth=cv2.CV_64F)
+    uy = np.linspace(y0, y0 + ch, oh + 1) / s - rows.start
+    ux = np.linspace(x0, x0 + cw, ow + 1) / s - cols.start
+    corners = _interpolated(_interpolated(sat, uy).T, ux).T
+    area = np.diff(uy)[:, None] * np.diff(ux)[None, :]
+    out = (corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]) / area
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:
     """Turn ``image`` into the [1, size, size] float32 array described by ``recipe``.
 
@@ -177,7 +215,7 @@ def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:
         canvas = np.full((recipe.size, recipe.size), recipe.pad_value * (hi - lo) + lo, dtype=np.float32)
         canvas[py : py + ph, px : px + pw] = scaled
         return ModelInput(array=canvas[None, :, :], geometry=geo)
-    region = _resize(_pixel_region(image, geo.crop), (ph, pw))
+    region = _region_resized(image, geo.crop, (ph, pw))
     unit = _to_unit(region, image, recipe)
     canvas = np.full((recipe.size, recipe.size), recipe.pad_value, dtype=np.float32)
     canvas[py : py + ph, px : px + pw] = unit

@@ -149,3 +149,53 @@ def test_inspect_says_which_path_predict_uses(tmp_path: Path) -> None:
     make_cxr_dataset(rows=300, cols=260, pixels=_chest()).save_as(plain, enforce_file_format=True)
     assert "has no reduced-resolution decoding" in inspect_file(plain, max_scale=lambda shape: 8.0).reduced_decode
     assert inspect_file(path).reduced_decode == ""
+
+
+def _textured(rows: int = 256, cols: int = 240) -> np.ndarray:
+    """`_chest` with fine detail (ribs-like stripes and deterministic grain), 8-bit: what the low-pass band keeps
+    sharper than an area average does."""
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    grain = cv2.GaussianBlur(np.random.default_rng(7).normal(0, 1, (rows, cols)).astype(np.float32), (0, 0), 1.2)
+    img = _chest(rows, cols, top=200).astype(np.float32) + 20 * np.sin(yy / 3.1 + xx / 17.0) + 25 * grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("lossy", [False, True], ids=["5/3 lossless", "9/7 lossy"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_a_jpeg2000_level_is_made_the_area_average_of_the_full_decode(tmp_path: Path, lossy: bool,
+                                                                       scale: int) -> None:
+    pixels = _textured()
+    ds = make_cxr_dataset(rows=pixels.shape[0], cols=pixels.shape[1], pixels=pixels, bits_stored=8)
+    ds.BitsAllocated, ds.HighBit = 8, 7
+    if lossy:
+        ds.compress(pydicom.uid.JPEG2000, j2k_cr=[8])
+    else:
+        ds.compress(JPEG2000Lossless)
+    path = tmp_path / "j2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full = read_dicom(path).pixels
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: float(scale))
+    assert image.scale == scale and f"{'9/7' if lossy else '5/3'} level made an area average" in facts.decoder
+    frame = next(pydicom.encaps.generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))
+    raw = decode_j2k_reduced(frame, rows=256, columns=240, max_scale=float(scale), correct=False)
+    assert raw is not None and raw.area_kernel is None
+    area = full.reshape(256 // scale, scale, 240 // scale, scale).mean(axis=(1, 3))
+    inner = (slice(2, -2), slice(2, -2))  # the filter replicates the border; compare inside it
+
+    def rms(a: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((a[inner] - area[inner]) ** 2)))
+
+    # what the pipeline's area resize would have made of the full decode: the corrected level is much closer to it
+    # than the level as decoded (measured here: about half the difference or less)
+    assert rms(image.pixels) < 0.6 * rms(raw.samples.astype(np.float32))
+    assert image.pixels.min() >= 0 and image.pixels.max() <= 255 and image.value_range == (0.0, 255.0)
+
+
+def test_jpeg2000_reduction_stops_at_one_eighth_and_the_filters_keep_the_mean(tmp_path: Path) -> None:
+    path = _j2k_dicom(tmp_path / "j2k.dcm", _chest(600, 560))  # OpenJPEG's default: 5 levels, 1/32 possible
+    image = read_dicom(path, max_scale=lambda shape: 100.0)
+    assert image.scale == reduced.MAX_J2K_SCALE == 8 and image.pixels.shape == (75, 70)
+    for reversible in (True, False):
+        for scale in (2, 4, 8):
+            k = reduced.area_kernel(reversible, scale)
+            assert k.shape == (reduced.AREA_KERNEL_TAPS,) * 2 and abs(float(k.sum()) - 1.0) < 1e-4

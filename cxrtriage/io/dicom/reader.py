@@ -225,8 +225,12 @@ def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
     if header.presentation_intent == "FOR PROCESSING":
         notes.append("PresentationIntentType FOR PROCESSING: raw detector data, not meant for display")
 
+    pixels = np.ascontiguousarray(values, dtype=np.float32)
+    if red is not None:
+        # after the LUTs, as a full decode followed by an area resize averages the mapped values
+        pixels = red.area_average(pixels, (float(lo), float(hi)))
     image = Image2D(
-        pixels=np.ascontiguousarray(values, dtype=np.float32),
+        pixels=pixels,
         value_range=(float(lo), float(hi)),
         source=SourceRef(path=str(p), kind=InputKind.DICOM),
         pixel_spacing_mm=spacing,

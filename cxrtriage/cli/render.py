@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
 from cxrtriage.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED
 
@@ -27,12 +28,13 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """Print one red error line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """Print one red error line on stderr (the message as it is: brackets in it, ``cxrtriage[ray]`` or a file named
+    ``scan[1].dcm``, are text, not markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class Interrupted(BaseException):

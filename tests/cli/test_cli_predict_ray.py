@@ -30,6 +30,7 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path: Path, monkeyp
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.slow  # imports Ray (seconds)
 @pytest.mark.parametrize(("option", "named"), [
     (["--heatmaps"], "--heatmaps"), (["--lungs"], "--lungs"), (["--report", "--no-pdf"], "--report"),
 ])
@@ -44,6 +45,7 @@ def test_options_that_write_images_are_refused_before_any_cluster(tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # imports Ray (seconds)
 def test_workers_is_refused_with_ray(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the refusal comes from the Ray runner (pip install -e '.[ray]')")
     write_dicom(tmp_path / "in" / "a.dcm")

@@ -97,13 +97,18 @@ class ScoreBatches:
                  threads: int | None) -> None:
         package: ModelPackage = ray.get(model[0])
         self.folder = Path(tempfile.mkdtemp(prefix="cxrtriage-ray-model-"))
-        self.model = unpack_model(package, self.folder, device=device, strict_device=strict_device,
-                                  intra_op_threads=threads, spinning=False)
+        try:
+            self.model = unpack_model(package, self.folder, device=device, strict_device=strict_device,
+                                      intra_op_threads=threads, spinning=False)
+        finally:
+            # The session holds the graph from here on. Removed now, not when the actor ends: a killed actor
+            # (kill -9, a lost node) runs no clean-up, and every restart would leave another copy in /tmp.
+            shutil.rmtree(self.folder, ignore_errors=True)
         s: ScoreSpec = unpack(spec)
         self.hooks = list(s.hooks)
         self.columns = list(s.columns)
         self.schema = shard_schema(self.columns)
-        # Hooks that write files are refused under --ray (run.check_options); the folder is this actor's own.
+        # Hooks that write files are refused under --ray (run.check_options): no hook writes into this folder.
         self.ctx = RunContext(config=s.config, model=self.model, out_dir=self.folder)
         session = self.model.session
         self.scored_on = json.dumps({"device": session.device.value, "providers": session.providers,
@@ -119,8 +124,3 @@ class ScoreBatches:
         table = shard_table([encode_record(r, self.columns) for r in records], [d.index for d in items],
                             [failed_checks(d, r) for d, r in zip(items, records, strict=True)], self.schema)
         return table.append_column(SCORED_ON_COLUMN, pa.array([self.scored_on] * len(items), pa.string()))
-
-    def __del__(self) -> None:
-        folder = getattr(self, "folder", None)
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)

@@ -256,15 +256,18 @@ def _data_context(max_errored_blocks: int) -> Iterator[None]:
     ctx.print_on_execution_start = False
     ctx.raise_original_map_exception = True
     ctx.max_errored_blocks = max_errored_blocks
-    data_log = logging.getLogger("ray.data")
-    level = data_log.level
-    data_log.setLevel(logging.WARNING)
+    # Ray Data's info lines are not ours to print; nor is its warning that the progress bars we turned off are off
+    quieter = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in quieter}
+    for name, level in quieter.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
-        data_log.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class ShardSink:

@@ -56,7 +56,8 @@ from cxrtriage.pipeline.cluster.run import ClusterProgress, run_predict_ray  # n
 from cxrtriage.pipeline.config import PredictConfig  # noqa: E402
 from cxrtriage.pipeline.decode import DecodeTask, examine  # noqa: E402
 from cxrtriage.pipeline.engine import ProgressUpdate  # noqa: E402
-from cxrtriage.pipeline.predict import run_predict  # noqa: E402
+from cxrtriage.pipeline.predict import build_hooks, pixel_needs, run_predict  # noqa: E402
+from cxrtriage.preprocess import PixelNeeds  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -182,14 +183,15 @@ def merge_rate(shards_of: Path, rows: int, tmp: Path) -> dict[str, float]:
     return {"rows": n, "shards": k, "rows_per_s": n / wall}
 
 
-def decode_per_core(paths: list[str], recipe: Any) -> dict[str, float]:
-    """Files/s of one decode task (one core): probe, select, read, preprocess, quality checks."""
+def decode_per_core(paths: list[str], recipe: Any, needs: PixelNeeds | None) -> dict[str, float]:
+    """Files/s of one decode task (one core): probe, select, read (reduced as ``predict`` reduces it: ``needs``),
+    preprocess, quality checks."""
     cv2.setNumThreads(1)
     t0 = time.process_time()
     w0 = time.perf_counter()
     ok = 0
     for i, p in enumerate(paths):
-        ok += examine(DecodeTask(i, p, recipe, image_checks=True)).ok
+        ok += examine(DecodeTask(i, p, recipe, image_checks=True, needs=needs)).ok
     wall = time.perf_counter() - w0
     cpu = time.process_time() - t0
     return {"files": len(paths), "readable": ok, "files_per_s": len(paths) / wall, "files_per_cpu_s": len(paths) / cpu}
@@ -257,9 +259,12 @@ def main() -> None:
 
     model = load_classifier(args.model, device="cpu", intra_op_threads=1)
     recipe = model.manifest.preprocessing
-    png = decode_per_core([str(f) for f in files], recipe)
+    # decoded as predict (local or --ray) decodes them with its default options
+    config = PredictConfig(inputs=tuple(files), out_dir=Path(tempfile.gettempdir()) / "unused")
+    needs = pixel_needs(config, model, build_hooks(config, model))
+    png = decode_per_core([str(f) for f in files], recipe, needs)
     dicom_files = [str(p) for p in sorted(discover([args.dicom]))] if args.dicom.is_dir() else []
-    dcm = decode_per_core(dicom_files * args.dicom_repeats, recipe) if dicom_files else None
+    dcm = decode_per_core(dicom_files * args.dicom_repeats, recipe, needs) if dicom_files else None
     inputs = np.stack([mi.array for mi in (examine(DecodeTask(i, str(f), recipe)).model_input for i, f in
                                            enumerate(files[:256])) if mi is not None])
     inf = inference_per_core(args.model, inputs, args.batch_size, repeats=4)

@@ -53,6 +53,14 @@ SiteOpt = Annotated[
                       "columns hold the SITE-calibrated scores, the site thresholds decide the priority, and the model's own "
                       "calibrated scores are kept in model_score_<label> columns (only with --site)."),
 ]
+PopulationOpt = Annotated[
+    str | None,
+    typer.Option("--population", metavar="NAME",
+                 help="Population of the patients whose age the files do not tell (PNG/JPEG, DICOM without PatientAge "
+                      "or birth date), e.g. pediatric or adult (the model's populations: `cxrtriage models info`). Its "
+                      "validated labels and study-level thresholds decide. Default: unknown, the most cautious ones. "
+                      "An age in DICOM always wins."),
+]
 LungsOpt = Annotated[
     bool | None,
     typer.Option("--lungs/--no-lungs",
@@ -97,6 +105,11 @@ HeatmapMethodOpt = Annotated[
                                                "for scorecam/occlusion use `cxrtriage explain`.")
 ]
 RayOpt = Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=RAY_HELP)]
+FullResolutionOpt = Annotated[
+    bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
+                                                 "images are decoded at the lowest resolution that still gives the "
+                                                 "models (and heat-map overlays) all the pixels they use.")
+]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
 ]
@@ -119,6 +132,7 @@ def predict_cmd(
     rules: RulesOpt = None,
     policy: PolicyOpt = None,
     site: SiteOpt = None,
+    population: PopulationOpt = None,
     lungs: LungsOpt = None,
     segmenter: SegmenterOpt = None,
     report: ReportOpt = False,
@@ -131,6 +145,7 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    full_resolution: FullResolutionOpt = False,
     ray: RayOpt = None,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
@@ -149,9 +164,10 @@ def predict_cmd(
         config = PredictConfig(
             inputs=tuple(inputs), out_dir=out, model=model, batch_size=batch_size, device=device,
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
-            fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
+            fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, population=population,
+            lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, reduced_decode=not full_resolution,
         )
         if ray is not None:
             from cxrtriage.cli.ray_predict import predict_on_ray
@@ -260,6 +276,8 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         where = policy.get("path", "default")
         rows.append(("policy", f"{triage.policy_name}" + ("" if where == "default" else f" ({where})")))
         rows.append(("site", triage.site_file or "none (model's own scores and thresholds)"))
+        if triage.populations:
+            rows.append(("population (images)", ", ".join(f"{k} {n}" for k, n in triage.populations.items())))
         for note in triage.notes:
             rows.append(("note", f"[yellow]{note}[/]"))
     quality = sections.get("quality")

@@ -44,6 +44,7 @@ from cxrtriage.pipeline.hooks.site import SiteHook
 from cxrtriage.pipeline.hooks.triage import TriageHook
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
+from cxrtriage.preprocess import PixelNeeds, PreprocessRecipe
 from cxrtriage.results import ImageRecord, ResultsWriter, Status, result_columns, utc_now, write_run_json
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,21 @@ def _unscored(record: ImageRecord, hooks: Sequence[PredictHook], ctx: RunContext
     return record
 
 
+def pixel_needs(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHook]) -> PixelNeeds | None:
+    """How far the decode step may reduce each image: the classifier's input, the hooks' model inputs, and the
+    long side of what the hooks draw at the image's geometry; None (full resolution) with ``--full-resolution``
+    or when a hook needs the image without saying how much of it."""
+    if not config.reduced_decode:
+        return None
+    drawing = [h for h in hooks if h.needs_images]
+    if any(h.image_long_side is None for h in drawing):
+        return None
+    recipes = (model.manifest.preprocessing, *(r for h in hooks for r in h.recipes))
+    return PixelNeeds(recipes, min_long_side=max((h.image_long_side or 0 for h in drawing), default=0))
+
+
 def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook],
-                 ctx: RunContext) -> list[ImageRecord]:
+                 ctx: RunContext, extra: tuple[PreprocessRecipe, ...] = ()) -> list[ImageRecord]:
     """Run the classifier and the hooks on ``items`` (all readable); returns their records."""
     records = [with_model(d.record, model.manifest) for d in items]
     inputs = [d.model_input for d in items if d.model_input is not None]
@@ -98,7 +112,7 @@ def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[Predic
                for i, r in enumerate(records)]
     for hook in hooks:
         batch = ScoredBatch(
-            items=tuple(BatchItem(d.index, mi, r, d.image, d.image_checks)
+            items=tuple(BatchItem(d.index, mi, r, d.image, d.image_checks, tuple(zip(extra, d.extra_inputs, strict=False)))
                         for d, mi, r in zip(items, inputs, records, strict=True)),
             output=out,
         )
@@ -155,13 +169,15 @@ def _run_predict(
     keep_images = any(h.needs_images for h in hooks)
     checks = any(h.needs_image_checks for h in hooks)
     recipe = model.manifest.preprocessing
+    needs = pixel_needs(config, model, hooks)
+    extra = tuple(dict.fromkeys(r for h in hooks for r in h.recipes))
     paths = discover_paths(config.inputs, config.out_dir)
-    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(paths))
+    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in enumerate(paths))
     counter = ProgressCounter(on_progress)
     write_in_batches(
         decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, keep_images)),
         writer, counter, batch_size=config.batch_size,
-        process=lambda ok: _score_batch(ok, model, hooks, ctx),
+        process=lambda ok: _score_batch(ok, model, hooks, ctx, extra),
         unreadable=lambda d: _unscored(with_model(d.record, model.manifest), hooks, ctx),
         inputs=config.inputs,
     )

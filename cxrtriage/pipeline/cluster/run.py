@@ -61,7 +61,7 @@ from cxrtriage.pipeline.engine import check_inputs, discover_paths, selection_ru
 from cxrtriage.pipeline.hooks.base import PredictHook, PredictSummary, RunContext
 from cxrtriage.pipeline.hooks.quality import QualityHook
 from cxrtriage.pipeline.hooks.triage import TriageHook
-from cxrtriage.pipeline.predict import _unscored, build_hooks
+from cxrtriage.pipeline.predict import _unscored, build_hooks, pixel_needs
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.results import (
     ImageRecord,
@@ -185,6 +185,8 @@ def job_of(config: PredictConfig, model: Classifier, columns: Sequence[str]) -> 
         "--rules": _file_digest(config.rules),
         "--policy": _file_digest(config.policy),
         "--site": _file_digest(config.site),
+        "--population": config.population,
+        "--full-resolution": not config.reduced_decode,
     }
 
 
@@ -371,12 +373,14 @@ def _failed_on_cluster(index: int, path: str, model: Classifier, hooks: Sequence
 
 
 def restore_tallies(hooks: Sequence[PredictHook], priorities: Counter[str], quality_failed: int,
-                    by_check: Mapping[str, int]) -> None:
+                    by_check: Mapping[str, int], populations: Counter[str] | None = None) -> None:
     """Give the driver's hooks the run-level counts their copies on the workers made (they go into run.json):
-    triage's images by priority and the quality checks' failures, counted from the merged rows."""
+    triage's images by priority and by deciding population, and the quality checks' failures, counted from the
+    merged rows."""
     for hook in hooks:
         if isinstance(hook, TriageHook):
             hook.counts = Counter({Priority(p): n for p, n in priorities.items()})
+            hook.population_counts = Counter(populations or {})
         elif isinstance(hook, QualityHook):
             hook.failed = quality_failed
             hook.by_check = dict(by_check)
@@ -427,8 +431,11 @@ def _run(config: PredictConfig, address: str, *, on_progress: Callable[[ClusterP
     if start.resumed:
         log.info("continuing the unfinished run in %s: %d of %d inputs done", store.folder, resumed, n)
     package: ModelPackage = pack_model(model.manifest)
-    decode_spec = pack("decode settings", DecodeSpec(model.manifest.preprocessing, rules, examine_fn))
-    score_spec = pack("hooks and settings", ScoreSpec(tuple(hooks), config, tuple(columns)))
+    # the decode settings of a local run: how far images may be reduced, the hooks' further model inputs
+    extra = tuple(dict.fromkeys(r for h in hooks for r in h.recipes))
+    decode_spec = pack("decode settings", DecodeSpec(model.manifest.preprocessing, rules,
+                                                     pixel_needs(config, model, hooks), extra, examine_fn))
+    score_spec = pack("hooks and settings", ScoreSpec(tuple(hooks), config, tuple(columns), extra))
     sink = ShardSink(store, n, counts, resumed, on_progress)
     sink.progress()
     blocks = retried = 0
@@ -491,6 +498,7 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
     statuses: Counter[str] = Counter()
     priorities: Counter[str] = Counter()
     by_check: Counter[str] = Counter()
+    populations: Counter[str] = Counter()
     quality_failed = 0
     try:
         for _, row, checks in store.rows_in_order(n):
@@ -498,6 +506,8 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
             statuses[row["status"]] += 1
             if row.get("priority"):
                 priorities[row["priority"]] += 1
+            if row.get("population"):
+                populations[row["population"]] += 1
             if checks:
                 quality_failed += 1
                 by_check.update(checks.split(";"))
@@ -505,7 +515,7 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
     except BaseException:
         writer.abort()
         raise
-    restore_tallies(hooks, priorities, quality_failed, by_check)
+    restore_tallies(hooks, priorities, quality_failed, by_check, populations)
     device = outcome.plan.device
     summary = PredictSummary(
         total=writer.rows_written, scored=statuses[Status.SCORED.value], excluded=statuses[Status.EXCLUDED.value],

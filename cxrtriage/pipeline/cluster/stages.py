@@ -36,7 +36,7 @@ from cxrtriage.pipeline.decode import Decoded, DecodeTask, examine, unreturned
 from cxrtriage.pipeline.engine import with_model
 from cxrtriage.pipeline.hooks.base import PredictHook, RunContext
 from cxrtriage.pipeline.predict import _score_batch, _unscored
-from cxrtriage.preprocess import PreprocessRecipe
+from cxrtriage.preprocess import PixelNeeds, PreprocessRecipe
 from cxrtriage.results import ImageRecord, encode_record
 
 PATH_COLUMN = "path"  # input file names as bytes (os.fsencode): Arrow text must be UTF-8, file names need not be
@@ -46,22 +46,27 @@ SCORED_ON_COLUMN = "scored_on"  # JSON: the device, providers and node that scor
 
 @dataclass(frozen=True, slots=True)
 class DecodeSpec:
-    """What the decode tasks need: the model's preprocessing recipe, the run's selection rules, and the per-file
-    function (``examine``; as ``decode_stream``'s ``fn``, a module-level function the workers can import)."""
+    """What the decode tasks need: the model's preprocessing recipe, the run's selection rules, how far an image
+    may be reduced while it is decoded and the hooks' further model inputs (``predict.pixel_needs`` and the hooks'
+    ``recipes``, as for a local run), and the per-file function (``examine``; as ``decode_stream``'s ``fn``, a
+    module-level function the workers can import)."""
 
     recipe: PreprocessRecipe
     rules: SelectionRules
+    needs: PixelNeeds | None = None
+    extra_recipes: tuple[PreprocessRecipe, ...] = ()
     examine: Callable[[DecodeTask], Decoded] = examine
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreSpec:
     """What the scoring actors need besides the model: the run's hooks (built and checked by the driver), its
-    config (the hooks' ``RunContext``) and the results columns."""
+    config (the hooks' ``RunContext``), the results columns and the hooks' further model inputs (``DecodeSpec``)."""
 
     hooks: tuple[PredictHook, ...]
     config: PredictConfig
     columns: tuple[str, ...]
+    extra_recipes: tuple[PreprocessRecipe, ...] = ()
 
 
 def decode_block(batch: pa.Table, *, spec: Blob) -> pa.Table:
@@ -71,7 +76,8 @@ def decode_block(batch: pa.Table, *, spec: Blob) -> pa.Table:
     indices: list[int] = []
     items: list[bytes] = []
     for index, raw in zip(batch.column(INDEX_COLUMN).to_pylist(), batch.column(PATH_COLUMN).to_pylist(), strict=True):
-        task = DecodeTask(int(index), os.fsdecode(raw), s.recipe, s.rules, keep_image=False, image_checks=True)
+        task = DecodeTask(int(index), os.fsdecode(raw), s.recipe, s.rules, keep_image=False, image_checks=True,
+                          needs=s.needs, extra_recipes=s.extra_recipes)
         try:
             item = pickle.dumps(s.examine(task), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the item cannot be pickled: the file's row says so, the block goes on
@@ -107,6 +113,7 @@ class ScoreBatches:
         s: ScoreSpec = unpack(spec)
         self.hooks = list(s.hooks)
         self.columns = list(s.columns)
+        self.extra_recipes = s.extra_recipes
         self.schema = shard_schema(self.columns)
         # Hooks that write files are refused under --ray (run.check_options): no hook writes into this folder.
         self.ctx = RunContext(config=s.config, model=self.model, out_dir=self.folder)
@@ -117,7 +124,7 @@ class ScoreBatches:
     def __call__(self, batch: pa.Table) -> pa.Table:
         items: list[Decoded] = [pickle.loads(b) for b in batch.column(DECODED_COLUMN).to_pylist()]
         readable = [d for d in items if d.ok]
-        scored = iter(_score_batch(readable, self.model, self.hooks, self.ctx) if readable else [])
+        scored = iter(_score_batch(readable, self.model, self.hooks, self.ctx, self.extra_recipes) if readable else [])
         manifest = self.model.manifest
         records = [next(scored) if d.ok else _unscored(with_model(d.record, manifest), self.hooks, self.ctx)
                    for d in items]

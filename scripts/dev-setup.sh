@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Set up everything the test suite needs: the package with its dev + train extras, and the real
+# Set up everything the test suite needs: the package with its dev + train + ray extras, and the real
 # validators the tests run (dciodvfy from dicom3tools, headless Chromium, pdftoppm from poppler-utils,
 # DejaVu fonts for Unicode text in PDF reports, libopenjp2 for reduced-resolution JPEG 2000 decoding).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # -c: the exact versions the suite last passed with (a fresh machine would otherwise take the newest releases
 # the ranges in pyproject.toml allow, and CI could turn red without a change here)
-python3 -m pip install -q -e '.[dev,train]' -c scripts/constraints.txt
+python3 -m pip install -q -e '.[dev,train,ray]' -c scripts/constraints.txt
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

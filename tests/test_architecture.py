@@ -6,7 +6,8 @@ Layers, top to bottom (a module may import its own layer and the layers below it
         → types, errors, files, outdir, results (and the package root, which only holds the version and a lazy API)
 
 Inside ``cxrtriage.pipeline`` the modules are layered too: config → decode, engine, artefacts → hooks.base →
-the hooks → provenance, reports → predict, segment.
+the hooks → provenance, reports → predict, segment → cluster (``predict --ray``; its modules import each other
+bottom to top: shipping, shards → stages → run).
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``. The package root's public API
 (``cxrtriage.predict`` and friends) is resolved with ``importlib`` at attribute access, so it is no import edge.
@@ -41,7 +42,8 @@ PIPELINE_LAYERS: tuple[tuple[str, ...], ...] = (
      "cxrtriage.pipeline.hooks.heatmaps", "cxrtriage.pipeline.hooks.triage"),
     ("cxrtriage.pipeline.provenance", "cxrtriage.pipeline.reports"),
     ("cxrtriage.pipeline.predict", "cxrtriage.pipeline.segment"),
-    ("cxrtriage.pipeline.validate",),
+    ("cxrtriage.pipeline.validate",  # models validate: predict + evaluate
+     "cxrtriage.pipeline.cluster"),  # predict --ray: the same stages as predict, run by Ray Data
 )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cxrtriage.cli.ray_predict import RAY_HELP
 from cxrtriage.errors import EXIT_FAILED_INPUTS
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ HeatmapMethodOpt = Annotated[
     str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
                                                "for scorecam/occlusion use `cxrtriage explain`.")
 ]
+RayOpt = Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=RAY_HELP)]
 FullResolutionOpt = Annotated[
     bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
                                                  "images are decoded at the lowest resolution that still gives the "
@@ -156,6 +158,7 @@ def predict_cmd(
     heatmap_method: HeatmapMethodOpt = "gradcam",
     heatmap_gate: HeatmapGateOpt = False,
     full_resolution: FullResolutionOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
@@ -179,8 +182,13 @@ def predict_cmd(
             modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, heatmap_gate=heatmap_gate,
             reduced_decode=not full_resolution,
         )
-        with progress_display(err_console, "scoring") as update:
-            summary = run_predict(config, on_progress=update)
+        if ray is not None:
+            from cxrtriage.cli.ray_predict import predict_on_ray
+
+            summary = predict_on_ray(config, ray, err_console)
+        else:
+            with progress_display(err_console, "scoring") as update:
+                summary = run_predict(config, on_progress=update)
         console.print(summary_table(summary, "predict summary", written_paths(summary), run_rows(summary)))
         report_errors = list(summary.report.errors) if summary.report is not None else []
         for err in report_errors:
@@ -254,7 +262,7 @@ def written_paths(s: PredictSummary) -> list[Path]:
     paths = [s.results_csv, s.results_jsonl, out / "worklist.csv"]
     if s.run_json is not None:
         paths.append(s.run_json)
-    paths += [p for p in (out / "masks", out / "heatmaps") if p.is_dir()]
+    paths += [p for p in (out / "masks", out / "heatmaps", out / "results.parquet") if p.is_dir()]
     if s.report is not None and s.report.index is not None:
         paths.append(s.report.index)
         if s.report.summary is not None and s.report.summary.dicom_files:

@@ -28,8 +28,8 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """Print one red error line on stderr; the message is plain text (its ``[...]`` parts are shown, not read as
-    markup: they are field names, lists and paths)."""
+    """Print one red error line on stderr; the message is plain text (its ``[...]`` parts, field names, lists, paths
+    like ``scan[1].dcm`` or ``cxrtriage[ray]``, are shown, not read as markup)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
 
 

@@ -28,8 +28,11 @@ from cxrtriage.results.table import (
     SOURCE_COLUMNS,
     ResultsTable,
     ResultsWriter,
+    append_results_jsonl,
     csv_cell,
+    encode_record,
     from_row,
+    jsonl_line,
     model_score_column,
     read_results,
     read_results_dir,
@@ -37,6 +40,8 @@ from cxrtriage.results.table import (
     score_column,
     segment_columns,
     to_row,
+    write_results_csv,
+    write_results_jsonl,
 )
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "Priority",
     "ResultsTable",
     "ResultsWriter",
+    "append_results_jsonl",
     "RunRecord",
     "SafeCsvWriter",
     "Status",
@@ -62,8 +68,10 @@ __all__ = [
     "csv_cell",
     "decode_row",
     "display_text",
+    "encode_record",
     "encode_row",
     "from_row",
+    "jsonl_line",
     "model_score_column",
     "read_results",
     "read_results_dir",
@@ -76,5 +84,7 @@ __all__ = [
     "spreadsheet_value",
     "to_row",
     "utc_now",
+    "write_results_csv",
+    "write_results_jsonl",
     "write_run_json",
 ]

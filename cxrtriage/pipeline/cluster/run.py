@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'cxrtriage[ray]'"
 MAX_FILES_PER_BLOCK = 64
 BLOCKS_PER_CPU = 4  # enough blocks to balance the cluster's cores, few enough that a block is worth a task
-SHARD_ROWS = 1024  # a shard is written when this many rows are waiting ...
+SHARD_ROWS = 1024  # a shard is written when this many rows are waiting (an eighth of a smaller run, at least 32) ...
 SHARD_SECONDS = 2.0  # ... or when the oldest waiting row is this old: at most this much work is redone on resume
 TASK_RETRIES = 1  # a block whose worker process dies is retried once; then its files are run one by one (retried too)
 LOCAL_OBJECT_STORE = 1 << 30  # --ray local: decoded inputs are ~0.2 MB each; Ray spills to disk beyond this
@@ -286,6 +286,9 @@ class ShardSink:
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.pending_since = 0.0
+        # A small run can be scored within SHARD_SECONDS: without a row limit of its own its first shard would
+        # come only at the end, and a driver killed before then would leave nothing to resume from.
+        self.shard_rows = min(SHARD_ROWS, max(32, math.ceil(total / 8)))
         self.scored_on: set[str] = set()
 
     @property
@@ -301,7 +304,7 @@ class ShardSink:
         self.pending.append(table)
         self.pending_rows += table.num_rows
         self.counts.update(table.column("status").to_pylist())
-        if self.pending_rows >= SHARD_ROWS or time.perf_counter() - self.pending_since >= SHARD_SECONDS:
+        if self.pending_rows >= self.shard_rows or time.perf_counter() - self.pending_since >= SHARD_SECONDS:
             self.flush()
         self.progress()
 

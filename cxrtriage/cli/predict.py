@@ -95,6 +95,14 @@ HeatmapMethodOpt = Annotated[
     str, typer.Option("--heatmap-method", help="gradcam (default), gradcampp, layercam, xgradcam, hirescam or eigencam; "
                                                "for scorecam/occlusion use `cxrtriage explain`.")
 ]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume",
+                 help="Continue the run that OUT holds: each finished batch is journaled in OUT/journal.jsonl (path, size, "
+                      "mtime, row), and re-running the same command after a crash or kill scores only the inputs not in it "
+                      "(or changed since); results.csv then equals an uninterrupted run's. Without --resume, a run into a "
+                      "folder that holds an earlier run replaces its results as a whole (and says so)."),
+]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
 ]
@@ -129,12 +137,13 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    resume: ResumeOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
     Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run. Images that fail a quality check (column `quality`) keep their scores but are `not_assessed`. Decision support only: every image must still be read.
 
-    OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs.
+    OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs. When OUT holds an earlier run, this run replaces its results as a whole (a warning says so), unless --resume continues it.
 
     Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 options, 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C, 143 SIGTERM.
     """  # noqa: E501
@@ -148,7 +157,7 @@ def predict_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
             fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, resume=resume,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)
@@ -243,6 +252,8 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
     from cxrtriage.pipeline.hooks.triage import TriageOutcome
 
     rows: list[tuple[str, str]] = []
+    if s.resumed:
+        rows.append(("resumed", f"{s.resumed} input(s) finished by the earlier run, taken from its journal"))
     sections = s.run.sections if s.run is not None else {}
     triage = s.outcomes.get("triage")
     if isinstance(triage, TriageOutcome):

@@ -38,6 +38,7 @@ class PredictConfig:
     modality: str = "DOC"  # Modality of the encapsulated PDF
     heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
     heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
+    resume: bool = False  # journal finished inputs in DIR/journal.jsonl and take the unchanged ones from it
 
     @property
     def dicom_on(self) -> bool:

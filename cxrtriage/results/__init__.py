@@ -27,8 +27,11 @@ from cxrtriage.results.table import (
     SCORE_PREFIX,
     ResultsTable,
     ResultsWriter,
+    append_results_jsonl,
     csv_cell,
+    encode_record,
     from_row,
+    jsonl_line,
     model_score_column,
     read_results,
     read_results_dir,
@@ -36,6 +39,8 @@ from cxrtriage.results.table import (
     score_column,
     segment_columns,
     to_row,
+    write_results_csv,
+    write_results_jsonl,
 )
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "Priority",
     "ResultsTable",
     "ResultsWriter",
+    "append_results_jsonl",
     "RunRecord",
     "SafeCsvWriter",
     "Status",
@@ -60,8 +66,10 @@ __all__ = [
     "csv_cell",
     "decode_row",
     "display_text",
+    "encode_record",
     "encode_row",
     "from_row",
+    "jsonl_line",
     "model_score_column",
     "read_results",
     "read_results_dir",
@@ -74,5 +82,7 @@ __all__ = [
     "spreadsheet_value",
     "to_row",
     "utc_now",
+    "write_results_csv",
+    "write_results_jsonl",
     "write_run_json",
 ]

@@ -230,6 +230,59 @@ def from_row(row: Mapping[str, Any], *, where: str = "results row") -> ImageReco
 # --------------------------------------------------------------------------- writing
 
 
+def encode_record(record: ImageRecord, columns: Sequence[str]) -> dict[str, Any]:
+    """The row of ``record`` as both results files hold it: its ``columns``, text that UTF-8 cannot hold (a file
+    name in Latin-1 bytes) escaped losslessly (``cells.encode_row``).
+
+    Raises:
+        ValueError: the record has a value with no column in ``columns`` (it would be lost from the table).
+    """
+    lost = _unwritten(record, columns)
+    if lost:
+        raise ValueError(f"{record.path}: values for {sorted(lost)} have no column in this results table")
+    return encode_row(to_row(record, columns), NOTE_COLUMN)
+
+
+def jsonl_line(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One line of ``results.jsonl`` for an encoded row (keys in column order)."""
+    return json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n"
+
+
+def write_results_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write a whole ``results.csv`` atomically from encoded rows (a results table kept up to date run after run
+    of new rows, e.g. by ``cxrtriage serve``: readers see the previous table or the new one, never half of one)."""
+    p = Path(path)
+    with atomic_output(p) as f:
+        w = SafeCsvWriter(f, list(columns), note_column=NOTE_COLUMN)
+        for row in rows:
+            w.writerow({c: csv_cell(row.get(c)) for c in columns})
+    return p
+
+
+def write_results_jsonl(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write a whole ``results.jsonl`` atomically from encoded rows."""
+    p = Path(path)
+    with atomic_output(p) as f:
+        for row in rows:
+            f.write(jsonl_line(row, columns))
+    return p
+
+
+def append_results_jsonl(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append encoded rows to ``results.jsonl`` (whoever appends keeps a journal from which the file can be
+    rebuilt after a crash: an append is not atomic).
+
+    Raises:
+        OutputError: the file cannot be written (the disk is full?).
+    """
+    p = Path(path)
+    try:
+        with open(p, "a", encoding="utf-8", newline="") as f:
+            f.write("".join(jsonl_line(r, columns) for r in rows))
+    except OSError as exc:
+        raise OutputError(f"{p}: appending results failed ({exc.strerror or exc}); is the disk full?") from exc
+
+
 class ResultsWriter:
     """Write records to ``DIR/results.csv`` and ``DIR/results.jsonl`` (same columns, same order).
 
@@ -262,17 +315,19 @@ class ResultsWriter:
             self.abort(remove=True)
             raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
 
-    def write(self, record: ImageRecord) -> None:
-        """Append one record; a value without a column is an error (it would be lost from the table)."""
-        lost = _unwritten(record, self.columns)
-        if lost:
-            raise ValueError(f"{record.path}: values for {sorted(lost)} have no column in this results table")
-        # Text that UTF-8 cannot hold (a file name in Latin-1 bytes) is escaped, losslessly, in both files.
-        row = encode_row(to_row(record, self.columns), NOTE_COLUMN)
+    def write(self, record: ImageRecord) -> dict[str, Any]:
+        """Append one record and return its row as written (``encode_record``); a value without a column is an
+        error (it would be lost from the table)."""
+        row = encode_record(record, self.columns)
+        self.write_row(row)
+        return row
+
+    def write_row(self, row: Mapping[str, Any]) -> None:
+        """Append a row made by ``encode_record`` (e.g. one an earlier run wrote, kept in its journal)."""
         try:
-            self._csv.writerow({c: csv_cell(row[c]) for c in self.columns})
+            self._csv.writerow({c: csv_cell(row.get(c)) for c in self.columns})
             if self._jsonl is not None:
-                self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+                self._jsonl.write(jsonl_line(row, self.columns))
         except OSError as exc:
             raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc}); is the disk full?") from exc
         self.rows_written += 1

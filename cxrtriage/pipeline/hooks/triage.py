@@ -124,9 +124,14 @@ class TriageHook(PredictHook):
         return self.decide(record)
 
     def on_finish(self, ctx: RunContext, summary: PredictSummary) -> TriageOutcome:
-        """Write ``DIR/worklist.csv`` (atomically) from the results as written."""
-        entries = build_worklist(read_results(summary.results_jsonl).records)
+        """Write ``DIR/worklist.csv`` (atomically) from the results as written.
+
+        The image counts are taken from the results too: rows an earlier run scored (``--resume``, ``serve``)
+        count as well as the ones decided in this process."""
+        records = read_results(summary.results_jsonl).records
+        entries = build_worklist(records)
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
+        self.counts = Counter(r.priority for r in records if r.priority is not None)
         studies = Counter(e.priority for e in entries)
         self.outcome = TriageOutcome(
             worklist=path,

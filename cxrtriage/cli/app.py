@@ -29,6 +29,8 @@ app = typer.Typer(
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "predict",
+    "serve",
+    "watch",
     "inspect_cmd",
     "models",
     "segment",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -94,6 +93,7 @@ def serve_cmd(
 
     Log lines name studies and instances by UID, with counts, never by patient name or ID. Stop with Ctrl-C or SIGTERM (exit 130/143): nothing acknowledged is lost.
     """  # noqa: E501
+    from cxrtriage.cli.app import use_plain_log
     from cxrtriage.cli.render import Interrupted, console, err_console, exit_on_error, signal_name
     from cxrtriage.errors import EXIT_INTERRUPTED
     from cxrtriage.node.scp import ScpSettings
@@ -117,7 +117,7 @@ def serve_cmd(
             study_timeout=study_timeout, forward=destination, retry_seconds=retry_seconds,
             retry_max_seconds=retry_max_seconds, min_free_mb=min_free_mb,
         )
-        logging.getLogger("cxrtriage.node").setLevel(logging.INFO)  # a node's log is its progress display
+        use_plain_log()  # a node's log is its progress display: one greppable line per event
 
         def ready(info: ServeInfo) -> None:
             recovered = f"; {info.recovered} instance(s) left by the previous run are scored first" if info.recovered else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +59,7 @@ def watch_cmd(
 
     A file named *.part, *.partial or *.tmp (or hidden) is being written and is left alone until it is renamed; any other file is read once its size and mtime have not changed for --settle seconds. Each file is scored exactly once, across restarts (OUT/journal.jsonl records path, size and mtime); a file that changes later is scored again and its new row replaces the old one. DIR is never modified. Stop with Ctrl-C or SIGTERM.
     """  # noqa: E501
+    from cxrtriage.cli.app import use_plain_log
     from cxrtriage.cli.render import Interrupted, console, err_console, exit_on_error, signal_name
     from cxrtriage.errors import EXIT_INTERRUPTED, InputError
     from cxrtriage.node.watch import WatchConfig, run_watch
@@ -75,7 +75,7 @@ def watch_cmd(
             modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
         )
         config = WatchConfig(predict=predict, poll_seconds=poll, settle_seconds=settle)
-        logging.getLogger("cxrtriage.node").setLevel(logging.INFO)
+        use_plain_log()
 
         def ready(committed: int) -> None:
             console.print(f"cxrtriage watch: watching {folder}, results in {out} ({committed} file(s) scored before; "

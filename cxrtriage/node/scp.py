@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -97,6 +98,13 @@ class Answer:
 Receiver = Callable[[ReceivedInstance], Answer]
 
 
+def shown(uid: str) -> str:
+    """A UID (or AE title) from the network as a log line shows it: printable ASCII only, at most 80 characters, so
+    that what a sender puts in its data can never forge a log line."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in uid)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def sop_class_name(uid: str) -> str:
     name = UID(uid).name
     return name if name and name != uid else f"SOP class {uid}"
@@ -106,6 +114,15 @@ def study_uid_of(data: bytes) -> str:
     """The StudyInstanceUID of an encoded data set ('' when it has none or cannot be parsed)."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        return str(ds.get("StudyInstanceUID", "") or "").strip()
+    except Exception:  # the pipeline reports an unreadable file as failed, with its reason
+        return ""
+
+
+def study_uid_of_file(path: str | Path) -> str:
+    """The StudyInstanceUID of a DICOM file ('' when it has none or cannot be read)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
         return str(ds.get("StudyInstanceUID", "") or "").strip()
     except Exception:  # the pipeline reports an unreadable file as failed, with its reason
         return ""
@@ -133,7 +150,8 @@ class _Associations:
             t = self.by_id.get(id(assoc))
             if t is None:
                 requestor = assoc.requestor
-                t = self.by_id[id(assoc)] = _Tally(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+                t = self.by_id[id(assoc)] = _Tally(shown(str(requestor.ae_title).strip()),
+                                                   f"{requestor.address}:{requestor.port}")
             return t
 
     def close(self, event: Any, how: str) -> None:
@@ -195,14 +213,14 @@ def start_scp(settings: ScpSettings, receive: Receiver) -> ScpServer:
 
 
 def _on_echo(event: Any) -> int:
-    log.debug("C-ECHO from '%s'", str(event.assoc.requestor.ae_title).strip())
+    log.debug("C-ECHO from '%s'", shown(str(event.assoc.requestor.ae_title).strip()))
     return SUCCESS
 
 
 def _on_rejected(event: Any) -> None:
     requestor = event.assoc.requestor
     log.warning("association from '%s' (%s) rejected (calling AE title not allowed, or too many associations)",
-                str(requestor.ae_title).strip(), requestor.address)
+                shown(str(requestor.ae_title).strip()), requestor.address)
 
 
 def _store_handler(receive: Receiver, associations: _Associations) -> Callable[[Any], int]:
@@ -214,13 +232,13 @@ def _store_handler(receive: Receiver, associations: _Associations) -> Callable[[
         if sop_class not in ACCEPTED_SOP_CLASSES:
             tally.refused += 1
             log.warning("instance %s refused (0x%04X): %s is not accepted, only chest radiographs (CR, DX, secondary "
-                        "capture)", sop_uid, REFUSED_SOP_CLASS, sop_class_name(sop_class))
+                        "capture)", shown(sop_uid), REFUSED_SOP_CLASS, shown(sop_class_name(sop_class)))
             return REFUSED_SOP_CLASS
         try:
             data = event.encoded_dataset(include_meta=True)
             answer = receive(ReceivedInstance(sop_class, sop_uid, study_uid_of(data), data, tally.aet))
         except Exception as exc:  # never let one instance take the node down; the sender keeps it and may resend
-            log.error("instance %s: internal error while storing (%s); answered 0x%04X", sop_uid, type(exc).__name__,
+            log.error("instance %s: internal error while storing (%s); answered 0x%04X", shown(sop_uid), type(exc).__name__,
                       PROCESSING_FAILURE)
             answer = Answer(PROCESSING_FAILURE)
         if answer.status != SUCCESS:

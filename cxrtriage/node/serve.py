@@ -29,7 +29,17 @@ from pathlib import Path
 
 from cxrtriage.errors import ConfigError
 from cxrtriage.node.outbox import Outbox
-from cxrtriage.node.scp import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, Answer, ReceivedInstance, ScpSettings, start_scp
+from cxrtriage.node.scp import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    Answer,
+    ReceivedInstance,
+    ScpSettings,
+    shown,
+    start_scp,
+    study_uid_of_file,
+)
 from cxrtriage.node.spool import SPOOL_DIR, Spool, StoreStatus
 from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.config import PredictConfig
@@ -39,6 +49,8 @@ from cxrtriage.report.send import Destination
 from cxrtriage.results import PRIORITY_LEVELS
 
 log = logging.getLogger(__name__)
+
+NO_STUDY = "(no StudyInstanceUID)"  # the instances without one are one study for the study timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,22 +161,22 @@ class NodeService:
     # ------------------------------------------------------------------ receiving (SCP threads)
 
     def receive(self, instance: ReceivedInstance) -> Answer:
-        result = self.spool.store(instance.sop_instance_uid, instance.study_instance_uid, instance.data)
+        result = self.spool.store(instance.sop_instance_uid, instance.data)
+        uid, study = shown(instance.sop_instance_uid), shown(instance.study_instance_uid or NO_STUDY)
         if result.status is StoreStatus.DUPLICATE:
-            log.info("instance %s of study %s: a duplicate (already received), acknowledged and not scored again",
-                     instance.sop_instance_uid, instance.study_instance_uid or "(none)")
+            log.info("instance %s of study %s: a duplicate (already received), acknowledged and not scored again", uid,
+                     study)
             return Answer(SUCCESS, duplicate=True)
         if result.status is StoreStatus.NO_SPACE:
-            log.error("instance %s refused (0x%04X, out of resources): %s; free disk space under %s",
-                      instance.sop_instance_uid, OUT_OF_RESOURCES, result.detail, self.spool.root)
+            log.error("instance %s refused (0x%04X, out of resources): %s; free disk space under %s", uid,
+                      OUT_OF_RESOURCES, result.detail, self.spool.root)
             return Answer(OUT_OF_RESOURCES)
         if result.status is StoreStatus.FAILED or result.path is None:
-            log.error("instance %s refused (0x%04X): cannot write it to the spool (%s)", instance.sop_instance_uid,
-                      PROCESSING_FAILURE, result.detail)
+            log.error("instance %s refused (0x%04X): cannot write it to the spool (%s)", uid, PROCESSING_FAILURE,
+                      result.detail)
             return Answer(PROCESSING_FAILURE)
-        n = self.studies.add(result.study, result.path)
-        log.debug("instance %s stored: study %s holds %d instance(s)", instance.sop_instance_uid,
-                  instance.study_instance_uid or "(none)", n)
+        n = self.studies.add(instance.study_instance_uid or NO_STUDY, result.path)
+        log.debug("instance %s stored: study %s holds %d instance(s)", uid, study, n)
         return Answer(SUCCESS)
 
     # ------------------------------------------------------------------ start
@@ -180,12 +192,15 @@ class NodeService:
         committed = set(self.run.committed_paths())
         files = self.spool.recover(known_names=[Path(p).name for p in committed])
         left = [f for f in files if str(f) not in committed]
+        studies = set()
         for f in left:
-            self.studies.add(f.parent.name, f, complete=True)
+            study = study_uid_of_file(f) or NO_STUDY
+            studies.add(study)
+            self.studies.add(study, f, complete=True)
         self.recovered = len(left)
         if left:
             log.warning("spool: %d instance(s) of %d study(ies) received before the previous run stopped and not yet "
-                        "scored; they are scored first", len(left), len({f.parent for f in left}))
+                        "scored; they are scored first", len(left), len(studies))
 
     # ------------------------------------------------------------------ scoring (main thread)
 
@@ -199,18 +214,21 @@ class NodeService:
         """Score complete studies as one batch, commit it, publish it."""
         t0 = time.perf_counter()
         paths = [str(p) for _, ps in studies for p in ps]
-        for folder, ps in studies:
-            log.info("study %s: complete with %d instance(s)", folder, len(ps))
+        for study, ps in studies:
+            log.debug("study %s: complete with %d instance(s)", shown(study), len(ps))
         identities = {p: FileIdentity.of(p) for p in paths}  # a spool file never changes after its rename
         records = self.run.score(paths)
+        t_scored = time.perf_counter()
         batch = self.run.commit(records, identities)
         seconds = time.perf_counter() - t0
+        log.debug("batch %d: scored in %.2f s, committed in %.2f s", batch.number, t_scored - t0,
+                  time.perf_counter() - t_scored)
         for key, entries in batch.studies().items():
             statuses = [str(e.row.get("status")) for e in entries]
             priorities = [str(e.row.get("priority") or "") for e in entries]
             top = next((p.value for p in PRIORITY_LEVELS if p.value in priorities), "none")
             log.info("study %s: %d instance(s) in batch %d: scored %d, excluded %d, failed %d; highest image priority %s",
-                     key, len(entries), batch.number, statuses.count("scored"), statuses.count("excluded"),
+                     shown(key), len(entries), batch.number, statuses.count("scored"), statuses.count("excluded"),
                      statuses.count("failed"), top)
         log.info("batch %d: %d instance(s) of %d study(ies) scored and committed in %.1f s (%.1f images/s)",
                  batch.number, len(paths), len(studies), seconds, len(paths) / max(seconds, 1e-9))
@@ -250,6 +268,7 @@ def run_serve(config: ServeConfig, *, stop: threading.Event | None = None,
                 outbox = Outbox(out, config.forward, retry_seconds=config.retry_seconds,
                                 retry_max_seconds=config.retry_max_seconds)
             service = NodeService(config, run, spool, outbox)
+            run.warm_up()
             service.recover()
             server = start_scp(config.scp, service.receive)
             try:

@@ -1,8 +1,10 @@
 """The spool of ``cxrtriage serve``: every received instance on disk, durably, before the sender hears "stored".
 
-Instances live at ``OUT/spool/<StudyInstanceUID>/<SOPInstanceUID>.dcm``. Each is written under
-``OUT/spool/.incoming/`` first, flushed to disk (``fsync``), renamed into its study folder, and that folder flushed
-too; only then is success returned to the sender. A crash before the rename leaves a file in ``.incoming/`` that was
+Instances live at ``OUT/spool/<xy>/<SOPInstanceUID>.dcm``, ``xy`` being the first two hex digits of a hash of the
+file name: 256 folders made (and flushed to disk) once, so that no folder grows without bound and no instance needs a
+new folder, whose entry would cost one more flush. Each instance is written under ``OUT/spool/.incoming/`` first,
+flushed to disk (``fsync``), renamed into its folder, and that folder flushed too: two flushes, and only then is
+success returned to the sender. A crash before the rename leaves a file in ``.incoming/`` that was
 never acknowledged (removed at the next start: the sender still has it and resends it); after the rename the
 instance is on disk and is scored, once, whatever happens next.
 
@@ -14,6 +16,7 @@ the sources that the results, reports and DICOM results refer to, as the input f
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -23,13 +26,13 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from cxrtriage.files import fit_name, fsync_dir, safe_component, safe_name, write_all
+from cxrtriage.files import fit_name, fsync_dir, safe_name, write_all
 
 log = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
 INCOMING_DIR = ".incoming"
-NO_STUDY = "no-study-uid"
+SHARDS = 256
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -44,7 +47,6 @@ class StoreStatus(Enum):
 class StoreResult:
     status: StoreStatus
     path: Path | None = None
-    study: str = ""  # the study folder in the spool
     detail: str = ""
 
 
@@ -53,8 +55,9 @@ def instance_name(sop_instance_uid: str) -> str:
     return fit_name(safe_name(sop_instance_uid or "no-sop-uid"), ".dcm")
 
 
-def study_folder(study_instance_uid: str) -> str:
-    return safe_component(study_instance_uid) if study_instance_uid else NO_STUDY
+def shard(name: str) -> str:
+    """The spool folder of an instance file name (stable, spread evenly)."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:2]
 
 
 class Spool:
@@ -67,6 +70,8 @@ class Spool:
         self._lock = threading.Lock()
         self._names: set[str] = set()  # instances stored, being stored, or scored earlier
         self.incoming.mkdir(parents=True, exist_ok=True)
+        for n in range(SHARDS):
+            (self.root / f"{n:02x}").mkdir(exist_ok=True)
         fsync_dir(self.root.parent)
         fsync_dir(self.root)
 
@@ -87,13 +92,13 @@ class Spool:
             self._names = {p.name for p in files} | set(known_names)
         return files
 
-    def store(self, sop_instance_uid: str, study_instance_uid: str, data: bytes) -> StoreResult:
+    def store(self, sop_instance_uid: str, data: bytes) -> StoreResult:
         """Write one instance durably (see the module docstring); never raises for a problem of the disk."""
         name = instance_name(sop_instance_uid)
-        folder = study_folder(study_instance_uid)
+        final = self.root / shard(name) / name
         with self._lock:
             if name in self._names:
-                return StoreResult(StoreStatus.DUPLICATE, self.root / folder / name, folder)
+                return StoreResult(StoreStatus.DUPLICATE, final)
             self._names.add(name)  # a second copy arriving meanwhile is a duplicate
         tmp = self.incoming / f"{name}.{threading.get_ident()}.part"
         try:
@@ -107,13 +112,8 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            target = self.root / folder
-            if not target.is_dir():
-                target.mkdir(exist_ok=True)
-                fsync_dir(self.root)  # the new study folder itself must survive a power cut
-            final = target / name
             os.rename(tmp, final)
-            fsync_dir(target)
+            fsync_dir(final.parent)
         except OSError as exc:
             with self._lock:
                 self._names.discard(name)
@@ -122,5 +122,5 @@ class Spool:
             except OSError:
                 pass
             status = StoreStatus.NO_SPACE if exc.errno in _NO_SPACE else StoreStatus.FAILED
-            return StoreResult(status, None, folder, exc.strerror or str(exc))
-        return StoreResult(StoreStatus.STORED, final, folder)
+            return StoreResult(status, None, exc.strerror or str(exc))
+        return StoreResult(StoreStatus.STORED, final)

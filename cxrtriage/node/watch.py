@@ -118,6 +118,7 @@ def run_watch(config: WatchConfig, *, stop: threading.Event | None = None,
     with lock_output(out, "watch"):
         run = IncrementalRun(config.predict, command="watch")
         try:
+            run.warm_up()
             for batch in run.undone():
                 published = run.publish(batch)
                 for error in published.errors:

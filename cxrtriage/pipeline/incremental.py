@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxrtriage.errors import ConfigError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
-from cxrtriage.pipeline.decode import DecodeTask, decode_stream, prestart
+from cxrtriage.pipeline.decode import DecodePool, DecodeTask, decode_stream, prestart
 from cxrtriage.pipeline.engine import score_in_batches, selection_rules, with_model
 from cxrtriage.pipeline.hooks.base import PredictSummary, RunContext
 from cxrtriage.pipeline.hooks.triage import WORKLIST_CSV
@@ -100,6 +102,8 @@ class IncrementalRun:
         self.started_at = utc_now()
         self.workers = auto_workers() if config.workers is None else config.workers
         prestart(self.workers)
+        # The decode workers live as long as the run: a node scores batch after batch, often small ones.
+        self.pool = DecodePool(self.workers) if self.workers > 0 else None
         self.model = model or load_classifier(config.model, device=config.device, strict_device=config.strict_device,
                                               intra_op_threads=config.intra_op_threads, spinning=False)
         self.hooks = build_hooks(config, self.model)
@@ -110,13 +114,16 @@ class IncrementalRun:
         self.image_checks = any(h.needs_image_checks for h in self.hooks)
         self.journal = self._open_journal(run_fingerprint(config, self.model, self.hooks, self.columns))
         self.report_labels: dict[str, str] = {}
+        self._rows: dict[str, tuple[int, Mapping[str, Any]]] = {}  # path -> (batch, row): the row in the results
         for entry in self.journal.entries():
             if entry.stem:
                 self.ctx.stems.reserve(entry.path, entry.stem)
-        self._rows: dict[str, tuple[int, Mapping[str, Any]]] = {}  # path -> (batch, row): the row in the results
-        for entry in self.journal.entries():
             self._rows[entry.path] = (entry.batch, entry.row)
-        self._rebuild()
+        try:
+            self._rebuild()
+        except BaseException:
+            self.close()
+            raise
 
     def _open_journal(self, fingerprint: dict[str, Any]) -> Journal:
         hint = f"choose another --out for this `cxrtriage {self.command}`, or run it with the same options as before"
@@ -128,8 +135,17 @@ class IncrementalRun:
                               f"`cxrtriage {self.command}`; choose another --out")
         return Journal.create(self.out_dir, self.command, fingerprint)
 
+    def warm_up(self) -> None:
+        """Start the decode workers and run the model once, so that the first batch waits for neither."""
+        if self.pool is not None:
+            self.pool.start()
+        shape = self.model.manifest.input_shape
+        self.model.run(np.zeros((1, *(int(d or 1) for d in shape[1:])), np.float32), features=False)
+
     def close(self) -> None:
         self.journal.close()
+        if self.pool is not None:
+            self.pool.close()
 
     # ------------------------------------------------------------------ what is known
 
@@ -157,7 +173,7 @@ class IncrementalRun:
         recipe = self.model.manifest.preprocessing
         tasks = (DecodeTask(i, p, recipe, self.rules, self.keep_images, self.image_checks) for i, p in enumerate(paths))
         window = in_flight_window(self.config.batch_size, self.workers, self.keep_images)
-        decoded = decode_stream(tasks, workers=min(self.workers, len(paths)), window=window)
+        decoded = decode_stream(tasks, workers=self.workers, window=window, pool=self.pool)
         return score_in_batches(
             decoded, batch_size=self.config.batch_size,
             process=lambda ok: score_batch(ok, self.model, self.hooks, self.ctx),

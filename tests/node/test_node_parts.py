@@ -19,7 +19,7 @@ import cxrtriage.node.spool as spool_module
 from cxrtriage.errors import ConfigError
 from cxrtriage.node.outbox import Outbox
 from cxrtriage.node.serve import StudyAssembler
-from cxrtriage.node.spool import Spool, StoreStatus
+from cxrtriage.node.spool import Spool, StoreStatus, shard
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.incremental import IncrementalRun
 from cxrtriage.pipeline.journal import JOURNAL_NAME, FileIdentity
@@ -36,32 +36,32 @@ def _bytes(path: Path) -> bytes:
 def test_the_spool_stores_durably_once_per_sop_instance_uid(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     data = _bytes(write_dicom(tmp_path / "src.dcm"))
-    first = spool.store("1.2.3.4", "1.2.3", data)
-    assert first.status is StoreStatus.STORED and first.path == tmp_path / "spool" / "1.2.3" / "1.2.3.4.dcm"
+    first = spool.store("1.2.3.4", data)
+    assert first.status is StoreStatus.STORED and first.path == tmp_path / "spool" / shard("1.2.3.4.dcm") / "1.2.3.4.dcm"
     assert first.path.read_bytes() == data and (first.path.stat().st_mode & 0o777) == 0o600
-    assert spool.store("1.2.3.4", "1.2.3", data).status is StoreStatus.DUPLICATE
-    assert spool.store("1.2.3.5", "", data).path == tmp_path / "spool" / "no-study-uid" / "1.2.3.5.dcm"
-    hostile = spool.store("../../x", "../..", data)  # names from the network never leave the spool
+    assert spool.store("1.2.3.4", data).status is StoreStatus.DUPLICATE
+    hostile = spool.store("../../x", data)  # names from the network never leave the spool
     assert hostile.path is not None and hostile.path.parent.parent == tmp_path / "spool"
     assert not list((tmp_path / "spool" / ".incoming").iterdir())
+    assert len([d for d in (tmp_path / "spool").iterdir() if not d.name.startswith(".")]) == 256
 
 
 def test_a_spool_restarted_finds_its_instances_and_drops_unacknowledged_writes(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     data = b"DICM" * 10
-    spool.store("1.1", "9", data)
+    spool.store("1.1", data)
     (tmp_path / "spool" / ".incoming" / "1.2.dcm.77.part").write_bytes(data[:5])  # a write cut by a crash
     again = Spool(tmp_path)
     files = again.recover(known_names=["1.9.dcm"])  # 1.9 was scored once and its file cleaned up since
     assert [f.name for f in files] == ["1.1.dcm"]
     assert not list((tmp_path / "spool" / ".incoming").iterdir())
-    assert again.store("1.1", "9", data).status is StoreStatus.DUPLICATE
-    assert again.store("1.9", "9", data).status is StoreStatus.DUPLICATE
+    assert again.store("1.1", data).status is StoreStatus.DUPLICATE
+    assert again.store("1.9", data).status is StoreStatus.DUPLICATE
 
 
 def test_no_space_refuses_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reserve = Spool(tmp_path, min_free_bytes=2**62)
-    refused = reserve.store("1.1", "9", b"x" * 100)
+    refused = reserve.store("1.1", b"x" * 100)
     assert refused.status is StoreStatus.NO_SPACE and "the reserve is" in refused.detail
 
     spool = Spool(tmp_path)
@@ -71,11 +71,11 @@ def test_no_space_refuses_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spool_module, "write_all", full)
-    result = spool.store("1.2", "9", b"y" * 100)
+    result = spool.store("1.2", b"y" * 100)
     assert result.status is StoreStatus.NO_SPACE and result.path is None
     assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]
     monkeypatch.undo()
-    assert spool.store("1.2", "9", b"y" * 100).status is StoreStatus.STORED  # not taken for a duplicate later
+    assert spool.store("1.2", b"y" * 100).status is StoreStatus.STORED  # not taken for a duplicate later
 
 
 # --------------------------------------------------------------------------- study assembler

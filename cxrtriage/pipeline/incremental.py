@@ -33,7 +33,7 @@ from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_win
 from cxrtriage.pipeline.decode import DecodePool, DecodeTask, decode_stream, prestart
 from cxrtriage.pipeline.engine import score_in_batches, selection_rules, with_model
 from cxrtriage.pipeline.hooks.base import PredictSummary, RunContext
-from cxrtriage.pipeline.hooks.triage import WORKLIST_CSV
+from cxrtriage.pipeline.hooks.triage import TriageHook
 from cxrtriage.pipeline.journal import JOURNAL_NAME, FileIdentity, Journal, JournalEntry
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import run_batch_reports
@@ -42,17 +42,18 @@ from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
     RUN_JSON,
+    CsvLines,
     ImageRecord,
     Status,
     append_results_jsonl,
+    decode_record,
     encode_record,
     result_columns,
     utc_now,
-    write_results_csv,
+    write_csv_lines,
     write_results_jsonl,
     write_run_json,
 )
-from cxrtriage.triage import write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,15 @@ class IncrementalRun:
         self.image_checks = any(h.needs_image_checks for h in self.hooks)
         self.journal = self._open_journal(run_fingerprint(config, self.model, self.hooks, self.columns))
         self.report_labels: dict[str, str] = {}
-        self._rows: dict[str, tuple[int, Mapping[str, Any]]] = {}  # path -> (batch, row): the row in the results
-        for entry in self.journal.entries():
-            if entry.stem:
-                self.ctx.stems.reserve(entry.path, entry.stem)
-            self._rows[entry.path] = (entry.batch, entry.row)
+        self._lines = CsvLines(self.columns)
+        # The results table in memory, path -> its latest row, in the order committed (a path scored again moves to
+        # the end): the tables are rewritten from it after each batch without reading or formatting them again.
+        self._rows: dict[str, _Row] = {}
         try:
+            for entry in self.journal.entries():
+                if entry.stem:
+                    self.ctx.stems.reserve(entry.path, entry.stem)
+                self._keep(entry)
             self._rebuild()
         except BaseException:
             self.close()
@@ -163,7 +167,7 @@ class IncrementalRun:
     @property
     def counts(self) -> Counter[str]:
         """Rows of the results by status."""
-        return Counter(str(row.get("status")) for _, row in self._rows.values())
+        return Counter(r.record.status.value for r in self._rows.values())
 
     # ------------------------------------------------------------------ the stages
 
@@ -188,7 +192,7 @@ class IncrementalRun:
         batch = Batch(number, tuple(self.journal.batches[number]))
         replaced = any(e.path in self._rows for e in batch.entries)
         for e in batch.entries:
-            self._rows[e.path] = (number, e.row)
+            self._keep(e)
         if replaced:  # a file changed and was scored again: its new row replaces the old one
             write_results_jsonl(self.out_dir / RESULTS_JSONL, self.columns, self._ordered_rows())
         else:
@@ -209,9 +213,15 @@ class IncrementalRun:
 
     # ------------------------------------------------------------------ the results views
 
+    def _keep(self, entry: JournalEntry) -> None:
+        """``entry``'s row as the latest of its path (at the end of the table)."""
+        self._rows.pop(entry.path, None)
+        record = decode_record(entry.row, where=f"{self.journal.path}, batch {entry.batch}")
+        self._rows[entry.path] = _Row(entry.row, self._lines.line(entry.row), record)
+
     def _ordered_rows(self) -> list[Mapping[str, Any]]:
         """The results rows: the latest of each path, in the order they were committed."""
-        return [row for _, row in sorted(self._rows.values(), key=lambda br: br[0])]
+        return [r.row for r in self._rows.values()]
 
     def _rebuild(self) -> None:
         """All views from the journal (on start: a crash may have cut a rewrite or an append short)."""
@@ -220,23 +230,33 @@ class IncrementalRun:
 
     def _write_views(self) -> None:
         t0 = time.perf_counter()
-        rows = self._ordered_rows()
-        csv_path = write_results_csv(self.out_dir / RESULTS_CSV, self.columns, rows)
+        csv_path = write_csv_lines(self.out_dir / RESULTS_CSV, self._lines.header,
+                                   (r.line for r in self._rows.values()))
+        records = [r.record for r in self._rows.values()]
         counts = self.counts
         summary = PredictSummary(
-            total=len(rows), scored=counts[Status.SCORED.value], excluded=counts[Status.EXCLUDED.value],
+            total=len(records), scored=counts[Status.SCORED.value], excluded=counts[Status.EXCLUDED.value],
             failed=counts[Status.FAILED.value], seconds=0.0, results_csv=csv_path,
             results_jsonl=self.out_dir / RESULTS_JSONL, model_name=self.model.manifest.name,
             model_version=self.model.manifest.version, device=self.model.session.device.value,
         )
-        if rows:
-            for hook in self.hooks:
+        for hook in self.hooks:
+            if isinstance(hook, TriageHook):  # the worklist, from the table in memory (never read back from disk)
+                hook.finish(self.ctx, records)
+            elif records:
                 hook.on_finish(self.ctx, summary)
-        else:  # nothing committed yet: an empty worklist (its header), never a stale one
-            write_worklist(self.out_dir / WORKLIST_CSV, [])
         record = run_record(self.config, self.model, started_at=self.started_at, finished_at=utc_now(),
                             counts={"files": summary.total, "scored": summary.scored, "excluded": summary.excluded,
                                     "failed": summary.failed, "batches": len(self.journal.batches)},
                             hooks=self.hooks)
         write_run_json(self.out_dir, record.merged({"command": self.command}))
-        log.debug("results views rewritten in %.3f s (%d rows)", time.perf_counter() - t0, len(rows))
+        log.debug("results views rewritten in %.3f s (%d rows)", time.perf_counter() - t0, len(records))
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One row of the results: as journaled, as its CSV line, and as a record (for the worklist)."""
+
+    row: Mapping[str, Any]
+    line: str
+    record: ImageRecord

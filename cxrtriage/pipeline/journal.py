@@ -101,6 +101,16 @@ def file_digest(path: Path | None) -> str:
         return f"unreadable ({exc.strerror or exc})"
 
 
+def journal_command(out_dir: str | Path) -> str | None:
+    """The command whose journal ``out_dir`` holds (from its first line), or None when it holds none."""
+    try:
+        with open(Path(out_dir) / JOURNAL_NAME, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return str(header.get("command")) if isinstance(header, dict) and header.get("cxrtriage_journal") else None
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrtriage.errors import OutputError
+from cxrtriage.errors import ConfigError, OutputError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.outdir import describe_run, lock_output
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
@@ -43,7 +43,7 @@ from cxrtriage.pipeline.engine import (
 )
 from cxrtriage.pipeline.hooks.base import PredictHook, PredictSummary, RunContext
 from cxrtriage.pipeline.hooks.triage import WORKLIST_CSV
-from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal, JournalEntry, ResumeStream
+from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal, JournalEntry, ResumeStream, journal_command
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
 from cxrtriage.pipeline.scoring import build_hooks, run_fingerprint, score_batch, unscored
@@ -131,6 +131,10 @@ def _journal_for(config: PredictConfig, fingerprint: dict[str, Any], unfinished:
     """The journal of this run (``--resume``), after the folder was made ready: an earlier run replaced as a whole,
     or continued from its journal. Says which in the log."""
     out = Path(config.out_dir)
+    owner = journal_command(out)
+    if owner not in (None, "predict"):  # a node's folder: its journal is the record of what it received and scored
+        raise ConfigError(f"{out}: holds the output of `cxrtriage {owner}` (its journal, results and received files); "
+                          "choose another --out for predict")
     earlier = earlier_run(out, unfinished)
     if config.resume and (out / JOURNAL_NAME).is_file():
         journal = Journal.open(out, "predict", fingerprint, resume_hint=RESUME_HINT)

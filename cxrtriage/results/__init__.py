@@ -18,6 +18,7 @@ from cxrtriage.results.cells import (
     spreadsheet_text,
     spreadsheet_value,
 )
+from cxrtriage.results.lines import CsvLines, decode_record, write_csv_lines
 from cxrtriage.results.record import PRIORITY_LEVELS, ImageRecord, LabelArea, Priority, Status
 from cxrtriage.results.run import OPERATING_POINTS, RUN_JSON, ModelRef, RunRecord, read_run_json, utc_now, write_run_json
 from cxrtriage.results.table import (
@@ -52,6 +53,7 @@ __all__ = [
     "RUN_JSON",
     "SCORE_PREFIX",
     "UNDECODABLE_NOTE",
+    "CsvLines",
     "ImageRecord",
     "LabelArea",
     "ModelRef",
@@ -64,6 +66,7 @@ __all__ = [
     "Status",
     "clean_text",
     "csv_cell",
+    "decode_record",
     "decode_row",
     "display_text",
     "encode_record",
@@ -80,6 +83,7 @@ __all__ = [
     "segment_columns",
     "spreadsheet_text",
     "spreadsheet_value",
+    "write_csv_lines",
     "to_row",
     "utc_now",
     "write_results_csv",

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
 from cxrtriage.outdir import LOCK_NAME
-from cxrtriage.pipeline.journal import JOURNAL_NAME
+from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_CLI = Path(__file__).with_name("slow_cli.py")
@@ -156,3 +156,13 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path, model
     assert res.exit_code == 4
     said = " ".join(res.output.split())
     assert "--heatmaps" in said and "results columns" in said and "leave out --resume" in said
+
+
+def test_predict_never_replaces_the_folder_of_a_node(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 2)
+    out = tmp_path / "node"
+    out.mkdir()
+    Journal.create(out, "serve", {"model": "x"}).close()
+    res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--workers", "0"])
+    assert res.exit_code == 4 and "holds the output of `cxrtriage serve`" in " ".join(res.output.split())
+    assert (out / JOURNAL_NAME).is_file() and not (out / "results.csv").exists()

@@ -124,11 +124,15 @@ class TriageHook(PredictHook):
         return self.decide(record)
 
     def on_finish(self, ctx: RunContext, summary: PredictSummary) -> TriageOutcome:
-        """Write ``DIR/worklist.csv`` (atomically) from the results as written.
+        """Write ``DIR/worklist.csv`` (atomically) from the results as written."""
+        return self.finish(ctx, read_results(summary.results_jsonl).records)
 
-        The image counts are taken from the results too: rows an earlier run scored (``--resume``, ``serve``)
+    def finish(self, ctx: RunContext, records: Sequence[ImageRecord]) -> TriageOutcome:
+        """Write ``DIR/worklist.csv`` (atomically) from ``records``, the whole results table as written (``serve`` and
+        ``watch`` keep it in memory and call this after each batch).
+
+        The image counts are taken from the records too: rows an earlier run scored (``--resume``, ``serve``)
         count as well as the ones decided in this process."""
-        records = read_results(summary.results_jsonl).records
         entries = build_worklist(records)
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
         self.counts = Counter(r.priority for r in records if r.priority is not None)

@@ -53,6 +53,7 @@ class DicomInfo:
     samples_per_pixel: int = 1
     image_laterality: str = ""
     series_description: str = ""
+    patient_age_years: float | None = None  # at the study (PatientAge, or birth and study dates); None = not told
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,12 @@ class Image2D:
     ``value_range`` is the nominal (lo, hi) the pixels can take (e.g. 0..2**BitsStored-1
     mapped through the modality LUT, or 0..255 for an 8-bit PNG).
     ``pixel_spacing_mm`` is (row spacing, column spacing), or None when unknown.
+
+    ``pixels`` may be the image at a reduced resolution (JPEG 2000 resolution levels, JPEG DCT scaling, when
+    the reader was told how much the consumers allow): then ``scale`` > 1, each pixel covers ``scale`` x
+    ``scale`` pixels of the full image, and ``full_shape`` is the full image's size. ``shape`` is always the
+    full size: every geometry (model-input placement, masks, heat maps, lung areas, spacing) is in the
+    coordinates of the full image, whatever resolution the pixels were decoded at.
     """
 
     pixels: FloatArray
@@ -110,13 +117,34 @@ class Image2D:
     voi: VoiWindow | None = None
     dicom: DicomInfo | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    full_shape: tuple[int, int] | None = None
+    scale: int = 1
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 2:
             raise ValueError(f"Image2D needs a 2-D array, got shape {self.pixels.shape} from {self.source.path}")
         if self.pixels.dtype != np.float32:
             raise ValueError(f"Image2D pixels must be float32, got {self.pixels.dtype} from {self.source.path}")
+        if self.scale < 1 or (self.scale > 1) != (self.full_shape is not None):
+            raise ValueError(f"Image2D scale {self.scale} needs a full_shape exactly when it is above 1 "
+                             f"({self.source.path})")
+        if self.full_shape is not None and reduced_shape(self.full_shape, self.scale) != self.pixels.shape:
+            raise ValueError(f"Image2D pixels {self.pixels.shape} are not {self.full_shape} reduced by {self.scale} "
+                             f"({self.source.path})")
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The full image's (rows, columns), also when ``pixels`` hold a reduced resolution."""
+        if self.full_shape is not None:
+            return self.full_shape
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    @property
+    def reduced(self) -> bool:
+        return self.scale > 1
+
+
+def reduced_shape(shape: tuple[int, int], scale: int) -> tuple[int, int]:
+    """Size of an image of ``shape`` decoded at 1/``scale`` resolution: ceil(size / scale) per side, as both
+    OpenJPEG (resolution levels of an image whose origin is 0) and libjpeg (DCT scaling) round."""
+    return (-(-shape[0] // scale), -(-shape[1] // scale))

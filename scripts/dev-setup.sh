@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs: the package with its dev + train extras, and the real
 # validators and clients the tests run (dciodvfy from dicom3tools, DCMTK's storescu/echoscu as DICOM senders,
-# headless Chromium, pdftoppm from poppler-utils, DejaVu fonts for Unicode text in PDF reports).
+# headless Chromium, pdftoppm from poppler-utils, DejaVu fonts for Unicode text in PDF reports, libopenjp2 for
+# reduced-resolution JPEG 2000 decoding).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # -c: the exact versions the suite last passed with (a fresh machine would otherwise take the newest releases
@@ -14,6 +15,8 @@ command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+# glymur decodes JPEG 2000 at reduced resolution through the system OpenJPEG (without it: full decoding only)
+ldconfig -p 2>/dev/null | grep -q libopenjp2 || missing+=(libopenjp2-7)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${missing[*]}"

@@ -186,3 +186,42 @@ def write_textured_png(path: Path, h: int, w: int, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
     return path
+
+
+STUDY_LABELS = ("abnormal", "pneumonia", "effusion", "nodule", "no_finding")
+
+
+def make_study_classifier(
+    folder: Path,
+    *,
+    labels: tuple[str, ...] = STUDY_LABELS,
+    validated: dict[str, tuple[str, ...]] | None = None,
+    urgent: dict[str, float] | None = None,
+    normal: dict[str, float] | None = None,
+) -> Path:
+    """A tiny classifier whose manifest has populations (child 1-5 years, adult 18+), per-population label validation
+    and study-level thresholds, as the training recipe writes them. Returns the manifest path.
+
+    Default validation: ``abnormal`` and ``pneumonia`` for both populations, ``effusion`` for adults only, ``nodule``
+    for none (``no_finding`` is ignored by the default policy). Thresholds differ per population and tier, so that a
+    wrong lookup cannot pass by accident.
+    """
+    path = make_tiny_classifier(folder, labels=labels, name="tiny-study-classifier")
+    data = json.loads(path.read_text())
+    validated = validated if validated is not None else {
+        "abnormal": ("child", "adult"), "pneumonia": ("child", "adult"), "effusion": ("adult",)}
+    data["populations"] = {"child": {"age_years": [1, 6], "description": "children 1-5"},
+                           "adult": {"age_years": [18, None], "description": "adults"}}
+    data["label_validation"] = {"labels": {lab: {pop: {"validated": pop in validated.get(lab, ()), "auroc": 0.7,
+                                                       "ci95": [0.6, 0.8] if pop in validated.get(lab, ()) else [0.4, 0.8],
+                                                       "n_pos": 10, "n_neg": 10} for pop in ("child", "adult")}
+                                           for lab in labels}}
+    data["study_operating_points"] = {"score": "max", "fitted_on": "test fixture", "tiers": {
+        "urgent": {"labels": [lab for lab in ("pneumonia", "effusion") if lab in labels],
+                   "thresholds": urgent or {"child": 0.6, "adult": 0.4},
+                   "test": {"adult": {"n_pos": 5, "n_neg": 5, "sensitivity": 0.8, "sensitivity_ci95": [0.4, 0.96],
+                                      "specificity": 0.6, "specificity_ci95": [0.2, 0.9]}}},
+        "normal": {"labels": [lab for lab in labels if lab != "no_finding"],
+                   "thresholds": normal or {"child": 0.8, "adult": 0.5}},
+    }}
+    return write_sealed_manifest(path, data)

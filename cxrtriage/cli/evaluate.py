@@ -88,6 +88,17 @@ def _print(ev: Evaluation, by: Sequence[str]) -> None:
             f"urgent findings flagged urgent or critical: {pc.urgent_truth_flagged_urgent_or_critical} of {pc.urgent_truth}",
             highlight=False,
         )
+    if ev.study_tiers:
+        tt = Table(title=f"Study-level triage ({ev.n_studies} studies; 95% Wilson CI)", title_justify="left")
+        for col in ("tier", "studies", "pos / neg", "sensitivity", "specificity"):
+            tt.add_column(col, justify="left" if col in ("tier", "studies") else "right")
+        for r in ev.study_tiers:
+            tt.add_row(r.tier, r.group, f"{r.n_pos} / {r.n_neg}", _ci(r.sensitivity, r.sensitivity_ci),
+                       _ci(r.specificity, r.specificity_ci))
+        console.print(tt)
+        console.print("normal: sensitivity = abnormal studies not called normal, specificity = normal studies called "
+                      "normal; urgent: sensitivity = studies with an urgent finding flagged urgent (or critical), "
+                      "specificity = studies without one not flagged so.", highlight=False)
     worst = [x for ms in ev.misses.values() for x in ms if x.missed]
     if worst:
         mt = Table(title="Worst misses: positives below rule-out, negatives at/above balanced (all in --json/--html)",

@@ -22,17 +22,29 @@ def inspect(
     rules: Annotated[Path | None, typer.Option("--rules", help="Selection rules TOML file "
                                                "(default: frontal CR/DX chest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file instead of tables.")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Classifier whose input size decides how far `predict` "
+                                              "reduces JPEG 2000 / JPEG decoding (default: cxr-classifier).")] = None,
 ) -> None:
     """Show what cxrtriage reads from each file (kind, size, photometric, bits, transfer syntax, modality LUT,
     MONOCHROME1 inversion, VOI window, pixel spacing and its source, value range, notes) and whether it would be
     scored, excluded or failed, and why. Patient names and IDs are never shown."""
     from cxrtriage.cli.render import console
+    from cxrtriage.errors import ModelError
     from cxrtriage.io import DEFAULT_RULES, discover, load_rules
     from cxrtriage.io.inspect import inspect_file
+    from cxrtriage.model.registry import resolve_manifest
+    from cxrtriage.preprocess import PixelNeeds
 
     selection = load_rules(rules) if rules is not None else DEFAULT_RULES
+    try:  # what `predict` (without --heatmaps/--lungs) asks of the decoder: the classifier's input
+        needs: PixelNeeds | None = PixelNeeds((resolve_manifest(model).preprocessing,))
+    except ModelError as exc:
+        if model is not None:
+            raise
+        needs = None
+        console.print(f"[yellow]note:[/] default classifier not found ({exc}); decode for predict not shown")
     for path in discover(paths):
-        report = inspect_file(path, selection)
+        report = inspect_file(path, selection, max_scale=needs)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), default=str))
         else:
@@ -80,6 +92,7 @@ def _render(r: InspectReport) -> object:
         assumed = " [assumed: no TransferSyntaxUID in file meta]" if r.transfer_syntax_assumed else ""
         row("transfer syntax", f"{r.transfer_syntax or '?'} ({r.transfer_syntax_uid}){assumed}")
     row("decoder", r.decoder)
+    row("decode for predict", r.reduced_decode)
     row("modality LUT", r.modality_lut)
     if r.kind == "dicom" and r.read_error is None:
         row("MONOCHROME1 inverted", "yes" if r.monochrome1_inverted else "no")

@@ -192,6 +192,7 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
     else:
         parts.append("Calibration: none (score = sigmoid(logit)).")
 
+    parts += study_renderables(m)
     parts += render_mapping("Preprocessing recipe", m.preprocessing.to_dict())
     parts.append(Panel(m.intended_use or "[red]not stated[/]", title="Intended use", title_align="left"))
     parts.append(Panel(m.training_data or "[red]not stated[/]", title="Training data", title_align="left"))
@@ -201,6 +202,68 @@ def manifest_renderables(m: ModelManifest, *, sha_ok: bool, sha_msg: str) -> lis
         parts.append("Metrics: none recorded in the manifest.")
     if m.extra:
         parts += render_mapping("Other manifest fields", m.extra)
+    return parts
+
+
+def _rate(value: Any, ci: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] is not None else "")
+
+
+def study_renderables(m: ModelManifest) -> list[RenderableType]:
+    """Populations, which labels decide for each (held-out AUROC), and the study-level operating points with the
+    sensitivity/specificity measured on held-out test studies."""
+    from rich.table import Table
+
+    if not m.populations:
+        return ["Triage: per-label thresholds (this manifest defines no populations or study-level operating points)."]
+    parts: list[RenderableType] = []
+    pops = list(m.populations)
+    t = Table(title="Populations (age from DICOM; else predict --population; else unknown = the most cautious rules)",
+              title_justify="left")
+    for col in ("population", "ages", "validated on"):
+        t.add_column(col)
+    for pop in m.populations.values():
+        t.add_row(pop.name, pop.ages, pop.description)
+    parts.append(t)
+    if m.label_validation:
+        t = Table(title="Which labels decide (held-out AUROC, 95% CI must lie above 0.5)", title_justify="left")
+        t.add_column("label")
+        for p in pops:
+            t.add_column(p, overflow="fold")
+        for lab in m.labels:
+            cells = []
+            for p in pops:
+                v = m.label_validation.get(lab, {}).get(p)
+                if v is None or v.auroc is None:
+                    cells.append(f"[dim]no ({v.note if v is not None and v.note else 'not evaluated'})[/]")
+                else:
+                    verdict = "[green]decides[/]" if v.validated else "[yellow]reported only[/]"
+                    cells.append(f"{verdict} {_rate(v.auroc, v.ci95)}, {v.n_pos}/{v.n_neg}")
+            t.add_row(lab, *cells)
+        parts.append(t)
+    if m.study is not None:
+        t = Table(title=f"Study-level operating points (score: {m.study.score} calibrated probability over the tier's "
+                        f"deciding labels; set on {m.study.fitted_on or 'validation'})", title_justify="left")
+        for col in ("tier", "target", *(f"{p} thr" for p in pops), "unknown thr"):
+            t.add_column(col, overflow="fold", justify="left" if col in ("tier", "target") else "right")
+        for tier in m.study.tiers.values():
+            target = ", ".join(f"{k} {v}" for k, v in tier.target.items() if isinstance(v, int | float))
+            t.add_row(tier.name, target, *(_fmt(tier.thresholds[p]) for p in pops), _fmt(tier.threshold("unknown")))
+        parts.append(t)
+        t = Table(title="Study-level sensitivity / specificity on held-out TEST studies (95% CI)", title_justify="left")
+        for col in ("tier", "population", "n pos/neg", "sensitivity", "specificity"):
+            t.add_column(col, justify="left" if col in ("tier", "population") else "right")
+        for tier in m.study.tiers.values():
+            for group, st in tier.test.items():
+                t.add_row(tier.name, group, f"{st.get('n_pos')}/{st.get('n_neg')}",
+                          _rate(st.get("sensitivity"), st.get("sensitivity_ci95")),
+                          _rate(st.get("specificity"), st.get("specificity_ci95")))
+        parts.append(t)
+        parts.append("normal: sensitivity = abnormal studies not called normal, specificity = normal studies called "
+                     "normal; urgent: sensitivity = studies with an urgent finding flagged urgent, specificity = studies "
+                     "without one not flagged urgent. '(age unknown)': decided with the unknown-population rules.")
     return parts
 
 

@@ -52,6 +52,14 @@ SiteOpt = Annotated[
                       "columns hold the SITE-calibrated scores, the site thresholds decide the priority, and the model's own "
                       "calibrated scores are kept in model_score_<label> columns (only with --site)."),
 ]
+PopulationOpt = Annotated[
+    str | None,
+    typer.Option("--population", metavar="NAME",
+                 help="Population of the patients whose age the files do not tell (PNG/JPEG, DICOM without PatientAge "
+                      "or birth date), e.g. pediatric or adult (the model's populations: `cxrtriage models info`). Its "
+                      "validated labels and study-level thresholds decide. Default: unknown, the most cautious ones. "
+                      "An age in DICOM always wins."),
+]
 LungsOpt = Annotated[
     bool | None,
     typer.Option("--lungs/--no-lungs",
@@ -103,6 +111,11 @@ ResumeOpt = Annotated[
                       "(or changed since); results.csv then equals an uninterrupted run's. Without --resume, a run into a "
                       "folder that holds an earlier run replaces its results as a whole (and says so)."),
 ]
+FullResolutionOpt = Annotated[
+    bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
+                                                 "images are decoded at the lowest resolution that still gives the "
+                                                 "models (and heat-map overlays) all the pixels they use.")
+]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")
 ]
@@ -125,6 +138,7 @@ def predict_cmd(
     rules: RulesOpt = None,
     policy: PolicyOpt = None,
     site: SiteOpt = None,
+    population: PopulationOpt = None,
     lungs: LungsOpt = None,
     segmenter: SegmenterOpt = None,
     report: ReportOpt = False,
@@ -137,6 +151,7 @@ def predict_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    full_resolution: FullResolutionOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
@@ -155,9 +170,11 @@ def predict_cmd(
         config = PredictConfig(
             inputs=tuple(inputs), out_dir=out, model=model, batch_size=batch_size, device=device,
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
-            fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, lungs=lungs, segmenter=segmenter,
+            fail_on_error=fail_on_error, rules=rules, policy=policy, site=site, population=population,
+            lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
-            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, resume=resume,
+            modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, reduced_decode=not full_resolution,
+            resume=resume,
         )
         with progress_display(err_console, "scoring") as update:
             summary = run_predict(config, on_progress=update)
@@ -263,6 +280,8 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         where = policy.get("path", "default")
         rows.append(("policy", f"{triage.policy_name}" + ("" if where == "default" else f" ({where})")))
         rows.append(("site", triage.site_file or "none (model's own scores and thresholds)"))
+        if triage.populations:
+            rows.append(("population (images)", ", ".join(f"{k} {n}" for k, n in triage.populations.items())))
         for note in triage.notes:
             rows.append(("note", f"[yellow]{note}[/]"))
     quality = sections.get("quality")

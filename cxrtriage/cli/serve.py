@@ -12,12 +12,14 @@ from cxrtriage.cli.predict import (
     DeidOpt,
     DeviceOpt,
     DicomOpt,
+    FullResolutionOpt,
     HeatmapMethodOpt,
     HeatmapsOpt,
     LungsOpt,
     ModalityOpt,
     PdfOpt,
     PolicyOpt,
+    PopulationOpt,
     ReportOpt,
     RulesOpt,
     SegmenterOpt,
@@ -77,6 +79,7 @@ def serve_cmd(
     rules: RulesOpt = None,
     policy: PolicyOpt = None,
     site: SiteOpt = None,
+    population: PopulationOpt = None,
     lungs: LungsOpt = None,
     segmenter: SegmenterOpt = None,
     report: ReportOpt = False,
@@ -86,6 +89,7 @@ def serve_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Receive studies over DICOM (C-STORE; C-ECHO answered) and score each one once it is complete.
 
@@ -109,6 +113,7 @@ def serve_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads, rules=rules, policy=policy,
             site=site, lungs=lungs, segmenter=segmenter, report=report, pdf=pdf, dicom=dicom or forward is not None,
             deidentify=deidentify, modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            population=population, reduced_decode=not full_resolution,
         )
         config = ServeConfig(
             predict=predict,

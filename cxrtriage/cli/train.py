@@ -16,6 +16,8 @@ _SEED = typer.Option(0, "--seed", help="Seed for splits, initialisation, samplin
 _TINY = typer.Option(False, "--tiny", help="Smoke run: a handful of real images, 1 epoch, small input size.")
 _OUT_CLS = typer.Option(Path("models/cxr-classifier"), "--out", help="Model folder to write.")
 _OUT_SEG = typer.Option(Path("models/lung-segmenter"), "--out", help="Model folder to write.")
+_MODEL_DIR = typer.Option(Path("models/cxr-classifier"), "--model",
+                          help="Model folder (manifest.json, model.onnx, splits/splits.csv) to update.")
 _LOG = typer.Option(None, "--log", help="Progress log file (default: OUT/train_log.txt).")
 _LR = typer.Option(None, "--lr", help="Override the peak learning rate (default: the recipe's 0.002; e.g. 0.0005 to fine-tune).")
 _WARMUP = typer.Option(None, "--warmup-epochs", help="Override the linear warm-up length in epochs (default 1.0).")
@@ -67,6 +69,28 @@ def classifier(
     manifest = train_classifier(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log, lr=lr,
                                 warmup_epochs=warmup_epochs, source_shares=shares, init_from=init_from, select_by=select_by)
     console.print(f"wrote {manifest} (wall time {time.time() - t0:.0f} s)")
+
+
+@train_app.command("operating-points")
+def operating_points(
+    data: Path = _DATA,
+    model: Path = _MODEL_DIR,
+) -> None:
+    """Recompute a trained classifier's per-population label validation and study-level operating points without
+    retraining: its ONNX model scores the validation and test images of its patient splits exactly as `predict`
+    does; the manifest is updated (and re-sealed) and MODEL_CARD.md re-rendered. The training recipe runs the same
+    step, so the result is what a retrain with the same weights would write."""
+    from cxrtriage.cli.render import console, exit_on_error
+
+    with exit_on_error():
+        _check(data)
+        from cxrtriage.train.finalize import write_classifier_card
+        from cxrtriage.train.operating import add_operating_points
+
+        t0 = time.time()
+        manifest = add_operating_points(data, model)
+        card = write_classifier_card(data, model)
+        console.print(f"wrote {manifest} and {card} (wall time {time.time() - t0:.0f} s)")
 
 
 @train_app.command("segmenter")

@@ -12,6 +12,7 @@ from cxrtriage.cli.predict import (
     DeidOpt,
     DeviceOpt,
     DicomOpt,
+    FullResolutionOpt,
     HeatmapMethodOpt,
     HeatmapsOpt,
     LungsOpt,
@@ -19,6 +20,7 @@ from cxrtriage.cli.predict import (
     OutOpt,
     PdfOpt,
     PolicyOpt,
+    PopulationOpt,
     ReportOpt,
     RulesOpt,
     SegmenterOpt,
@@ -45,6 +47,7 @@ def watch_cmd(
     rules: RulesOpt = None,
     policy: PolicyOpt = None,
     site: SiteOpt = None,
+    population: PopulationOpt = None,
     lungs: LungsOpt = None,
     segmenter: SegmenterOpt = None,
     report: ReportOpt = False,
@@ -54,6 +57,7 @@ def watch_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Watch DIR and score every file dropped into it, once: results appended to OUT as for `cxrtriage serve`.
 
@@ -73,6 +77,7 @@ def watch_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads, rules=rules, policy=policy,
             site=site, lungs=lungs, segmenter=segmenter, report=report, pdf=pdf, dicom=dicom, deidentify=deidentify,
             modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            population=population, reduced_decode=not full_resolution,
         )
         config = WatchConfig(predict=predict, poll_seconds=poll, settle_seconds=settle)
         use_plain_log()

@@ -7,6 +7,7 @@ threshold reaching the target sensitivity, and ``balanced`` the Youden threshold
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Mapping
@@ -17,24 +18,45 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.evaluate.data import match_labels, read_labels
+from cxrtriage.errors import ConfigError, InputError, ModelError
+from cxrtriage.evaluate.data import LabelTable, match_labels, read_labels
 from cxrtriage.evaluate.metrics import (
     auroc,
+    between_cases,
     clean_binary,
     positives_for_precision,
     stats_at,
+    threshold_for_max_share,
     threshold_for_sensitivity,
     wilson_interval,
     youden_threshold,
 )
+from cxrtriage.evaluate.study import TierResult, tier_result, tier_truth
+from cxrtriage.model.manifest import UNKNOWN_POPULATION, ModelManifest
 from cxrtriage.model.registry import manifest_for_results
-from cxrtriage.results import ResultsTable, read_results
-from cxrtriage.triage.policy import scores_from_record
-from cxrtriage.triage.site import METHODS, LabelSiteCalibration, SiteCalibration, write_site
+from cxrtriage.results import ImageRecord, ResultsTable, read_results
+from cxrtriage.triage.policy import (
+    TriagePolicy,
+    decide_priority,
+    deciding_labels,
+    load_policy,
+    population_for,
+    scores_from_record,
+    tier_labels,
+)
+from cxrtriage.triage.site import (
+    ALL_POPULATIONS,
+    METHODS,
+    LabelSiteCalibration,
+    SiteCalibration,
+    SiteStudyTier,
+    apply_site,
+    write_site,
+)
 
 MIN_POSITIVES = 20
 MAX_CI_HALF_WIDTH = 0.10
+DEFAULT_MAX_FALSE_URGENT = 0.05
 _EPS = 1e-7
 
 
@@ -129,14 +151,7 @@ def fit_isotonic(scores: ArrayLike, truth: ArrayLike) -> tuple[tuple[float, ...]
 
 
 def _between(scores: NDArray[np.float64], threshold: float) -> float:
-    """Move a threshold that sits exactly on a case's score halfway down to the next lower score.
-
-    The same cases fall on each side on the calibration set, but a score rounded when written (results.csv
-    keeps 6 significant digits) can no longer slip below its own threshold.
-    """
-    below = scores[scores < threshold]
-    lower = float(below.max()) if below.size else min(0.0, threshold)
-    return float((threshold + lower) / 2.0) if lower < threshold else float(threshold)
+    return between_cases(scores, threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +261,123 @@ def fit_site(
 # --------------------------------------------------------------------------------------------- the command
 
 
+# --------------------------------------------------------------------------------------------- study level
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFit:
+    """The study-level part of a site calibration: the tiers fitted (None when they could not be) and why not."""
+
+    tiers: dict[str, SiteStudyTier] | None
+    achieved: tuple[TierResult, ...]  # what the whole decision gives on the local set with the site file
+    n_studies: int
+    population: str  # the population key the thresholds were written for ("all" = every population)
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Study:
+    scores: dict[str, float]  # per label, the highest site score over the study's scored images
+    truth: dict[str, float]  # per label, the highest truth
+    population: str
+
+
+def _studies(records: list[ImageRecord], pairs: list[tuple[int, int]], table: LabelTable, labels: list[str],
+             site: SiteCalibration, manifest: ModelManifest, population: str | None = None) -> list[_Study]:
+    """Scored, labelled images grouped into studies (StudyInstanceUID, else the image itself) on the site scale.
+
+    A study's population is its images' (from their age), else ``population`` (the one calibrated for), else unknown.
+    """
+    out: dict[str, _Study] = {}
+    for i, j in pairs:
+        rec = records[i]
+        key = rec.study_instance_uid or rec.path
+        site_scores = apply_site(scores_from_record(rec, manifest.labels), site)
+        pop = population_for(manifest, rec.patient_age, population or rec.population)[0] or UNKNOWN_POPULATION
+        st = out.setdefault(key, _Study({}, {}, pop))
+        for lab, v in site_scores.items():
+            if math.isfinite(v):
+                st.scores[lab] = max(v, st.scores.get(lab, -math.inf))
+        for lab in labels:
+            t = float(table.truth[lab][j])
+            if math.isfinite(t):
+                st.truth[lab] = max(t, st.truth.get(lab, -math.inf))
+    return list(out.values())
+
+
+def fit_study(
+    studies: list[_Study],
+    *,
+    manifest: ModelManifest,
+    policy: TriagePolicy,
+    site: SiteCalibration,
+    target_sensitivity: float,
+    max_false_urgent: float,
+    population: str = ALL_POPULATIONS,
+) -> StudyFit:
+    """Fit the site's study-level thresholds on the local studies and measure what the whole decision then gives.
+
+    ``normal``: the highest threshold at which at least ``target_sensitivity`` of the abnormal studies are not called
+    normal; ``urgent``/``critical``: the lowest threshold at which at most ``max_false_urgent`` of the studies without
+    a finding of that tier are flagged. Each study's score is the highest site score among the labels that decide for
+    its own population (``triage.deciding_labels``). Thresholds sit halfway between two studies' scores.
+    """
+    warnings: list[str] = []
+    truth_labels = tier_labels(policy, list(manifest.labels))
+    score_labels = {t: (names if t != "urgent" else [lab for lab in names if lab not in truth_labels.get("critical", [])])
+                    for t, names in truth_labels.items()}
+    tiers: dict[str, SiteStudyTier] = {}
+    for tier, names in score_labels.items():
+        scores, truth = [], []
+        for st in studies:
+            deciding = [lab for lab in deciding_labels(manifest, policy, st.population) if lab in names and lab in st.scores]
+            t = tier_truth(st.truth, truth_labels[tier])
+            if deciding and math.isfinite(t):
+                scores.append(max(st.scores[lab] for lab in deciding))
+                truth.append(t)
+        y, sc = np.array(truth), np.array(scores)
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if tier == "normal":
+            if n_pos == 0:
+                warnings.append("normal: no abnormal study in the labelled set, so no rule-out threshold can be set for "
+                                f"sensitivity {target_sensitivity:.0%}; study-level thresholds not fitted")
+                return StudyFit(None, (), len(studies), population, tuple(warnings))
+            thr = between_cases(sc, threshold_for_sensitivity(y, sc, target_sensitivity))
+            target: dict[str, Any] = {"sensitivity": target_sensitivity}
+            if n_pos < MIN_POSITIVES:
+                warnings.append(f"normal: only {n_pos} abnormal studies; one missed study moves sensitivity by "
+                                f"{100 / n_pos:.0f} points, so the {target_sensitivity:.0%} target cannot be checked")
+        else:
+            if n_neg == 0:
+                warnings.append(f"{tier}: no study without a {tier} finding in the labelled set, so the share flagged "
+                                f"cannot be bounded; study-level thresholds not fitted")
+                return StudyFit(None, (), len(studies), population, tuple(warnings))
+            thr = threshold_for_max_share(sc[y == 0], max_false_urgent)
+            target = {"max_false_urgent": max_false_urgent}
+            if max_false_urgent > 0 and n_neg < 1 / max_false_urgent:
+                warnings.append(f"{tier}: only {n_neg} studies without a {tier} finding; at least "
+                                f"{math.ceil(1 / max_false_urgent)} are needed to allow even one false {tier} flag at "
+                                f"{max_false_urgent:.0%}")
+        tiers[tier] = SiteStudyTier(tier, {population: round(float(thr), 6)}, target=target)
+    # What the whole decision (critical, then urgent, then normal) gives with these thresholds, per study: a study's
+    # scores are already its images' highest, so deciding once on them is deciding its images and taking the highest.
+    fitted = dataclasses.replace(site, study=tiers)
+    prios = [decide_priority(st.scores, manifest=manifest, policy=policy, site=fitted, population=st.population).priority
+             for st in studies]
+    pops = sorted({st.population for st in studies})
+    achieved: list[TierResult] = []
+    for tier in tiers:
+        for group in ["all studies", *pops] if len(pops) > 1 else ["all studies"]:
+            sel = [k for k, st in enumerate(studies) if group == "all studies" or st.population == group]
+            achieved.append(tier_result(tier, group, ((prios[k], tier_truth(studies[k].truth, truth_labels[tier]))
+                                                      for k in sel)))
+        tiers[tier] = dataclasses.replace(tiers[tier], stats={r.group: r.to_json() for r in achieved if r.tier == tier})
+    return StudyFit(tiers, tuple(achieved), len(studies), population, tuple(warnings))
+
+
+# --------------------------------------------------------------------------------------------- the command
+
+
 @dataclass(frozen=True, slots=True)
 class CalibrationRun:
     """What ``calibrate_results`` fitted and wrote."""
@@ -255,6 +387,7 @@ class CalibrationRun:
     path: Path
     n_used: int  # labelled images whose results row was scored
     unmatched_labels: tuple[tuple[int, str], ...]  # (0-based labels row, why)
+    study: StudyFit | None = None  # None: the model's manifest was not found (per-label site file only)
 
 
 def results_identity(results: ResultsTable, *, where: str | Path) -> tuple[str, str, str]:
@@ -285,10 +418,17 @@ def calibrate_results(
     method: str = "platt",
     model: str | Path | None = None,
     force: bool = False,
+    max_false_urgent: float = DEFAULT_MAX_FALSE_URGENT,
+    policy: Path | None = None,
+    population: str | None = None,
 ) -> CalibrationRun:
     """Fit a site calibration on ``results`` (of ``cxrtriage predict`` without a site file) and ``labels``; write ``out``.
 
-    ``model``, when given, must be the model that produced the results (name, version and sha256).
+    ``model``, when given, must be the model that produced the results (name, version and sha256). Per label: a
+    score map and per-label thresholds (``fit_site``). Per study, with the model's manifest (found from the results
+    or ``model``): the study-level thresholds of each tier of ``policy`` (default: the packaged one) for
+    ``target_sensitivity`` (normal) and ``max_false_urgent`` (urgent, critical), written for ``population`` (default:
+    every population), and what the whole decision achieves on the labelled studies (``fit_study``).
 
     Raises:
         ConfigError: a bad option, ``out`` exists without ``force``, results scored with a site file or by
@@ -299,6 +439,8 @@ def calibrate_results(
     """
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: choose 'platt' or 'isotonic'")
+    if not 0.0 <= max_false_urgent < 1.0:
+        raise ConfigError(f"--max-false-urgent must be within [0, 1), got {max_false_urgent}")
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists; choose another --out or pass --force to overwrite it")
     table_in = read_results(results)
@@ -309,6 +451,7 @@ def calibrate_results(
             "`cxrtriage predict` run WITHOUT --site, so that the map starts from the model's own scores"
         )
     name, version, sha = results_identity(table_in, where=results)
+    man: ModelManifest | None = None
     if model is not None:
         man = manifest_for_results([name], [sha], model, where=results)
         if (man.name, man.version) != (name, version):  # same ONNX file, but the site file records name and version too
@@ -316,6 +459,16 @@ def calibrate_results(
                 f"{results}: results come from model '{name}' {version} (sha256 {sha[:12]}…), not from --model "
                 f"'{man.name}' {man.version} (sha256 {man.sha256[:12]}…)"
             )
+    else:
+        try:
+            man = manifest_for_results([name], [sha], None, where=results)
+        except (ConfigError, ModelError):
+            man = None  # per-label calibration needs no model; the study level does (its validated labels, policy)
+    pol = load_policy(policy, labels=man.labels if man is not None else None)
+    if population is not None and (man is None or (population not in man.populations
+                                                   and population != UNKNOWN_POPULATION)):
+        raise ConfigError(f"--population {population!r}: not a population of the model "
+                          f"({sorted(man.populations) if man is not None else 'model not found: pass --model'})")
     model_labels = list(table_in.labels)
     table = read_labels(labels, model_labels)
     if not table.label_columns:
@@ -340,5 +493,14 @@ def calibrate_results(
         raise ConfigError(
             "no label could be calibrated: " + " | ".join(w for f in fits for w in f.warnings) + "; nothing was written"
         )
+    study: StudyFit | None = None
+    if man is not None:
+        studies = _studies(list(records), pairs, table, list(table.label_columns), site, man, population)
+        study = fit_study(studies, manifest=man, policy=pol, site=site, target_sensitivity=target_sensitivity,
+                          max_false_urgent=max_false_urgent, population=population or ALL_POPULATIONS)
+        if study.tiers is not None:
+            site = dataclasses.replace(site, study=study.tiers,
+                                       source={**site.source, "policy": pol.name, "studies": study.n_studies})
     path = write_site(out, site, comment=f"model {name} {version}; {len(pairs)} labelled, scored images from {labels.name}")
-    return CalibrationRun(site, tuple(fits), path, len(pairs), tuple(match.unmatched_labels))
+    site = dataclasses.replace(site, path=path.resolve())
+    return CalibrationRun(site, tuple(fits), path, len(pairs), tuple(match.unmatched_labels), study)

@@ -149,6 +149,38 @@ def threshold_for_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: flo
     return float(thr[ok[0]])
 
 
+def between_cases(scores: ArrayLike, threshold: float) -> float:
+    """Move a threshold that sits exactly on a case's score halfway down to the next lower score.
+
+    The same cases fall on each side of it, but a score rounded when written (results.csv keeps 6 significant
+    digits) can no longer slip below its own threshold.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    below = s[s < threshold]
+    lower = float(below.max()) if below.size else min(0.0, threshold)
+    return float((threshold + lower) / 2.0) if lower < threshold else float(threshold)
+
+
+def threshold_for_max_share(negative_scores: ArrayLike, max_share: float) -> float:
+    """The lowest threshold that flags (score >= threshold) at most ``max_share`` of the negatives, halfway between
+    the highest negative left unflagged and the lowest one flagged (just above the highest negative when none may be).
+
+    ValueError when there are no negatives.
+    """
+    raw = np.asarray(negative_scores, dtype=np.float64).ravel()
+    s = np.sort(raw[np.isfinite(raw)])[::-1]
+    if s.size == 0:
+        raise ValueError("no negatives in the data: cannot set a threshold for a share of them")
+    k = int(np.floor(max_share * s.size + 1e-9))  # negatives that may be flagged
+    if k >= s.size:
+        return float(s[-1])
+    # Negatives tied with the (k+1)-th highest would be flagged with it: the threshold goes above the whole tie.
+    flagged = s[:k][s[:k] > s[k]]
+    if flagged.size == 0:
+        return float(np.nextafter(s[k], np.inf))
+    return float((s[k] + flagged.min()) / 2.0)
+
+
 def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Threshold maximising sensitivity + specificity - 1 (Youden's J)."""
     fpr, tpr, thr = roc_curve(y_true, y_score)

@@ -27,9 +27,10 @@ from cxrtriage.evaluate.metrics import (
     stats_at,
     wilson_interval,
 )
+from cxrtriage.evaluate.study import TierResult, study_priority, tier_result, tier_truth
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.results import ImageRecord, Priority
-from cxrtriage.triage.policy import TriagePolicy, scores_from_record, triage_record
+from cxrtriage.triage.policy import TriagePolicy, scores_from_record, tier_labels, triage_record
 from cxrtriage.triage.site import SiteCalibration
 
 MISSING_GROUP = "(missing)"
@@ -140,6 +141,8 @@ class Evaluation:
     clusters: dict[str, list[MissCluster]]
     warnings: list[str]
     n_boot: int
+    study_tiers: list[TierResult] = field(default_factory=list)
+    n_studies: int = 0
     # raw arrays for plots (label -> (truth, score) of evaluated cases)
     curves: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(default_factory=dict)
 
@@ -330,6 +333,8 @@ def evaluate_results(
 
     priority = _priority_confusion(results, table, match, labels_eval, manifest=manifest, policy=policy, site=site,
                                    recompute=recompute_priority)
+    n_studies, study_tiers = _study_tiers(results, table, match, labels_eval, manifest=manifest, policy=policy, site=site,
+                                          recompute=recompute_priority)
     if priority is None:
         warnings.append("results have no priority column and no policy was given: triage confusion not computed")
 
@@ -368,6 +373,8 @@ def evaluate_results(
         clusters=clusters,
         warnings=warnings,
         n_boot=n_boot,
+        study_tiers=study_tiers,
+        n_studies=n_studies,
         curves=curves,
     )
 
@@ -389,7 +396,8 @@ def _priority_confusion(
     counts = {p.value: dict.fromkeys(TRUTH_CATEGORIES, 0) for p in PRIORITY_ORDER}
     stats = dict.fromkeys(("pcn", "pa", "nt", "nn", "ct", "ctc", "ctu", "ut", "utu"), 0)
     for i, j in match.pairs:
-        record = triage_record(results[i], manifest=manifest, policy=policy, site=site) if recompute else results[i]
+        record = (triage_record(results[i], manifest=manifest, policy=policy, site=site,
+                               default_population=results[i].population) if recompute else results[i])
         prio = record.priority or Priority.NOT_ASSESSED
         cat = _truth_category({lab: float(table.truth[lab][j]) for lab in labels_eval}, policy)
         counts[prio.value][cat] += 1
@@ -416,6 +424,54 @@ def _priority_confusion(
         critical_truth_flagged_urgent_or_critical=stats["ctu"],
         urgent_truth=stats["ut"], urgent_truth_flagged_urgent_or_critical=stats["utu"],
     )
+
+
+def _study_tiers(
+    results: Sequence[ImageRecord],
+    table: LabelTable,
+    match: MatchResult,
+    labels_eval: Sequence[str],
+    *,
+    manifest: ModelManifest,
+    policy: TriagePolicy,
+    site: SiteCalibration | None,
+    recompute: bool,
+) -> tuple[int, list[TierResult]]:
+    """Study-level sensitivity/specificity of each tier, for all studies and per population (``evaluate.study``).
+
+    A study is the images sharing a StudyInstanceUID (an image without one is its own study: a folder of PNGs holds
+    many patients); it takes the highest priority of its assessed images (as the worklist does) and each label's
+    highest truth. Studies with no assessed image are left out (they are read unaided).
+    """
+    if not match.pairs:
+        return 0, []
+    recompute = recompute or not any(results[i].priority is not None for i, _ in match.pairs)
+    priorities: dict[str, list[Priority]] = {}
+    truth: dict[str, dict[str, float]] = {}
+    population: dict[str, str] = {}
+    for i, j in match.pairs:
+        rec = (triage_record(results[i], manifest=manifest, policy=policy, site=site, default_population=results[i].population)
+               if recompute else results[i])
+        key = rec.study_instance_uid or rec.path
+        priorities.setdefault(key, []).append(rec.priority or Priority.NOT_ASSESSED)
+        population[key] = population.get(key) or rec.population or ""
+        t = truth.setdefault(key, {})
+        for lab in labels_eval:
+            v = float(table.truth[lab][j])
+            if math.isfinite(v):
+                t[lab] = max(v, t.get(lab, -math.inf))
+    prio = {k: study_priority(v) for k, v in priorities.items()}
+    assessed = [k for k, p in prio.items() if p is not Priority.NOT_ASSESSED]
+    pops = sorted({population[k] for k in assessed if population[k]})
+    groups = ["all studies", *pops] if len(pops) > 1 else ["all studies"]
+    out: list[TierResult] = []
+    for tier, names in tier_labels(policy, labels_eval).items():
+        for group in groups:
+            keys = [k for k in assessed if group == "all studies" or population[k] == group]
+            res = tier_result(tier, group, ((prio[k], tier_truth(truth[k], names)) for k in keys))
+            if res.n_pos or res.n_neg:
+                out.append(res)
+    return len(prio), out
 
 
 # --------------------------------------------------------------------------------------------- JSON
@@ -491,6 +547,12 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
             "urgent_truth": pc.urgent_truth,
             "urgent_truth_flagged_urgent_or_critical": pc.urgent_truth_flagged_urgent_or_critical,
         },
+        "study_level": {
+            "studies": ev.n_studies,
+            "tiers": [{"tier": t.tier, "group": t.group, "n_pos": t.n_pos, "n_neg": t.n_neg,
+                       "sensitivity": t.sensitivity, "sensitivity_ci95": t.sensitivity_ci,
+                       "specificity": t.specificity, "specificity_ci95": t.specificity_ci} for t in ev.study_tiers],
+        },
         "misses": {lab: [{"kind": m.kind, "path": m.path, "score": m.score, "missed": m.missed, "groups": m.groups}
                          for m in ms] for lab, ms in ev.misses.items()},
         "miss_clusters": {lab: [{"column": c.column, "value": c.value, "n_positive": c.n_positive, "n_missed": c.n_missed,
@@ -508,6 +570,7 @@ __all__ = [
     "MissCluster",
     "OperatingPointResult",
     "PriorityConfusion",
+    "TierResult",
     "evaluate_results",
     "evaluation_to_dict",
     "label_metrics",

@@ -153,10 +153,12 @@ def render_overlay(
     h, w = image.shape
     scale = min(1.0, max_side / max(h, w))
     dh, dw = max(1, round(h * scale)), max(1, round(w * scale))
-    grey = display_grey(image.pixels)
+    grey = display_grey(image.pixels)  # the pixels may be a reduced resolution of the image (Image2D.scale)
     values = original
+    if grey.shape != (dh, dw):
+        shrink = dh <= grey.shape[0] and dw <= grey.shape[1]
+        grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR).astype(np.float32)
     if (dh, dw) != (h, w):
-        grey = cv2.resize(grey, (dw, dh), interpolation=cv2.INTER_AREA).astype(np.float32)
         values = np.clip(cv2.resize(values, (dw, dh), interpolation=cv2.INTER_AREA), 0.0, 1.0).astype(np.float32)
     left = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     right = blend(grey, values, floor=floor, alpha=alpha)
@@ -183,6 +185,16 @@ def render_overlay(
     return np.asarray(canvas)
 
 
+def encode_picture(rgb: UInt8Image, path: Path, *, quality: int = 90) -> bytes:
+    """``rgb`` encoded as ``path``'s suffix says: PNG (lossless) or JPEG (``.jpg``/``.jpeg``, ``quality``)."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    ok, buf = cv2.imencode(".jpg" if jpeg else ".png", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality] if jpeg else [])
+    if not ok:
+        raise OutputError(f"{path}: OpenCV could not encode the overlay as {'JPEG' if jpeg else 'PNG'}")
+    return bytes(buf.tobytes())
+
+
 def save_heatmap(
     png_path: Path,
     image: Image2D,
@@ -193,28 +205,28 @@ def save_heatmap(
     floor: float = 0.2,
     save_npy: bool = True,
     compact_npy: bool = False,
+    npy_max_side: int | None = None,
 ) -> tuple[Path, Path | None]:
-    """Write the overlay PNG and, beside it (same stem, ``.npy``), the map at the original geometry.
+    """Write the overlay picture (PNG, or JPEG when ``png_path`` ends in ``.jpg``) and, beside it (same stem,
+    ``.npy``), the map at the original geometry.
 
     The ``.npy`` holds ``heatmap.original``: float32 [H, W] in [0, 1], exactly what is drawn (4 bytes per
     image pixel: 14 MB for a 1955 x 1841 radiograph; ``save_npy=False`` skips it). ``compact_npy`` (used by
-    ``predict --heatmaps``, where thousands of maps add up) stores it as float16, downscaled like the PNG to at
-    most ``max_side`` pixels on the long side with the aspect ratio kept (about 2 MB instead of 14 MB);
-    resize it to the image size to overlay it.
+    ``predict --heatmaps``, where thousands of maps add up) stores it as float16, downscaled with the aspect ratio
+    kept to at most ``npy_max_side`` pixels on the long side (default ``max_side``); resize it to the image size to
+    overlay it. The maps are smooth (a CAM has the model's feature-map resolution, 7 x 7 for a 224 px input), so a
+    model-input-sized copy (224 px: 95 KB) keeps what they hold.
     """
     rgb = render_overlay(image, heatmap, text, max_side=max_side, floor=floor)
     png_path = Path(png_path)
     npy_path = png_path.with_suffix(".npy")
-    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OutputError(f"{png_path}: OpenCV could not encode the overlay as PNG")
-    atomic_write(png_path, png.tobytes())
+    atomic_write(png_path, encode_picture(rgb, png_path))
     if save_npy:
         assert heatmap.original is not None
         raw: np.ndarray = heatmap.original
         if compact_npy:
             h, w = raw.shape
-            scale = max_side / max(h, w)
+            scale = (npy_max_side or max_side) / max(h, w)
             if scale < 1.0:
                 raw = cv2.resize(raw, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         buf = io.BytesIO()
@@ -223,13 +235,13 @@ def save_heatmap(
     return png_path, (npy_path if save_npy else None)
 
 
-def heatmap_filename(stem: str, label: str, method: str) -> str:
-    """``<stem>__<label>__<method>.png``: the overlay name used by `explain` and `predict --heatmaps`.
+def heatmap_filename(stem: str, label: str, method: str, suffix: str = ".png") -> str:
+    """``<stem>__<label>__<method>.png`` (or ``suffix``): the overlay name used by `explain` and `predict --heatmaps`.
 
     The name always fits the file system (``fit_name``): a long stem is cut first (with a hash, so names stay
     unique), keeping ``__<label>__<method>`` whole for the report to read the finding and the method from.
     """
-    return fit_name(safe_name(stem), f"__{safe_name(label)}__{safe_name(method)}.png")
+    return fit_name(safe_name(stem), f"__{safe_name(label)}__{safe_name(method)}{suffix}")
 
 
 def write_overlays(
@@ -243,12 +255,14 @@ def write_overlays(
     max_side: int = 1024,
     save_npy: bool = True,
     compact_npy: bool = False,
+    npy_max_side: int | None = None,
+    suffix: str = ".png",
 ) -> list[Path]:
-    """Write the overlay PNG (+ .npy unless ``save_npy`` is false) of every non-empty map of one image.
+    """Write the overlay picture (+ .npy unless ``save_npy`` is false) of every non-empty map of one image.
 
-    ``compact_npy``: see ``save_heatmap``.
+    ``compact_npy``, ``npy_max_side``: see ``save_heatmap``; ``suffix``: ``.png`` or ``.jpg`` (JPEG, quality 90).
 
-    Returns the PNG paths.
+    Returns the picture paths.
 
     Empty maps ("no map") are skipped: nothing is drawn for them.
     """
@@ -256,8 +270,8 @@ def write_overlays(
     for hm in heatmaps:
         if hm.empty:
             continue
-        png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method), image, hm,
+        png, _ = save_heatmap(Path(out_dir) / heatmap_filename(stem, hm.label, hm.method, suffix), image, hm,
                               overlay_text(manifest, hm, operating_point=operating_point), max_side=max_side,
-                              save_npy=save_npy, compact_npy=compact_npy)
+                              save_npy=save_npy, compact_npy=compact_npy, npy_max_side=npy_max_side)
         written.append(png)
     return written

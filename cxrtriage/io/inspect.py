@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,20 @@ class InspectReport:
     pixel_max: float | None = None
     read_error: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    reduced_decode: str = ""  # how predict decodes it for the model's needs (``max_scale``): reduced or full, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES) -> InspectReport:
-    """Probe, select and (whatever the selection) try to read ``path``; never raises for a bad file."""
+def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
+                 max_scale: Callable[[tuple[int, int]], float] | None = None) -> InspectReport:
+    """Probe, select and (whatever the selection) try to read ``path``; never raises for a bad file.
+
+    With ``max_scale`` (a model's needs, as `predict` asks them: `cxrtriage.preprocess.PixelNeeds`) the file is
+    read a second time that way, and ``reduced_decode`` says which path was used: the resolution decoded and the
+    decoder, or why the image was decoded in full.
+    """
     pr, header = probe_with_header(path)
     sel = select(pr, rules)
     base: dict[str, Any] = _probe_fields(pr)
@@ -86,7 +94,30 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES) -> Ins
         msg = str(exc)
         prefix = f"{pr.path}: "
         return InspectReport(**base, read_error=msg[len(prefix):] if msg.startswith(prefix) else msg, notes=pr.notes)
+    if max_scale is not None:
+        base["reduced_decode"] = _reduced_path(pr, max_scale)
     return InspectReport(**base, **_image_fields(image))
+
+
+def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> str:
+    """How the file is decoded for consumers that accept ``max_scale``: '1/8: 231x245 decoded of 1841x1955 by ...'."""
+    try:
+        if pr.kind is InputKind.DICOM:
+            from cxrtriage.io.dicom import read_dicom_detailed
+
+            image, facts = read_dicom_detailed(pr.path, max_scale=max_scale)
+            return f"{facts.reduction} by {facts.decoder}" if image.reduced else facts.reduction
+        from cxrtriage.io.read import read_image
+
+        image = read_image(pr.path, max_scale=max_scale)
+    except InputError as exc:
+        return f"not readable that way ({exc})"
+    if image.reduced:
+        (rows, cols), (h, w) = image.shape, image.pixels.shape
+        return f"1/{image.scale}: {w}x{h} decoded of {cols}x{rows} by OpenCV (libjpeg DCT scaling)"
+    if pr.fmt == "jpeg" and pr.samples_per_pixel == 1 and max_scale((pr.rows or 0, pr.columns or 0)) < 2:
+        return "none: the consumers need the full resolution"
+    return "none: only JPEG 2000 and 8-bit greyscale JPEG are decoded at a reduced resolution (full resolution)"
 
 
 def _probe_fields(pr: Probe) -> dict[str, Any]:

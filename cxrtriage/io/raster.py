@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +15,10 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
+from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, decode_jpeg_reduced
 from cxrtriage.types import Image2D, InputKind, SourceRef
+
+log = logging.getLogger(__name__)
 
 # A pixel is "coloured" when its channels differ by more than this share of full scale; an image is colour
 # content when more than COLOUR_FRACTION of its pixels are (JPEG chroma noise on grey images stays far below).
@@ -174,11 +179,28 @@ def colour_check(path: str | Path) -> bool:
     return is_colour_content(arr)
 
 
-def read_raster(path: str | Path, fmt: str | None = None) -> Image2D:
+def _reduced_jpeg(p: Path, header: RasterHeader, max_scale: Callable[[tuple[int, int]], float]) -> ReducedPixels | None:
+    """An 8-bit grey JPEG file at the reduction its consumers allow (libjpeg DCT scaling), or None."""
+    if header.fmt != "jpeg" or header.channels != 1 or header.bits != 8:
+        return None
+    data = np.fromfile(p, dtype=np.uint8)
+    try:
+        return decode_jpeg_reduced(data, rows=header.rows, columns=header.columns, components=1, precision=8,
+                                   max_scale=max_scale((header.rows, header.columns)))
+    except ReducedDecodeError as exc:
+        log.debug("%s: reduced-resolution decoding not used (%s); decoding in full", p, exc)
+        return None
+
+
+def read_raster(path: str | Path, fmt: str | None = None, *,
+                max_scale: Callable[[tuple[int, int]], float] | None = None) -> Image2D:
     """Read a PNG/JPEG/TIFF. Grey-in-RGB becomes one channel; true colour becomes luminance (BT.601) with a note.
 
     ``value_range`` is the nominal range of the stored depth (0..255, 0..65535, or 0..2**sBIT-1 for a PNG that
     declares its significant bits). EXIF orientation is applied, as a viewer would.
+
+    ``max_scale`` (see `cxrtriage.io.dicom.read_dicom`) lets an 8-bit greyscale JPEG be decoded at 1/2, 1/4 or 1/8
+    (libjpeg DCT scaling); every other file, or a reduced decode that fails, is decoded in full.
     """
     p = Path(path)
     notes: list[str] = []
@@ -191,6 +213,12 @@ def read_raster(path: str | Path, fmt: str | None = None) -> Image2D:
         header = read_raster_header(p, fmt)
         check_size(p, header.rows, header.columns, samples=header.channels, bytes_per_sample=header.bytes_per_sample,
                    reader="raster", encoded_bytes=p.stat().st_size + header.tile_bytes)
+    if max_scale is not None and header is not None:
+        red = _reduced_jpeg(p, header, max_scale)
+        if red is not None:
+            return Image2D(pixels=red.samples.astype(np.float32), value_range=(0.0, 255.0),
+                           source=SourceRef(path=str(p), kind=InputKind.RASTER), notes=(),
+                           full_shape=(header.rows, header.columns), scale=red.scale)
     arr = decode_file(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +13,16 @@ from cxrtriage.io.sniff import sniff
 from cxrtriage.results import Status
 from cxrtriage.types import Image2D, InputKind
 
+MaxScale = Callable[[tuple[int, int]], float]
 
-def read_image(path: str | Path) -> Image2D:
+
+def read_image(path: str | Path, *, max_scale: MaxScale | None = None) -> Image2D:
     """Read a radiograph by content: DICOM (any supported transfer syntax), PNG/JPEG/TIFF, NIfTI/MHA/NRRD.
 
     Returns float32 pixels after the modality LUT in MONOCHROME2 sense, with value range, VOI window,
-    pixel spacing and notes saying what was assumed.
+    pixel spacing and notes saying what was assumed. ``max_scale``, given the full (rows, columns), is the
+    largest reduction per side the caller accepts: JPEG 2000 and 8-bit JPEG may then be decoded at a reduced
+    resolution (``Image2D.scale``); see `cxrtriage.io.reduced`.
 
     Raises:
         InputError: unreadable, unrecognised, not a single-frame greyscale image, damaged or absurdly large;
@@ -34,11 +39,11 @@ def read_image(path: str | Path) -> Image2D:
     if sniffed.kind is InputKind.DICOM:
         from cxrtriage.io.dicom import read_dicom
 
-        return read_dicom(p)
+        return read_dicom(p, max_scale=max_scale)
     if sniffed.kind is InputKind.RASTER:
         from cxrtriage.io.raster import read_raster
 
-        return read_raster(p, sniffed.fmt)
+        return read_raster(p, sniffed.fmt, max_scale=max_scale)
     if sniffed.kind is InputKind.SITK:
         from cxrtriage.io.sitk import read_sitk
 
@@ -57,8 +62,9 @@ class Assessment:
     image: Image2D | None = None
 
 
-def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: bool = True) -> Assessment:
-    """Probe ``path``, apply ``rules`` and, when scored and ``read``, read the image.
+def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: bool = True,
+           max_scale: MaxScale | None = None) -> Assessment:
+    """Probe ``path``, apply ``rules`` and, when scored and ``read``, read the image (``max_scale``: see `read_image`).
 
     A read failure turns a ``scored`` selection into ``failed`` with the reader's reason; never raises
     for a bad file. A scored DICOM file is parsed twice: its header by the probe (the reader reuses it), then
@@ -72,9 +78,9 @@ def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: boo
         if header is not None:
             from cxrtriage.io.dicom import read_dicom
 
-            image = read_dicom(pr.path, header=header)
+            image = read_dicom(pr.path, header=header, max_scale=max_scale)
         else:
-            image = read_image(pr.path)
+            image = read_image(pr.path, max_scale=max_scale)
     except InputError as exc:
         msg = str(exc)
         prefix = f"{pr.path}: "

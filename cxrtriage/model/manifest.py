@@ -32,6 +32,10 @@ LABEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 OPERATING_POINT_NAMES = ("rule_out", "balanced")
+# Study-level tiers a manifest may give operating points for (the policy decides which findings each holds).
+STUDY_TIERS = ("critical", "urgent", "normal")
+STUDY_SCORES = ("max",)  # how a tier's study score is made from its labels' calibrated probabilities
+UNKNOWN_POPULATION = "unknown"  # reserved: a study whose population is not known (no age, or outside every range)
 MAX_MANIFEST_BYTES = 16 << 20  # the shipped ones are ~30 KB; a larger file is not a manifest (or a memory attack)
 SEAL_HINT = "cxrtriage models seal"
 
@@ -82,6 +86,77 @@ class HeadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Population:
+    """A patient population the model was validated on, by age in years: ``age_min`` <= age < ``age_max``."""
+
+    name: str
+    age_min: float | None = None  # None: no lower bound
+    age_max: float | None = None  # None: no upper bound
+    description: str = ""
+
+    def contains(self, age: float) -> bool:
+        return (self.age_min is None or age >= self.age_min) and (self.age_max is None or age < self.age_max)
+
+    @property
+    def ages(self) -> str:
+        """The age range in words, e.g. "1-5 years" or "18 years and older"."""
+        lo, hi = self.age_min, self.age_max
+        if lo is not None and hi is not None:
+            return f"{lo:g} to under {hi:g} years"
+        if lo is not None:
+            return f"{lo:g} years and older"
+        return f"under {hi:g} years" if hi is not None else "any age"
+
+
+@dataclass(frozen=True, slots=True)
+class LabelValidation:
+    """Whether a label may decide a priority for one population, and the held-out evidence for it."""
+
+    validated: bool
+    auroc: float | None = None
+    ci95: tuple[float, float] | None = None
+    n_pos: int = 0
+    n_neg: int = 0
+    note: str = ""  # why it is not validated, e.g. "not labelled in this population's data"
+
+
+@dataclass(frozen=True, slots=True)
+class StudyTier:
+    """The study-level operating point of one tier.
+
+    The tier's study score is the highest calibrated probability among the tier's deciding labels over the
+    study's images (``StudyOperatingPoints.score`` = "max"); the tier is reached when that score is at or above
+    ``thresholds[population]`` (``critical``/``urgent``), or, for ``normal``, when it is below it. ``labels`` are
+    the labels the thresholds were fitted over; ``target`` what they were set for on validation; ``validation``
+    and ``test`` what they gave (per population: sensitivity, specificity, 95 % CIs, counts), informative only.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    target: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+
+    def threshold(self, population: str) -> float:
+        """The threshold for ``population``; for ``unknown`` the most cautious one (the lowest: more studies flagged,
+        fewer called normal)."""
+        if population in self.thresholds:
+            return self.thresholds[population]
+        return min(self.thresholds.values())
+
+
+@dataclass(frozen=True, slots=True)
+class StudyOperatingPoints:
+    """Study-level operating points: one ``StudyTier`` per tier, set on validation for a stated target."""
+
+    score: str
+    tiers: dict[str, StudyTier]
+    fitted_on: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # any other key (study unit, candidates compared...)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelManifest:
     name: str
     version: str
@@ -103,6 +178,27 @@ class ModelManifest:
     path: Path | None = None  # the manifest file itself
     extra: dict[str, Any] = field(default_factory=dict)
     integrity: str = ""  # integrity.sha256: the seal over the manifest's whole content ('' when not sealed)
+    populations: dict[str, Population] = field(default_factory=dict)
+    label_validation: dict[str, dict[str, LabelValidation]] = field(default_factory=dict)  # label -> population -> ...
+    study: StudyOperatingPoints | None = None
+
+    def population_of(self, age: float | None) -> str | None:
+        """The population whose age range holds ``age``; None when the age is unknown or in no range."""
+        if age is None:
+            return None
+        return next((p.name for p in self.populations.values() if p.contains(age)), None)
+
+    def validated_for(self, label: str, population: str) -> bool:
+        """May ``label`` decide a priority for ``population``? A model without ``label_validation`` says nothing,
+        so every label decides (as before validation was recorded). For ``unknown``: validated for any population,
+        so that no finding is silenced on a patient who might belong to it."""
+        if not self.label_validation:
+            return True
+        per = self.label_validation.get(label, {})
+        if population == UNKNOWN_POPULATION:
+            return any(v.validated for v in per.values())
+        v = per.get(population)
+        return v is not None and v.validated
 
     @property
     def short_sha(self) -> str:
@@ -409,9 +505,113 @@ def _sha256(data: Mapping[str, Any], path: Path) -> str:
     return sha.lower()
 
 
+def _populations(data: Mapping[str, Any], path: Path) -> dict[str, Population]:
+    raw = data.get("populations")
+    if raw is None:
+        return {}
+    obj = _object(raw, path, "populations")
+    out: dict[str, Population] = {}
+    for name, d in obj.items():
+        where = f"populations.{name}"
+        if not LABEL_PATTERN.fullmatch(name) or name == UNKNOWN_POPULATION:
+            raise _bad(path, where, f"must be a lower-case snake_case name other than '{UNKNOWN_POPULATION}'")
+        d = _object(d, path, where)
+        ages = _req(d, "age_years", path, f"{where}.age_years")
+        if not isinstance(ages, list) or len(ages) != 2:
+            raise _bad(path, f"{where}.age_years", f"must be [min, max) in years (null for no bound), got {ages!r}")
+        lo, hi = (None if v is None else _number(v, path, f"{where}.age_years", lo=0.0) for v in ages)
+        if lo is not None and hi is not None and not lo < hi:
+            raise _bad(path, f"{where}.age_years", f"must have min < max, got {ages!r}")
+        desc = d.get("description", "")
+        out[name] = Population(name, lo, hi, desc if isinstance(desc, str) else "")
+    pops = sorted(out.values(), key=lambda p: -math.inf if p.age_min is None else p.age_min)
+    for a, b in zip(pops, pops[1:], strict=False):
+        if a.age_max is None or b.age_min is None or a.age_max > b.age_min:
+            raise _bad(path, "populations", f"'{a.name}' and '{b.name}' overlap; an age must belong to one population")
+    return out
+
+
+def _label_validation(data: Mapping[str, Any], labels: tuple[str, ...], pops: Mapping[str, Population],
+                      path: Path) -> dict[str, dict[str, LabelValidation]]:
+    raw = data.get("label_validation")
+    if raw is None:
+        return {}
+    obj = _object(_req(_object(raw, path, "label_validation"), "labels", path, "label_validation.labels"), path,
+                  "label_validation.labels")
+    _keys_are_labels(obj, labels, path, "label_validation.labels")
+    out: dict[str, dict[str, LabelValidation]] = {}
+    for lab in labels:
+        per = _object(obj[lab], path, f"label_validation.labels.{lab}")
+        unknown = [p for p in per if p not in pops]
+        if unknown:
+            raise _bad(path, f"label_validation.labels.{lab}.{unknown[0]}", f"names no population of 'populations' "
+                                                                           f"({sorted(pops)})")
+        out[lab] = {}
+        for pop, v in per.items():
+            where = f"label_validation.labels.{lab}.{pop}"
+            d = _object(v, path, where)
+            ok = _req(d, "validated", path, f"{where}.validated")
+            if not isinstance(ok, bool):
+                raise _bad(path, f"{where}.validated", f"must be true or false, got {ok!r}")
+            auc = d.get("auroc")
+            ci = d.get("ci95")
+            if ci is not None and (not isinstance(ci, list) or len(ci) != 2):
+                raise _bad(path, f"{where}.ci95", f"must be [low, high] or null, got {ci!r}")
+            out[lab][pop] = LabelValidation(
+                validated=ok,
+                auroc=None if auc is None else _number(auc, path, f"{where}.auroc", lo=0.0, hi=1.0),
+                ci95=None if ci is None else (_number(ci[0], path, f"{where}.ci95", lo=0.0, hi=1.0),
+                                              _number(ci[1], path, f"{where}.ci95", lo=0.0, hi=1.0)),
+                n_pos=int(d.get("n_pos", 0) or 0), n_neg=int(d.get("n_neg", 0) or 0), note=str(d.get("note", "")),
+            )
+    return out
+
+
+def _study(data: Mapping[str, Any], labels: tuple[str, ...], pops: Mapping[str, Population],
+           path: Path) -> StudyOperatingPoints | None:
+    raw = data.get("study_operating_points")
+    if raw is None:
+        return None
+    obj = _object(raw, path, "study_operating_points")
+    if not pops:
+        raise _bad(path, "study_operating_points", "needs 'populations' (the thresholds are per population)")
+    score = _req(obj, "score", path, "study_operating_points.score")
+    if score not in STUDY_SCORES:
+        raise _bad(path, "study_operating_points.score", f"must be one of {list(STUDY_SCORES)}, got {score!r}")
+    tiers_raw = _object(_req(obj, "tiers", path, "study_operating_points.tiers"), path, "study_operating_points.tiers")
+    tiers: dict[str, StudyTier] = {}
+    for name, t in tiers_raw.items():
+        where = f"study_operating_points.tiers.{name}"
+        if name not in STUDY_TIERS:
+            raise _bad(path, where, f"is not a tier; tiers are {list(STUDY_TIERS)}")
+        t = _object(t, path, where)
+        tl = _req(t, "labels", path, f"{where}.labels")
+        if not isinstance(tl, list) or not tl or any(lab not in labels for lab in tl):
+            raise _bad(path, f"{where}.labels", f"must be a non-empty list of the model's labels {list(labels)}")
+        thr = _object(_req(t, "thresholds", path, f"{where}.thresholds"), path, f"{where}.thresholds")
+        missing = [p for p in pops if p not in thr]
+        extra = [p for p in thr if p not in pops]
+        if missing or extra:
+            raise _bad(path, f"{where}.thresholds", f"must give one threshold per population {sorted(pops)} "
+                                                    f"(missing {missing}, unknown {extra})")
+        tiers[name] = StudyTier(
+            name=name, labels=tuple(tl),
+            thresholds={p: _number(v, path, f"{where}.thresholds.{p}", lo=0.0, hi=1.0) for p, v in thr.items()},
+            target=dict(_object(t.get("target", {}), path, f"{where}.target")),
+            validation=dict(_object(t.get("validation", {}), path, f"{where}.validation")),
+            test=dict(_object(t.get("test", {}), path, f"{where}.test")),
+        )
+    if "normal" not in tiers:
+        raise _bad(path, "study_operating_points.tiers", "must include 'normal' (the rule-out that makes a study normal)")
+    fitted = obj.get("fitted_on", "")
+    details = {k: v for k, v in obj.items() if k not in ("score", "tiers", "fitted_on")}
+    return StudyOperatingPoints(score=str(score), tiers=tiers, fitted_on=str(fitted), details=details)
+
+
 KNOWN_FIELDS = frozenset({
     "schema_version", "name", "version", "task", "onnx_file", "sha256", "input", "labels", "outputs", "preprocessing",
     "thresholds", "calibration", "head", "intended_use", "training_data", "metrics", "model_card", INTEGRITY_FIELD,
+    "populations", "label_validation", "study_operating_points",
 })
 # Fields that name files; each must stay inside the model folder (see ``_inside``).
 FILE_FIELDS = ("onnx_file", "model_card")
@@ -439,6 +639,7 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict):
         raise _bad(path, "metrics", "must be a JSON object")
+    pops = _populations(data, path)
     return ModelManifest(
         name=_text(_req(data, "name", path), path, "name"),
         version=_text(_req(data, "version", path), path, "version"),
@@ -460,6 +661,9 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
         path=path.resolve(),
         extra={k: v for k, v in data.items() if k not in KNOWN_FIELDS},
         integrity=integrity,
+        populations=pops,
+        label_validation=_label_validation(data, labels, pops, path),
+        study=_study(data, labels, pops, path),
     )
 
 

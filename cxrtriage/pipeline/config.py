@@ -26,6 +26,7 @@ class PredictConfig:
     rules: Path | None = None  # selection rules TOML; None = the built-in frontal-CXR rules
     policy: Path | None = None  # triage policy TOML; None = the packaged default policy
     site: Path | None = None  # site calibration TOML (`cxrtriage calibrate`); None = the model's scores/thresholds
+    population: str | None = None  # population of patients whose age the files do not tell; None = unknown
     lungs: bool | None = None  # lung masks + areas; None = on exactly when reports are written
     segmenter: str | None = None  # lung segmenter name or path; None = the default lung-segmenter
     report: bool = False  # HTML (+PDF) study reports and DIR/report/index.html after the run
@@ -38,6 +39,7 @@ class PredictConfig:
     modality: str = "DOC"  # Modality of the encapsulated PDF
     heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
     heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
+    reduced_decode: bool = True  # False (--full-resolution): decode every image in full, even where fewer pixels do
     resume: bool = False  # journal finished inputs in DIR/journal.jsonl and take the unchanged ones from it
 
     @property

@@ -32,7 +32,7 @@ import cv2
 from cxrtriage.errors import ConfigError, CxrTriageError
 from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, study_key
 from cxrtriage.measure.quality import QualityCheck, image_checks
-from cxrtriage.preprocess import ModelInput, PreprocessRecipe, to_model_input
+from cxrtriage.preprocess import ModelInput, PixelNeeds, PreprocessRecipe, to_model_input
 from cxrtriage.results import ImageRecord, Status
 from cxrtriage.types import Image2D
 
@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DecodeTask:
-    """One file to examine: what to read it for (``recipe``), by which rules, and what to send back."""
+    """One file to examine: what to read it for (``recipe``), by which rules, and what to send back.
+
+    ``needs`` says how far the image may be reduced while it is decoded (JPEG 2000 resolution levels, JPEG DCT
+    scaling: see `cxrtriage.io.reduced`); None decodes every image in full. ``extra_recipes`` are further model
+    inputs to make here, beside the classifier's (the lung segmenter's), so that neither the image nor its
+    preprocessing has to reach the inference process.
+    """
 
     index: int
     path: str
@@ -49,6 +55,8 @@ class DecodeTask:
     rules: SelectionRules = DEFAULT_RULES
     keep_image: bool = False
     image_checks: bool = False  # run cxrtriage.measure.quality.image_checks here, where the image is
+    needs: PixelNeeds | None = None
+    extra_recipes: tuple[PreprocessRecipe, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,7 @@ class Decoded:
     image: Image2D | None = None
     seconds: float = 0.0
     image_checks: tuple[QualityCheck, ...] | None = None  # when the task asked for them
+    extra_inputs: tuple[ModelInput, ...] = ()  # one per ``DecodeTask.extra_recipes``, for a scored file
 
     @property
     def path(self) -> str:
@@ -86,6 +95,7 @@ def probe_record(path: str, probe: Probe | None, status: Status, reason: str | N
         series_instance_uid=(d.series_instance_uid or None) if d else None,
         sop_instance_uid=(d.sop_instance_uid or None) if d else None,
         view=(d.view_position or None) if d else None, rows=probe.rows, columns=probe.columns,
+        patient_age=d.patient_age_years if d else None,
     )
 
 
@@ -94,7 +104,7 @@ def examine(task: DecodeTask) -> Decoded:
     t0 = time.perf_counter()
     probe: Probe | None = None
     try:
-        a = assess(task.path, task.rules)
+        a = assess(task.path, task.rules, max_scale=task.needs)
         probe = a.probe
         if a.selection.status is not Status.SCORED or a.image is None:
             status = Status.EXCLUDED if a.selection.status is Status.EXCLUDED else Status.FAILED
@@ -104,8 +114,10 @@ def examine(task: DecodeTask) -> Decoded:
         record = probe_record(task.path, probe, Status.SCORED, "; ".join([a.selection.reason, *image.notes])).replace(
             rows=image.shape[0], columns=image.shape[1], pixel_spacing_mm=image.pixel_spacing_mm)
         mi = to_model_input(image, task.recipe)
+        extra = tuple(to_model_input(image, r) for r in task.extra_recipes)
         checks = tuple(image_checks(image)) if task.image_checks else None
-        return Decoded(task.index, record, mi, image if task.keep_image else None, time.perf_counter() - t0, checks)
+        return Decoded(task.index, record, mi, image if task.keep_image else None, time.perf_counter() - t0, checks,
+                       extra)
     except CxrTriageError as exc:
         reason = str(exc)
     except MemoryError:

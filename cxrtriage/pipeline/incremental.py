@@ -37,7 +37,7 @@ from cxrtriage.pipeline.hooks.triage import TriageHook
 from cxrtriage.pipeline.journal import JOURNAL_NAME, FileIdentity, Journal, JournalEntry
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import run_batch_reports
-from cxrtriage.pipeline.scoring import build_hooks, run_fingerprint, score_batch, unscored
+from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
@@ -113,6 +113,8 @@ class IncrementalRun:
         self.columns = result_columns(self.model.labels, [c for h in self.hooks for c in h.columns])
         self.keep_images = any(h.needs_images for h in self.hooks)
         self.image_checks = any(h.needs_image_checks for h in self.hooks)
+        self.needs = pixel_needs(config, self.model, self.hooks)
+        self.extra = extra_recipes(self.hooks)
         self.journal = self._open_journal(run_fingerprint(config, self.model, self.hooks, self.columns))
         self.report_labels: dict[str, str] = {}
         self._lines = CsvLines(self.columns)
@@ -175,12 +177,13 @@ class IncrementalRun:
         """Score ``paths`` through predict's stages; one record per path, in order. Nothing is written yet
         (except the artefacts of the hooks: masks, heat maps)."""
         recipe = self.model.manifest.preprocessing
-        tasks = (DecodeTask(i, p, recipe, self.rules, self.keep_images, self.image_checks) for i, p in enumerate(paths))
+        tasks = (DecodeTask(i, p, recipe, self.rules, self.keep_images, self.image_checks, self.needs, self.extra)
+                 for i, p in enumerate(paths))
         window = in_flight_window(self.config.batch_size, self.workers, self.keep_images)
         decoded = decode_stream(tasks, workers=self.workers, window=window, pool=self.pool)
         return score_in_batches(
             decoded, batch_size=self.config.batch_size,
-            process=lambda ok: score_batch(ok, self.model, self.hooks, self.ctx),
+            process=lambda ok: score_batch(ok, self.model, self.hooks, self.ctx, self.extra),
             unreadable=lambda d: unscored(with_model(d.record, self.model.manifest), self.hooks, self.ctx),
         )
 

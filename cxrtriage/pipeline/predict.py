@@ -46,7 +46,7 @@ from cxrtriage.pipeline.hooks.triage import WORKLIST_CSV
 from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal, JournalEntry, ResumeStream, journal_command
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
-from cxrtriage.pipeline.scoring import build_hooks, run_fingerprint, score_batch, unscored
+from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
@@ -185,6 +185,8 @@ def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook
     keep_images = any(h.needs_images for h in hooks)
     checks = any(h.needs_image_checks for h in hooks)
     recipe = model.manifest.preprocessing
+    needs = pixel_needs(config, model, hooks)
+    extra = extra_recipes(hooks)
     paths = discover_paths(config.inputs, config.out_dir)
     window = in_flight_window(config.batch_size, workers, keep_images)
     counter = ProgressCounter(on_progress)
@@ -192,14 +194,14 @@ def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook
     on_written: Callable[[list[tuple[ImageRecord, dict[str, Any]]]], None] | None = None
     stream: ResumeStream | None = None
     if journal is None:
-        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in enumerate(paths))
+        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in enumerate(paths))
         items = decode_stream(tasks, workers=workers, window=window)
     else:
         for entry in journal.entries():  # artefacts keep the names the earlier run gave them
             if entry.stem:
                 ctx.stems.reserve(entry.path, entry.stem)
         resume = stream = ResumeStream(paths, journal)
-        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks) for i, p in resume.paths_to_decode())
+        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in resume.paths_to_decode())
         items = resume.merge(decode_stream(tasks, workers=workers, window=window))
 
         def on_written(written: list[tuple[ImageRecord, dict[str, Any]]]) -> None:
@@ -209,7 +211,7 @@ def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook
 
     write_in_batches(
         items, writer, counter, batch_size=config.batch_size,
-        process=lambda ok: _score_batch(ok, model, hooks, ctx),
+        process=lambda ok: _score_batch(ok, model, hooks, ctx, extra),
         unreadable=lambda d: _unscored(with_model(d.record, model.manifest), hooks, ctx),
         inputs=config.inputs, on_written=on_written,
     )

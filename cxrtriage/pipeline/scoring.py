@@ -24,6 +24,7 @@ from cxrtriage.pipeline.hooks.quality import QualityHook
 from cxrtriage.pipeline.hooks.site import SiteHook
 from cxrtriage.pipeline.hooks.triage import TriageHook
 from cxrtriage.pipeline.journal import file_digest
+from cxrtriage.preprocess import PixelNeeds, PreprocessRecipe
 from cxrtriage.results import ImageRecord, Status
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,25 @@ def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
     return sorted(hooks, key=lambda h: h.order)
 
 
+def pixel_needs(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHook]) -> PixelNeeds | None:
+    """How far the decode step may reduce each image: the classifier's input, the hooks' model inputs, and the
+    long side of what the hooks draw at the image's geometry; None (full resolution) with ``--full-resolution``
+    or when a hook needs the image without saying how much of it."""
+    if not config.reduced_decode:
+        return None
+    drawing = [h for h in hooks if h.needs_images]
+    if any(h.image_long_side is None for h in drawing):
+        return None
+    recipes = (model.manifest.preprocessing, *(r for h in hooks for r in h.recipes))
+    return PixelNeeds(recipes, min_long_side=max((h.image_long_side or 0 for h in drawing), default=0))
+
+
+def extra_recipes(hooks: Sequence[PredictHook]) -> tuple[PreprocessRecipe, ...]:
+    """The hooks' model inputs (``PredictHook.recipes``), each once: made in the decode workers beside the
+    classifier's (``DecodeTask.extra_recipes``) and handed to ``score_batch`` as ``extra``."""
+    return tuple(dict.fromkeys(r for h in hooks for r in h.recipes))
+
+
 def _checked(new: ImageRecord, old: ImageRecord) -> ImageRecord:
     if new.path != old.path or new.status is not old.status:
         raise ValueError(f"may not change the path or status of {old.path}")
@@ -64,7 +84,7 @@ def unscored(record: ImageRecord, hooks: Sequence[PredictHook], ctx: RunContext)
 
 
 def score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook],
-                ctx: RunContext) -> list[ImageRecord]:
+                ctx: RunContext, extra: tuple[PreprocessRecipe, ...] = ()) -> list[ImageRecord]:
     """Run the classifier and the hooks on ``items`` (all readable); returns their records."""
     records = [with_model(d.record, model.manifest) for d in items]
     inputs = [d.model_input for d in items if d.model_input is not None]
@@ -78,7 +98,7 @@ def score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[Predict
                for i, r in enumerate(records)]
     for hook in hooks:
         batch = ScoredBatch(
-            items=tuple(BatchItem(d.index, mi, r, d.image, d.image_checks)
+            items=tuple(BatchItem(d.index, mi, r, d.image, d.image_checks, tuple(zip(extra, d.extra_inputs, strict=False)))
                         for d, mi, r in zip(items, inputs, records, strict=True)),
             output=out,
         )
@@ -96,8 +116,8 @@ def score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[Predict
 def run_fingerprint(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHook],
                     columns: Sequence[str]) -> dict[str, Any]:
     """What must be the same for two runs to share a journal: whatever changes a results row (the model and its
-    manifest, the columns, the rules, policy and site files by content, lungs and heat maps). Keys are named as the
-    user knows them, so that a refusal can say what differs."""
+    manifest, the columns, the rules, policy and site files by content, the population, lungs, heat maps, reduced or
+    full decoding). Keys are named as the user knows them, so that a refusal can say what differs."""
     m = model.manifest
     segmenter = next((h.segmenter.manifest for h in hooks if isinstance(h, LungsHook)), None)
     return {
@@ -106,7 +126,9 @@ def run_fingerprint(config: PredictConfig, model: Classifier, hooks: Sequence[Pr
         "--rules": file_digest(config.rules),
         "--policy": file_digest(config.policy),
         "--site": file_digest(config.site),
+        "--population": config.population or "from each file's age (else unknown)",
         "--lungs": (f"{segmenter.name} {segmenter.version} (sha256 {segmenter.sha256})" if segmenter is not None
                     else "off"),
         "--heatmaps": config.heatmap_method if config.heatmaps else "off",
+        "--full-resolution": "off" if config.reduced_decode else "on",
     }

@@ -79,12 +79,72 @@ def _to_unit(region: FloatArray, image: Image2D, recipe: PreprocessRecipe) -> Fl
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
+def max_scale(shape: tuple[int, int], recipe: PreprocessRecipe) -> float:
+    """How many times smaller per side an image of ``shape`` may be decoded and still fill the model input of
+    ``recipe`` without upsampling: the crop region over the size it is resized to (>= 1)."""
+    geo = plan_geometry(shape, recipe)
+    _, _, ch, cw = geo.crop
+    _, _, ph, pw = geo.placed
+    return max(1.0, min(ch / ph, cw / pw))
+
+
+@dataclass(frozen=True, slots=True)
+class PixelNeeds:
+    """What the consumers of a decoded image need of its pixels; the decode step asks it how far it may reduce.
+
+    ``recipes``: the model inputs made from the image (classifier, segmenter); ``oversample``: the decoded image
+    keeps at least this many times a model input's pixels per side, so that the area resize to the model input
+    still averages over several decoded pixels; ``min_long_side``: pictures drawn at the image's own geometry
+    (heat-map overlays) need at least this many pixels on the long side (0: none); ``full``: some consumer needs
+    every pixel (no reduction at all).
+
+    Why ``oversample`` is 2: a wavelet low-pass band (or a scaled IDCT) is sharper than an area average. Decoded
+    at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then 256 -> 224) scored up to 0.084
+    apart from full decoding (AUROC up to 0.004); with at least twice the pixels the RG1 chest (1955 px, at 1/4)
+    is within 0.004 (see benchmarks/agreement.py and the README).
+    """
+
+    recipes: tuple[PreprocessRecipe, ...]
+    min_long_side: int = 0
+    full: bool = False
+    oversample: float = 2.0
+
+    def __call__(self, shape: tuple[int, int]) -> float:
+        """The largest reduction per side of an image of ``shape`` (rows, columns) that every consumer accepts."""
+        if self.full or not self.recipes:
+            return 1.0
+        limit = min(max_scale(shape, r) for r in self.recipes) / max(self.oversample, 1.0)
+        if self.min_long_side > 0:
+            limit = min(limit, max(shape) / self.min_long_side)
+        return max(1.0, limit)
+
+
+def _pixel_region(image: Image2D, crop: tuple[int, int, int, int]) -> FloatArray:
+    """The pixels of ``crop`` (full-image coordinates) in ``image.pixels``, which may be reduced by ``image.scale``.
+
+    A reduced pixel k covers full pixels [k*s, (k+1)*s): crop edges are rounded to the nearest reduced pixel, and a
+    crop reaching the image's far edge keeps the last (partial) reduced row or column.
+    """
+    y0, x0, ch, cw = crop
+    if image.scale == 1:
+        return image.pixels[y0 : y0 + ch, x0 : x0 + cw]
+    s = image.scale
+    (h, w), (rh, rw) = image.shape, image.pixels.shape
+    ry0, rx0 = min(round(y0 / s), rh - 1), min(round(x0 / s), rw - 1)
+    ry1 = rh if y0 + ch >= h else max(ry0 + 1, min(rh, round((y0 + ch) / s)))
+    rx1 = rw if x0 + cw >= w else max(rx0 + 1, min(rw, round((x0 + cw) / s)))
+    return image.pixels[ry0:ry1, rx0:rx1]
+
+
 def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:
-    """Turn ``image`` into the [1, size, size] float32 array described by ``recipe``."""
+    """Turn ``image`` into the [1, size, size] float32 array described by ``recipe``.
+
+    The geometry is planned on the full image (``image.shape``), so it maps model outputs back onto the full
+    image also when the pixels were decoded at a reduced resolution.
+    """
     geo = plan_geometry(image.shape, recipe)
-    y0, x0, ch, cw = geo.crop
     py, px, ph, pw = geo.placed
-    region = _resize(image.pixels[y0 : y0 + ch, x0 : x0 + cw], (ph, pw))
+    region = _resize(_pixel_region(image, geo.crop), (ph, pw))
     unit = _to_unit(region, image, recipe)
     canvas = np.full((recipe.size, recipe.size), recipe.pad_value, dtype=np.float32)
     canvas[py : py + ph, px : px + pw] = unit

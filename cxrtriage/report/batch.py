@@ -252,6 +252,8 @@ def _study_output(study: StudyReport, bundle: ResultsBundle, report_dir: Path, d
     shown = deidentify(header, study.key) if deidentified else header
     try:
         view = study_view(study, bundle, sources, shown, deidentified=deidentified)
+        for fig in (f for image in view.images for f in image.figures):  # the pictures the page references
+            atomic_write(report_dir / fig.file, fig.data)
         html_path = atomic_write(report_dir / f"{study.slug}.html", html_writer.render_study_html(view))
         pdf_bytes = render_study_pdf(view) if (pdf or dicom) else None
         if pdf and pdf_bytes is not None:

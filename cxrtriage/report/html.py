@@ -1,4 +1,4 @@
-"""Self-contained HTML reports (Jinja2): CSS inline, images as data URIs, nothing fetched at view time."""
+"""HTML reports (Jinja2): CSS inline, pictures as JPEG files beside the page, nothing fetched from elsewhere."""
 
 from __future__ import annotations
 

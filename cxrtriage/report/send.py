@@ -75,9 +75,11 @@ def send_files(files: list[Path], dest: Destination, *, timeout: float = 30.0) -
         why = "rejected" if assoc.is_rejected else ("aborted" if assoc.is_aborted else "no answer")
         return results + [SendResult(f, False, f"not sent: association {why} by {dest.host}:{dest.port} "
                                                 f"({dest.called_aet})") for f, _ in datasets]
+    accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
     try:
         for f, ds in datasets:
             try:
+                _fit_transfer_syntax(ds, accepted)
                 status = assoc.send_c_store(ds)
             except Exception as exc:
                 results.append(SendResult(f, False, f"failed: {type(exc).__name__}: {exc}"))
@@ -92,3 +94,16 @@ def send_files(files: list[Path], dest: Destination, *, timeout: float = 30.0) -
     finally:
         assoc.release()
     return results
+
+
+def _fit_transfer_syntax(ds: Any, accepted: set[tuple[str, str]]) -> None:
+    """Decompress ``ds`` (in memory) when the peer accepted its SOP class only uncompressed.
+
+    The Secondary Captures are JPEG compressed; a PACS that takes no JPEG still gets them, as the same instance in
+    Explicit VR Little Endian (a change of transfer syntax keeps the SOP Instance UID, PS3.5 10.1).
+    """
+    sop, ts = str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+    if (sop, ts) in accepted or not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    if any(a == sop for a, _ in accepted):
+        ds.decompress(generate_instance_uid=False)

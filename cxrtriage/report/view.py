@@ -26,7 +26,10 @@ DEIDENTIFIED_NOTE = (
     "description are removed; inputs are named 'image N'. Pictures are shown as they are (text burned into the "
     "pixels stays)."
 )
-FIGURE_MAX_SIDE = 1024
+# A figure is shown at half the page width in the HTML (~600 px) and 58 mm wide in the PDF (~280 dpi at 640 px):
+# one 640 px JPEG file per figure serves both, written once beside the HTML and embedded once in the PDF.
+FIGURE_MAX_SIDE = 640
+FIGURE_QUALITY = 85
 _KIND_TEXT = {
     "rule_out": "rule-out (high sensitivity)",
     "balanced": "balanced (Youden)",
@@ -37,12 +40,14 @@ _KIND_TEXT = {
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """A picture for a report: JPEG (quality 90) bytes, small enough to inline, with its pixel size."""
+    """A picture for a report: JPEG bytes with its pixel size, and the file it is written to beside the HTML
+    (``file``, a name inside the report folder; the HTML references it, the PDF embeds ``data``)."""
 
     caption: str
     data: bytes
     width: int
     height: int
+    file: str
     mime: str = "image/jpeg"
 
     @property
@@ -139,13 +144,17 @@ def _primary_heatmap_first(img: ImageResult) -> list[Any]:
     return sorted(img.heatmaps, key=lambda h: order.get(h.label, (True, 0.0)))
 
 
-def _figure(caption: str, rgb: imaging.U8) -> Figure:
-    return Figure(caption, imaging.jpeg_bytes(rgb), width=int(rgb.shape[1]), height=int(rgb.shape[0]))
+def _figure(caption: str, rgb: imaging.U8, file: str) -> Figure:
+    return Figure(caption, imaging.jpeg_bytes(rgb, FIGURE_QUALITY), width=int(rgb.shape[1]), height=int(rgb.shape[0]),
+                  file=file)
 
 
-def image_figures(img: ImageResult, sources: StudySources, *,
-                  max_side: int = FIGURE_MAX_SIDE) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
-    """The source image (with the lung outline when a mask exists) and each overlay, plus problems met."""
+def image_figures(img: ImageResult, sources: StudySources, *, max_side: int = FIGURE_MAX_SIDE,
+                  stem: str = "figure") -> tuple[tuple[Figure, ...], tuple[str, ...]]:
+    """The source image (with the lung outline when a mask exists) and each overlay, plus problems met.
+
+    Figure ``k`` (from 1) is to be written as ``<stem>-<k>.jpg``.
+    """
     problems: list[str] = []
     try:
         base = sources.picture(img)
@@ -159,7 +168,7 @@ def image_figures(img: ImageResult, sources: StudySources, *,
             caption = "Source image with the lung segmentation outline"
         except Exception as exc:
             problems.append(f"lung mask not shown: {exc}")
-    figures = [_figure(caption, imaging.fit(rgb, max_side))]
+    figures = [_figure(caption, imaging.fit(rgb, max_side), f"{stem}-1.jpg")]
     for hm in _primary_heatmap_first(img):
         try:
             ov = imaging.read_png_rgb(hm.path)
@@ -168,7 +177,7 @@ def image_figures(img: ImageResult, sources: StudySources, *,
             continue
         method = f" ({hm.method})" if hm.method else ""
         figures.append(_figure(f"Explanation map{method} for '{hm.label}': where the model's evidence was, "
-                               "not a lesion outline", imaging.fit(ov, max_side)))
+                               "not a lesion outline", imaging.fit(ov, max_side), f"{stem}-{len(figures) + 1}.jpg"))
     return tuple(figures), tuple(problems)
 
 
@@ -177,9 +186,13 @@ def _keep(text: str) -> str:
 
 
 def image_view(img: ImageResult, number: int, sources: StudySources, *, deidentified: bool,
-               names: Callable[[str], str] = _keep) -> ImageView:
-    """What the report shows of one image; ``names`` rewrites its texts (``InputNames`` when de-identified)."""
-    figures, problems = image_figures(img, sources) if img.path.exists() else ((), ("source image file not found",))
+               names: Callable[[str], str] = _keep, slug: str = "study") -> ImageView:
+    """What the report shows of one image; ``names`` rewrites its texts (``InputNames`` when de-identified).
+
+    Its figures are named ``<slug>-image<number>-<k>.jpg`` (the slug is pseudonymous when de-identified).
+    """
+    figures, problems = (image_figures(img, sources, stem=f"{slug}-image{number}") if img.path.exists()
+                         else ((), ("source image file not found",)))
     meas: list[tuple[str, str]] = []
     r = img.record
     if r.lung_area_mm2 is not None:
@@ -260,7 +273,7 @@ def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources,
         header=header,
         priority=study.priority or UNKNOWN,
         priority_reason=names(study.priority_reason) or ("no priority recorded" if not study.priority else ""),
-        images=tuple(image_view(img, n, sources, deidentified=deidentified, names=names)
+        images=tuple(image_view(img, n, sources, deidentified=deidentified, names=names, slug=study.slug)
                      for n, img in enumerate(study.images, start=1)),
         model=model,
         metrics=metrics,

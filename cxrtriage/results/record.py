@@ -84,6 +84,8 @@ class ImageRecord:
     priority_finding: str | None = None
     priority_score: float | None = None
     site_file: str | None = None
+    patient_age: float | None = None  # years at the study, from DICOM (PatientAge, or birth and study dates)
+    population: str | None = None  # the population whose operating points decided (triage), or "unknown"
     quality: str | None = None
     heatmaps: tuple[str, ...] | None = None
     mask_path: str | None = None

@@ -50,7 +50,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "mask_path", "lung_area_mm2", "
 # Record fields written under their own name; the mappings (scores, areas, extra) have columns of their own.
 _PLAIN_FIELDS = frozenset(FIELD_NAMES) - {"scores", "model_scores", "label_areas", "extra"}
 _INT_FIELDS = frozenset({"rows", "columns", "lung_area_px"})
-_FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2"})
+_FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2", "patient_age"})
 
 
 def score_column(label: str) -> str:

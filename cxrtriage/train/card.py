@@ -23,6 +23,103 @@ def _op(d: Any) -> str:
     return f"{_f(d.get('sensitivity'), 2)} / {_f(d.get('specificity'), 2)}"
 
 
+def _rate(v: Any, ci: Any) -> str:
+    return "–" if v is None else f"{v:.3f} ({_ci(ci)})"
+
+
+def _thr(v: Any) -> str:
+    return "– (no deciding finding)" if v is None or v >= 1.0 else f"{v:.3f}"
+
+
+def _ages(p: dict[str, Any]) -> str:
+    lo, hi = p["age_years"]
+    return f"{lo:g} to under {hi:g} years" if hi is not None else f"{lo:g} years and older"
+
+
+def study_section(m: dict[str, Any]) -> list[str]:
+    """The card's triage section: populations, which labels decide for each, and the study-level operating points
+    with what they give on validation and held-out test patients (all from the manifest)."""
+    pops, lv, so = m.get("populations"), m.get("label_validation"), m.get("study_operating_points")
+    if not pops or not lv or not so:
+        return []
+    names = list(pops)
+    L: list[str] = ["## Triage: validated labels and study-level operating points\n"]
+    add = L.append
+    add("Priorities are decided per study, on thresholds chosen for the study-level decision (`docs/triage.md`); only "
+        "labels validated for the patient's population move the priority. The population comes from the patient's age "
+        "in DICOM (PatientAge, or birth and study dates), else from `predict --population`, else it is *unknown* and "
+        "the most cautious rules apply: every label validated for any population decides, and each tier takes its "
+        "lowest threshold over the populations.\n")
+    add("| population | ages | validated on |")
+    add("|---|---|---|")
+    for name, p in pops.items():
+        add(f"| {name} | {_ages(p)} | {p['description']} |")
+    add("")
+    add(f"**Which labels decide.** Rule: {lv['rule']}. Data: {lv['data']}.\n")
+    add("| label | " + " | ".join(f"{n}: AUROC (95% CI), pos / neg" for n in names) + " | decides for |")
+    add("|---|" + "---|" * len(names) + "---|")
+    for lab, per in lv["labels"].items():
+        cells = []
+        for n in names:
+            v = per.get(n, {})
+            if v.get("auroc") is None:
+                cells.append(f"– ({v.get('note', 'not evaluated')})")
+            else:
+                mark = "**yes**" if v["validated"] else "no"
+                cells.append(f"{v['auroc']:.3f} ({_ci(v['ci95'])}), {v['n_pos']} / {v['n_neg']}: {mark}")
+        decides = [n for n in names if per.get(n, {}).get("validated")]
+        add(f"| `{lab}` | " + " | ".join(cells) + f" | {', '.join(decides) or '**none** (reported only)'} |")
+    add("")
+    tiers = so["tiers"]
+    definition = so["definition"][0].upper() + so["definition"][1:]
+    add(f"**Study score.** {definition}. Thresholds: {so['fitted_on']}. Study unit: {so['study_unit']}. Policy: "
+        f"`{so['policy']}`. Unknown population: {so['unknown_population']}.\n")
+    add("| tier | fitted over | target (validation, per population) | "
+        + " | ".join(f"{n} threshold" for n in names) + " | age unknown |")
+    add("|---|---|---|" + "---|" * len(names) + "---|")
+    for t, d in tiers.items():
+        tg = d["target"]
+        if "sensitivity" in tg:
+            target = f"sensitivity >= {tg['sensitivity']} ({tg['positives']} not called normal)"
+        else:
+            target = f"at most {tg['max_false_urgent']:.0%} of {tg['negatives']} flagged {t}"
+        thr = d["thresholds"]
+        add(f"| {t} | {', '.join(d['labels'])} | {target} | " + " | ".join(_thr(thr[n]) for n in names)
+            + f" | {_thr(min(thr.values()))} |")
+    add("")
+    add("What the whole decision gives per study (95% Wilson CIs). `normal`: sensitivity = abnormal studies NOT called "
+        "normal, specificity = normal studies called normal. `urgent`: sensitivity = studies with an urgent finding "
+        "flagged urgent, specificity = studies without one not flagged urgent. *(age unknown)*: the same studies "
+        "decided with the unknown-population rules, as for a PNG/JPEG without `--population`.\n")
+    add("| tier | population | validation sens / spec | test n pos / neg | **test sensitivity (95% CI)** | "
+        "**test specificity (95% CI)** |")
+    add("|---|---|---|---|---|---|")
+    for t, d in tiers.items():
+        for key, st in d["test"].items():
+            v = d["validation"].get(key, {})
+            add(f"| {t} | {key} | {_f(v.get('sensitivity'), 2)} / {_f(v.get('specificity'), 2)} | "
+                f"{st['n_pos']} / {st['n_neg']} | {_rate(st['sensitivity'], st['sensitivity_ci95'])} | "
+                f"{_rate(st['specificity'], st['specificity_ci95'])} |")
+    add("")
+    cand = so.get("candidates") or {}
+    if cand:
+        add("**Why the highest calibrated probability.** Each calibrated probability of a finding is a lower bound of "
+            "the probability that *something* is abnormal, so their maximum is the tightest such bound that needs no "
+            "fitting. The candidates for the `normal` score below use the same deciding labels; each gets its "
+            "threshold on validation for the same target (sensitivity >= 0.95 per population) and is measured on test "
+            "studies (the score alone: the whole decision above also flags some studies urgent, which is why its "
+            "pediatric specificity is lower). A candidate that misses the sensitivity target on test, or gains AUROC "
+            "only on the data it was fitted on, is not an improvement for a rule-out.\n")
+        add("| candidate | population | AUROC validation | AUROC test (95% CI) | test sensitivity | test specificity |")
+        add("|---|---|---|---|---|---|")
+        for name, per in cand.items():
+            for pop, r in per.items():
+                add(f"| {name} | {pop} | {_f(r['auroc_validation'])} | {_f(r['auroc_test'])} "
+                    f"({_ci(r['auroc_test_ci95'])}) | {_f(r['test_sensitivity'])} | {_f(r['test_specificity'])} |")
+        add("")
+    return L
+
+
 def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[str, int], experiments: str | None = None) -> str:
     """Render the classifier MODEL_CARD.md from its manifest data, training record and NIH label counts.
 
@@ -141,7 +238,11 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
         add("")
     add("Sex, age and view are unknown for Kermany images (children aged 1–5, presumably AP); subgroup AUROCs on a "
         "handful of cases have wide intervals and are shown for transparency, not as evidence of equity.\n")
+    L.extend(study_section(m))
     add("## Thresholds (validation split, calibrated score)\n")
+    if m.get("study_operating_points"):
+        add("Per-label operating points, reported for each finding (reports, per-label evaluation); triage priorities "
+            "are decided on the study-level operating points above, not on these.\n")
     add("| label | rule_out thr (sens / spec on val) | balanced thr (sens / spec on val) | Platt a | Platt b |\n"
         "|---|---|---|---|---|")
     for lab in labels:

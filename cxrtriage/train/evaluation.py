@@ -35,6 +35,28 @@ def fit_platt(logits: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iters: int
     return float(a), float(b)
 
 
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None, l2: float = 1.0,
+                 iters: int = 100) -> np.ndarray:
+    """Weighted logistic regression by Newton's method with an L2 penalty on the slopes (not the intercept).
+
+    Returns [slope_1, ..., slope_k, intercept]: p = sigmoid(x @ slopes + intercept).
+    """
+    x1 = np.c_[np.asarray(x, np.float64), np.ones(len(x))]
+    t = np.asarray(y, np.float64)
+    w = np.ones(len(t)) if weights is None else np.asarray(weights, np.float64)
+    pen = l2 * np.r_[np.ones(x1.shape[1] - 1), 0.0]
+    beta = np.zeros(x1.shape[1])
+    for _ in range(iters):
+        p = sigmoid(x1 @ beta)
+        grad = x1.T @ (w * (p - t)) + pen * beta
+        hess = (x1 * (w * p * (1 - p))[:, None]).T @ x1 + np.diag(pen) + 1e-9 * np.eye(x1.shape[1])
+        step = np.linalg.solve(hess, grad)
+        beta = beta - step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta
+
+
 def _r(v: float, nd: int = 4) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), nd)
 

@@ -145,9 +145,8 @@ def write_classifier_card(data_root: Path, out: Path) -> Path:
 
 def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | None = None,
                         x_all: np.ndarray | None = None) -> Path:
-    """Export model.pt → model.onnx; calibrate + threshold on val; evaluate on test; write manifest.json and MODEL_CARD.md."""
-    from cxrtriage.train.card import classifier_card
-
+    """Export model.pt → model.onnx; calibrate + threshold on val; evaluate on test; study-level operating points;
+    write manifest.json and MODEL_CARD.md."""
     info = json.loads((out / "train_config.json").read_text())
     cfg = info["config"]
     tiny = bool(cfg["tiny"])
@@ -277,6 +276,11 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
                      "train_seconds": info["train_seconds"], "notes": notes},
     }
     path = write_manifest(out, data)
-    atomic_write(out / "MODEL_CARD.md", classifier_card(data, info, nih_positive_counts(data_root), experiments_text(out)))
+    # Populations, per-population label validation and study-level operating points: from the exported ONNX model
+    # run exactly as `cxrtriage predict` runs it, so that `cxrtriage train operating-points` reproduces them.
+    from cxrtriage.train.operating import add_operating_points
+
+    path = add_operating_points(data_root, out, records=records, n_boot=n_boot)
+    write_classifier_card(data_root, out)
     log.info("classifier manifest written: %s", path)
     return path

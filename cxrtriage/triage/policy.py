@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.errors import ConfigError, ModelError
-from cxrtriage.model.manifest import ModelManifest
+from cxrtriage.model.manifest import UNKNOWN_POPULATION, ModelManifest
 from cxrtriage.results import ImageRecord, Priority, Status
 from cxrtriage.triage.site import SiteCalibration, check_site
 
@@ -55,13 +55,15 @@ class TriagePolicy:
     levels: tuple[LevelRule, ...]  # critical first, then urgent
     summary_labels: tuple[str, ...] = ()
     ignored_labels: tuple[str, ...] = ()
+    decide_unvalidated: tuple[str, ...] = ()  # labels that decide even for a population they are not validated on
     label_thresholds: dict[str, ThresholdKind] = field(default_factory=dict)
     description: str = ""
     source: str = "packaged default"
 
     def mentioned_labels(self) -> tuple[str, ...]:
         """Every finding or summary label the policy names (ignored labels excluded)."""
-        names = [f for lvl in self.levels for f in lvl.findings] + list(self.summary_labels) + list(self.label_thresholds)
+        names = ([f for lvl in self.levels for f in lvl.findings] + list(self.summary_labels) + list(self.label_thresholds)
+                 + list(self.decide_unvalidated))
         return tuple(dict.fromkeys(names))
 
     def unknown_labels(self, model_labels: Iterable[str]) -> tuple[str, ...]:
@@ -79,10 +81,17 @@ class TriagePolicy:
     def is_ignored(self, label: str) -> bool:
         return normalize_label(label) in self.ignored_labels
 
+    def decides_unvalidated(self, label: str) -> bool:
+        return normalize_label(label) in self.decide_unvalidated
+
 
 @dataclass(frozen=True, slots=True)
 class TriageDecision:
-    """The priority of one image and why: the deciding finding, its score and the threshold it met (or missed)."""
+    """The priority of one image and why: the deciding finding, its score and the threshold it met (or missed).
+
+    With study-level operating points ``tier`` names the tier whose threshold decided (``critical``, ``urgent`` or
+    ``normal``) and ``threshold_kind`` is None; with per-label thresholds it is the reverse.
+    """
 
     priority: Priority
     reason: str
@@ -91,6 +100,8 @@ class TriageDecision:
     threshold: float | None = None
     threshold_kind: ThresholdKind | None = None
     threshold_source: str | None = None  # "model" (manifest) or "site"
+    tier: str | None = None
+    population: str | None = None  # whose operating points and validated labels decided (None: the model has none)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -147,10 +158,14 @@ def parse_policy(data: Mapping[str, Any], *, source: str) -> TriagePolicy:
             seen[f] = prio.value
         levels.append(LevelRule(prio, findings, _kind(raw["threshold"], f"{where} threshold")))
     labels_raw = data.get("labels", {})
-    if not isinstance(labels_raw, dict) or set(labels_raw) - {"summary", "ignore"}:
-        raise ConfigError(f"{source}: [labels] must be a table with keys 'summary' and/or 'ignore'")
+    if not isinstance(labels_raw, dict) or set(labels_raw) - {"summary", "ignore", "decide_unvalidated"}:
+        raise ConfigError(f"{source}: [labels] must be a table with keys 'summary', 'ignore' and/or 'decide_unvalidated'")
     summary = _names(labels_raw.get("summary", []), f"{source} [labels] summary")
     ignored = _names(labels_raw.get("ignore", []), f"{source} [labels] ignore")
+    unvalidated = _names(labels_raw.get("decide_unvalidated", []), f"{source} [labels] decide_unvalidated")
+    for lab in unvalidated:
+        if lab in ignored:
+            raise ConfigError(f"{source}: '{lab}' is listed under [labels] ignore and decide_unvalidated; remove it from one")
     for lab in summary:
         if lab in seen:
             raise ConfigError(
@@ -170,6 +185,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str) -> TriagePolicy:
         levels=tuple(levels),
         summary_labels=summary,
         ignored_labels=ignored,
+        decide_unvalidated=unvalidated,
         label_thresholds=label_thresholds,
         source=source,
     )
@@ -212,10 +228,59 @@ def load_policy(path: str | Path | None = None, *, labels: Sequence[str] | None 
     return policy
 
 
+def study_mode(manifest: ModelManifest, site: SiteCalibration | None = None) -> bool:
+    """Are priorities decided on study-level operating points (the manifest's, or a site file's ``[study]``)?
+
+    A site file without a ``[study]`` section (schema 1, per-label thresholds only) keeps the per-label rules: its
+    thresholds are on its own score scale, which the manifest's study thresholds are not.
+    """
+    if site is not None:
+        return bool(site.study)
+    return manifest.study is not None
+
+
+def covered_tiers(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
+    """The tiers that need a study-level threshold: ``normal`` always, critical/urgent when the model has one of their
+    findings."""
+    tiers = [lvl.priority.value for lvl in policy.levels
+             if any(normalize_label(lab) in lvl.findings for lab in manifest.labels if not policy.is_ignored(lab))]
+    return [*tiers, "normal"]
+
+
+def tier_labels(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[str]]:
+    """Per tier, the labels whose truth defines it: ``normal`` every label not ignored (something is abnormal);
+    ``urgent`` the policy's urgent and critical findings; ``critical`` its critical findings. Tiers without a label
+    of ``labels`` are left out."""
+    out: dict[str, list[str]] = {}
+    findings = {lvl.priority.value: [lab for lab in labels if normalize_label(lab) in lvl.findings
+                                     and not policy.is_ignored(lab)] for lvl in policy.levels}
+    if findings.get("critical"):
+        out["critical"] = findings["critical"]
+    if findings.get("urgent"):
+        out["urgent"] = findings["urgent"] + findings.get("critical", [])
+    out["normal"] = [lab for lab in labels if not policy.is_ignored(lab)]
+    return out
+
+
 def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None) -> None:
-    """Fail early (ModelError/ConfigError) when a label that triage needs has no threshold, or the site is for another model."""
+    """Fail early (ModelError/ConfigError) when a label or tier that triage needs has no threshold, or the site is for
+    another model."""
     if site is not None:
         check_site(site, manifest)
+    if study_mode(manifest, site):
+        for tier in covered_tiers(policy, manifest):
+            if site is not None and tier not in site.study:
+                raise ConfigError(
+                    f"{site.where}: no study-level threshold for tier '{tier}', which policy '{policy.name}' needs with "
+                    f"model '{manifest.name}'; re-run `cxrtriage calibrate` with this policy"
+                )
+            if site is None and (manifest.study is None or tier not in manifest.study.tiers):
+                raise ModelError(
+                    f"{manifest.path}: model '{manifest.name}' has no study-level operating point for tier '{tier}', "
+                    f"which policy '{policy.name}' needs; recompute them (`cxrtriage train operating-points`) or "
+                    "calibrate a site file"
+                )
+        return
     for label in manifest.labels:
         if policy.is_ignored(label):
             continue
@@ -225,6 +290,58 @@ def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibr
                 "cannot be triaged; add thresholds to the manifest, calibrate a site file, or list the label under "
                 "[labels] ignore in the policy"
             )
+
+
+# --------------------------------------------------------------------------------------------- populations
+
+
+def _years(age: float) -> str:
+    # Ages of 90 and over are written as "90+" (HIPAA Safe Harbor treats them as identifying).
+    if age >= 90:
+        return "90+ years"
+    return f"{age:.0f} years" if age >= 2 else f"{age * 12:.0f} months"
+
+
+def population_for(manifest: ModelManifest, age: float | None, default: str | None = None) -> tuple[str | None, str]:
+    """The population whose operating points and validated labels apply to a patient, and a note when the age says so.
+
+    The age (from DICOM) decides when it falls in one of the manifest's populations; an age outside all of them
+    gives ``unknown`` (the most cautious operating points) with a note; without an age, ``default`` (``predict
+    --population``) or ``unknown``. A manifest without populations gives None: every label decides, as before.
+    """
+    if not manifest.populations:
+        return None, ""
+    if age is not None:
+        pop = manifest.population_of(age)
+        if pop is not None:
+            return pop, ""
+        ranges = ", ".join(f"{p.name} {p.ages}" for p in manifest.populations.values())
+        return UNKNOWN_POPULATION, (f"patient age {_years(age)} (DICOM) is outside every population the model was "
+                                    f"validated on ({ranges}): the cautious operating points of an unknown population "
+                                    "apply")
+    return (default or UNKNOWN_POPULATION), ""
+
+
+def deciding_labels(manifest: ModelManifest, policy: TriagePolicy, population: str | None) -> list[str]:
+    """The labels that may move the priority for ``population``: not ignored by the policy, and validated for it
+    (``unknown``: for any population) unless the policy's ``[labels] decide_unvalidated`` lists them."""
+    out = [lab for lab in manifest.labels if not policy.is_ignored(lab)]
+    if population is None:
+        return out
+    return [lab for lab in out if manifest.validated_for(lab, population) or policy.decides_unvalidated(lab)]
+
+
+def population_note(manifest: ModelManifest, policy: TriagePolicy, population: str | None, age: float | None) -> str:
+    """The row's note when DICOM tells the patient's age: the population it puts the patient in, and the labels that
+    are not validated for it (reported, but not deciding). Empty when the age is unknown or every label decides."""
+    if population is None or age is None or population == UNKNOWN_POPULATION:
+        return ""
+    deciding = set(deciding_labels(manifest, policy, population))
+    silent = [lab for lab in manifest.labels if not policy.is_ignored(lab) and lab not in deciding]
+    if not silent:
+        return ""
+    return (f"patient age {_years(age)} (DICOM): {population} population; not validated for it, so reported but not "
+            f"deciding the priority: {', '.join(silent)}")
 
 
 # --------------------------------------------------------------------------------------------- deciding
@@ -244,6 +361,17 @@ def _threshold(label: str, kind: ThresholdKind, manifest: ModelManifest, site: S
     return (lt.rule_out if kind is ThresholdKind.RULE_OUT else lt.balanced).threshold, "model"
 
 
+def study_threshold(tier: str, population: str, manifest: ModelManifest,
+                    site: SiteCalibration | None) -> tuple[float, str] | None:
+    """The study-level threshold of ``tier`` for ``population`` and where it comes from ("site" or "model")."""
+    if site is not None and site.study:
+        st = site.study.get(tier)
+        return None if st is None else (st.threshold(population), "site")
+    if manifest.study is not None and tier in manifest.study.tiers:
+        return manifest.study.tiers[tier].threshold(population), "model"
+    return None
+
+
 def format_pair(score: float, threshold: float) -> tuple[str, str]:
     """Format a score and threshold with just enough decimals (2 to 6) that they read differently when they differ."""
     for d in range(2, 7):
@@ -259,35 +387,105 @@ def _describe(label: str, score: float, t: float, kind: ThresholdKind, src: str)
     return f"{label} {s} {op} {ts} ({'site ' if src == 'site' else ''}{kind.value})"
 
 
+def _describe_study(label: str, score: float, t: float, tier: str, src: str, population: str) -> str:
+    s, ts = format_pair(score, t)
+    op = ">=" if score >= t else "<"
+    return f"{label} {s} {op} {ts} ({'site ' if src == 'site' else ''}study {tier}, {population})"
+
+
 def decide_priority(
     scores: Mapping[str, float],
     *,
     manifest: ModelManifest,
     policy: TriagePolicy,
     site: SiteCalibration | None = None,
+    population: str | None = None,
 ) -> TriageDecision:
     """The triage priority of one image from its scores. Pure: no I/O.
 
     ``scores`` are the model's calibrated scores by label or, when ``site`` is given, the SITE-calibrated
-    scores (``apply_site`` output): site thresholds are on that scale. Rules, in order:
+    scores (``apply_site`` output): site thresholds are on that scale. ``population`` (see ``population_for``)
+    selects the labels that decide (those validated for it, see ``deciding_labels``) and, with study-level
+    operating points, the thresholds; None means the manifest defines no populations.
 
-    1. a label of the model (not ignored by the policy) without a finite score -> ``not_assessed``;
-    2. any critical finding >= its threshold -> ``critical``, else any urgent one -> ``urgent``
-       (the highest-scoring such finding decides);
-    3. every finding and summary label < its ``rule_out`` threshold -> ``normal``;
-    4. otherwise -> ``routine`` (the highest-scoring label above rule-out decides).
+    With study-level operating points (``study_mode``; docs/triage.md):
+
+    1. a deciding label without a finite score -> ``not_assessed``;
+    2. per tier, critical then urgent: the tier's study score is the highest score among its deciding findings;
+       at or above the tier's threshold -> that tier;
+    3. the highest score among all deciding labels (findings and summary labels) below the ``normal`` threshold ->
+       ``normal``; else ``routine``.
+
+    A study takes the highest priority of its images; since each tier's study score is the highest over the
+    study's images, that is the decision on the study's scores (``build_worklist``).
+
+    Without them (per-label thresholds, e.g. a site file of schema 1): critical/urgent when a finding of the level
+    is at or above its own threshold (the policy's kind), ``normal`` when every deciding label is below its own
+    ``rule_out`` threshold, else ``routine``.
     """
     if site is not None:
         check_site(site, manifest)
-    labels = [lab for lab in manifest.labels if not policy.is_ignored(lab)]
+    pop_name = population if population is not None or not manifest.populations else UNKNOWN_POPULATION
+    labels = deciding_labels(manifest, policy, pop_name)
     if not labels:
-        why = f"every label of model '{manifest.name}' is ignored by policy '{policy.name}'"
-        return TriageDecision(Priority.NOT_ASSESSED, why)
+        why = (f"every label of model '{manifest.name}' is ignored by policy '{policy.name}'"
+               if pop_name is None else
+               f"no label of model '{manifest.name}' is validated for the {pop_name} population (and not ignored)")
+        return TriageDecision(Priority.NOT_ASSESSED, why, population=pop_name)
     missing = [lab for lab in labels if not _finite(scores.get(lab))]
     if missing:
-        return TriageDecision(Priority.NOT_ASSESSED, f"no valid score for {', '.join(missing)}")
+        return TriageDecision(Priority.NOT_ASSESSED, f"no valid score for {', '.join(missing)}", population=pop_name)
     values = {lab: float(scores[lab]) for lab in labels}
+    if study_mode(manifest, site):
+        return _decide_study(values, labels, manifest=manifest, policy=policy, site=site,
+                             population=pop_name or UNKNOWN_POPULATION)
+    return _decide_per_label(values, labels, manifest=manifest, policy=policy, site=site, population=pop_name)
 
+
+def _decide_study(values: Mapping[str, float], labels: Sequence[str], *, manifest: ModelManifest, policy: TriagePolicy,
+                  site: SiteCalibration | None, population: str) -> TriageDecision:
+    order = {lab: i for i, lab in enumerate(labels)}
+
+    def top(names: Sequence[str]) -> tuple[float, str]:
+        # The highest score decides; on a tie, the label listed first in the model.
+        score, _, lab = max((values[lab], -order[lab], lab) for lab in names)
+        return score, lab
+
+    for level in policy.levels:
+        findings = [lab for lab in labels if normalize_label(lab) in level.findings]
+        if not findings:
+            continue
+        found = study_threshold(level.priority.value, population, manifest, site)
+        if found is None:
+            raise ModelError(f"{manifest.path}: no study-level threshold for tier '{level.priority.value}'")
+        t, src = found
+        score, lab = top(findings)
+        if score >= t:
+            reason = _describe_study(lab, score, t, level.priority.value, src, population)
+            also = [f for f in sorted(findings, key=lambda f: -values[f]) if f != lab and values[f] >= t]
+            if also:
+                reason += f"; also {', '.join(also)}"
+            return TriageDecision(level.priority, reason, lab, score, t, None, src, level.priority.value, population)
+    found = study_threshold("normal", population, manifest, site)
+    if found is None:
+        raise ModelError(f"{manifest.path}: no study-level threshold for tier 'normal'")
+    t, src = found
+    score, lab = top(labels)
+    if score < t:
+        s, ts = format_pair(score, t)
+        reason = (f"all {len(labels)} deciding labels below the {'site ' if src == 'site' else ''}study normal "
+                  f"threshold {ts} ({population}); highest: {lab} {s}")
+        return TriageDecision(Priority.NORMAL, reason, lab, score, t, None, src, "normal", population)
+    above = sum(1 for v in values.values() if v >= t)
+    reason = _describe_study(lab, score, t, "normal", src, population)
+    if above > 1:
+        reason += f" (+{above - 1} more)"
+    reason += "; not ruled out, nothing critical or urgent at its study threshold"
+    return TriageDecision(Priority.ROUTINE, reason, lab, score, t, None, src, "normal", population)
+
+
+def _decide_per_label(values: Mapping[str, float], labels: Sequence[str], *, manifest: ModelManifest,
+                      policy: TriagePolicy, site: SiteCalibration | None, population: str | None) -> TriageDecision:
     for level in policy.levels:
         hits: list[tuple[float, int, str, float, ThresholdKind, str]] = []
         for i, lab in enumerate(labels):
@@ -302,7 +500,7 @@ def decide_priority(
             reason = _describe(lab, score, t, kind, src)
             if len(hits) > 1:
                 reason += f"; also {', '.join(h[2] for h in sorted(hits, reverse=True)[1:])}"
-            return TriageDecision(level.priority, reason, lab, score, t, kind, src)
+            return TriageDecision(level.priority, reason, lab, score, t, kind, src, population=population)
 
     above: list[tuple[float, int, str, float, str]] = []
     closest: tuple[float, int, str, float, str] | None = None
@@ -318,13 +516,14 @@ def decide_priority(
         _, _, lab, t, src = closest
         reason = (f"all {len(labels)} findings below their rule-out thresholds; closest: "
                   f"{_describe(lab, values[lab], t, ThresholdKind.RULE_OUT, src)}")
-        return TriageDecision(Priority.NORMAL, reason, lab, values[lab], t, ThresholdKind.RULE_OUT, src)
+        return TriageDecision(Priority.NORMAL, reason, lab, values[lab], t, ThresholdKind.RULE_OUT, src,
+                              population=population)
     score, _, lab, t, src = max(above)
     reason = _describe(lab, score, t, ThresholdKind.RULE_OUT, src)
     if len(above) > 1:
         reason += f" (+{len(above) - 1} more above rule-out)"
     reason += "; nothing critical or urgent at its decision threshold"
-    return TriageDecision(Priority.ROUTINE, reason, lab, score, t, ThresholdKind.RULE_OUT, src)
+    return TriageDecision(Priority.ROUTINE, reason, lab, score, t, ThresholdKind.RULE_OUT, src, population=population)
 
 
 def _to_float(v: Any) -> float:
@@ -351,17 +550,25 @@ def triage_record(
     manifest: ModelManifest,
     policy: TriagePolicy,
     site: SiteCalibration | None = None,
+    default_population: str | None = None,
 ) -> ImageRecord:
-    """``record`` with ``priority``, ``priority_reason``, ``priority_finding`` and ``priority_score`` decided.
+    """``record`` with ``priority``, ``priority_reason``, ``priority_finding``, ``priority_score`` and ``population``
+    decided.
 
     A record that is not ``scored`` (excluded, failed) is ``not_assessed`` with its own ``reason`` copied. The
-    scores are the record's ``scores`` (site-calibrated when ``site``).
+    scores are the record's ``scores`` (site-calibrated when ``site``). The population comes from the record's
+    ``patient_age`` (DICOM), else ``default_population`` (``predict --population``), else ``unknown``; when the age
+    puts the patient outside a label's validated population, the record's ``reason`` says so.
     """
     if record.status is not Status.SCORED:
         why = (record.reason or "").strip()
         return record.replace(priority=Priority.NOT_ASSESSED,
                               priority_reason=f"{record.status.value}: {why}" if why else record.status.value,
                               priority_finding="", priority_score=None)
-    d = decide_priority(scores_from_record(record, manifest.labels), manifest=manifest, policy=policy, site=site)
-    return record.replace(priority=d.priority, priority_reason=d.reason, priority_finding=d.deciding_label or "",
-                          priority_score=d.deciding_score)
+    population, note = population_for(manifest, record.patient_age, default_population)
+    note = note or population_note(manifest, policy, population, record.patient_age)
+    d = decide_priority(scores_from_record(record, manifest.labels), manifest=manifest, policy=policy, site=site,
+                        population=population)
+    decided = record.replace(priority=d.priority, priority_reason=d.reason, priority_finding=d.deciding_label or "",
+                             priority_score=d.deciding_score, population=population)
+    return decided.with_note(note) if note and note not in (record.reason or "") else decided

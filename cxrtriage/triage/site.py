@@ -5,6 +5,11 @@ model's name, version and sha256, and is refused for any other model. For each l
 monotone map (Platt on the logit of the model score, or isotonic) from the model's calibrated score to
 the site-calibrated score, and the site's ``rule_out`` and ``balanced`` thresholds ON THAT SITE SCALE.
 Labels absent from the file keep the model's score and the manifest's thresholds.
+
+Schema 2 adds a ``[study.<tier>]`` table per tier (``normal``, ``urgent``, ``critical``): the site's study-level
+thresholds on the site scale, per population (``all`` for every population), the target they were fitted for and
+what they achieved. A file with them decides priorities on them; a schema-1 file (no ``[study]``) keeps the
+per-label rules it was made for.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from cxrtriage.model.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 
-SITE_SCHEMA_VERSION = 1
+SITE_SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1: per-label maps and thresholds only (no [study])
 METHODS = ("platt", "isotonic")
+ALL_POPULATIONS = "all"  # a site threshold for every population
 _EPS = 1e-7
 
 
@@ -91,6 +98,32 @@ class LabelSiteCalibration:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteStudyTier:
+    """The site's study-level threshold(s) of one tier, on the site score scale.
+
+    ``thresholds`` maps a population (or ``all``) to a threshold; ``target`` is what it was fitted for
+    (``{"sensitivity": 0.95}`` or ``{"max_false_urgent": 0.05}``) and ``stats`` what it gave on the local set.
+    """
+
+    name: str
+    thresholds: dict[str, float]
+    target: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or not all(math.isfinite(v) for v in self.thresholds.values()):
+            raise ValueError(f"study tier '{self.name}': thresholds must be finite numbers, one per population or 'all'")
+
+    def threshold(self, population: str) -> float:
+        """The threshold for ``population``: its own, else ``all``'s, else the most cautious (lowest) one."""
+        if population in self.thresholds:
+            return self.thresholds[population]
+        if ALL_POPULATIONS in self.thresholds:
+            return self.thresholds[ALL_POPULATIONS]
+        return min(self.thresholds.values())
+
+
+@dataclass(frozen=True, slots=True)
 class SiteCalibration:
     """A whole site file: the model it was made for and one ``LabelSiteCalibration`` per label."""
 
@@ -103,6 +136,8 @@ class SiteCalibration:
     created: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    study: dict[str, SiteStudyTier] = field(default_factory=dict)  # tier -> thresholds; empty in a schema-1 file
+    schema_version: int = SITE_SCHEMA_VERSION
 
     def threshold(self, label: str, kind: str) -> float | None:
         """The site threshold of ``kind`` ("rule_out" or "balanced") for ``label``, or None when not calibrated."""
@@ -151,6 +186,12 @@ def check_site(site: SiteCalibration, manifest: ModelManifest) -> None:
     unknown = sorted(set(site.labels) - set(manifest.labels))
     if unknown:
         raise ConfigError(f"{site.where}: labels {unknown} are not labels of model '{manifest.name}' ({list(manifest.labels)})")
+    known = {*manifest.populations, ALL_POPULATIONS, "unknown"}
+    for tier, st in site.study.items():
+        odd = sorted(set(st.thresholds) - known)
+        if odd:
+            raise ConfigError(f"{site.where}: [study.{tier}] has thresholds for {odd}, which are not populations of model "
+                              f"'{manifest.name}' ({sorted(known)})")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -169,14 +210,14 @@ def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: st
 
 def parse_site(data: Mapping[str, Any], *, where: str = "site calibration", path: Path | None = None) -> SiteCalibration:
     """Build a ``SiteCalibration`` from parsed TOML, checking every field."""
-    if data.get("schema_version") != SITE_SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_SCHEMAS:
         raise ConfigError(
-            f"{where}: schema_version {data.get('schema_version')!r} is not supported (expected {SITE_SCHEMA_VERSION}); "
-            "is this a site file written by `cxrtriage calibrate`?"
+            f"{where}: schema_version {data.get('schema_version')!r} is not supported (expected one of "
+            f"{list(READABLE_SCHEMAS)}); is this a site file written by `cxrtriage calibrate`?"
         )
     model = _get(data, "model", dict, where)
     method = str(_get(data, "method", str, where))
-    labels_raw = _get(data, "labels", dict, where)
+    labels_raw = _get(data, "labels", dict, where) if "labels" in data or "study" not in data else {}
     labels: dict[str, LabelSiteCalibration] = {}
     for label, d in labels_raw.items():
         w = f"{where} [labels.{json.dumps(label)}]"
@@ -199,6 +240,20 @@ def parse_site(data: Mapping[str, Any], *, where: str = "site calibration", path
             )
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{w}: {exc}; regenerate the file with `cxrtriage calibrate`") from exc
+    study: dict[str, SiteStudyTier] = {}
+    study_raw = data.get("study", {})
+    if not isinstance(study_raw, dict):
+        raise ConfigError(f"{where}: [study] must be a table of tiers; regenerate the file with `cxrtriage calibrate`")
+    for tier, d in study_raw.items():
+        w = f"{where} [study.{tier}]"
+        if tier not in ("critical", "urgent", "normal") or not isinstance(d, dict):
+            raise ConfigError(f"{w}: a [study] table must be one of critical, urgent, normal")
+        thr = _get(d, "thresholds", dict, w)
+        try:
+            study[tier] = SiteStudyTier(tier, {str(k): float(v) for k, v in thr.items()},
+                                        target=dict(d.get("target", {})), stats=dict(d.get("stats", {})))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{w}: {exc}; regenerate the file with `cxrtriage calibrate`") from exc
     return SiteCalibration(
         model_name=str(_get(model, "name", str, f"{where} [model]")),
         model_version=str(_get(model, "version", str, f"{where} [model]")),
@@ -209,6 +264,8 @@ def parse_site(data: Mapping[str, Any], *, where: str = "site calibration", path
         created=str(data.get("created", "")),
         source=dict(data.get("source", {})),
         path=path,
+        study=study,
+        schema_version=int(data["schema_version"]),
     )
 
 
@@ -317,7 +374,7 @@ def dump_site(site: SiteCalibration, *, comment: str = "") -> str:
     lines += [f"# {c}" if c else "#" for c in comment.splitlines()]
     lines += [
         "# Scores: the model's calibrated score is mapped to the site score per label; thresholds are on the site score.",
-        f"schema_version = {SITE_SCHEMA_VERSION}",
+        f"schema_version = {site.schema_version}",
         f"created = {_toml_value(site.created)}",
         f"method = {_toml_value(site.method)}",
         f"target_sensitivity = {_toml_value(float(site.target_sensitivity))}",
@@ -336,6 +393,16 @@ def dump_site(site: SiteCalibration, *, comment: str = "") -> str:
         _table(lines, key, body)
         if cal.stats:
             _table(lines, f"{key}.stats", cal.stats)
+    if site.study:
+        lines.append("\n# Study-level thresholds on the site score: a tier's study score is the highest site score among its")
+        lines.append("# deciding labels over the study's images (see docs/triage.md); 'all' applies to every population.")
+    for tier, st in site.study.items():
+        _table(lines, f"study.{tier}.thresholds", st.thresholds)
+        if st.target:
+            _table(lines, f"study.{tier}.target", st.target)
+        for k, v in st.stats.items():
+            if isinstance(v, Mapping):
+                _table(lines, f"study.{tier}.stats.{json.dumps(k)}", v)
     return "\n".join(lines) + "\n"
 
 

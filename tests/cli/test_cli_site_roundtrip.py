@@ -1,4 +1,5 @@
-"""Issue 6 end to end on real images: predict → calibrate → predict --site → evaluate reaches the target sensitivity."""
+"""Issues 6 and 10 end to end on real images: predict → calibrate → predict --site → evaluate reaches the target
+sensitivity, per label and for the study-level decision."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
+from cxrtriage.triage import load_site
 
 TARGET = 0.95
 
@@ -54,3 +56,17 @@ def test_site_calibration_round_trip_on_kermany(shared_data: Path, tmp_path: Pat
         ops = {op["kind"]: op for op in report["labels_metrics"][label]["operating_points"]}
         assert ops["rule_out"]["source"] == "site"
         assert ops["rule_out"]["sensitivity"] >= TARGET, (label, ops["rule_out"])
+    # Study level (issue 10): the site file holds study thresholds for the default policy's tiers, fitted for the
+    # same target; they decide the priorities of the second run, and evaluate measures what the site file promised.
+    fitted = load_site(site)
+    assert set(fitted.study) == {"urgent", "normal"} and fitted.study["normal"].target == {"sensitivity": TARGET}
+    assert all(r["priority_reason"] and "site study " in r["priority_reason"] for r in after)
+    tiers = {(t["tier"], t["group"]): t for t in report["study_level"]["tiers"]}
+    normal = tiers[("normal", "all studies")]
+    assert normal["sensitivity"] >= TARGET
+    promised = fitted.study["normal"].stats["all studies"]
+    assert (normal["n_pos"], normal["n_neg"]) == (promised["n_pos"], promised["n_neg"])
+    assert normal["sensitivity"] == pytest.approx(promised["sensitivity"], abs=1e-4)
+    assert normal["specificity"] == pytest.approx(promised["specificity"], abs=1e-4)
+    urgent = tiers[("urgent", "all studies")]
+    assert urgent["specificity"] >= 1 - fitted.study["urgent"].target["max_false_urgent"]

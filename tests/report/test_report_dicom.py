@@ -137,10 +137,15 @@ def test_seg_stores_the_lung_mask_exactly(built: ReportSummary) -> None:
     assert algorithm.AlgorithmParameters == f"manifest_integrity={SEGMENTER_SEAL}"
 
 
-def test_secondary_capture_is_a_marked_rgb_picture(built: ReportSummary) -> None:
-    ds = pydicom.dcmread(_files(built, STUDY_A)["sc_001"])
+def test_secondary_capture_is_a_marked_jpeg_compressed_colour_picture(built: ReportSummary) -> None:
+    path = _files(built, STUDY_A)["sc_001"]
+    ds = pydicom.dcmread(path)
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and ds.BurnedInAnnotation == "YES"
-    assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+    assert ds.PhotometricInterpretation == "YBR_FULL_422" and ds.SamplesPerPixel == 3
+    assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+    raw = ds.Rows * ds.Columns * 3
+    assert float(ds.LossyImageCompressionRatio) > 3 and path.stat().st_size < raw / 3  # compressed, and says by how much
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(
         built.results_dir.parent / "inputs" / "a" / "pa.dcm").SOPInstanceUID
     rgb = ds.pixel_array

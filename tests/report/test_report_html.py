@@ -9,7 +9,6 @@ from html import unescape
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from report_fixtures import LABELS, make_results, require_tool
 
@@ -30,18 +29,20 @@ def _html(summary: ReportSummary, key_suffix: str) -> str:
     return study.html.read_text(encoding="utf-8")
 
 
-def test_study_report_is_self_contained(built: ReportSummary) -> None:
-    html = _html(built, STUDY_A)
+def test_study_report_and_its_pictures_are_self_contained_in_the_report_folder(built: ReportSummary) -> None:
+    study = next(s for s in built.studies if s.key.endswith(STUDY_A))
+    assert study.html is not None
+    html = study.html.read_text(encoding="utf-8")
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
-    external = [r for r in refs if not (r.startswith("data:image/") or r.endswith(".html") or r.startswith("#"))]
-    assert external == []
+    pictures = [r for r in refs if r.endswith(".jpg")]
+    others = [r for r in refs if not (r.endswith(".jpg") or r.endswith(".html") or r.startswith("#"))]
+    assert others == []  # no URL, no file outside the report folder
     assert "<link" not in html and "<script" not in html and "url(" not in html
-    uris = re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(uris) == 4  # PA with lung outline, two heatmaps, the excluded lateral
-    import base64
-
-    decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(u), np.uint8), cv2.IMREAD_COLOR) for u in uris]
-    assert all(d is not None and d.std() > 5 for d in decoded)
+    assert len(pictures) == 4  # PA with lung outline, two heatmaps, the excluded lateral
+    assert all("/" not in r and "\\" not in r and r.startswith(study.slug) for r in pictures)  # beside the page
+    decoded = [cv2.imread(str(study.html.parent / r), cv2.IMREAD_COLOR) for r in pictures]
+    assert all(d is not None and d.std() > 5 and max(d.shape[:2]) <= 640 for d in decoded)
+    assert "data:image/" not in html  # each picture is stored once, as a file (the PDF embeds the same bytes)
 
 
 def test_study_report_says_everything_the_reader_needs(built: ReportSummary) -> None:
@@ -99,7 +100,7 @@ def test_deidentified_reports_hide_identifiers_and_paths(tmp_path: Path, monkeyp
     summary = build_reports(out, pdf=True, deidentify=True)
     pages = [s.html.read_text(encoding="utf-8") for s in summary.studies if s.html]
     pages.append(summary.index.read_text(encoding="utf-8"))
-    assert "data:image/" in "".join(pages)  # there are pictures, and only their payloads are left out below
+    assert '.jpg"' in "".join(pages)  # there are pictures (files named from the pseudonymous slug, checked below)
     texts = [_html_text(p) for p in pages]
     sample = '<p title="Doe">M&#252;ller</p><img alt="Doe" src="data:image/jpeg;base64,AADoe+/A=">'
     assert _html_text(sample) == '<p title="Doe">Müller</p><img alt="Doe" src="data:image/jpeg;base64,">'
@@ -135,9 +136,12 @@ def _console_lines(stderr: str) -> list[str]:
 def test_chromium_renders_the_report_with_all_images_and_no_console_errors(built: ReportSummary, tmp_path: Path) -> None:
     page = next(s.html for s in built.studies if s.key.endswith(STUDY_A))
     assert page is not None
-    probe = tmp_path / "probe.html"  # a copy with a test-only probe that counts decoded images
+    probe = page.with_name("probe.html")  # a copy beside it (its pictures are files there), with a test-only probe
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", HARNESS), encoding="utf-8")
-    dom = _chromium(["--virtual-time-budget=5000", "--dump-dom"], probe, tmp_path)
+    try:
+        dom = _chromium(["--virtual-time-budget=5000", "--dump-dom"], probe, tmp_path)
+    finally:
+        probe.unlink()
     assert 'data-decoded="4/4"' in dom.stdout, dom.stdout[-500:]
     assert _console_lines(dom.stderr) == []
     shot = tmp_path / "shot.png"

@@ -83,7 +83,7 @@ def test_site_naming_unknown_label_is_refused(tmp_path: Path, manifest: ModelMan
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (lambda t: t.replace("schema_version = 1", "schema_version = 7"), "schema_version 7 is not supported"),
+    (lambda t: t.replace("schema_version = 2", "schema_version = 7"), "schema_version 7 is not supported"),
     (lambda t: t.replace('"a" = 1.7', '"a" = -1.7'), "platt needs finite a > 0"),
     (lambda t: t.replace('"rule_out" = 0.1\n', ""), "field 'rule_out' is missing"),
     (lambda t: t.replace('"method" = "platt"', '"method" = "magic"'), "method must be one of"),

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cxrtriage.errors import InputError
+from cxrtriage.io.dicom.age import patient_age_years
 from cxrtriage.io.dicom.deflate import deflated_problem
 from cxrtriage.io.dicom.messages import first_line, warning_notes
 from cxrtriage.io.dicom.values import get_int, get_text, transfer_syntax
@@ -151,7 +152,7 @@ def _header(p: Path, ds: Dataset, pixel: PixelDataStatus, has_preamble: bool, no
 
 
 def dicom_info(ds: Dataset, path: Path | None = None) -> DicomInfo:
-    """Technical header facts (no patient identifiers)."""
+    """Technical header facts and the patient's age (no patient identifiers)."""
     meta = getattr(ds, "file_meta", None)
     sop_class = get_text(ds, "SOPClassUID") or (get_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
     sop_inst = get_text(ds, "SOPInstanceUID") or (get_text(meta, "MediaStorageSOPInstanceUID") if meta is not None else "")
@@ -172,6 +173,7 @@ def dicom_info(ds: Dataset, path: Path | None = None) -> DicomInfo:
         samples_per_pixel=get_int(ds, "SamplesPerPixel", 1),
         image_laterality=get_text(ds, "ImageLaterality") or get_text(ds, "Laterality"),
         series_description=get_text(ds, "SeriesDescription"),
+        patient_age_years=patient_age_years(ds),
     )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from cxrtriage.errors import InputError
@@ -20,9 +23,20 @@ from cxrtriage.io.dicom.spacing import pixel_spacing
 from cxrtriage.io.dicom.transforms import modality_lut, stored_range, to_monochrome2, voi_window
 from cxrtriage.io.dicom.values import get_int, transfer_syntax
 from cxrtriage.io.limits import check_size
+from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, decode_j2k_reduced, decode_jpeg_reduced
 from cxrtriage.types import DicomInfo, Image2D, InputKind, SourceRef
 
+log = logging.getLogger(__name__)
+
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+FULL_RESOLUTION = "none (full resolution)"
+MaxScale = Callable[[tuple[int, int]], float]
+"""Given the full (rows, columns), how many times smaller per side the consumers of the pixels accept them."""
+
+# JPEG 2000 (lossless, lossy, HTJ2K) and the DCT JPEG processes libjpeg scales (baseline, extended 8-bit)
+_J2K_REDUCIBLE = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                            "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+_JPEG_REDUCIBLE = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +55,23 @@ class DicomReadFacts:
     voi: str
     spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing" or "" when unknown
     notes: tuple[str, ...] = field(default_factory=tuple)
+    reduction: str = FULL_RESOLUTION  # "1/8: 245x231 of 1841x1955", or why the full image was decoded
 
 
-def read_dicom(path: str | Path, *, header: DicomHeader | None = None, dataset: Dataset | None = None) -> Image2D:
+def read_dicom(path: str | Path, *, header: DicomHeader | None = None, dataset: Dataset | None = None,
+               max_scale: MaxScale | None = None) -> Image2D:
     """Read one single-frame greyscale DICOM image into an Image2D (see `read_dicom_detailed`)."""
-    return read_dicom_detailed(path, header=header, dataset=dataset)[0]
+    return read_dicom_detailed(path, header=header, dataset=dataset, max_scale=max_scale)[0]
 
 
-def read_dicom_detailed(path: str | Path, *, header: DicomHeader | None = None,
-                        dataset: Dataset | None = None) -> tuple[Image2D, DicomReadFacts]:
+def read_dicom_detailed(path: str | Path, *, header: DicomHeader | None = None, dataset: Dataset | None = None,
+                        max_scale: MaxScale | None = None) -> tuple[Image2D, DicomReadFacts]:
     """Read a DICOM image: decode, modality LUT, MONOCHROME1 → MONOCHROME2, VOI window, spacing.
+
+    ``max_scale`` (given the full size, the largest reduction per side the caller accepts) lets JPEG 2000 and
+    8-bit DCT JPEG pixel data be decoded at 1/2, 1/4... resolution (`cxrtriage.io.reduced`): the Image2D then
+    has ``scale`` > 1 and ``full_shape`` the header's size. Any other syntax, or a reduced decode that fails, is
+    decoded in full; ``DicomReadFacts.reduction`` says which.
 
     By default the file costs one header-only parse (`read_header`) and one full parse. ``header``, the
     `read_header` of ``path`` made earlier (e.g. by the probe), saves the first. ``dataset``, the data set
@@ -77,7 +98,7 @@ def read_dicom_detailed(path: str | Path, *, header: DicomHeader | None = None,
         if dataset is None:
             dataset, parse_notes = _parse_full(p)
             notes.extend(n for n in parse_notes if n not in notes)
-        return _to_image(p, header, dataset, bits_allocated, notes)
+        return _to_image(p, header, dataset, bits_allocated, notes, max_scale)
 
 
 def _check_image(header: DicomHeader, p: Path) -> int:
@@ -140,20 +161,54 @@ def _decoding_syntax(ds: Dataset, header: DicomHeader, p: Path) -> str:
     return ts
 
 
+def _reduced(p: Path, ds: Dataset, ts: str, info: DicomInfo, bits_allocated: int,
+             max_scale: MaxScale | None) -> tuple[ReducedPixels | None, str]:
+    """The pixels at a reduced resolution when the syntax and the caller allow it, else None and why not."""
+    if max_scale is None:
+        return None, FULL_RESOLUTION
+    if ts not in _J2K_REDUCIBLE and ts not in _JPEG_REDUCIBLE:
+        return None, f"none: {UID(ts).name} has no reduced-resolution decoding (full resolution)"
+    limit = max_scale((info.rows, info.columns))
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        if ts in _J2K_REDUCIBLE:
+            red = decode_j2k_reduced(frame, rows=info.rows, columns=info.columns, max_scale=limit)
+            if red is not None and (red.samples.dtype.kind == "i") != (get_int(ds, "PixelRepresentation", 0) == 1):
+                # the codestream's sign disagrees with PixelRepresentation: pydicom's full decode corrects that
+                raise ReducedDecodeError("JPEG 2000 signedness differs from (0028,0103) PixelRepresentation")
+        else:
+            bits_stored = get_int(ds, "BitsStored", bits_allocated) or bits_allocated
+            red = decode_jpeg_reduced(frame, rows=info.rows, columns=info.columns, components=info.samples_per_pixel,
+                                      precision=8 if bits_stored <= 8 and bits_allocated == 8 else bits_stored,
+                                      max_scale=limit)
+    except (ReducedDecodeError, ValueError, TypeError, StopIteration) as exc:
+        log.debug("%s: reduced-resolution decoding not used (%s); decoding in full", p, exc)
+        return None, f"none: reduced decoding failed ({' '.join(str(exc).split())[:160]}); full resolution"
+    if red is None:
+        return None, f"none: the consumers need the full resolution (at most 1/{limit:.2f})"
+    h, w = red.samples.shape
+    return red, f"1/{red.scale}: {w}x{h} decoded of {info.columns}x{info.rows}"
+
+
 def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
-              notes: list[str]) -> tuple[Image2D, DicomReadFacts]:
+              notes: list[str], max_scale: MaxScale | None = None) -> tuple[Image2D, DicomReadFacts]:
     info = header.info
     ts = _decoding_syntax(ds, header, p)
     check_codestream(ds, ts, p, rows=info.rows, columns=info.columns, samples=info.samples_per_pixel,
                      bits_allocated=bits_allocated)
-    arr, decoder, decode_notes = decode(ds, p, ts)
-    notes.extend(decode_notes)
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape != (info.rows, info.columns):
-        raise InputError(f"{p}: decoded pixel array has shape {arr.shape}, expected ({info.rows}, {info.columns}); "
-                         "the header does not match the pixel data")
+    red, reduction = _reduced(p, ds, ts, info, bits_allocated, max_scale)
+    if red is not None:
+        arr, decoder, scale = red.samples, red.decoder, red.scale
+    else:
+        arr, decoder, decode_notes = decode(ds, p, ts)
+        notes.extend(decode_notes)
+        scale = 1
+        arr = np.asarray(arr)
+        if arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2 or arr.shape != (info.rows, info.columns):
+            raise InputError(f"{p}: decoded pixel array has shape {arr.shape}, expected ({info.rows}, {info.columns}); "
+                             "the header does not match the pixel data")
 
     bits_stored = get_int(ds, "BitsStored", bits_allocated) or bits_allocated
     pixel_rep = get_int(ds, "PixelRepresentation", 0)
@@ -178,11 +233,14 @@ def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
         voi=voi,
         dicom=info if info.transfer_syntax_uid else _with_ts(info, ts),
         notes=tuple(notes),
+        full_shape=(info.rows, info.columns) if scale > 1 else None,
+        scale=scale,
     )
     facts = DicomReadFacts(
         transfer_syntax=ts, transfer_syntax_name=UID(ts).name, decoder=decoder, bits_allocated=bits_allocated,
         bits_stored=bits_stored, pixel_representation=pixel_rep, stored_range=stored, modality_lut=lut_desc,
         inverted=mirror is not None, voi=voi_desc, spacing_source=spacing_source, notes=tuple(notes),
+        reduction=reduction,
     )
     return image, facts
 

@@ -148,7 +148,10 @@ def to_monochrome2(values: np.ndarray, ds: Dataset, photometric: str,
         return values, None, notes
     lo, hi = value_range
     mirror = lo + hi
-    values = (np.float32(mirror) - values).astype(np.float32)
+    if values.dtype == np.float32 and values.flags.writeable and values.flags.owndata:
+        values = np.subtract(np.float32(mirror), values, out=values)  # in place: no second full-size copy
+    else:
+        values = (np.float32(mirror) - values).astype(np.float32)
     if photometric == "MONOCHROME1":
         notes.append(f"MONOCHROME1 inverted to MONOCHROME2 sense: lo + hi - x over [{lo:g}, {hi:g}]")
     return values, mirror, notes

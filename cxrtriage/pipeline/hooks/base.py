@@ -19,7 +19,7 @@ from cxrtriage.files import StemRegistry
 from cxrtriage.measure.quality import QualityCheck
 from cxrtriage.model import Classifier, ClassifierOutput, LungMask
 from cxrtriage.pipeline.config import PredictConfig
-from cxrtriage.preprocess import ModelInput
+from cxrtriage.preprocess import ModelInput, PreprocessRecipe
 from cxrtriage.results import ImageRecord, RunRecord
 from cxrtriage.types import Image2D
 
@@ -34,12 +34,17 @@ class BatchItem:
     index: int
     model_input: ModelInput
     record: ImageRecord
-    image: Image2D | None = None  # the full image, when a hook of the run said ``needs_images``
+    image: Image2D | None = None  # the image, when a hook of the run said ``needs_images`` (maybe reduced: see Image2D)
     image_checks: tuple[QualityCheck, ...] | None = None  # measure.quality image checks, run in the decode worker
+    extra_inputs: tuple[tuple[PreprocessRecipe, ModelInput], ...] = ()  # the hooks' ``recipes``, made in the workers
 
     @property
     def path(self) -> str:
         return self.record.path
+
+    def input_for(self, recipe: PreprocessRecipe) -> ModelInput | None:
+        """The model input made for ``recipe`` in the decode worker (a hook's ``recipes``), else None."""
+        return next((mi for r, mi in self.extra_inputs if r == recipe), None)
 
     def require_image(self, hook: str) -> Image2D:
         if self.image is None:  # the pipeline keeps images whenever a hook says needs_images
@@ -113,7 +118,11 @@ class PredictHook:
 
     name: str = "hook"
     columns: tuple[str, ...] = ()  # results columns it fills (they join the header)
-    needs_images: bool = False  # True: batch.items[i].image is the full Image2D
+    needs_images: bool = False  # True: batch.items[i].image is the Image2D
+    # With needs_images: the pixels the hook draws from, as the long side of the image (e.g. overlays at 640 px);
+    # the image may then be decoded at a reduced resolution that still has this many. None: full resolution.
+    image_long_side: int | None = None
+    recipes: tuple[PreprocessRecipe, ...] = ()  # model inputs made in the decode workers (BatchItem.input_for)
     needs_features: bool = False  # True: batch.output.features is [N, C, h, w]
     needs_image_checks: bool = False  # True: items[i].image_checks holds measure.quality.image_checks(image)
     order: int = 50

@@ -22,20 +22,27 @@ from cxrtriage.pipeline.hooks.base import PredictHook, RunContext, ScoredBatch
 from cxrtriage.results import ImageRecord
 
 HEATMAP_DIR = "heatmaps"
+# An overlay is two radiograph panels side by side, a legend and a colour bar: at 640 px per panel it is a 1338 x 781
+# JPEG of about 175 KB (a 1024 px PNG was 2.3 MB), legible on screen and in the reports, which show it at ~600 px.
+OVERLAY_SIDE = 640
+MAP_SIDE = 224  # the raw maps (.npy): a CAM holds the model's 7 x 7 feature map; 224 px keeps every detail of it
 
 
 class HeatmapsHook(PredictHook):
     """Field ``heatmaps``: overlay PNGs (relative to DIR) of every finding at or above its balanced threshold.
 
-    Files: ``DIR/heatmaps/<stem>__<label>__<method>.png`` and the raw map beside it as ``.npy`` (float16, the
-    original geometry downscaled like the PNG to at most 1024 px on the long side, so batches stay small). A
-    finding whose map is all zero (no positive evidence) gets no file ("no map" is never drawn). With lung masks in
-    the run (``--lungs``), the maps are gated by the dilated lung mask, and the overlay says so.
+    Files: ``DIR/heatmaps/<stem>__<label>__<method>.jpg`` (JPEG, quality 90: the radiograph panels at most
+    ``OVERLAY_SIDE`` px on the long side) and the raw map beside it as ``.npy`` (float16, the original geometry
+    downscaled to at most ``MAP_SIDE`` px on the long side, so that thousands of maps stay small). A finding whose
+    map is all zero (no positive evidence) gets no file ("no map" is never drawn). With lung masks in the run
+    (``--lungs``), the maps are gated by the dilated lung mask, and the overlay says so. `cxrtriage explain` writes
+    full-size PNG overlays for a closer look.
     """
 
     name = "heatmaps"
     columns = ("heatmaps",)
     needs_images = True
+    image_long_side = OVERLAY_SIDE  # the image is decoded with at least this many pixels (cxrtriage.io.reduced)
     needs_features = True
     order = 40  # after lungs (20) and quality (30), before triage (90)
 
@@ -68,7 +75,7 @@ class HeatmapsHook(PredictHook):
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
             try:
                 pngs = write_overlays(out_dir, ctx.stem_for(item.path), image, heatmaps, model.manifest,
-                                      compact_npy=True)
+                                      max_side=OVERLAY_SIDE, compact_npy=True, npy_max_side=MAP_SIDE, suffix=".jpg")
             except OutputError as exc:  # one image's maps failing to write never costs the others theirs
                 out.append(item.record.with_note(f"heat maps not written: {exc}"))
                 continue

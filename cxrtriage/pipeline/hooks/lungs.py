@@ -9,24 +9,27 @@ from cxrtriage.model import Segmenter, load_segmenter
 from cxrtriage.pipeline.artefacts import save_mask
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import PredictHook, RunContext, ScoredBatch
+from cxrtriage.preprocess import ModelInput
 from cxrtriage.results import ImageRecord
+from cxrtriage.types import InputKind, SourceRef
 
 
 class LungsHook(PredictHook):
     """Segment the lungs of every scored image: ``DIR/masks/<stem>.png`` (label map at the original size, as
     ``cxrtriage segment`` writes it) and the fields ``mask_path``, ``lung_area_px``, ``lung_area_mm2``.
 
-    The masks of the current batch stay in ``ctx.lung_masks`` (by item index) for later hooks.
+    The masks of the current batch stay in ``ctx.lung_masks`` (by item index) for later hooks. The segmenter's
+    input is made in the decode workers (``recipes``), so the images need not reach this process for it.
     """
 
     name = "lungs"
     columns = ("mask_path", "lung_area_px", "lung_area_mm2")
-    needs_images = True
     order = 20
 
     def __init__(self, segmenter: Segmenter) -> None:
         self.segmenter = segmenter
         self.segmented = 0
+        self.recipes = (segmenter.manifest.preprocessing,)
 
     @classmethod
     def from_config(cls, config: PredictConfig) -> LungsHook:
@@ -35,9 +38,13 @@ class LungsHook(PredictHook):
 
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
         ctx.lung_masks.clear()
-        images = [item.require_image(self.name) for item in batch.items]
-        masks = self.segmenter.segment_inputs([self.segmenter.preprocess(img) for img in images],
-                                              [img.source for img in images], [img.pixel_spacing_mm for img in images])
+        inputs: list[ModelInput] = []
+        for item in batch.items:
+            mi = item.input_for(self.recipes[0])
+            inputs.append(mi if mi is not None else self.segmenter.preprocess(item.require_image(self.name)))
+        masks = self.segmenter.segment_inputs(
+            inputs, [SourceRef(item.path, InputKind(item.record.input_kind or "unknown")) for item in batch.items],
+            [item.record.pixel_spacing_mm for item in batch.items])
         out: list[ImageRecord] = []
         for item, mask in zip(batch.items, masks, strict=True):
             ctx.lung_masks[item.index] = mask

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrtriage.errors import ConfigError
 from cxrtriage.measure.quality import OK as QUALITY_OK
 from cxrtriage.model import Classifier, ModelManifest
+from cxrtriage.model.manifest import UNKNOWN_POPULATION
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import PredictHook, PredictSummary, RunContext, ScoredBatch
 from cxrtriage.results import PRIORITY_LEVELS, ImageRecord, Priority, Status, read_results
@@ -20,9 +22,13 @@ from cxrtriage.triage import (
     TriagePolicy,
     build_worklist,
     check_policy,
+    covered_tiers,
+    deciding_labels,
     load_policy,
     load_site,
     normalize_label,
+    study_mode,
+    study_threshold,
     triage_record,
     write_worklist,
 )
@@ -42,6 +48,7 @@ class TriageOutcome:
     policy_name: str
     site_file: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    populations: dict[str, int] = field(default_factory=dict)  # scored images per population that decided
 
 
 def covered_findings(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[str]]:
@@ -60,6 +67,31 @@ def coverage_notes(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
     return notes
 
 
+def study_notes(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None) -> list[str]:
+    """Plain sentences about how study-level operating points apply with this policy and site."""
+    notes: list[str] = []
+    if site is not None and not site.study:
+        if manifest.study is not None:
+            notes.append(f"site file {site.where} has per-label thresholds only (schema {site.schema_version}): the "
+                         "per-label rules decide, not the model's study-level operating points; re-run `cxrtriage "
+                         "calibrate` for study-level site thresholds")
+        return notes
+    if not study_mode(manifest, site):
+        return notes
+    if policy.label_thresholds:
+        notes.append(f"policy '{policy.name}' [thresholds] ({', '.join(policy.label_thresholds)}) is not used: priorities "
+                     "are decided on study-level operating points")
+    if manifest.study is not None and site is None:
+        for lvl in policy.levels:
+            tier = manifest.study.tiers.get(lvl.priority.value)
+            have = [lab for lab in manifest.labels if normalize_label(lab) in lvl.findings and not policy.is_ignored(lab)]
+            if tier is not None and have and set(have) != set(tier.labels):
+                notes.append(f"the study-level {tier.name} threshold of model '{manifest.name}' was set for "
+                             f"{', '.join(tier.labels)}; policy '{policy.name}' lists {', '.join(have)}: the "
+                             "sensitivity/specificity measured for it do not apply")
+    return notes
+
+
 def operating_point(policy: TriagePolicy) -> str:
     """The threshold kind the policy's levels decide on (``balanced`` when they differ or there is no level)."""
     kinds = {lvl.threshold.value for lvl in policy.levels}
@@ -74,20 +106,29 @@ class TriageHook(PredictHook):
     """
 
     name = "triage"
-    columns = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file")
+    columns = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file", "population",
+               "patient_age")
     order = 90  # last: it reads the site scores and the quality checks
 
     def __init__(self, policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None,
-                 *, policy_path: Path | None = None) -> None:
+                 *, policy_path: Path | None = None, population: str | None = None) -> None:
         check_policy(policy, manifest, site)
+        if population is not None and population != UNKNOWN_POPULATION and population not in manifest.populations:
+            have = [*manifest.populations, UNKNOWN_POPULATION] if manifest.populations else []
+            raise ConfigError(
+                f"--population {population!r}: model '{manifest.name}' "
+                + (f"has populations {have}" if have else "defines no populations (its manifest has none)")
+            )
         self.policy = policy
         self.manifest = manifest
         self.site = site
         self.policy_path = policy_path
+        self.population = population if manifest.populations else None
         self.site_file = str(site.path) if site is not None and site.path is not None else ""
         self.counts: Counter[Priority] = Counter()
+        self.population_counts: Counter[str] = Counter()
         self.outcome: TriageOutcome | None = None
-        self.notes = coverage_notes(policy, manifest)
+        self.notes = coverage_notes(policy, manifest) + study_notes(policy, manifest, site)
 
     @classmethod
     def from_config(cls, config: PredictConfig, model: Classifier) -> TriageHook:
@@ -104,7 +145,7 @@ class TriageHook(PredictHook):
             log.info("triage policy '%s': %s not among the labels of model '%s'; they are not assessed",
                      policy.name, ", ".join(unknown), manifest.name)
         site = load_site(config.site, manifest=manifest) if config.site is not None else None
-        return cls(policy, manifest, site, policy_path=config.policy)
+        return cls(policy, manifest, site, policy_path=config.policy, population=config.population)
 
     def decide(self, record: ImageRecord) -> ImageRecord:
         quality = (record.quality or "").strip()
@@ -112,9 +153,12 @@ class TriageHook(PredictHook):
             decided = record.replace(priority=Priority.NOT_ASSESSED, priority_reason=f"quality check failed: {quality}",
                                      priority_finding="", priority_score=None)
         else:
-            decided = triage_record(record, manifest=self.manifest, policy=self.policy, site=self.site)
+            decided = triage_record(record, manifest=self.manifest, policy=self.policy, site=self.site,
+                                    default_population=self.population)
         assert decided.priority is not None
         self.counts[decided.priority] += 1
+        if decided.population:
+            self.population_counts[decided.population] += 1
         return decided.replace(site_file=self.site_file)
 
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
@@ -131,11 +175,12 @@ class TriageHook(PredictHook):
         """Write ``DIR/worklist.csv`` (atomically) from ``records``, the whole results table as written (``serve`` and
         ``watch`` keep it in memory and call this after each batch).
 
-        The image counts are taken from the records too: rows an earlier run scored (``--resume``, ``serve``)
-        count as well as the ones decided in this process."""
+        The image counts (by priority, by population) are taken from the records too: rows an earlier run scored
+        (``--resume``, ``serve``) count as well as the ones decided in this process."""
         entries = build_worklist(records)
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
         self.counts = Counter(r.priority for r in records if r.priority is not None)
+        self.population_counts = Counter(r.population for r in records if r.population)
         studies = Counter(e.priority for e in entries)
         self.outcome = TriageOutcome(
             worklist=path,
@@ -144,6 +189,7 @@ class TriageHook(PredictHook):
             policy_name=self.policy.name,
             site_file=self.site_file,
             notes=tuple(self.notes),
+            populations=dict(sorted(self.population_counts.items())),
         )
         return self.outcome
 
@@ -164,6 +210,46 @@ class TriageHook(PredictHook):
             level = self.policy.level_of(lab)
             kind = self.policy.label_thresholds.get(normalize_label(lab), level.threshold if level else ThresholdKind(op))
             out[lab] = {**vals, "threshold": vals[kind.value], "kind": kind.value, "source": source}
+        return out
+
+    def study_provenance(self) -> dict[str, Any]:
+        """How priorities were decided: per population, the labels that decide and the study-level thresholds in force
+        with the sensitivity/specificity measured for them on held-out data (from the manifest)."""
+        m = self.manifest
+        mode = "study" if study_mode(m, self.site) else "per_label"
+        pops = [*m.populations, UNKNOWN_POPULATION] if m.populations else []
+        out: dict[str, Any] = {
+            "mode": mode,
+            "default_population": self.population or (UNKNOWN_POPULATION if pops else None),
+            "populations": {p.name: {"age_years": [p.age_min, p.age_max], "description": p.description}
+                            for p in m.populations.values()},
+            "deciding_labels": {p: deciding_labels(m, self.policy, p) for p in pops},
+            "not_deciding_labels": {p: [lab for lab in m.labels if not self.policy.is_ignored(lab)
+                                        and lab not in deciding_labels(m, self.policy, p)] for p in pops},
+        }
+        if mode != "study":
+            return out
+        study = m.study if self.site is None else None
+        out["score"] = ("the highest calibrated probability (site score with a site file) among a tier's deciding "
+                        "labels, over the study's images")
+        tiers: dict[str, Any] = {}
+        for tier in covered_tiers(self.policy, m):
+            entry: dict[str, Any] = {"thresholds": {}}
+            for p in pops:
+                found = study_threshold(tier, p, m, self.site)
+                if found is not None:
+                    entry["thresholds"][p] = found[0]
+                    entry["source"] = found[1]
+            mt = study.tiers.get(tier) if study is not None else None
+            st = self.site.study.get(tier) if self.site is not None else None
+            if mt is not None:
+                entry |= {"fitted_for": list(mt.labels), "target": mt.target, "held_out_test": mt.test}
+            elif st is not None:
+                entry |= {"target": st.target, "site_calibration_set": st.stats}
+            tiers[tier] = entry
+        out["tiers"] = tiers
+        if study is not None and study.fitted_on:
+            out["fitted_on"] = study.fitted_on
         return out
 
     def provenance(self) -> dict[str, Any]:
@@ -189,6 +275,7 @@ class TriageHook(PredictHook):
             },
             "priority_levels": [p.value for p in PRIORITY_LEVELS],
             "site_file": self.site_file,
-            "counts": counts,
+            "counts": counts | {"images_by_population": dict(sorted(self.population_counts.items()))},
+            "study_operating_points": self.study_provenance(),
             "notes": list(self.notes),
         }

@@ -1,0 +1,151 @@
+"""Reduced-resolution decoding: JPEG 2000 resolution levels (glymur), JPEG DCT scaling (OpenCV), and the fallbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from factories import make_cxr_dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+import cxrtriage.io.reduced as reduced
+from cxrtriage.io import assess, read_image
+from cxrtriage.io.dicom import read_dicom, read_dicom_detailed
+from cxrtriage.io.inspect import inspect_file
+from cxrtriage.io.reduced import ReducedDecodeError, decode_j2k_reduced, scale_for
+from cxrtriage.types import Image2D, InputKind, SourceRef, reduced_shape
+
+
+def _chest(rows: int = 300, cols: int = 260, top: int = 4095) -> np.ndarray:
+    """A smooth chest-like picture with some texture (lungs dark, mediastinum bright), 12-bit."""
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    lungs = (((yy - rows * 0.5) / (rows * 0.35)) ** 2 + ((np.abs(xx - cols * 0.5) - cols * 0.22) / (cols * 0.15)) ** 2) < 1
+    img = 0.75 - 0.45 * lungs + 0.05 * np.sin(xx / 15.0) * np.cos(yy / 20.0)
+    return np.clip(img * top, 0, top).astype(np.uint16)
+
+
+def _j2k_dicom(path: Path, pixels: np.ndarray, **attrs: object) -> Path:
+    ds = make_cxr_dataset(rows=pixels.shape[0], cols=pixels.shape[1], pixels=pixels, **attrs)  # type: ignore[arg-type]
+    ds.compress(JPEG2000Lossless)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _jpeg_dicom(path: Path, pixels: np.ndarray) -> Path:
+    ds = make_cxr_dataset(rows=pixels.shape[0], cols=pixels.shape[1], pixels=pixels, bits_stored=8)
+    ds.BitsAllocated, ds.HighBit = 8, 7
+    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    ds.PixelData = encapsulate([buf.tobytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _area(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.asarray(cv2.resize(full.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA))
+
+
+def test_scale_is_the_largest_power_of_two_allowed() -> None:
+    assert [scale_for(f, 32) for f in (0.5, 1.0, 1.99, 2.0, 3.9, 4.0, 8.7, 100.0)] == [1, 1, 1, 2, 2, 4, 8, 32]
+    assert scale_for(8.7, 4) == 4 and scale_for(float("nan"), 8) == 1
+    assert reduced_shape((1955, 1841), 8) == (245, 231) and reduced_shape((8, 8), 8) == (1, 1)
+
+
+def test_jpeg2000_is_decoded_at_the_allowed_resolution_level_with_the_full_geometry(tmp_path: Path) -> None:
+    pixels = _chest()
+    path = _j2k_dicom(tmp_path / "j2k.dcm", pixels)
+    full = read_dicom(path)
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 4.6)
+    assert full.scale == 1 and np.array_equal(full.pixels, pixels.astype(np.float32))
+    assert image.scale == 4 and image.shape == (300, 260) and image.pixels.shape == (75, 65)
+    assert image.full_shape == (300, 260) and image.reduced
+    assert facts.reduction == "1/4: 65x75 decoded of 260x300" and facts.decoder.startswith("glymur")
+    assert "2 resolution level(s) discarded" in facts.decoder
+    # the wavelet low-pass band: the full image, low-pass filtered and subsampled (its samples sit on the even
+    # positions of each level, a fraction of a reduced pixel from an area average's centres), same value range
+    ref = _area(full.pixels, image.pixels.shape)
+    assert np.corrcoef(ref.ravel(), image.pixels.ravel())[0, 1] > 0.95
+    assert abs(float(image.pixels.mean()) - float(full.pixels.mean())) < 0.01 * 4095
+    assert image.value_range == full.value_range and image.voi == full.voi and image.notes == full.notes
+
+
+def test_no_reduction_when_the_consumers_need_every_pixel(tmp_path: Path) -> None:
+    path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 1.9)
+    assert image.scale == 1 and image.pixels.shape == (300, 260)
+    assert facts.reduction.startswith("none: the consumers need the full resolution")
+    _, facts = read_dicom_detailed(path)
+    assert facts.reduction == "none (full resolution)"
+
+
+def test_a_failing_reduced_path_falls_back_to_full_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
+    monkeypatch.setattr(reduced, "glymur_version", lambda: None)  # as without glymur or libopenjp2
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 8.0)
+    assert image.scale == 1 and np.array_equal(image.pixels, _chest().astype(np.float32))
+    assert "reduced decoding failed (glymur or the system libopenjp2 is not available)" in facts.reduction
+    assert facts.decoder.startswith("pydicom")
+    with pytest.raises(ReducedDecodeError, match="not a bare JPEG 2000"):
+        decode_j2k_reduced(b"\xff\xd8\xff\xe0" + bytes(60), rows=8, columns=8, max_scale=4.0)
+
+
+def test_signedness_that_disagrees_with_pixel_representation_is_left_to_the_full_decoder(tmp_path: Path) -> None:
+    path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = 1  # the codestream says unsigned
+    ds.save_as(tmp_path / "signed.dcm")
+    image, facts = read_dicom_detailed(tmp_path / "signed.dcm", max_scale=lambda shape: 4.0)
+    assert image.scale == 1 and "signedness" in facts.reduction
+
+
+def test_jpeg_baseline_dicom_uses_dct_scaling(tmp_path: Path) -> None:
+    pixels = (_chest(320, 280, 255)).astype(np.uint8)
+    path = _jpeg_dicom(tmp_path / "jpeg.dcm", pixels)
+    full = read_dicom(path)
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 8.0)
+    assert image.scale == 8 and image.pixels.shape == (40, 35) and image.shape == (320, 280)
+    assert facts.decoder.startswith("OpenCV") and facts.reduction.startswith("1/8: 35x40")
+    assert np.corrcoef(_area(full.pixels, (40, 35)).ravel(), image.pixels.ravel())[0, 1] > 0.99
+
+
+def test_grey_jpeg_files_are_reduced_and_colour_ones_decoded_in_full(tmp_path: Path) -> None:
+    grey = _chest(256, 200, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.jpg"), grey)
+    cv2.imwrite(str(tmp_path / "colour.jpg"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    small = read_image(tmp_path / "grey.jpg", max_scale=lambda shape: 4.0)
+    assert small.scale == 4 and small.pixels.shape == (64, 50) and small.shape == (256, 200)
+    assert small.source.kind is InputKind.RASTER and small.value_range == (0.0, 255.0)
+    assert read_image(tmp_path / "colour.jpg", max_scale=lambda shape: 4.0).scale == 1
+    assert read_image(tmp_path / "grey.png", max_scale=lambda shape: 4.0).scale == 1
+    a = assess(tmp_path / "grey.jpg", max_scale=lambda shape: 2.0)
+    assert a.image is not None and a.image.scale == 2
+
+
+def test_image2d_refuses_a_scale_that_does_not_match_its_pixels() -> None:
+    src = SourceRef("x", InputKind.DICOM)
+    px = np.zeros((10, 9), np.float32)
+    assert Image2D(px, (0, 1), src, full_shape=(40, 33), scale=4).shape == (40, 33)
+    with pytest.raises(ValueError, match="reduced by"):
+        Image2D(px, (0, 1), src, full_shape=(40, 40), scale=4)
+    with pytest.raises(ValueError, match="full_shape"):
+        Image2D(px, (0, 1), src, scale=2)
+
+
+def test_inspect_says_which_path_predict_uses(tmp_path: Path) -> None:
+    path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
+    report = inspect_file(path, max_scale=lambda shape: 8.0)
+    assert report.reduced_decode.startswith("1/8: 33x38 decoded of 260x300 by glymur")
+    assert report.rows == 300 and report.decoder.startswith("pydicom")  # the full read is reported as before
+    plain = tmp_path / "plain.dcm"
+    make_cxr_dataset(rows=300, cols=260, pixels=_chest()).save_as(plain, enforce_file_format=True)
+    assert "has no reduced-resolution decoding" in inspect_file(plain, max_scale=lambda shape: 8.0).reduced_decode
+    assert inspect_file(path).reduced_decode == ""

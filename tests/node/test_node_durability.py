@@ -1,5 +1,6 @@
 """`cxrtriage serve` under load and after crashes: concurrent senders, kill -9 in the middle of a transfer, and a
-forward destination that is down at first, across a restart. Real processes, real clients, 127.0.0.1.
+forward destination that is down at first (coming up while the node runs, or across a restart). Real processes, real
+clients, 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -206,3 +207,25 @@ def test_forward_to_a_destination_down_at_first_arrives_once_across_a_restart(tm
     finally:
         restarted.stop()
         destination.stop()
+
+
+def test_forward_to_a_destination_that_comes_up_while_the_node_runs_arrives_once(tmp_path: Path, model: Path) -> None:
+    port, dest_port = free_port(), free_port()
+    out = tmp_path / "node"
+    proc = start_serve(out, model, port, "--study-timeout", "0.5", "--dicom", "--no-lungs", "--forward",
+                       f"127.0.0.1:{dest_port}", "--called-aet", "DESTPACS", "--retry-seconds", "0.5",
+                       "--retry-max-seconds", "1")
+    destination: Destination | None = None
+    try:
+        assert [s.status for s in send_pynetdicom(_studies(tmp_path / "in", 1, 2), port)] == [0, 0]
+        wait_for(lambda: "the others are tried again later" in proc.text(), 60, "a failed forward", proc)
+        destination = Destination(dest_port).start()  # the destination comes up; the node is not restarted
+        wait_for(lambda: len(destination.received) >= 5 and not list((out / "outbox" / "ready").rglob("*.json")), 60,
+                 "the objects to arrive", proc)
+        time.sleep(2)  # later retries send nothing more
+        expected = {_uid(p) for p in (out / "dicom").rglob("*.dcm")}
+        assert len(expected) == 5 and Counter(destination.received) == Counter(dict.fromkeys(expected, 1))
+    finally:
+        proc.stop()
+        if destination is not None:
+            destination.stop()

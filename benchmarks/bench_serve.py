@@ -130,6 +130,14 @@ def _rows(out: Path) -> int:
         return 0
 
 
+def _tail(log: Path, lines: int = 40) -> str:
+    """The last lines of a log (the benchmark's folder is removed when it stops, the log with it)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({log}: {exc})"
+
+
 def _send(files: list[Path], port: int, failures: list[str]) -> None:
     from pynetdicom import AE, build_context
 
@@ -175,11 +183,11 @@ def bench_serve(files: list[Path], out: Path, model: str, workers: int, batch_si
         for t in threads:
             t.join()
         if failures:
-            raise RuntimeError(f"sending failed: {failures[:3]}")
+            raise RuntimeError(f"sending failed: {failures[:3]}; the end of serve's log:\n{_tail(log)}")
         stamps: list[tuple[float, int]] = []
         while not stamps or stamps[-1][1] < len(files):
             if time.perf_counter() - t0 > 1800 or proc.poll() is not None:
-                raise RuntimeError(f"serve did not score every file; see {log}")
+                raise RuntimeError(f"serve did not score every file; the end of its log:\n{_tail(log)}")
             rows = _rows(out)
             if rows and (not stamps or rows > stamps[-1][1]):
                 stamps.append((time.perf_counter(), rows))

@@ -65,10 +65,34 @@ def _fail(path: Path, exc: OSError) -> OutputError:
                        "the disk is not full")
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries to disk: a file just created or renamed in it survives a power cut only after this.
+
+    A no-op where folders cannot be opened (Windows); an ``OSError`` of the flush itself propagates.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (OSError, ValueError):  # Windows cannot open a folder; its rename is durable with the file
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short, e.g. on a signal or a nearly full disk)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` atomically; folders are created. Returns ``path``.
 
-    ``fsync`` flushes the file to disk before the rename (for files that must survive a power cut).
+    ``fsync`` flushes the file to disk before the rename, and the folder after it (for files that must survive a
+    power cut: the new name is durable only once the folder is).
 
     Raises:
         OutputError: the file cannot be written; the message names it.
@@ -83,6 +107,8 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, p)
+        if fsync:
+            fsync_dir(p.parent)
     except OSError as exc:
         with suppress(OSError):  # e.g. the parent is a file: there is no partial file to remove
             tmp.unlink(missing_ok=True)
@@ -238,6 +264,16 @@ class StemRegistry:
     def __init__(self) -> None:
         self._assigned: dict[str, str] = {}
         self._taken: set[str] = set()
+
+    def assigned(self, path: str | Path) -> str | None:
+        """The stem ``path`` was given, or None when it has none yet."""
+        return self._assigned.get(str(path))
+
+    def reserve(self, path: str | Path, stem: str) -> None:
+        """Give ``path`` the stem an earlier run gave it (``predict --resume``, ``serve``), so that its artefacts keep
+        their names and no other input takes them."""
+        self._assigned[str(path)] = stem
+        self._taken.add(stem.lower())
 
     def stem_for(self, path: str | Path) -> str:
         key = str(path)

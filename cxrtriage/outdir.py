@@ -62,6 +62,9 @@ class OutputLock:
         self._create = create
         self._created = False
         self._fd: int | None = None
+        # The holder named in a lock file left by a run that did not finish (killed, crashed), found when this lock
+        # was taken; None when there was none. ``predict`` says it replaces (or, with --resume, continues) that run.
+        self.unfinished: dict[str, object] | None = None
 
     @property
     def held(self) -> bool:
@@ -115,6 +118,7 @@ class OutputLock:
                 current = None
             if current is not None and os.path.samestat(os.fstat(fd), current):
                 self._fd = fd
+                self.unfinished = _left_holder(fd)
                 self._write_holder()
                 return self
             os.close(fd)
@@ -198,6 +202,29 @@ def _unlink(path: Path) -> None:
         log.debug("%s: cannot remove (%s)", path, exc)
 
 
+def _left_holder(fd: int) -> dict[str, object] | None:
+    """The holder a lock file names when we take it: a run that left it behind (it did not finish), else None."""
+    try:
+        raw = os.pread(fd, 4096, 0)
+    except OSError:
+        return None
+    if not raw.strip():
+        return None  # created just now
+    try:
+        info = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return {"command": "unknown"}
+    return info if isinstance(info, dict) else {"command": "unknown"}
+
+
+def describe_run(info: dict[str, object]) -> str:
+    """A run, from the content of its lock file: "predict, pid 1234 on host, since 2026-01-01T10:00:00+00:00"."""
+    command = str(info.get("command") or "a run")
+    host = info.get("host")
+    where = f" on {host}" if host else ""
+    return f"{command}, pid {info.get('pid', '?')}{where}, since {info.get('started_at', '?')}"
+
+
 def _describe_holder(fd: int) -> str:
     """Who holds a lock, from the lock file's content: "predict, pid 1234 on host, since 2026-01-01T10:00:00+00:00"."""
     try:
@@ -207,10 +234,7 @@ def _describe_holder(fd: int) -> str:
         return "it has only just started; its pid is not written yet"
     if not isinstance(info, dict):
         return "unknown run"
-    command = str(info.get("command") or "a run")
-    host = info.get("host")
-    where = f" on {host}" if host else ""
-    return f"{command}, pid {info.get('pid', '?')}{where}, since {info.get('started_at', '?')}"
+    return describe_run(info)
 
 
 def _head(path: Path) -> str:

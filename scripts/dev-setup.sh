@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs: the package with its dev + train + ray extras, and the real
-# validators the tests run (dciodvfy from dicom3tools, headless Chromium, pdftoppm from poppler-utils,
-# DejaVu fonts for Unicode text in PDF reports, libopenjp2 for reduced-resolution JPEG 2000 decoding).
+# validators and clients the tests run (dciodvfy from dicom3tools, DCMTK's storescu/echoscu as DICOM senders,
+# headless Chromium, pdftoppm from poppler-utils, DejaVu fonts for Unicode text in PDF reports, libopenjp2 for
+# reduced-resolution JPEG 2000 decoding).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # -c: the exact versions the suite last passed with (a fresh machine would otherwise take the newest releases
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[dev,train,ray]' -c scripts/constraints.txt
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+# pynetdicom installs scripts named storescu/echoscu too: DCMTK's are the ones whose --version names dcmtk
+{ for t in $(type -ap storescu); do "$t" --version 2>/dev/null; done; } | grep -qi dcmtk || missing+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)

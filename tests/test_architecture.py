@@ -2,12 +2,12 @@
 
 Layers, top to bottom (a module may import its own layer and the layers below it, never above):
 
-    cli → pipeline, train → explain, measure, triage, report, evaluate, monitor → model → preprocess, io
+    cli → node → pipeline, train → explain, measure, triage, report, evaluate, monitor → model → preprocess, io
         → types, errors, files, outdir, results (and the package root, which only holds the version and a lazy API)
 
-Inside ``cxrtriage.pipeline`` the modules are layered too: config → decode, engine, artefacts → hooks.base →
-the hooks → provenance, reports → predict, segment → cluster (``predict --ray``; its modules import each other
-bottom to top: shipping, shards → stages → run).
+Inside ``cxrtriage.pipeline`` the modules are layered too: config → decode, engine, artefacts, journal → hooks.base →
+the hooks → provenance, reports, scoring → predict, segment, incremental → validate, cluster (``predict --ray``; its
+modules import each other bottom to top: shipping, shards → stages → run).
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``. The package root's public API
 (``cxrtriage.predict`` and friends) is resolved with ``importlib`` at attribute access, so it is no import edge.
@@ -31,17 +31,19 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("cxrtriage.explain", "cxrtriage.measure", "cxrtriage.triage", "cxrtriage.report", "cxrtriage.evaluate",
      "cxrtriage.monitor"),
     ("cxrtriage.pipeline", "cxrtriage.train"),
+    ("cxrtriage.node",),
     ("cxrtriage.cli", "cxrtriage.__main__"),
 )
 PIPELINE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("cxrtriage.pipeline", "cxrtriage.pipeline.hooks"),  # the package modules import nothing
     ("cxrtriage.pipeline.config",),
-    ("cxrtriage.pipeline.decode", "cxrtriage.pipeline.engine", "cxrtriage.pipeline.artefacts"),
+    ("cxrtriage.pipeline.decode", "cxrtriage.pipeline.engine", "cxrtriage.pipeline.artefacts",
+     "cxrtriage.pipeline.journal"),
     ("cxrtriage.pipeline.hooks.base",),
     ("cxrtriage.pipeline.hooks.site", "cxrtriage.pipeline.hooks.lungs", "cxrtriage.pipeline.hooks.quality",
      "cxrtriage.pipeline.hooks.heatmaps", "cxrtriage.pipeline.hooks.triage"),
-    ("cxrtriage.pipeline.provenance", "cxrtriage.pipeline.reports"),
-    ("cxrtriage.pipeline.predict", "cxrtriage.pipeline.segment"),
+    ("cxrtriage.pipeline.provenance", "cxrtriage.pipeline.reports", "cxrtriage.pipeline.scoring"),
+    ("cxrtriage.pipeline.predict", "cxrtriage.pipeline.segment", "cxrtriage.pipeline.incremental"),
     ("cxrtriage.pipeline.validate",  # models validate: predict + evaluate
      "cxrtriage.pipeline.cluster"),  # predict --ray: the same stages as predict, run by Ray Data
 )
@@ -166,7 +168,7 @@ def test_pipeline_imports_only_at_module_level() -> None:
 def test_the_checks_can_fail() -> None:
     """The graph is real: known edges are found, and a cycle planted in a copy of it is detected."""
     assert "cxrtriage.results" in GRAPH["cxrtriage.pipeline.predict"]
-    assert _layer("cxrtriage.report.dicom_sr", LAYERS) == 3 and _layer("cxrtriage.cli.app", LAYERS) == 5
+    assert _layer("cxrtriage.report.dicom_sr", LAYERS) == 3 and _layer("cxrtriage.cli.app", LAYERS) == 6
     saved = {k: set(v) for k, v in GRAPH.items()}
     try:
         GRAPH["cxrtriage.types"].add("cxrtriage.pipeline.predict")

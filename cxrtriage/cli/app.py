@@ -29,6 +29,8 @@ app = typer.Typer(
 # Each module defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "predict",
+    "serve",
+    "watch",
     "inspect_cmd",
     "models",
     "segment",
@@ -60,6 +62,18 @@ class DicomLibraryFilter(logging.Filter):
         record.args = ()
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def use_plain_log() -> None:
+    """Log one plain line per event, with date and time, never wrapped: the log of a long-running service (``serve``,
+    ``watch``), read with grep and kept in files. Its own progress (``cxrtriage.node``) is logged at INFO, with
+    ``--verbose`` at DEBUG; the DICOM libraries' messages stay filtered as for every command."""
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(DicomLibraryFilter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("cxrtriage.node").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _version(value: bool) -> None:

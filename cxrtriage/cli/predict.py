@@ -116,6 +116,14 @@ HeatmapMethodOpt = Annotated[
                                                "for scorecam/occlusion use `cxrtriage explain`.")
 ]
 RayOpt = Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=RAY_HELP)]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume",
+                 help="Continue the run that OUT holds: each finished batch is journaled in OUT/journal.jsonl (path, size, "
+                      "mtime, row), and re-running the same command after a crash or kill scores only the inputs not in it "
+                      "(or changed since); results.csv then equals an uninterrupted run's. Without --resume, a run into a "
+                      "folder that holds an earlier run replaces its results as a whole (and says so)."),
+]
 FullResolutionOpt = Annotated[
     bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
                                                  "images are decoded at the lowest resolution that still gives the "
@@ -159,12 +167,13 @@ def predict_cmd(
     heatmap_gate: HeatmapGateOpt = False,
     full_resolution: FullResolutionOpt = False,
     ray: RayOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Score every input file: one row per file in OUT/results.csv and OUT/results.jsonl, a triage priority per image, the studies most urgent first in OUT/worklist.csv, and the run's provenance in OUT/run.json.
 
     Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run. Images that fail a quality check (column `quality`) keep their scores but are `not_assessed`. Decision support only: every image must still be read.
 
-    OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs.
+    OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs. When OUT holds an earlier run, this run replaces its results as a whole (a warning says so), unless --resume continues it.
 
     Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 options, 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C, 143 SIGTERM.
     """  # noqa: E501
@@ -180,7 +189,7 @@ def predict_cmd(
             lungs=lungs, segmenter=segmenter,
             report=report, pdf=pdf, dicom=dicom, deidentify=deidentify, send=send, aet=aet, called_aet=called_aet,
             modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method, heatmap_gate=heatmap_gate,
-            reduced_decode=not full_resolution,
+            reduced_decode=not full_resolution, resume=resume,
         )
         if ray is not None:
             from cxrtriage.cli.ray_predict import predict_on_ray
@@ -280,6 +289,8 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
     from cxrtriage.pipeline.hooks.triage import TriageOutcome
 
     rows: list[tuple[str, str]] = []
+    if s.resumed:
+        rows.append(("resumed", f"{s.resumed} input(s) finished by the earlier run, taken from its journal"))
     sections = s.run.sections if s.run is not None else {}
     triage = s.outcomes.get("triage")
     if isinstance(triage, TriageOutcome):

@@ -69,12 +69,16 @@ def install_signal_handlers() -> None:
         signal.signal(s, stop)
 
 
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def report_interrupt(signum: int) -> int:
     """Say that the run was interrupted, and return its exit code (128 + the signal number)."""
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
+    name = signal_name(signum)
     print_error(f"interrupted by {name}: the run stopped before the end; files it had not finished are left as "
                 "*.partial in the output folder (not complete results); run it again to finish")
     return EXIT_INTERRUPTED + signum

@@ -41,6 +41,7 @@ class PredictConfig:
     heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
     heatmap_gate: bool = False  # gate the overlays by the dilated lung mask (hides evidence outside the lungs)
     reduced_decode: bool = True  # False (--full-resolution): decode every image in full, even where fewer pixels do
+    resume: bool = False  # journal finished inputs in DIR/journal.jsonl and take the unchanged ones from it
 
     @property
     def dicom_on(self) -> bool:

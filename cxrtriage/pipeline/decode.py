@@ -297,26 +297,69 @@ def importing_main_in_worker() -> bool:
     return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
+class DecodePool:
+    """Decode worker processes kept from one stream to the next (``serve`` and ``watch`` score batch after batch;
+    starting a pool for each costs a few tenths of a second). ``close`` ends them; a stream that crashes a worker or
+    is abandoned replaces or ends them, and the next stream starts fresh ones."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._ctx = _context()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = _new_pool(self.workers, self._ctx)
+        return self._pool
+
+    def start(self) -> None:
+        """Start the workers now (and check that they run), not with the first file."""
+        if self._pool is None:
+            self._pool = _start_pool(self.workers, self._ctx)
+
+    def restart(self) -> ProcessPoolExecutor:
+        """A fresh pool whose workers are known to start (after a crash)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self._pool = _start_pool(self.workers, self._ctx)
+        return self._pool
+
+    def kill(self) -> None:
+        """End the workers now (their files in flight are not wanted any more)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill_workers(pool)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def decode_stream(
     tasks: Iterable[DecodeTask],
     *,
     workers: int,
     window: int,
     fn: Callable[[DecodeTask], Decoded] = examine,
+    pool: DecodePool | None = None,
 ) -> Iterator[Decoded]:
     """Examine ``tasks`` with ``workers`` processes (0 = in this process), yielding results in input order.
 
-    ``fn`` (a module-level function, so that workers can import it) does the per-file work.
+    ``fn`` (a module-level function, so that workers can import it) does the per-file work. ``pool``: worker
+    processes to use, and to leave running when the stream is done (else the stream starts and ends its own).
     """
     if workers <= 0:
         for t in tasks:
             yield fn(t)
         return
-    ctx = _context()
-    pool = _new_pool(workers, ctx)
+    own = pool is None
+    holder = DecodePool(workers) if pool is None else pool
+    executor = holder.get()
     pending: deque[tuple[DecodeTask, Future[Decoded]]] = deque()
     source = iter(tasks)
-    window = max(window, workers)
+    window = max(window, holder.workers)
 
     def fill() -> None:
         while len(pending) < window:
@@ -325,17 +368,13 @@ def decode_stream(
                 return
             fut: Future[Decoded]
             try:
-                fut = pool.submit(fn, task)
+                fut = executor.submit(fn, task)
             except BrokenProcessPool as exc:
                 # A file in flight killed a worker after the head of the queue had finished: queue this one as
                 # broken too, so that the loop below re-runs every file in flight (this one included) alone.
                 fut = Future()
                 fut.set_exception(exc)
             pending.append((task, fut))
-
-    def restart() -> ProcessPoolExecutor:
-        pool.shutdown(wait=False, cancel_futures=True)
-        return _start_pool(workers, ctx)
 
     finished = False
     try:
@@ -348,13 +387,13 @@ def decode_stream(
                 # Some file in flight killed a worker: re-run each in-flight file alone in a fresh pool.
                 retry = [t for t, _ in pending]
                 pending.clear()
-                pool = restart()
+                executor = holder.restart()
                 for t in retry:
                     try:
-                        yield pool.submit(fn, t).result()
+                        yield executor.submit(fn, t).result()
                     except BrokenProcessPool:
                         log.warning("%s: decoder crashed its worker process; marked failed", t.path)
-                        pool = restart()
+                        executor = holder.restart()
                         yield crashed(t)
                     except Exception as exc:
                         yield unreturned(t, exc)
@@ -367,7 +406,7 @@ def decode_stream(
             yield result
         finished = True
     finally:
-        if finished:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:  # an error, an interrupt, or the consumer closed the stream: no file in flight is wanted any more
-            _kill_workers(pool)
+        if not finished:  # an error, an interrupt, or the consumer closed the stream: no file in flight is wanted
+            holder.kill()
+        elif own:
+            holder.close()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cxrtriage.errors import InputError
 from cxrtriage.io import SelectionRules, discover, load_rules
@@ -41,6 +42,18 @@ class ProgressCounter:
                                          time.perf_counter() - self.t0))
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An input that an earlier run finished (``predict --resume``): its results row as that run wrote it."""
+
+    path: str
+    row: Mapping[str, Any]
+
+    @property
+    def status(self) -> Status:
+        return Status(str(self.row.get("status")))
+
+
 def with_model(record: ImageRecord, manifest: ModelManifest) -> ImageRecord:
     """``record`` stamped with the model that produced (or would have produced) its result."""
     return record.replace(model_name=manifest.name, model_version=manifest.version, model_sha256=manifest.sha256,
@@ -70,7 +83,7 @@ def selection_rules(path: Path | None) -> SelectionRules:
 
 
 def write_in_batches(
-    decoded: Iterable[Decoded],
+    decoded: Iterable[Decoded | Finished],
     writer: ResultsWriter,
     counter: ProgressCounter,
     *,
@@ -78,31 +91,41 @@ def write_in_batches(
     process: Callable[[list[Decoded]], Sequence[ImageRecord]],
     unreadable: Callable[[Decoded], ImageRecord],
     inputs: Sequence[Path],
+    on_written: Callable[[list[tuple[ImageRecord, dict[str, Any]]]], None] | None = None,
 ) -> None:
     """Write one record per decoded item, in input order, running ``process`` on batches of readable items.
 
     A batch closes when it holds ``batch_size`` readable items; an excluded/failed item with nothing
-    waiting before it is written at once. The writer is closed (atomic rename) at the end, or aborted on
+    waiting before it is written at once. A ``Finished`` item (an input an earlier run scored) is written as it is.
+    After each flush ``on_written`` gets the records written by this run with their rows (``predict --resume``
+    journals them). The writer is closed (atomic rename) at the end, or aborted on
     any error or interrupt (the rows written so far stay in the ``*.partial`` files, and ``decoded`` is
     closed so that its worker processes stop at once); ``InputError`` when there was no input file at all.
     """
-    pending: list[Decoded] = []  # decoded items waiting for a full batch, in input order
+    pending: list[Decoded | Finished] = []  # items waiting for a full batch, in input order
 
     def flush() -> None:
-        ok = [d for d in pending if d.ok]
+        ok = [d for d in pending if isinstance(d, Decoded) and d.ok]
         done = iter(process(ok) if ok else [])
+        written: list[tuple[ImageRecord, dict[str, Any]]] = []
         for d in pending:
+            if isinstance(d, Finished):
+                writer.write_row(d.row)
+                counter.add(d.status)
+                continue
             record = next(done) if d.ok else unreadable(d)
-            writer.write(record)
+            written.append((record, writer.write(record)))
             counter.add(record.status)
         writer.flush()
         pending.clear()
+        if on_written is not None and written:
+            on_written(written)
 
     try:
         n_ok = 0
         for d in decoded:
             pending.append(d)
-            n_ok += d.ok
+            n_ok += isinstance(d, Decoded) and d.ok
             if n_ok >= batch_size or n_ok == 0:
                 flush()
                 n_ok = 0
@@ -119,3 +142,35 @@ def write_in_batches(
         if close is not None:
             close()
         raise
+
+
+def score_in_batches(
+    decoded: Iterable[Decoded],
+    *,
+    batch_size: int,
+    process: Callable[[list[Decoded]], Sequence[ImageRecord]],
+    unreadable: Callable[[Decoded], ImageRecord],
+) -> list[ImageRecord]:
+    """The records of ``decoded``, in order, with ``process`` run on batches of ``batch_size`` readable items (the
+    batching of ``write_in_batches``, for callers that write the records themselves: ``serve``, ``watch``)."""
+    records: list[ImageRecord] = []
+    pending: list[Decoded] = []
+
+    def flush() -> None:
+        ok = [d for d in pending if d.ok]
+        done = iter(process(ok) if ok else [])
+        records.extend(next(done) if d.ok else unreadable(d) for d in pending)
+        pending.clear()
+
+    try:
+        for d in decoded:
+            pending.append(d)
+            if sum(1 for p in pending if p.ok) >= batch_size:
+                flush()
+        flush()
+    except BaseException:
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()
+        raise
+    return records

@@ -9,22 +9,26 @@ Read ``run_predict`` top to bottom for the stages:
 4. every hook (``build_hooks``) updates the batch's records: site calibration, lungs, quality, heat maps, triage;
 5. one record per input file goes to ``DIR/results.csv`` + ``DIR/results.jsonl`` (crash-safe);
 6. the hooks finish (triage writes ``worklist.csv``), ``run.json`` is written, then the reports (``--report``).
+
+With ``--resume`` every finished batch is also committed to ``DIR/journal.jsonl`` (``cxrtriage.pipeline.journal``),
+and the inputs it holds, unchanged since, are taken from it instead of being scored again. Without ``--resume``, a
+folder that holds an earlier run gets a new run as a whole: the earlier run's outputs are removed first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cxrtriage.errors import CxrTriageError
+from cxrtriage.errors import ConfigError, OutputError
 from cxrtriage.model import Classifier, load_classifier
-from cxrtriage.outdir import lock_output
+from cxrtriage.outdir import describe_run, lock_output
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
 from cxrtriage.pipeline.decode import (
     GUARD_HINT,
@@ -36,6 +40,7 @@ from cxrtriage.pipeline.decode import (
     prestart,
 )
 from cxrtriage.pipeline.engine import (
+    Finished,
     ProgressCounter,
     ProgressUpdate,
     check_inputs,
@@ -44,95 +49,36 @@ from cxrtriage.pipeline.engine import (
     with_model,
     write_in_batches,
 )
-from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, PredictSummary, RunContext, ScoredBatch
-from cxrtriage.pipeline.hooks.heatmaps import HeatmapsHook
-from cxrtriage.pipeline.hooks.lungs import LungsHook
-from cxrtriage.pipeline.hooks.quality import QualityHook
-from cxrtriage.pipeline.hooks.site import SiteHook
-from cxrtriage.pipeline.hooks.triage import TriageHook
+from cxrtriage.pipeline.hooks.base import PredictHook, PredictSummary, RunContext
+from cxrtriage.pipeline.hooks.triage import WORKLIST_CSV
+from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal, JournalEntry, ResumeStream, journal_command
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
-from cxrtriage.preprocess import PixelNeeds, PreprocessRecipe
-from cxrtriage.results import ImageRecord, ResultsWriter, Status, result_columns, utc_now, write_run_json
+from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
+from cxrtriage.results import (
+    RESULTS_CSV,
+    RESULTS_JSONL,
+    RUN_JSON,
+    ImageRecord,
+    ResultsWriter,
+    Status,
+    result_columns,
+    utc_now,
+    write_run_json,
+)
 
 log = logging.getLogger(__name__)
 
-
-def build_hooks(config: PredictConfig, model: Classifier) -> list[PredictHook]:
-    """The hooks a run uses, from its config, in run order. Owners of an extension add their line here.
-
-    Loads what they need (policy, site file, segmenter) now, so a bad option fails before any file is scored.
-    """
-    hooks: list[PredictHook] = []
-    triage = TriageHook.from_config(config, model)
-    if triage.site is not None:
-        hooks.append(SiteHook(triage.site, model.labels))
-    if config.lungs_on:
-        hooks.append(LungsHook.from_config(config))
-    hooks.append(QualityHook())
-    if config.heatmaps:
-        hooks.append(HeatmapsHook.from_config(config, model))
-    hooks.append(triage)
-    return sorted(hooks, key=lambda h: h.order)
+# What a predict run writes into its folder; an earlier run's are removed before a new run (never a mix of two).
+RUN_FILES = (RESULTS_CSV, RESULTS_JSONL, WORKLIST_CSV, RUN_JSON, JOURNAL_NAME)
+RUN_FOLDERS = ("masks", "heatmaps", "report", "dicom")
+RESUME_HINT = ("run the same command as before to continue it, or leave out --resume to replace the earlier results "
+               "as a whole")
 
 
-def _checked(new: ImageRecord, old: ImageRecord) -> ImageRecord:
-    if new.path != old.path or new.status is not old.status:
-        raise ValueError(f"may not change the path or status of {old.path}")
-    return new
-
-
-def _unscored(record: ImageRecord, hooks: Sequence[PredictHook], ctx: RunContext) -> ImageRecord:
-    """Let every hook update an excluded/failed record."""
-    for hook in hooks:
-        try:
-            record = _checked(hook.on_unscored(record, ctx), record)
-        except Exception as exc:  # a hook's bug must not lose the record
-            log.warning("extension %s failed on %s: %s", hook.name, record.path, exc)
-    return record
-
-
-def pixel_needs(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHook]) -> PixelNeeds | None:
-    """How far the decode step may reduce each image: the classifier's input, the hooks' model inputs, and the
-    long side of what the hooks draw at the image's geometry; None (full resolution) with ``--full-resolution``
-    or when a hook needs the image without saying how much of it."""
-    if not config.reduced_decode:
-        return None
-    drawing = [h for h in hooks if h.needs_images]
-    if any(h.image_long_side is None for h in drawing):
-        return None
-    recipes = (model.manifest.preprocessing, *(r for h in hooks for r in h.recipes))
-    return PixelNeeds(recipes, min_long_side=max((h.image_long_side or 0 for h in drawing), default=0))
-
-
-def _score_batch(items: list[Decoded], model: Classifier, hooks: Sequence[PredictHook],
-                 ctx: RunContext, extra: tuple[PreprocessRecipe, ...] = ()) -> list[ImageRecord]:
-    """Run the classifier and the hooks on ``items`` (all readable); returns their records."""
-    records = [with_model(d.record, model.manifest) for d in items]
-    inputs = [d.model_input for d in items if d.model_input is not None]
-    want_features = any(h.needs_features for h in hooks) and model.has_features
-    try:
-        out = model.run(np.stack([mi.array for mi in inputs]), features=want_features)
-    except CxrTriageError as exc:
-        failed = [r.replace(status=Status.FAILED, reason=f"inference failed: {exc}") for r in records]
-        return [_unscored(r, hooks, ctx) for r in failed]
-    records = [r.replace(scores={lab: float(out.scores[i, j]) for j, lab in enumerate(model.labels)})
-               for i, r in enumerate(records)]
-    for hook in hooks:
-        batch = ScoredBatch(
-            items=tuple(BatchItem(d.index, mi, r, d.image, d.image_checks, tuple(zip(extra, d.extra_inputs, strict=False)))
-                        for d, mi, r in zip(items, inputs, records, strict=True)),
-            output=out,
-        )
-        try:
-            updated = list(hook.on_batch(batch, ctx))
-            if len(updated) != len(records):
-                raise ValueError(f"returned {len(updated)} records for a batch of {len(records)}")
-            records = [_checked(new, old) for new, old in zip(updated, records, strict=True)]
-        except Exception as exc:  # an extension's failure must not lose the scores
-            log.warning("extension %s failed on a batch: %s", hook.name, exc)
-            records = [r.with_note(f"{hook.name} failed: {exc}") for r in records]
-    return records
+# The names the scoring stages are called by in this module (tests/cli/slow_cli.py slows ``_score_batch`` down).
+_score_batch = score_batch
+_unscored = unscored
 
 
 def run_predict(
@@ -151,8 +97,64 @@ def run_predict(
     raise: they become ``failed`` / ``excluded`` records.
     """
     check_inputs(config.inputs, config.out_dir)  # before anything is written, the lock file included
-    with lock_output(config.out_dir, "predict"):
-        return _run_predict(config, model=model, hooks=hooks, on_progress=on_progress)
+    with lock_output(config.out_dir, "predict") as lock:
+        return _run_predict(config, model=model, hooks=hooks, on_progress=on_progress, unfinished=lock.unfinished)
+
+
+def earlier_run(out_dir: Path, unfinished: dict[str, object] | None) -> str | None:
+    """What an output folder holds of an earlier run, in words, or None when it holds none."""
+    if unfinished is not None:
+        return f"holds the results of an earlier run that did not finish ({describe_run(unfinished)})"
+    found = [n for n in (*RUN_FILES, *RUN_FOLDERS) if (out_dir / n).exists() or (out_dir / (n + ".partial")).exists()]
+    if found:
+        return f"holds the results of an earlier run ({', '.join(found)})"
+    return None
+
+
+def clear_earlier_run(out_dir: Path) -> None:
+    """Remove what an earlier predict run wrote into ``out_dir`` (its files, their partial versions, its artefact
+    folders), so that the new run replaces it as a whole. ``masks/`` stays when a ``segment`` run owns it too."""
+    try:
+        names = set(os.listdir(out_dir))
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot list the output folder ({exc.strerror or exc})") from exc
+    folders = [f for f in RUN_FOLDERS if not (f == "masks" and "segment.csv" in names)]
+    try:
+        for name in RUN_FILES:
+            for n in (name, name + ".partial"):
+                if n in names:
+                    (out_dir / n).unlink()
+        for name in folders:
+            path = out_dir / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot remove the results of the earlier run ({exc.strerror or exc}); remove "
+                          "them yourself or choose another --out") from exc
+
+
+def _journal_for(config: PredictConfig, fingerprint: dict[str, Any], unfinished: dict[str, object] | None) -> Journal | None:
+    """The journal of this run (``--resume``), after the folder was made ready: an earlier run replaced as a whole,
+    or continued from its journal. Says which in the log."""
+    out = Path(config.out_dir)
+    owner = journal_command(out)
+    if owner not in (None, "predict"):  # a node's folder: its journal is the record of what it received and scored
+        raise ConfigError(f"{out}: holds the output of `cxrtriage {owner}` (its journal, results and received files); "
+                          "choose another --out for predict")
+    earlier = earlier_run(out, unfinished)
+    if config.resume and (out / JOURNAL_NAME).is_file():
+        journal = Journal.open(out, "predict", fingerprint, resume_hint=RESUME_HINT)
+        log.info("%s: resuming the earlier run from its %s (%d input(s) finished); inputs changed since are scored "
+                 "again", out, JOURNAL_NAME, sum(1 for _ in journal.entries()))
+        return journal
+    if earlier is not None:
+        why = ("it has no journal to resume from (that run did not use --resume)" if config.resume
+               else "add --resume to continue an unfinished run instead")
+        log.warning("%s: %s; this run replaces them as a whole (%s)", out, earlier, why)
+        clear_earlier_run(out)
+    return Journal.create(out, "predict", fingerprint) if config.resume else None
 
 
 def _run_predict(
@@ -161,6 +163,7 @@ def _run_predict(
     model: Classifier | None,
     hooks: Sequence[PredictHook] | None,
     on_progress: Callable[[ProgressUpdate], None] | None,
+    unfinished: dict[str, object] | None = None,
 ) -> PredictSummary:
     t0 = time.perf_counter()
     started_at = utc_now()
@@ -173,31 +176,66 @@ def _run_predict(
     hooks = build_hooks(config, model) if hooks is None else list(hooks)
     rules = selection_rules(config.rules)
     ctx = RunContext(config=config, model=model, out_dir=Path(config.out_dir))
-    writer = ResultsWriter(config.out_dir, result_columns(model.labels, [c for h in hooks for c in h.columns]))
+    columns = result_columns(model.labels, [c for h in hooks for c in h.columns])
+    journal = _journal_for(config, run_fingerprint(config, model, hooks, columns), unfinished)
+    try:
+        return _score_all(config, model, hooks, rules, ctx, columns, journal, on_progress, t0=t0, started_at=started_at,
+                          destination=destination, workers=workers)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook], rules: Any, ctx: RunContext,
+               columns: list[str], journal: Journal | None, on_progress: Callable[[ProgressUpdate], None] | None, *,
+               t0: float, started_at: str, destination: Any, workers: int) -> PredictSummary:
+    writer = ResultsWriter(config.out_dir, columns)
     keep_images = any(h.needs_images for h in hooks)
     checks = any(h.needs_image_checks for h in hooks)
     recipe = model.manifest.preprocessing
     needs = pixel_needs(config, model, hooks)
-    extra = tuple(dict.fromkeys(r for h in hooks for r in h.recipes))
+    extra = extra_recipes(hooks)
     paths = discover_paths(config.inputs, config.out_dir)
-    tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in enumerate(paths))
+    window = in_flight_window(config.batch_size, workers, keep_images)
     counter = ProgressCounter(on_progress)
+    items: Iterable[Decoded | Finished]
+    on_written: Callable[[list[tuple[ImageRecord, dict[str, Any]]]], None] | None = None
+    stream: ResumeStream | None = None
+    if journal is None:
+        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in enumerate(paths))
+        items = decode_stream(tasks, workers=workers, window=window)
+    else:
+        for entry in journal.entries():  # artefacts keep the names the earlier run gave them
+            if entry.stem:
+                ctx.stems.reserve(entry.path, entry.stem)
+        resume = stream = ResumeStream(paths, journal)
+        tasks = (DecodeTask(i, p, recipe, rules, keep_images, checks, needs, extra) for i, p in resume.paths_to_decode())
+        items = resume.merge(decode_stream(tasks, workers=workers, window=window))
+
+        def on_written(written: list[tuple[ImageRecord, dict[str, Any]]]) -> None:
+            assert journal is not None
+            journal.commit([JournalEntry(r.path, resume.identities.pop(r.path, None), row, ctx.stems.assigned(r.path))
+                            for r, row in written])
+
     write_in_batches(
-        decode_stream(tasks, workers=workers, window=in_flight_window(config.batch_size, workers, keep_images)),
-        writer, counter, batch_size=config.batch_size,
+        items, writer, counter, batch_size=config.batch_size,
         process=lambda ok: _score_batch(ok, model, hooks, ctx, extra),
         unreadable=lambda d: _unscored(with_model(d.record, model.manifest), hooks, ctx),
-        inputs=config.inputs,
+        inputs=config.inputs, on_written=on_written,
     )
     c = counter.counts
+    resumed = stream.resumed if stream is not None else 0
     summary = PredictSummary(
         total=writer.rows_written, scored=c[Status.SCORED], excluded=c[Status.EXCLUDED], failed=c[Status.FAILED],
         seconds=time.perf_counter() - t0, results_csv=writer.csv_path,
         results_jsonl=writer.jsonl_path or writer.csv_path,
         model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
+        resumed=resumed,
     )
     outcomes = {hook.name: hook.on_finish(ctx, summary) for hook in hooks}
     counts = {"files": summary.total, "scored": summary.scored, "excluded": summary.excluded, "failed": summary.failed}
+    if config.resume:
+        counts["resumed"] = resumed
     record = run_record(config, model, started_at=started_at, finished_at=utc_now(), counts=counts, hooks=hooks)
     run_json = write_run_json(ctx.out_dir, record)
     report = run_reports(config, ctx.out_dir, destination) if config.reports_on else None

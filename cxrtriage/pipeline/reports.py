@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, MutableMapping
 from pathlib import Path
 
 from cxrtriage.pipeline.config import PredictConfig
@@ -31,3 +32,16 @@ def run_reports(config: PredictConfig, out_dir: Path, destination: Destination |
     errors = list(summary.errors)
     errors += [f"{r.path.name}: not sent ({r.status})" for r in summary.sent if not r.ok]
     return ReportOutcome(summary, tuple(errors))
+
+
+def run_batch_reports(config: PredictConfig, out_dir: Path, paths: Collection[str],
+                      labels: MutableMapping[str, str]) -> ReportOutcome:
+    """The reports of the studies that ``paths`` (new images, by their path in the results) belong to: their HTML/PDF
+    anew, DICOM results for these images, and the index (``serve``, ``watch``; nothing is sent from here)."""
+    try:
+        summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
+                                send=None, modality=config.modality, only=set(paths), labels=labels)
+    except Exception as exc:  # the scores and the worklist are written; a report problem must not hide them
+        log.warning("reports failed: %s", exc)
+        return ReportOutcome(None, (f"reports not written ({type(exc).__name__}: {exc})",))
+    return ReportOutcome(summary, tuple(summary.errors))

@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -157,19 +157,22 @@ def _algorithms(bundle: ResultsBundle) -> tuple[AlgorithmInfo, AlgorithmInfo, tu
 
 
 def write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: StudySources, pdf_bytes: bytes | None,
-                      out_dir: Path, *, modality: str) -> tuple[list[Path], list[str], list[str]]:
+                      out_dir: Path, *, modality: str,
+                      only: Collection[str] | None = None) -> tuple[list[Path], list[str], list[str]]:
     """SR + SC (+ SEG when a mask exists) per scored DICOM image, and one encapsulated PDF per study.
 
+    ``only``: the images (paths as the results name them) that get SR/SC/SEG now; the others got theirs before.
     Returns (files written, errors, notes on what was skipped or left out).
     """
     with warnings.catch_warnings():
         # highdicom warns about the source's own single-component person names; they are copied unchanged
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        return _write_study_dicom(study, bundle, sources, pdf_bytes, out_dir, modality=modality)
+        return _write_study_dicom(study, bundle, sources, pdf_bytes, out_dir, modality=modality, only=only)
 
 
 def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: StudySources, pdf_bytes: bytes | None,
-                       out_dir: Path, *, modality: str) -> tuple[list[Path], list[str], list[str]]:
+                       out_dir: Path, *, modality: str,
+                       only: Collection[str] | None) -> tuple[list[Path], list[str], list[str]]:
     classifier, segmenter, mask_names = _algorithms(bundle)
     written: list[Path] = []
     errors: list[str] = []
@@ -192,6 +195,8 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             notes.append(f"{study.slug} image {n}: invalid source values left out of the DICOM results: "
                          + ", ".join(dropped))
         used.append(source)
+        if only is not None and img.record.path not in only:
+            continue  # its SR/SC/SEG were written (and sent) with the batch it came in
         steps: list[tuple[str, Callable[[], Dataset]]] = [
             ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
                            segmenter=segmenter)),
@@ -228,8 +233,15 @@ def _seg(source: Dataset, img: ImageResult, algo: AlgorithmInfo, mask_names: tup
     return dicom_seg.build_seg(source, mask, mask_names, algo)
 
 
+def _earlier_output(study: StudyReport, report_dir: Path, label: str | None) -> StudyOutput:
+    """A study whose reports an earlier call wrote (``build_reports(only=...)``): the index links to them."""
+    html, pdf = report_dir / f"{study.slug}.html", report_dir / f"{study.slug}.pdf"
+    return StudyOutput(key=study.key, slug=study.slug, label=label or study.slug, html=html if html.is_file() else None,
+                       pdf=pdf if pdf.is_file() else None)
+
+
 def _study_output(study: StudyReport, bundle: ResultsBundle, report_dir: Path, dicom_dir: Path, *, deidentified: bool,
-                  pdf: bool, dicom: bool, modality: str) -> StudyOutput:
+                  pdf: bool, dicom: bool, modality: str, only: Collection[str] | None = None) -> StudyOutput:
     """Everything written for one study; a failure is recorded in the output, never raised."""
     errors: list[str] = []
     notes: list[str] = []
@@ -250,7 +262,7 @@ def _study_output(study: StudyReport, bundle: ResultsBundle, report_dir: Path, d
             if deidentified:  # the PDF that goes into the patient's own study names the patient
                 pdf_bytes = render_study_pdf(study_view(study, bundle, sources, header, deidentified=False))
             dicom_files, dicom_errors, dicom_notes = write_study_dicom(study, bundle, sources, pdf_bytes, dicom_dir,
-                                                                       modality=modality)
+                                                                       modality=modality, only=only)
             errors.extend(dicom_errors)
             notes.extend(dicom_notes)
     except Exception as exc:  # one study's failure is reported in the index, never fatal to the batch
@@ -270,6 +282,8 @@ def build_reports(
     modality: str = "DOC",
     model: str | Path | None = None,
     operating_point: str | None = None,
+    only: Collection[str] | None = None,
+    labels: MutableMapping[str, str] | None = None,
 ) -> ReportSummary:
     """Write ``DIR/report/<study>.html`` (+ ``.pdf``), ``DIR/report/index.html`` and, with ``dicom``,
     ``DIR/dicom/<study>/*.dcm`` (SR, SC, SEG per image; encapsulated PDF per study); then send them.
@@ -279,6 +293,12 @@ def build_reports(
     "image N"); DICOM results always carry the source identity (they go back into the source study), and the
     results tables keep the paths. See the README, "De-identification".
 
+    ``only`` (``serve``, ``watch``): the images new since the previous call, by their path in the results. Only their
+    studies get their HTML/PDF written again, only these images get new SR/SC/SEG (each study its encapsulated PDF
+    anew), and the summary lists only the files written now; the other studies keep what earlier calls wrote.
+    ``labels``: the index label of each study, kept by the caller across calls so that the sources of the studies
+    not written again need not be read again for the index.
+
     Raises:
         ConfigError: ``deidentify`` without a usable ``CXRTRIAGE_PSEUDONYM_KEY`` (nothing is written).
     """
@@ -286,8 +306,16 @@ def build_reports(
         require_pseudonym_key()  # refuse before any work: pseudonyms under a public key are reversible
     bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentified=deidentify)
     rdir = bundle.results_dir
-    outputs = [_study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,
-                             dicom=dicom, modality=modality) for study in bundle.studies]
+    outputs: list[StudyOutput] = []
+    for study in bundle.studies:
+        if only is not None and not any(img.record.path in only for img in study.images):
+            outputs.append(_earlier_output(study, rdir / "report", labels.get(study.key) if labels is not None else None))
+            continue
+        out = _study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,
+                            dicom=dicom, modality=modality, only=only)
+        if labels is not None:
+            labels[study.key] = out.label
+        outputs.append(out)
     notes: list[str] = []
     sent: list[SendResult] = []
     if send is not None:

@@ -18,6 +18,7 @@ from cxrtriage.results.cells import (
     spreadsheet_text,
     spreadsheet_value,
 )
+from cxrtriage.results.lines import CsvLines, decode_record, write_csv_lines
 from cxrtriage.results.record import PRIORITY_LEVELS, ImageRecord, LabelArea, Priority, Status
 from cxrtriage.results.run import OPERATING_POINTS, RUN_JSON, ModelRef, RunRecord, read_run_json, utc_now, write_run_json
 from cxrtriage.results.table import (
@@ -54,6 +55,7 @@ __all__ = [
     "SCORE_PREFIX",
     "SOURCE_COLUMNS",
     "UNDECODABLE_NOTE",
+    "CsvLines",
     "ImageRecord",
     "LabelArea",
     "ModelRef",
@@ -66,6 +68,7 @@ __all__ = [
     "Status",
     "clean_text",
     "csv_cell",
+    "decode_record",
     "decode_row",
     "display_text",
     "encode_record",
@@ -82,6 +85,7 @@ __all__ = [
     "segment_columns",
     "spreadsheet_text",
     "spreadsheet_value",
+    "write_csv_lines",
     "to_row",
     "utc_now",
     "write_results_csv",

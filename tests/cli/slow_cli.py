@@ -3,6 +3,9 @@ interrupted, killed or raced by the lifecycle tests (tests/cli/test_cli_lifecycl
 
     python tests/cli/slow_cli.py predict DIR --out OUT ...     (CXRTRIAGE_TEST_BATCH_SECONDS, default 0.2)
 
+With CXRTRIAGE_TEST_STORE_SECONDS set, `serve` waits that long before it writes each received instance to its
+spool: a transfer that lasts long enough to be killed in the middle (tests/node/).
+
 With CXRTRIAGE_TEST_GATE=PATH set, no batch runs before PATH exists (at most 5 minutes): the test decides
 when the run may go on.
 
@@ -32,12 +35,17 @@ def _slowed(fn: Any, seconds: float) -> Any:
 
 
 if __name__ == "__main__":  # decode workers import this module as __mp_main__: they must not run the CLI again
+    import cxrtriage.node.spool as spool
     import cxrtriage.pipeline.predict as predict
     import cxrtriage.pipeline.segment as segment
     from cxrtriage.cli.app import main
 
     seconds = float(os.environ.get("CXRTRIAGE_TEST_BATCH_SECONDS", "0.2"))
-    predict._score_batch = _slowed(predict._score_batch, seconds)
-    segment._segment_batch = _slowed(segment._segment_batch, seconds)
+    if seconds or os.environ.get("CXRTRIAGE_TEST_GATE"):
+        predict._score_batch = _slowed(predict._score_batch, seconds)
+        segment._segment_batch = _slowed(segment._segment_batch, seconds)
+    store_seconds = float(os.environ.get("CXRTRIAGE_TEST_STORE_SECONDS", "0"))
+    if store_seconds:
+        spool.Spool.store = _slowed(spool.Spool.store, store_seconds)  # type: ignore[method-assign]
     sys.argv = ["cxrtriage", *sys.argv[1:]]
     main()

@@ -106,6 +106,7 @@ class PredictSummary:
     run_json: Path | None = None
     run: RunRecord | None = None  # what run.json holds
     report: ReportOutcome | None = None
+    resumed: int = 0  # rows taken from the journal of an earlier run (``--resume``), not scored again
 
     @property
     def images_per_s(self) -> float:

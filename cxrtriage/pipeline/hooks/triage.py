@@ -169,8 +169,18 @@ class TriageHook(PredictHook):
 
     def on_finish(self, ctx: RunContext, summary: PredictSummary) -> TriageOutcome:
         """Write ``DIR/worklist.csv`` (atomically) from the results as written."""
-        entries = build_worklist(read_results(summary.results_jsonl).records)
+        return self.finish(ctx, read_results(summary.results_jsonl).records)
+
+    def finish(self, ctx: RunContext, records: Sequence[ImageRecord]) -> TriageOutcome:
+        """Write ``DIR/worklist.csv`` (atomically) from ``records``, the whole results table as written (``serve`` and
+        ``watch`` keep it in memory and call this after each batch).
+
+        The image counts (by priority, by population) are taken from the records too: rows an earlier run scored
+        (``--resume``, ``serve``) count as well as the ones decided in this process."""
+        entries = build_worklist(records)
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
+        self.counts = Counter(r.priority for r in records if r.priority is not None)
+        self.population_counts = Counter(r.population for r in records if r.population)
         studies = Counter(e.priority for e in entries)
         self.outcome = TriageOutcome(
             worklist=path,

@@ -1,0 +1,168 @@
+"""`predict --resume`: a run killed at any point and run again scores only what is missing, and ends with the results of
+an uninterrupted run; without --resume, a folder holding an earlier run gets a new run as a whole, and says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from factories import make_tiny_classifier
+from typer.testing import CliRunner
+
+from cxrtriage.cli.app import app
+from cxrtriage.outdir import LOCK_NAME
+from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW_CLI = Path(__file__).with_name("slow_cli.py")
+
+
+@pytest.fixture()
+def model(tmp_path: Path) -> Path:
+    return make_tiny_classifier(tmp_path / "models" / "clf", size=16)
+
+
+def _inputs(folder: Path, n: int) -> Path:
+    """``n`` images, some sharing a stem (``img003.png`` and ``img003.jpg``: their heat maps need distinct names),
+    and two files that are not images."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = (rng.random((40 + i % 7, 36)) * 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img{i:03d}.{'jpg' if i % 5 == 4 else 'png'}"), img)
+        if i % 9 == 3:
+            cv2.imwrite(str(folder / f"img{i:03d}.jpg"), img[::-1])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.dcm").write_bytes(b"")
+    return folder
+
+
+def _args(inputs: Path, out: Path, model: Path) -> list[str]:
+    return ["predict", str(inputs), "--out", str(out), "--model", str(model), "--batch-size", "3", "--heatmaps",
+            "--workers", "1"]
+
+
+def _journaled(out: Path) -> int:
+    """Inputs committed in the journal (complete lines only)."""
+    try:
+        lines = (out / JOURNAL_NAME).read_text().split("\n")[1:-1]
+    except OSError:
+        return 0
+    n = 0
+    for line in lines:
+        try:
+            n += len(json.loads(line).get("entries", []))
+        except ValueError:
+            pass
+    return n
+
+
+def _ran(args: list[str]) -> str:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_results(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 30)
+    reference = tmp_path / "reference"
+    _ran(_args(inputs, reference, model))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               CXRTRIAGE_TEST_BATCH_SECONDS="0.15", COLUMNS="200")
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    deadline = time.monotonic() + 240
+    kills: list[int] = []  # inputs journaled when each kill came
+    for trial in range(3):
+        out = tmp_path / f"trial{trial}"
+        for attempt in range(6):
+            assert time.monotonic() < deadline, f"seed {seed}: out of time"
+            proc = subprocess.Popen([sys.executable, str(SLOW_CLI), *_args(inputs, out, model), "--resume"], cwd=REPO,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            if attempt < 2:  # kill -9 at a random moment: starting, scoring, journaling, writing the tables...
+                try:
+                    proc.wait(rng.uniform(1.5, 5.0))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    kills.append(_journaled(out))
+            try:
+                _, err = proc.communicate(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode == 0:
+                break
+            assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {err.decode(errors='replace')[-2000:]}"
+        else:
+            pytest.fail(f"seed {seed}: trial {trial} never finished")
+        assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes(), f"seed {seed}"
+        assert (out / "worklist.csv").read_bytes() == (reference / "worklist.csv").read_bytes(), f"seed {seed}"
+        assert sorted(p.name for p in (out / "heatmaps").iterdir()) == \
+            sorted(p.name for p in (reference / "heatmaps").iterdir()), f"seed {seed}"
+        assert not (out / LOCK_NAME).exists() and not list(out.glob("*.partial"))
+        counts = json.loads((out / "run.json").read_text())["counts"]
+        assert counts["files"] == 35 and counts["resumed"] <= 35
+    # the kills came while runs were going on, at least one in the middle of the scoring
+    assert len(kills) >= 3 and any(0 < n < 35 for n in kills), f"seed {seed}: journaled at the kills: {kills}"
+
+
+def test_a_changed_input_is_scored_again_the_rest_comes_from_the_journal(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    first = _ran([*_args(inputs, out, model), "--resume", "--workers", "0"])
+    assert "resumed" not in first
+    cv2.imwrite(str(inputs / "img002.png"), np.full((50, 36), 200, np.uint8))  # new content, new size and mtime
+    second = _ran([*_args(inputs, out, model), "--resume", "--workers", "0"])
+    assert "│ resumed            │ 10 input(s) finished by the earlier run" in second  # 11 inputs, one changed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 11 and [r["rows"] for r in rows if r["path"].endswith("img002.png")] == [50]
+    journal = (out / JOURNAL_NAME).read_text().splitlines()
+    assert sum(len(json.loads(line).get("entries", [])) for line in journal[1:]) == 12  # 11 + the new img002
+
+
+def test_without_resume_an_earlier_run_is_replaced_as_a_whole_and_it_says_so(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    _ran([*_args(inputs, out, model), "--workers", "0"])
+    stale = out / "heatmaps" / "from-an-earlier-run.png"
+    stale.write_bytes(b"x")
+    (out / LOCK_NAME).write_text('{"command": "predict", "pid": 123, "host": "h", "started_at": "then"}')  # killed
+    res = CliRunner().invoke(app, ["predict", str(inputs / "img000.png"), "--out", str(out), "--model", str(model),
+                                   "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "did not finish (predict, pid 123 on h, since then)" in said and "replaces them as a whole" in said
+    assert "add --resume" in said
+    assert not stale.exists()  # nothing of the earlier run is left to mix with this one
+    assert len((out / "results.csv").read_text().splitlines()) == 2
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    _ran([*_args(inputs, out, model), "--resume", "--workers", "0"])
+    res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--resume",
+                                   "--workers", "0"])
+    assert res.exit_code == 4
+    said = " ".join(res.output.split())
+    assert "--heatmaps" in said and "results columns" in said and "leave out --resume" in said
+
+
+def test_predict_never_replaces_the_folder_of_a_node(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 2)
+    out = tmp_path / "node"
+    out.mkdir()
+    Journal.create(out, "serve", {"model": "x"}).close()
+    res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--workers", "0"])
+    assert res.exit_code == 4 and "holds the output of `cxrtriage serve`" in " ".join(res.output.split())
+    assert (out / JOURNAL_NAME).is_file() and not (out / "results.csv").exists()

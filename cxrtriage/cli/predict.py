@@ -32,9 +32,9 @@ StrictOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead o
 WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-w", min=0, max=64,
-                 help="Decode processes (0 = decode in the main process). Default: half the CPU cores, at least 1. "
-                      "Workers also contain a decoder that crashes (segfault) on a hostile file: that file is failed. "
-                      "With 0 such a crash ends the run: keep workers for files of unknown origin."),
+                 help="Decode processes (0 = decode in the main process). Default: half the CPU cores, 2 on 2-3 "
+                      "cores, at most 4. Workers also contain a decoder that crashes (segfault) on a hostile file: that "
+                      "file is failed. With 0 such a crash ends the run: keep workers for files of unknown origin."),
 ]
 ThreadsOpt = Annotated[
     int | None,

@@ -94,13 +94,15 @@ def _check_common(inputs: tuple[Path, ...], batch_size: int, workers: int | None
 
 
 def auto_workers() -> int:
-    """Decode processes when none are asked for: half the cores (at least 1, at most 4).
+    """Decode processes when none are asked for: half the cores, but 2 on 2-3 cores (1 on one core, at most 4).
 
-    On 2 cores one decode process beside onnxruntime's threads keeps both cores busy for
-    PNG/JPEG/uncompressed DICOM; see benchmarks/bench_predict.py.
+    Why 2 on 2 cores: inference needs a few ms per image and decoding most of the rest, so a second decode process
+    uses the core that onnxruntime leaves idle. Measured side by side on 2 cores: 486 NIH PNGs (512 px) 5.3 s vs
+    5.9 s with one; 96 RG1 chests (1955 x 1841) 48 vs 28 images/s as PNG, 32 vs 19 as JPEG 2000 lossless
+    (`benchmarks/bench_decode.py --workers`).
     """
     n = os.cpu_count() or 1
-    return max(1, min(4, n // 2))
+    return min(4, max(min(n, 2), n // 2))
 
 
 def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:

@@ -13,6 +13,7 @@ from cxrtriage.cli.predict import (
     DeviceOpt,
     DicomOpt,
     FullResolutionOpt,
+    HeatmapGateOpt,
     HeatmapMethodOpt,
     HeatmapsOpt,
     LungsOpt,
@@ -89,6 +90,7 @@ def serve_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    heatmap_gate: HeatmapGateOpt = False,
     full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Receive studies over DICOM (C-STORE; C-ECHO answered) and score each one once it is complete.
@@ -113,6 +115,7 @@ def serve_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads, rules=rules, policy=policy,
             site=site, lungs=lungs, segmenter=segmenter, report=report, pdf=pdf, dicom=dicom or forward is not None,
             deidentify=deidentify, modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            heatmap_gate=heatmap_gate,
             population=population, reduced_decode=not full_resolution,
         )
         config = ServeConfig(

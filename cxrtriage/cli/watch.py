@@ -13,6 +13,7 @@ from cxrtriage.cli.predict import (
     DeviceOpt,
     DicomOpt,
     FullResolutionOpt,
+    HeatmapGateOpt,
     HeatmapMethodOpt,
     HeatmapsOpt,
     LungsOpt,
@@ -57,6 +58,7 @@ def watch_cmd(
     modality: ModalityOpt = "DOC",
     heatmaps: HeatmapsOpt = False,
     heatmap_method: HeatmapMethodOpt = "gradcam",
+    heatmap_gate: HeatmapGateOpt = False,
     full_resolution: FullResolutionOpt = False,
 ) -> None:
     """Watch DIR and score every file dropped into it, once: results appended to OUT as for `cxrtriage serve`.
@@ -77,6 +79,7 @@ def watch_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads, rules=rules, policy=policy,
             site=site, lungs=lungs, segmenter=segmenter, report=report, pdf=pdf, dicom=dicom, deidentify=deidentify,
             modality=modality, heatmaps=heatmaps, heatmap_method=heatmap_method,
+            heatmap_gate=heatmap_gate,
             population=population, reduced_decode=not full_resolution,
         )
         config = WatchConfig(predict=predict, poll_seconds=poll, settle_seconds=settle)

@@ -96,3 +96,15 @@ def test_stable_files_and_the_part_convention() -> None:
     assert StableFiles(settle=0).ready("y", a, 0.0)
     assert in_progress("scan.dcm.part") and in_progress("X.PARTIAL") and in_progress("a.tmp")
     assert not in_progress("scan.dcm") and not in_progress("partial.dcm")
+
+
+@pytest.mark.parametrize("command", ["serve", "watch"])
+def test_serve_and_watch_take_predicts_heat_map_options(tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.app import app
+
+    where = ["--aet", "CXR", "--port", "0"] if command == "serve" else [str(tmp_path)]
+    result = CliRunner().invoke(app, [command, *where, "--out", str(tmp_path / "out"), "--heatmap-gate"])
+    # the option exists and is checked like predict's: gating needs heat maps
+    assert result.exit_code == 4 and "--heatmap-gate" in result.output and "needs --heatmaps" in result.output

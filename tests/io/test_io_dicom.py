@@ -70,8 +70,11 @@ def save_with_raw_ds(ds: Dataset, path: Path, tag: int, text: str) -> Path:
     data = path.read_bytes()
     padded = placeholder + (" " if len(placeholder) % 2 else "")
     new = text + (" " if len(text) % 2 else "")
-    assert data.count(padded.encode()) == 1
-    path.write_bytes(data.replace(padded.encode(), new.encode()))
+    # Anchor on the element header (explicit VR little endian: tag, "DS", 2-byte length): the placeholder's
+    # digits alone can also occur in a random UID or in the pixel bytes.
+    header = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + b"DS" + len(padded).to_bytes(2, "little")
+    assert data.count(header + padded.encode()) == 1
+    path.write_bytes(data.replace(header + padded.encode(), header + new.encode()))
     return path
 
 

@@ -32,9 +32,9 @@ StrictOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead o
 WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-w", min=0, max=64,
-                 help="Decode processes (0 = decode in the main process). Default: half the CPU cores, 2 on 2-3 "
-                      "cores, at most 4. Workers also contain a decoder that crashes (segfault) on a hostile file: that "
-                      "file is failed. With 0 such a crash ends the run: keep workers for files of unknown origin."),
+                 help="Decode processes (0 = one file at a time, in a child forked from the main process: no "
+                      "parallel decoding, no __main__ guard needed). Default: half the CPU cores, 2 on 2-3 cores, at "
+                      "most 4. In both modes a decoder that crashes (segfault) on a hostile file fails only that file."),
 ]
 ThreadsOpt = Annotated[
     int | None,

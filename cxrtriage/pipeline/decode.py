@@ -3,7 +3,10 @@
 ``decode_stream`` turns a stream of ``DecodeTask``s into a stream of ``Decoded`` items in input order,
 with at most ``window`` files in flight, so memory stays flat however many files there are.
 Every per-file problem becomes a ``failed``/``excluded`` record; a decoder that crashes its worker
-process is isolated by re-running the in-flight files one at a time in a fresh pool.
+process is isolated by re-running the in-flight files one at a time in a fresh pool. Without workers
+(``workers=0``) the files are examined one at a time in a child forked from this process (`ForkedExaminer`,
+POSIX), so a decoder's hard crash is still one file's ``failed`` row; where ``fork`` does not exist (Windows) they
+are examined here.
 
 No worker outlives the run: a stream that is abandoned (an error, an interrupt) kills its workers at once, and
 a worker dies with the main process even when that is killed outright (kill -9): see `_init_worker`.
@@ -12,9 +15,12 @@ a worker dies with the main process even when that is killed outright (kill -9):
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
+import pickle
+import select
 import signal
 import sys
 import threading
@@ -223,6 +229,184 @@ def _tie_to_main_process(main_pid: int) -> None:
     threading.Thread(target=_watch, args=(parent, main_pid), name="cxrtriage-watch-main", daemon=True).start()
 
 
+FORK_ISOLATION = hasattr(os, "fork") and sys.platform != "win32"
+"""Whether ``workers=0`` examines files in a child forked from this process (POSIX) or in this process (Windows)."""
+
+CHILD_TIMEOUT_S = 600.0
+"""A forked child still examining one file after this long is killed and the file is failed. Decode workers start
+clean (forkserver); a child forked from a process that runs onnxruntime's and the progress bar's threads could in
+principle inherit a lock that one of them held, and one file must never hang the run."""
+
+_HEADER = 8  # each message on the pipes: its length (8 bytes, little endian), then a pickle
+
+
+class ForkedExaminer:
+    """``workers=0``: one child forked from this process examines the files one at a time, so that a hard crash in
+    native decoder code (a segfault, an abort) is that file's ``failed`` row, not the end of the run.
+
+    Forking needs no ``__main__`` guard and no imports (what ``workers=0`` is for): the child starts as a copy of
+    this process, reads pickled tasks from one pipe and writes pickled items to another, and leaves with
+    ``os._exit`` (none of this process's exit handlers, buffers or temporary files are touched). A child that dies
+    is replaced by a fresh fork for the next file. Files are still examined one after the other, in input order.
+    """
+
+    def __init__(self, fn: Callable[[DecodeTask], Decoded]) -> None:
+        self.fn = fn
+        self._pid: int | None = None
+        self._send = -1
+        self._receive = -1
+
+    def examine(self, task: DecodeTask) -> Decoded:
+        message = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            try:
+                if self._pid is None:
+                    self._start()
+                _write_message(self._send, message)
+            except BrokenPipeError:  # the idle child is gone (killed from outside): a fresh one takes the file
+                self.close(kill=True)
+                self._start()
+                _write_message(self._send, message)
+            data, timed_out = _read_message(self._receive, CHILD_TIMEOUT_S)
+        except BaseException:  # an interrupt while waiting: the child is not wanted any more
+            self.close(kill=True)
+            raise
+        if timed_out:
+            self.close(kill=True)
+            log.warning("%s: decoding did not finish within %.0f s; child killed, marked failed", task.path,
+                        CHILD_TIMEOUT_S)
+            reason = (f"{task.path}: decoding did not finish within {CHILD_TIMEOUT_S:.0f} s (corrupt or hostile "
+                      "file?); the process decoding it was stopped")
+            return Decoded(task.index, ImageRecord(path=task.path, status=Status.FAILED, reason=reason))
+        if data is None:  # the pipe closed before a whole item came: the child died on this file
+            self.close(kill=True)
+            log.warning("%s: decoder crashed the process decoding it; marked failed", task.path)
+            return crashed(task)
+        try:
+            item = pickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - cannot happen with an intact pipe; one file's problem if it does
+            return unreturned(task, exc)
+        return item if isinstance(item, Decoded) else unreturned(task, TypeError(f"got a {type(item).__name__}"))
+
+    def close(self, *, kill: bool = False) -> None:
+        """End the child: it leaves when its task pipe closes; ``kill`` stops it at once (it is mid-file)."""
+        pid, self._pid = self._pid, None
+        if pid is None:
+            return
+        for fd in (self._send, self._receive):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if kill:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped
+            pass
+
+    def _start(self) -> None:
+        task_r, task_w = os.pipe()
+        item_r, item_w = os.pipe()
+        parent = os.getpid()
+        # OpenCV's thread pool does not survive a fork: a child that inherits it waits forever for pool threads that
+        # only exist in the parent (seen as a hang in the child's first OpenCV call). With one thread OpenCV has no
+        # pool threads; the parent gets its pool back right after the fork.
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                cv2.setNumThreads(cv_threads)
+        if pid == 0:
+            code = 1
+            try:
+                os.close(task_w)
+                os.close(item_r)
+                _child_setup(parent)
+                _child_loop(self.fn, task_r, item_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(task_r)
+        os.close(item_w)
+        self._pid, self._send, self._receive = pid, task_w, item_r
+
+
+def _child_setup(parent: int) -> None:
+    """Make a forked child independent of what it inherited: signals, the CLI's log handlers, its parent's life."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent decides, and kills this child
+    # The CLI's log handler writes through the progress bar's console, whose lock another thread of the parent may
+    # have held at the fork: log like a decode worker instead (Python's last-resort handler: warnings to stderr).
+    logging.root.handlers.clear()
+    faulthandler.disable()  # a decoder's crash is reported by the parent, as for a decode worker (no native dump)
+    _die_with(parent)
+
+
+def _child_loop(fn: Callable[[DecodeTask], Decoded], tasks: int, items: int) -> None:
+    while True:
+        data, _ = _read_message(tasks, None)
+        if data is None:  # the parent closed the pipe: no more files
+            return
+        task: DecodeTask = pickle.loads(data)
+        try:
+            item = fn(task)
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, it is this file's; the parent reports it
+            item = unreturned(task, exc)
+        try:
+            out = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable value in a record
+            out = pickle.dumps(unreturned(task, exc), protocol=pickle.HIGHEST_PROTOCOL)
+        _write_message(items, out)
+
+
+def _write_message(fd: int, data: bytes) -> None:
+    view = memoryview(len(data).to_bytes(_HEADER, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_message(fd: int, timeout: float | None) -> tuple[bytes | None, bool]:
+    """One message from ``fd``: (its bytes, False); (None, False) when the pipe closes first; (None, True) when
+    ``timeout`` seconds pass first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = bytearray()
+    need = _HEADER
+    length: int | None = None
+    while len(buf) < need:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, True
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+        chunk = os.read(fd, min(need - len(buf), 1 << 20))
+        if not chunk:
+            return None, False
+        buf += chunk
+        if length is None and len(buf) >= _HEADER:
+            length = int.from_bytes(buf[:_HEADER], "little")
+            need = _HEADER + length
+    return bytes(buf[_HEADER:]), False
+
+
+def _die_with(parent: int) -> None:
+    """End this child as soon as ``parent`` ends (kill -9 included), where Linux allows it: the prctl death signal."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the child ends anyway when its write to the closed pipe fails
+        pass
+    if os.getppid() != parent:  # the parent ended before the death signal was armed
+        os._exit(1)
+
+
 def _is_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -351,8 +535,16 @@ def decode_stream(
     processes to use, and to leave running when the stream is done (else the stream starts and ends its own).
     """
     if workers <= 0:
-        for t in tasks:
-            yield fn(t)
+        if not FORK_ISOLATION:
+            for t in tasks:
+                yield fn(t)
+            return
+        child = ForkedExaminer(fn)
+        try:
+            for t in tasks:
+                yield child.examine(t)
+        finally:
+            child.close()
         return
     own = pool is None
     holder = DecodePool(workers) if pool is None else pool

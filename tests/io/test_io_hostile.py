@@ -371,3 +371,19 @@ def test_row6_deflated_file_with_a_meta_group_that_cannot_be_walked_is_refused(t
     struct.pack_into("<I", data, version + 8, 0xFFFFFFFF)  # an undefined length where a 2-byte value should be
     path.write_bytes(bytes(data))
     assert "file meta information of this deflated file is malformed" in (deflated_problem(path) or "")
+
+
+def test_sequences_nested_deeper_than_python_recursion_give_a_reason_that_says_so(tmp_path: Path) -> None:
+    # 5,000 SQ items inside each other (undefined lengths) before the pixel data: pydicom recurses per level.
+    src = write_dicom(tmp_path / "base.dcm")
+    raw = src.read_bytes()
+    sq_head = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    ends = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    at = raw.index(struct.pack("<HH", 0x7FE0, 0x0010) + b"O")
+    deep = tmp_path / "deep.dcm"
+    deep.write_bytes(raw[:at] + (sq_head + item) * 5000 + ends * 5000 + raw[at:])
+    d = examine(DecodeTask(0, str(deep), RECIPE))
+    assert d.record.status is Status.FAILED
+    reason = d.record.reason or ""
+    assert "nested too deeply" in reason and "transferred completely" not in reason, reason

@@ -106,3 +106,77 @@ def test_examine_keeps_the_image_only_when_asked(tmp_path: Path) -> None:
     assert examine(DecodeTask(0, str(p), RECIPE, keep_image=True)).image is not None
     d = examine(DecodeTask(0, str(p), RECIPE))
     assert d.image is None and d.model_input is not None and d.model_input.array.shape == (1, 16, 16)
+
+
+# ----------------------------------------------------------------------------- workers=0: one forked child
+
+
+def _segfault_on_crash(task: DecodeTask) -> Decoded:
+    """Stand-in for `examine`: native code reading address 0 (a segfault) on a file named 'crash'."""
+    if Path(task.path).name == "crash":
+        import ctypes
+
+        ctypes.string_at(0)
+    return Decoded(task.index, ImageRecord(task.path, Status.SCORED, reason=str(os.getpid())))
+
+
+class _Panic(BaseException):
+    """Like pyo3's PanicException: a BaseException that is not an interrupt."""
+
+
+def _panic_or_sleep(task: DecodeTask) -> Decoded:
+    name = Path(task.path).name
+    if name == "panic":
+        raise _Panic("boom")
+    if name == "slow":
+        time.sleep(30)
+    return Decoded(task.index, ImageRecord(task.path, Status.SCORED, reason=str(os.getpid())))
+
+
+@pytest.mark.skipif(not decode.FORK_ISOLATION, reason="no fork on this platform: workers=0 decodes in-process")
+def test_without_workers_files_are_examined_in_one_forked_child_in_order() -> None:
+    names = [f"f{i}" for i in range(6)]
+    out = list(decode_stream(_tasks(names), workers=0, window=1, fn=_double))
+    assert [Path(d.path).name for d in out] == names
+    pids = {d.record.reason for d in out}
+    assert len(pids) == 1 and pids != {str(os.getpid())}  # one child, not this process
+
+
+@pytest.mark.skipif(not decode.FORK_ISOLATION, reason="no fork on this platform: workers=0 decodes in-process")
+@pytest.mark.parametrize("fn", [_double, _segfault_on_crash], ids=["exit", "segfault"])
+def test_without_workers_a_crashing_decoder_fails_only_its_file(fn: object) -> None:
+    names = ["a", "crash", "b", "crash", "c"]
+    out = list(decode_stream(_tasks(names), workers=0, window=1, fn=fn))  # type: ignore[arg-type]
+    assert [Path(d.path).name for d in out] == names
+    assert [d.record.status for d in out] == [Status.SCORED, Status.FAILED, Status.SCORED, Status.FAILED, Status.SCORED]
+    assert "crashed its worker process" in (out[1].record.reason or "")
+    assert out[0].record.reason != out[2].record.reason != out[4].record.reason  # a fresh child after each crash
+
+
+@pytest.mark.skipif(not decode.FORK_ISOLATION, reason="no fork on this platform: workers=0 decodes in-process")
+def test_without_workers_a_panic_and_a_hang_are_one_files_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode, "CHILD_TIMEOUT_S", 1.0)
+    t0 = time.monotonic()
+    out = list(decode_stream(_tasks(["panic", "a", "slow", "b"]), workers=0, window=1, fn=_panic_or_sleep))
+    assert time.monotonic() - t0 < 15
+    assert [d.record.status for d in out] == [Status.FAILED, Status.SCORED, Status.FAILED, Status.SCORED]
+    assert "_Panic: boom" in (out[0].record.reason or "")
+    assert "did not finish within 1 s" in (out[2].record.reason or "")
+
+
+@pytest.mark.skipif(not decode.FORK_ISOLATION, reason="no fork on this platform: workers=0 decodes in-process")
+def test_without_workers_a_child_killed_while_idle_is_replaced_and_an_abandoned_stream_reaps_it() -> None:
+    stream = decode_stream(_tasks(["a", "b", "c"]), workers=0, window=1, fn=_double)
+    first = next(stream)
+    child = int(first.record.reason or 0)
+    os.kill(child, 9)
+    deadline = time.monotonic() + (10 if Path("/proc").is_dir() else 0.5)
+    while time.monotonic() < deadline:  # until it is dead (its pipe ends closed) but not reaped: the examiner reaps it
+        if Path("/proc").is_dir() and Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.01)
+    second = next(stream)
+    assert second.record.status is Status.SCORED and int(second.record.reason or 0) != child
+    stream.close()  # the consumer stops early: the child must not outlive the stream
+    with pytest.raises(ChildProcessError):
+        os.waitpid(int(second.record.reason or 0), os.WNOHANG)

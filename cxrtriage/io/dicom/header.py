@@ -116,6 +116,9 @@ def _read_header(p: Path) -> DicomHeader:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+        except RecursionError as exc:  # pydicom parses nested sequences recursively: a transfer cannot cause this
+            raise InputError(f"{p}: not a readable DICOM file (its sequences are nested too deeply to parse); the file "
+                             "is malformed or hostile: check where it came from") from exc
         except Exception as exc:  # pydicom raises many types on garbage
             raise InputError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {first_line(exc)}); "
                              "check that the file was transferred completely") from exc

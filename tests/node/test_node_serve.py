@@ -75,7 +75,8 @@ def test_a_sender_sees_echo_storage_refusals_and_one_scored_row_per_instance(
     ds.save_as(ct, enforce_file_format=True)
     sent = send_pynetdicom([*files, ct], port)
     assert [s.status for s in sent] == [0] * 6 + [REFUSED_SOP_CLASS]
-    wait_for(lambda: len(results_rows(out)) == 6, 60, "6 rows", proc)
+    # results.csv is rewritten before worklist.csv (each atomically): wait until both show the second study
+    wait_for(lambda: len(results_rows(out)) == 6 and len(worklist_rows(out)) == 2, 60, "6 rows, 2 studies", proc)
     rows = results_rows(out)
     assert sorted(r["sop_instance_uid"] for r in rows) == sorted(s.sop_instance_uid for s in sent[:6])
     assert {r["status"] for r in rows} == {"scored"}

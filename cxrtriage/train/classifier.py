@@ -151,7 +151,8 @@ def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labe
 def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
                      log_file: Path | None = None, lr: float | None = None, warmup_epochs: float | None = None,
                      source_shares: tuple[tuple[str, float], ...] | None = None, init_from: Path | None = None,
-                     select_by: str = "mean", lung_crop: Path | None = None, lung_crop_margin: float = 0.1) -> Path:
+                     select_by: str = "mean", lung_crop: Path | None = None, lung_crop_margin: float = 0.1,
+                     size: int | None = None) -> Path:
     """Train, pick the best epoch on validation, save model.pt and the split lists; then export (finalize).
 
     Defaults reproduce the shipped recipe. ``init_from`` fine-tunes from an existing model.pt (its splits.csv must
@@ -159,6 +160,8 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
     metric for checkpoint selection ("mean" or e.g. "nih14:abnormal"). ``lung_crop`` (a segmenter) cuts every image
     to its lung bounding box widened by ``lung_crop_margin`` per side before preprocessing (issue 15 experiment: the
     manifest written does not describe this step and `predict` does not apply it, so the model is for measurement).
+    ``size`` overrides the input size (e.g. 320 for the issue 15 resolution experiment; the network is fully
+    convolutional with global average pooling, so only the cost changes).
     """
     t0 = time.time()
     cfg = ClassifierConfig.tiny_config(seed) if tiny else ClassifierConfig(seed=seed)
@@ -177,6 +180,10 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
         overrides["source_share"] = tuple(source_shares)
     if init_from is not None:
         overrides["init_from"] = str(init_from)
+    if size is not None:
+        if not 32 <= size <= 1024:
+            raise ConfigError(f"--size {size}: the input size must be within 32..1024 pixels")
+        overrides["size"] = size
     if lung_crop is not None:
         if not 0.0 <= lung_crop_margin <= 1.0:
             raise ConfigError(f"--lung-crop-margin {lung_crop_margin}: must be within 0..1 (a share of the lung box)")

@@ -1,4 +1,4 @@
-"""Lung-cropped classifier input (issue 15 experiment): the box rule, and a --tiny training run with --lung-crop."""
+"""Lung-cropped classifier input (issue 15 experiment): the box rule, and a --tiny training run with --lung-crop --size."""
 
 from __future__ import annotations
 
@@ -60,11 +60,14 @@ def test_tiny_classifier_training_with_lung_crop(shared_data: Path, tmp_path: Pa
     out = tmp_path / "cls"
     seg = REPO / "models" / "lung-segmenter"
     res = CliRunner().invoke(app, ["train", "classifier", "--data", str(shared_data), "--out", str(out), "--tiny",
-                                   "--seed", "1", "--lung-crop", str(seg), "--lung-crop-margin", "0.05"])
+                                   "--seed", "1", "--lung-crop", str(seg), "--lung-crop-margin", "0.05", "--size", "80"])
     assert res.exit_code == 0, res.output
     verify_onnx(load_manifest(out / "manifest.json"))
+    m = load_manifest(out / "manifest.json")
+    assert m.preprocessing.size == 80  # --size reaches the recipe the manifest records
     info = json.loads((out / "train_config.json").read_text())
     assert info["config"]["lung_crop"] == str(seg) and info["config"]["lung_crop_margin"] == 0.05
+    assert info["config"]["size"] == 80
 
     # one box per training image, cached outside the model folder; real chests give real (smaller) boxes
     (box_file,) = cache.glob("lungboxes_*.json")
@@ -79,7 +82,7 @@ def test_tiny_classifier_training_with_lung_crop(shared_data: Path, tmp_path: Pa
     # the arrays trained on are exactly the recipe applied to the cropped image (the inference path's function)
     _, records = classifier_records(shared_data, seed=1)
     rec = next(r for r in records if r.path == smaller[0])
-    recipe = PreprocessRecipe(size=64)
+    recipe = PreprocessRecipe(size=80)
     x, _ = cached_arrays(shared_data, [rec], recipe, boxes={rec.path: tuple(cropped[rec.path])})
     want = to_model_input(crop_image(read_raster(shared_data / rec.path), tuple(cropped[rec.path])), recipe).array[0]
     np.testing.assert_allclose(x[0].astype(np.float32), want, atol=1e-3)

@@ -187,6 +187,7 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
     if lung_crop is not None:
         if not 0.0 <= lung_crop_margin <= 1.0:
             raise ConfigError(f"--lung-crop-margin {lung_crop_margin}: must be within 0..1 (a share of the lung box)")
+        LungCrop(str(lung_crop), lung_crop_margin)  # refuses a missing segmenter before any folder is written
         overrides["lung_crop"] = str(lung_crop)
         overrides["lung_crop_margin"] = lung_crop_margin
     cfg = ClassifierConfig(**{**asdict(cfg), **overrides})

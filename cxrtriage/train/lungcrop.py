@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtriage.errors import ConfigError
 from cxrtriage.files import atomic_write
 from cxrtriage.io.raster import read_raster
 from cxrtriage.model import load_segmenter
@@ -40,6 +41,11 @@ class LungCrop:
 
     segmenter: str
     margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not Path(self.segmenter_onnx()).is_file():
+            raise ConfigError(f"--lung-crop {self.segmenter}: no segmenter ONNX file there; pass a segmenter model folder "
+                              "(e.g. models/lung-segmenter) or its model.onnx")
 
     def key(self) -> str:
         return f"{sha256_file(Path(self.segmenter_onnx()))[:16]}_m{self.margin:g}"

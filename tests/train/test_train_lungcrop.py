@@ -92,3 +92,7 @@ def test_tiny_classifier_training_with_lung_crop(shared_data: Path, tmp_path: Pa
     bad = CliRunner().invoke(app, ["train", "classifier", "--data", str(shared_data), "--out", str(tmp_path / "bad"),
                                    "--tiny", "--lung-crop", str(seg), "--lung-crop-margin", "2"])
     assert isinstance(bad.exception, ConfigError) and "--lung-crop-margin" in str(bad.exception)
+    missing = CliRunner().invoke(app, ["train", "classifier", "--data", str(shared_data), "--out", str(tmp_path / "bad2"),
+                                       "--tiny", "--lung-crop", str(tmp_path / "no-such-model")])
+    assert isinstance(missing.exception, ConfigError) and "no segmenter ONNX file" in str(missing.exception)
+    assert not (tmp_path / "bad2").exists()

@@ -30,6 +30,14 @@ _INIT = typer.Option(None, "--init-from",
 _SELECT = typer.Option("mean", "--select-by",
                        help="Validation metric that picks the best epoch: 'mean' (mean AUROC over source/label pairs) or "
                             "SOURCE:LABEL, e.g. nih14:abnormal. Never the test split.")
+_LUNG_CROP = typer.Option(None, "--lung-crop",
+                          help="Experiment (issue 15): crop every image to the lung bounding box this segmenter finds "
+                               "(a model folder such as models/lung-segmenter, or its model.onnx) before preprocessing. "
+                               "predict does not apply this step yet, so such a model is for measurement only.")
+_SIZE = typer.Option(None, "--size", help="Override the recipe's input size in pixels (default 224; e.g. 320 to measure "
+                                           "whether adult findings gain from detail).")
+_LUNG_MARGIN = typer.Option(0.1, "--lung-crop-margin", help="With --lung-crop: share of the lung box's height and width "
+                                                            "added on each side (default 0.1).")
 
 
 def _check(data: Path) -> None:
@@ -57,6 +65,9 @@ def classifier(
     source_shares: str | None = _SHARES,
     init_from: Path | None = _INIT,
     select_by: str = _SELECT,
+    lung_crop: Path | None = _LUNG_CROP,
+    lung_crop_margin: float = _LUNG_MARGIN,
+    size: int | None = _SIZE,
 ) -> None:
     """Train the multi-label classifier; writes model.onnx, manifest.json, MODEL_CARD.md, splits/ and plots to OUT."""
     from cxrtriage.cli.render import console
@@ -67,7 +78,8 @@ def classifier(
     shares = parse_source_shares(source_shares) if source_shares is not None else None
     t0 = time.time()
     manifest = train_classifier(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log, lr=lr,
-                                warmup_epochs=warmup_epochs, source_shares=shares, init_from=init_from, select_by=select_by)
+                                warmup_epochs=warmup_epochs, source_shares=shares, init_from=init_from, select_by=select_by,
+                                lung_crop=lung_crop, lung_crop_margin=lung_crop_margin, size=size)
     console.print(f"wrote {manifest} (wall time {time.time() - t0:.0f} s)")
 
 

@@ -21,6 +21,7 @@ from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
 from cxrtriage.train.data import Record, cached_arrays, classifier_records, label_matrix, tiny_subset, write_splits
 from cxrtriage.train.finalize import finalize_classifier
+from cxrtriage.train.lungcrop import LungCrop, lung_boxes
 from cxrtriage.train.nets import SlimResNet, predict_logits
 from cxrtriage.train.nets import build_model as build_model  # re-exported: it lived here and callers import it from here
 
@@ -45,6 +46,8 @@ class ClassifierConfig:
     tiny: bool = False
     init_from: str | None = None  # checkpoint (model.pt) to fine-tune from; None = train from scratch
     select_by: str = "mean"  # "mean" (mean val AUROC over source/label pairs) or "SOURCE:LABEL" (one val AUROC)
+    lung_crop: str | None = None  # segmenter (folder or model.onnx) whose lung box, widened, crops every image first
+    lung_crop_margin: float = 0.1  # share of the lung box's height / width added on each side
 
     @classmethod
     def tiny_config(cls, seed: int = 0) -> ClassifierConfig:
@@ -148,12 +151,17 @@ def selection_score(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, labe
 def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
                      log_file: Path | None = None, lr: float | None = None, warmup_epochs: float | None = None,
                      source_shares: tuple[tuple[str, float], ...] | None = None, init_from: Path | None = None,
-                     select_by: str = "mean") -> Path:
+                     select_by: str = "mean", lung_crop: Path | None = None, lung_crop_margin: float = 0.1,
+                     size: int | None = None) -> Path:
     """Train, pick the best epoch on validation, save model.pt and the split lists; then export (finalize).
 
     Defaults reproduce the shipped recipe. ``init_from`` fine-tunes from an existing model.pt (its splits.csv must
     match this run's splits); ``source_shares`` sets the per-epoch sampling mix; ``select_by`` picks the validation
-    metric for checkpoint selection ("mean" or e.g. "nih14:abnormal").
+    metric for checkpoint selection ("mean" or e.g. "nih14:abnormal"). ``lung_crop`` (a segmenter) cuts every image
+    to its lung bounding box widened by ``lung_crop_margin`` per side before preprocessing (issue 15 experiment: the
+    manifest written does not describe this step and `predict` does not apply it, so the model is for measurement).
+    ``size`` overrides the input size (e.g. 320 for the issue 15 resolution experiment; the network is fully
+    convolutional with global average pooling, so only the cost changes).
     """
     t0 = time.time()
     cfg = ClassifierConfig.tiny_config(seed) if tiny else ClassifierConfig(seed=seed)
@@ -172,6 +180,16 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
         overrides["source_share"] = tuple(source_shares)
     if init_from is not None:
         overrides["init_from"] = str(init_from)
+    if size is not None:
+        if not 32 <= size <= 1024:
+            raise ConfigError(f"--size {size}: the input size must be within 32..1024 pixels")
+        overrides["size"] = size
+    if lung_crop is not None:
+        if not 0.0 <= lung_crop_margin <= 1.0:
+            raise ConfigError(f"--lung-crop-margin {lung_crop_margin}: must be within 0..1 (a share of the lung box)")
+        LungCrop(str(lung_crop), lung_crop_margin)  # refuses a missing segmenter before any folder is written
+        overrides["lung_crop"] = str(lung_crop)
+        overrides["lung_crop_margin"] = lung_crop_margin
     cfg = ClassifierConfig(**{**asdict(cfg), **overrides})
     if init_from is not None and init_from.resolve().parent == out.resolve():
         raise ConfigError(f"--out {out}: is the folder of the --init-from checkpoint; write the fine-tuned model elsewhere")
@@ -189,7 +207,13 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
         write_splits(records, out / "splits" / "splits.csv")
         recipe = cfg.recipe()
         log.info("classifier: %d images, labels %s, config %s", len(records), labels, asdict(cfg))
-        x_all, _ = cached_arrays(data_root, records, recipe)
+        boxes = None
+        if cfg.lung_crop is not None:
+            crop = LungCrop(cfg.lung_crop, cfg.lung_crop_margin)
+            boxes = lung_boxes(data_root, [r.path for r in records], crop)
+            log.info("lung crop: boxes from %s (margin %.2f) in %.0fs; the manifest written does not describe this "
+                     "step, so predict will not apply it", crop.segmenter_onnx(), crop.margin, time.time() - t0)
+        x_all, _ = cached_arrays(data_root, records, recipe, boxes=boxes)
         log.info("preprocessed/cached %d images in %.0fs", len(records), time.time() - t0)
         y_all = label_matrix(records, labels)
         split = np.array([r.split for r in records])

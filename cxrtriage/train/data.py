@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from cxrtriage.files import atomic_output
 from cxrtriage.io.raster import read_raster
 from cxrtriage.preprocess import PreprocessRecipe, to_model_input
 from cxrtriage.preprocess.apply import from_original
+from cxrtriage.train.lungcrop import crop_image
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +281,15 @@ def _recipe_key(recipe: PreprocessRecipe, extra: str = "") -> str:
     return hashlib.sha256((json.dumps(recipe.to_dict(), sort_keys=True) + extra).encode()).hexdigest()[:16]
 
 
-def _prep_one(args: tuple[str, str, dict[str, object], bool]) -> tuple[np.ndarray, np.ndarray | None]:
-    root, rel, rdict, with_mask = args
+def _prep_one(args: tuple[str, str, dict[str, object], bool, tuple[int, int, int, int] | None]
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    root, rel, rdict, with_mask, box = args
     recipe = PreprocessRecipe.from_dict(rdict)
     image = read_raster(Path(root) / rel)
+    if box is not None:
+        if with_mask:
+            raise ConfigError("lung-cropped inputs are for the classifier; segmenter training reads whole images")
+        image = crop_image(image, box)
     mi = to_model_input(image, recipe)
     mask_arr = None
     if with_mask:
@@ -299,17 +305,26 @@ def _prep_one(args: tuple[str, str, dict[str, object], bool]) -> tuple[np.ndarra
 
 
 def cached_arrays(data_root: Path, records: Sequence[Record], recipe: PreprocessRecipe, *, masks: bool = False,
-                  cache_dir: Path | None = None, workers: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
-    """Preprocessed inputs [N, S, S] float16 (and label maps [N, S, S] uint8 when ``masks``), cached on disk."""
+                  cache_dir: Path | None = None, workers: int = 2,
+                  boxes: Mapping[str, tuple[int, int, int, int] | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Preprocessed inputs [N, S, S] float16 (and label maps [N, S, S] uint8 when ``masks``), cached on disk.
+
+    ``boxes`` (relative path → (y0, x0, h, w) or None) cuts each image to that region before the recipe (the
+    lung-crop experiment, `cxrtriage.train.lungcrop`); None everywhere, or no ``boxes``, reads whole images.
+    """
     cache_dir = Path(cache_dir or os.environ.get("CXRTRIAGE_TRAIN_CACHE", "/tmp/cxrtriage_train_cache"))
     paths = [r.path for r in records]
-    key = _recipe_key(recipe, json.dumps(paths) + str(masks) + str(data_root.resolve()))
+    crops: list[tuple[int, int, int, int] | None] = [
+        (int(b[0]), int(b[1]), int(b[2]), int(b[3])) if (b := (boxes or {}).get(p)) is not None else None for p in paths]
+    # the boxes join the key only when given, so that the caches of whole-image runs keep their names
+    key = _recipe_key(recipe, json.dumps(paths) + str(masks) + str(data_root.resolve())
+                      + (json.dumps(crops) if boxes is not None else ""))
     xf, mf = cache_dir / f"{key}_x.npy", cache_dir / f"{key}_m.npy"
     if xf.is_file() and (not masks or mf.is_file()):
         log.info("cache hit %s", xf)
         return np.load(xf), (np.load(mf) if masks else None)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(data_root), p, recipe.to_dict(), masks) for p in paths]
+    jobs = [(str(data_root), p, recipe.to_dict(), masks, c) for p, c in zip(paths, crops, strict=True)]
     if workers > 1 and len(jobs) > 50:
         with ProcessPoolExecutor(workers) as ex:
             res = list(ex.map(_prep_one, jobs, chunksize=32))

@@ -314,11 +314,15 @@ def segmenter_card(m: dict[str, Any], info: dict[str, Any], per_image: dict[str,
     add("## Data and splits\n")
     add(f"{m['training_data']}. Images per split: {met['images']} (ieee patients split 60/20/20 exactly as for the "
         "classifier; masked images only). Several images can share a patient: splits are by patient.\n")
-    add(f"Recipe (`cxrtriage train segmenter --data ../shared/data --out models/lung-segmenter --seed {cfg['seed']}`): "
+    threads = info.get("threads", 2)
+    env = f"CXRTRIAGE_TRAIN_THREADS={threads} " if threads != 2 else ""  # thread count changes float sums: keep it
+    add(f"Recipe (`{env}cxrtriage train segmenter --data ../shared/data --out models/lung-segmenter --seed {cfg['seed']}`, "
+        f"input {cfg['size']} px): "
         f"{cfg['epochs']} epochs, batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, cross-entropy + soft Dice; "
         f"augmentation: {_SEG_AUG[cfg.get('aug', 'basic')]}; no flips (they would swap right and left). "
         f"Best epoch by validation Dice: {info['best_epoch']}. "
-        f"Training wall time {info['train_seconds'] / 60:.1f} min on 2 CPU cores.\n")
+        f"Training wall time {info['train_seconds'] / 60:.1f} min with {info.get('threads', 2)} torch thread(s) on a shared "
+        "2-core machine.\n")
     add("## Results (Dice at the ORIGINAL image size, held-out patients)\n")
     add("| split | structure | mean Dice | 5th percentile | min | n |\n|---|---|---|---|---|---|")
     for s, d in met["dice"].items():

@@ -41,7 +41,7 @@ class SegmenterConfig:
     stem_stride: int = 2
     seed: int = 0
     tiny: bool = False
-    aug: str = "heavy"  # "heavy": augment.affine_heavy + photometric_heavy; "basic": the 1.0.0 recipe
+    aug: str = "basic"  # "basic": the 1.0.0 recipe; "heavy": augment.affine_heavy + photometric_heavy (issue 15 trials)
 
     @classmethod
     def tiny_config(cls, seed: int = 0) -> SegmenterConfig:
@@ -76,12 +76,14 @@ def _mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
-                    log_file: Path | None = None, config: SegmenterConfig | None = None) -> Path:
-    """Train, export and evaluate; ``config`` (experiments) replaces the default recipe, ``epochs`` its length."""
+                    log_file: Path | None = None, config: SegmenterConfig | None = None, aug: str | None = None,
+                    size: int | None = None) -> Path:
+    """Train, export and evaluate; ``config`` replaces the default recipe, ``epochs``/``aug``/``size`` override it."""
     t0 = time.time()
     cfg = config or (SegmenterConfig.tiny_config(seed) if tiny else SegmenterConfig(seed=seed))
-    if epochs is not None:
-        cfg = SegmenterConfig(**{**asdict(cfg), "epochs": epochs})
+    overrides = {k: v for k, v in (("epochs", epochs), ("aug", aug), ("size", size)) if v is not None}
+    if overrides:
+        cfg = SegmenterConfig(**{**asdict(cfg), **overrides})
     if cfg.aug not in ("heavy", "basic"):
         raise ConfigError(f"segmenter aug must be 'heavy' or 'basic', got {cfg.aug!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +142,7 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
     torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
     info = {"config": asdict(cfg), "labels": list(SEG_LABELS), "best_epoch": best_epoch, "best_val_dice": best,
             "history": history, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "preprocessing": recipe.to_dict()}
     atomic_write(out / "train_config.json", json.dumps(info, indent=2))
     log.info("training done: best epoch %d (val Dice %.4f), %.0fs", best_epoch, best, time.time() - t0)

@@ -113,6 +113,9 @@ def segmenter(
     seed: int = _SEED,
     tiny: bool = _TINY,
     log: Path | None = _LOG,
+    aug: str | None = typer.Option(None, "--aug", help="Override the augmentation: 'basic' (the 1.0.0 recipe) or 'heavy' "
+                                   "(acquisition-like artefacts and stronger geometry, see the model card)."),
+    size: int | None = typer.Option(None, "--size", min=64, help="Override the input size in pixels (default 256)."),
 ) -> None:
     """Train the right/left lung U-Net; writes model.onnx, manifest.json, MODEL_CARD.md and splits/ to OUT."""
     from cxrtriage.cli.render import console
@@ -121,7 +124,7 @@ def segmenter(
     from cxrtriage.train.segmenter import train_segmenter
 
     t0 = time.time()
-    manifest = train_segmenter(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log)
+    manifest = train_segmenter(data, out, epochs=epochs, seed=seed, tiny=tiny, log_file=log, aug=aug, size=size)
     console.print(f"wrote {manifest} (wall time {time.time() - t0:.0f} s)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,11 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from cxrtriage.errors import ConfigError
 from cxrtriage.files import atomic_write
 from cxrtriage.io.raster import read_raster
 from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file
 from cxrtriage.preprocess import PreprocessRecipe, to_model_input
 from cxrtriage.preprocess.apply import to_original
+from cxrtriage.train.augment import affine_heavy, photometric_heavy
 from cxrtriage.train.common import cosine_lr, file_logger, log, random_affine, random_intensity, seed_everything
 from cxrtriage.train.data import Record, cached_arrays, segmenter_records, split_lungs, write_splits
 from cxrtriage.train.evaluation import dice, dice_summary
@@ -38,6 +41,7 @@ class SegmenterConfig:
     stem_stride: int = 2
     seed: int = 0
     tiny: bool = False
+    aug: str = "basic"  # "basic": the 1.0.0 recipe; "heavy": augment.affine_heavy + photometric_heavy (issue 15 trials)
 
     @classmethod
     def tiny_config(cls, seed: int = 0) -> SegmenterConfig:
@@ -72,14 +76,20 @@ def _mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
-                    log_file: Path | None = None) -> Path:
+                    log_file: Path | None = None, config: SegmenterConfig | None = None, aug: str | None = None,
+                    size: int | None = None) -> Path:
+    """Train, export and evaluate; ``config`` replaces the default recipe, ``epochs``/``aug``/``size`` override it."""
     t0 = time.time()
-    cfg = SegmenterConfig.tiny_config(seed) if tiny else SegmenterConfig(seed=seed)
-    if epochs is not None:
-        cfg = SegmenterConfig(**{**asdict(cfg), "epochs": epochs})
+    cfg = config or (SegmenterConfig.tiny_config(seed) if tiny else SegmenterConfig(seed=seed))
+    overrides = {k: v for k, v in (("epochs", epochs), ("aug", aug), ("size", size)) if v is not None}
+    if overrides:
+        cfg = SegmenterConfig(**{**asdict(cfg), **overrides})
+    if cfg.aug not in ("heavy", "basic"):
+        raise ConfigError(f"segmenter aug must be 'heavy' or 'basic', got {cfg.aug!r}")
     out.mkdir(parents=True, exist_ok=True)
     handler = file_logger(log_file or (out / "train_log.txt"))
-    g = seed_everything(cfg.seed)
+    # CXRTRIAGE_TRAIN_THREADS: fewer threads when the machine is shared (results may differ in the last bits)
+    g = seed_everything(cfg.seed, threads=int(os.environ.get("CXRTRIAGE_TRAIN_THREADS", "2")))
     records = segmenter_records(data_root, seed=cfg.seed)
     if tiny:
         records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
@@ -105,9 +115,13 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
             bi = idx[b * cfg.batch : (b + 1) * cfg.batch]
             xb = torch.from_numpy(x_all[bi].astype(np.float32))[:, None]
             yb = torch.from_numpy(m_all[bi].astype(np.int64))
-            xb, yb2 = random_affine(xb, g, rot_deg=10, scale=0.12, shift=0.06, extra=yb)
-            assert yb2 is not None
-            xb = random_intensity(xb, g)
+            if cfg.aug == "heavy":
+                xb, yb2 = affine_heavy(xb, yb, g)
+                xb = photometric_heavy(xb, g)
+            else:
+                xb, yb_basic = random_affine(xb, g, rot_deg=10, scale=0.12, shift=0.06, extra=yb)
+                assert yb_basic is not None
+                xb, yb2 = random_intensity(xb, g), yb_basic
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, cfg.lr, warm)
             logits = model(xb)
@@ -128,6 +142,7 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
     torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
     info = {"config": asdict(cfg), "labels": list(SEG_LABELS), "best_epoch": best_epoch, "best_val_dice": best,
             "history": history, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "preprocessing": recipe.to_dict()}
     atomic_write(out / "train_config.json", json.dumps(info, indent=2))
     log.info("training done: best epoch %d (val Dice %.4f), %.0fs", best_epoch, best, time.time() - t0)
@@ -214,5 +229,7 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
                      "train_seconds": info["train_seconds"]},
     }
     path = write_manifest(out, data)
-    atomic_write(out / "MODEL_CARD.md", segmenter_card(data, info, per_image))
+    experiments = out / "experiments.md"
+    atomic_write(out / "MODEL_CARD.md", segmenter_card(data, info, per_image,
+                                                      experiments.read_text() if experiments.is_file() else None))
     return path

@@ -62,6 +62,31 @@ def test_tiny_segmenter_training_writes_a_verified_model(shared_data: Path, tmp_
     _check_splits(out)
 
 
+def test_tiny_segmenter_heavy_augmentation_and_size_are_recorded(shared_data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("CXRTRIAGE_TRAIN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "seg"
+    (out).mkdir()
+    (out / "experiments.md").write_text("## What else was tried\n\nnothing yet\n")
+    args = ["train", "segmenter", "--data", str(shared_data), "--out", str(out), "--tiny", "--seed", "1",
+            "--aug", "heavy", "--size", "96"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out / "manifest.json")
+    verify_onnx(m)
+    assert m.preprocessing.size == 96
+    cfg = json.loads((out / "train_config.json").read_text())["config"]
+    assert cfg["aug"] == "heavy" and cfg["size"] == 96
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "MONOCHROME1" in card and "input 96 px" in card and "nothing yet" in card
+    bad = CliRunner().invoke(app, ["train", "segmenter", "--data", str(shared_data), "--out", str(tmp_path / "bad"),
+                                   "--tiny", "--aug", "wild"])
+    assert isinstance(bad.exception, ConfigError) and "'heavy' or 'basic'" in str(bad.exception)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
 def test_tiny_classifier_fine_tune_from_checkpoint_with_source_shares(shared_data: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import json

@@ -216,12 +216,8 @@ def _tie_to_main_process(main_pid: int) -> None:
             pass
         fs._forkserver_alive_fd = None  # type: ignore[union-attr]
     parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no usable libc (unusual builds): the watch thread remains
-            log.debug("prctl(PR_SET_PDEATHSIG) unavailable; decode workers rely on the watch thread")
+    if sys.platform.startswith("linux") and not _arm_death_signal():  # unusual builds: the watch thread remains
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable; decode workers rely on the watch thread")
     if os.name != "posix":  # Windows: os.kill(pid, 0) would *terminate* the main process; nothing to watch with
         return
     if not _is_alive(main_pid):  # the main process ended before the death signal was armed
@@ -397,14 +393,22 @@ def _read_message(fd: int, timeout: float | None) -> tuple[bytes | None, bool]:
 
 
 def _die_with(parent: int) -> None:
-    """End this child as soon as ``parent`` ends (kill -9 included), where Linux allows it: the prctl death signal."""
+    """End this forked child as soon as ``parent`` ends (kill -9 included): the death signal on Linux; elsewhere the
+    child ends when it reads the end of its task pipe, which closes with the parent."""
+    if sys.platform.startswith("linux"):
+        _arm_death_signal()
+    if os.getppid() != parent:  # the parent ended before the death signal was armed
+        os._exit(1)
+
+
+def _arm_death_signal() -> bool:
+    """``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills this process when its parent ends (Linux only)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the child ends anyway when its write to the closed pipe fails
-        pass
-    if os.getppid() != parent:  # the parent ended before the death signal was armed
-        os._exit(1)
+    except (OSError, AttributeError):  # no usable libc
+        return False
+    return True
 
 
 def _is_alive(pid: int) -> bool:

@@ -137,7 +137,7 @@ def report(out: Path, baseline: str, candidate: str, *, structure: str = "lungs"
     paths = sorted(pooled[baseline])
     a = np.array([pooled[baseline][p] for p in paths])
     b = np.array([pooled[candidate][p] for p in paths])
-    sa, sb = dice_summary(a), dice_summary(b)
+    sa, sb = dice_summary(a.tolist()), dice_summary(b.tolist())
     ship = bool(sb["mean"] is not None and sa["mean"] is not None and sb["mean"] >= sa["mean"]
                 and sb["p5"] is not None and sa["p5"] is not None and sb["p5"] >= sa["p5"])
     res: dict[str, Any] = {

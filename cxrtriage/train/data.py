@@ -372,7 +372,11 @@ def cached_arrays(data_root: Path, records: Sequence[Record], recipe: Preprocess
         res = [_prep_one(j) for j in jobs]
     x = np.stack([r[0] for r in res])
     m = np.stack([r[1] for r in res]) if masks else None  # type: ignore[misc]
-    np.save(xf, x)
+    # atomic: two trainings started together (scripts/segmenter_cv.py runs recipes in parallel) may both fill the
+    # same entry, and neither may read the other's half-written file; the inputs go first, so both exist => both whole
+    with atomic_output(xf, "wb") as f:
+        np.save(f, x)
     if masks and m is not None:
-        np.save(mf, m)
+        with atomic_output(mf, "wb") as f:
+            np.save(f, m)
     return x, m

@@ -28,7 +28,7 @@ run:    python3 scripts/segmenter_cv.py run --data ../shared/data --out /tmp/seg
 report: python3 scripts/segmenter_cv.py report /tmp/segcv --baseline 1.0.0 --candidate B
 
 A recipe is NAME=FIELD=VALUE,... over cxrtriage.train.segmenter.SegmenterConfig fields ("NAME=" is the default recipe,
-the one `cxrtriage train segmenter` uses). Test patients (the recipe's seed-0 test split) are never read. Each fold is
+the one `cxrtriage train segmenter` uses). Test patients (the recipe's test split for --seed) are never read. Each fold is
 trained on the other folds; the recipe's checkpoint selection (best epoch by validation Dice) uses --val-fraction of
 the training-fold patients, carved by patient exactly like the recipe's own split. A finished fold (oof.json) is not
 run again, so an interrupted run resumes. Run two recipes in parallel as two processes over the same --out.

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +238,46 @@ def segmenter_records(data_root: Path, seed: int = 0) -> list[Record]:
     return [r for r in recs if r.mask]
 
 
+def patient_folds(records: Sequence[Record], k: int, seed: int = 0,
+                  strat: Callable[[Record], int] | None = None) -> dict[str, int]:
+    """Patient id → fold 0..k-1 (all images of a patient in one fold); patients are shuffled with ``seed`` within
+    each ``strat`` group and dealt out in turn, so that folds differ in size by at most one patient per group."""
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    by_patient: dict[str, list[Record]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient, []).append(r)
+    if len(by_patient) < k:
+        raise ConfigError(f"{len(by_patient)} patients cannot fill {k} folds; use fewer folds")
+    groups: dict[int, list[str]] = {}
+    for pid, rs in sorted(by_patient.items()):
+        groups.setdefault(max(strat(r) for r in rs) if strat else 0, []).append(pid)
+    rng = np.random.default_rng(seed)
+    fold: dict[str, int] = {}
+    offset = 0
+    for _key, pids in sorted(groups.items()):
+        pids = list(pids)
+        rng.shuffle(pids)
+        for i, pid in enumerate(pids):
+            fold[pid] = (offset + i) % k
+        offset += len(pids)  # the next group continues the rotation, so small groups do not all start at fold 0
+    return fold
+
+
+def fold_records(records: Sequence[Record], folds: Mapping[str, int], held_out: int, *, val_fraction: float,
+                 seed: int = 0, strat: Callable[[Record], int] | None = None) -> list[Record]:
+    """Copies of ``records`` for one cross-validation fold: the held-out fold's patients become "test", and
+    ``val_fraction`` of the other patients (by patient, stratified like the recipe's split) become "val" for
+    checkpoint selection; the rest "train". Order is kept (so the array cache is shared by all folds)."""
+    out = [replace(r, labels=dict(r.labels), extra=dict(r.extra)) for r in records]
+    rest = [r for r in out if folds[r.patient] != held_out]
+    _split_patients(rest, (1.0 - val_fraction, val_fraction, 0.0), seed, strat=strat)
+    for r in out:
+        if folds[r.patient] == held_out:
+            r.split = "test"
+    return out
+
+
 def write_splits(records: Sequence[Record], path: Path) -> None:
     """CSV of relative image paths, patient ids, source and split (lists only — never image data)."""
     with atomic_output(path) as f:
@@ -332,7 +372,11 @@ def cached_arrays(data_root: Path, records: Sequence[Record], recipe: Preprocess
         res = [_prep_one(j) for j in jobs]
     x = np.stack([r[0] for r in res])
     m = np.stack([r[1] for r in res]) if masks else None  # type: ignore[misc]
-    np.save(xf, x)
+    # atomic: two trainings started together (scripts/segmenter_cv.py runs recipes in parallel) may both fill the
+    # same entry, and neither may read the other's half-written file; the inputs go first, so both exist => both whole
+    with atomic_output(xf, "wb") as f:
+        np.save(f, x)
     if masks and m is not None:
-        np.save(mf, m)
+        with atomic_output(mf, "wb") as f:
+            np.save(f, m)
     return x, m

@@ -75,17 +75,24 @@ def _mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([np.mean([dice(p, t, k) for k in (1, 2)]) for p, t in zip(pred, truth, strict=True)]))
 
 
-def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
-                    log_file: Path | None = None, config: SegmenterConfig | None = None, aug: str | None = None,
-                    size: int | None = None) -> Path:
-    """Train, export and evaluate; ``config`` replaces the default recipe, ``epochs``/``aug``/``size`` override it."""
-    t0 = time.time()
+def resolve_config(*, epochs: int | None = None, seed: int = 0, tiny: bool = False, config: SegmenterConfig | None = None,
+                   aug: str | None = None, size: int | None = None) -> SegmenterConfig:
+    """The recipe: ``config`` (or the default/tiny one for ``seed``) with ``epochs``/``aug``/``size`` overriding it."""
     cfg = config or (SegmenterConfig.tiny_config(seed) if tiny else SegmenterConfig(seed=seed))
     overrides = {k: v for k, v in (("epochs", epochs), ("aug", aug), ("size", size)) if v is not None}
     if overrides:
         cfg = SegmenterConfig(**{**asdict(cfg), **overrides})
     if cfg.aug not in ("heavy", "basic"):
         raise ConfigError(f"segmenter aug must be 'heavy' or 'basic', got {cfg.aug!r}")
+    return cfg
+
+
+def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
+                    log_file: Path | None = None, config: SegmenterConfig | None = None, aug: str | None = None,
+                    size: int | None = None) -> Path:
+    """Train, export and evaluate; ``config`` replaces the default recipe, ``epochs``/``aug``/``size`` override it."""
+    t0 = time.time()
+    cfg = resolve_config(epochs=epochs, seed=seed, tiny=tiny, config=config, aug=aug, size=size)
     out.mkdir(parents=True, exist_ok=True)
     handler = file_logger(log_file or (out / "train_log.txt"))
     # CXRTRIAGE_TRAIN_THREADS: fewer threads when the machine is shared (results may differ in the last bits)
@@ -93,6 +100,23 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
     records = segmenter_records(data_root, seed=cfg.seed)
     if tiny:
         records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
+    fit_segmenter(data_root, out, records, cfg, g, t0=t0)
+    manifest = finalize_segmenter(data_root, out, records=records)
+    log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
+    log.removeHandler(handler)
+    return manifest
+
+
+def fit_segmenter(data_root: Path, out: Path, records: list[Record], cfg: SegmenterConfig, g: torch.Generator, *,
+                  t0: float | None = None) -> dict[str, Any]:
+    """Train on the records whose split is "train", keep the best epoch by Dice on "val"; writes model.pt,
+    train_config.json and splits/splits.csv in ``out`` and returns what train_config.json holds.
+
+    ``records`` carry their splits (the recipe's patient split, or a cross-validation fold's, see
+    scripts/segmenter_cv.py); "test" records are never read here except into the shared array cache.
+    ``g`` comes from ``seed_everything(cfg.seed)`` called just before, so that a run is reproducible.
+    """
+    t0 = time.time() if t0 is None else t0
     write_splits(records, out / "splits" / "splits.csv")
     recipe = cfg.recipe()
     log.info("segmenter: %d images, config %s", len(records), asdict(cfg))
@@ -146,13 +170,19 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
             "preprocessing": recipe.to_dict()}
     atomic_write(out / "train_config.json", json.dumps(info, indent=2))
     log.info("training done: best epoch %d (val Dice %.4f), %.0fs", best_epoch, best, time.time() - t0)
-    manifest = finalize_segmenter(data_root, out, records=records)
-    log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
-    log.removeHandler(handler)
-    return manifest
+    return info
 
 
-def _eval_original(model: UNet, data_root: Path, recs: list[Record], recipe: PreprocessRecipe) -> dict[str, list[float]]:
+def load_segmenter(out: Path) -> UNet:
+    """The PyTorch model that fit_segmenter saved in ``out`` (model.pt), in eval mode."""
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    model = build_unet(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model
+
+
+def eval_original(model: UNet, data_root: Path, recs: list[Record], recipe: PreprocessRecipe) -> dict[str, list[float]]:
     """Dice at the ORIGINAL image size: the predicted label map mapped back with to_original vs the true mask."""
     import cv2
 
@@ -197,7 +227,7 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
         recs = [r for r in records if r.split == s]
         if not recs:
             continue
-        d = _eval_original(model, data_root, recs, recipe)
+        d = eval_original(model, data_root, recs, recipe)
         dice_metrics[s] = {k: dice_summary(v) for k, v in d.items()}
         per_image[s] = d
     speed = None if tiny else run_speed_benchmark(onnx_path, batch=8)

@@ -26,7 +26,7 @@ from cxrtriage.model import load_classifier
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.predict import run_predict
-from cxrtriage.results import ImageRecord, Status
+from cxrtriage.results import ImageRecord, Status, read_results
 from cxrtriage.triage import PopulationChoice, PopulationSource, choose_population, load_policy, triage_record
 
 
@@ -159,6 +159,12 @@ def test_predict_fills_the_source_and_probability_and_counts_them_in_run_json(tm
     assert run["study_operating_points"]["population_estimate"]["in_use"] is True
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0].split(",")
     assert "population_source" in header and "population_probability" in header
+    # the rows as written decide the same again (what evaluate and calibrate do with them)
+    policy = load_policy()
+    for rec in read_results(tmp_path / "out" / "results.csv").records:
+        again = triage_record(rec, manifest=model.manifest, policy=policy)
+        assert (again.population, again.population_source, again.priority) == (
+            rec.population, rec.population_source, rec.priority)
 
     # --population unknown: the estimate is off (not even computed); every image without an age is unknown
     run_predict(PredictConfig(inputs=(folder,), out_dir=tmp_path / "off", workers=0, population="unknown"), model=model)

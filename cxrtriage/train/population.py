@@ -69,7 +69,9 @@ def pooled_features(data_root: Path, model: Classifier, paths: Sequence[str | Pa
 
 
 def fitting_group(r: Record) -> str:
-    """``pediatric``, ``adult`` or ``neither`` (an NIH patient aged 6-17 or under 1: no population of the manifest)."""
+    """``pediatric`` (a Kermany child), ``adult`` (an NIH patient aged 18 or over, an ieee patient) or ``neither`` (an
+    NIH patient younger than 18: aged 6-17 no population of the manifest holds; the few aged 2-4 are children of an
+    adult source, measured but never fitted on, to tell children from the Kermany source)."""
     pop = population_of_source(r.source)
     if pop == ESTIMATED or r.age is None:
         return pop

@@ -3,10 +3,12 @@
 
 Writes labels CSVs from ``../shared/data`` (Kermany test: ``abnormal`` = ``pneumonia`` = PNEUMONIA; NIH:
 ``abnormal`` = 1 - no_finding and the finding columns, with the patient split of ``models/cxr-classifier``),
-runs ``cxrtriage predict`` on the Kermany test split (with ``--population pediatric`` and without) and on all 486
-NIH images, then ``cxrtriage evaluate`` against: Kermany test; the NIH held-out test patients; all 486 NIH images;
-the NIH images with a finding (an all-abnormal adult cohort). Prints the headline figures; every figure is in
-``OUT/*.eval.json`` (``study_level``, ``priority``). About 3 minutes on 2 CPU cores.
+runs ``cxrtriage predict`` on the Kermany test split (with ``--population pediatric``, without any population, so
+that the model's population estimate from the image decides, and with ``--population unknown``, the estimate off)
+and on all 486 NIH images (no age in a PNG: the estimate decides), then ``cxrtriage evaluate`` against: Kermany
+test; the NIH held-out test patients; all 486 NIH images; the NIH images with a finding (an all-abnormal adult
+cohort). Prints the images per population and its source, and the headline figures; every figure is in
+``OUT/*.eval.json`` (``study_level``, ``priority``). About 4 minutes on 2 CPU cores.
 
     python scripts/triage_figures.py --out /tmp/triage-figures [--data ../shared/data] [--repo .]
 """
@@ -72,6 +74,15 @@ def headline(ev: dict[str, Any]) -> str:
     return text + f"; urgent or critical {urgent}/{ev['matching']['matched_scored']}"
 
 
+def population_counts(results_csv: Path) -> str:
+    """Images per population and where it came from (``population_source``), from a results table."""
+    counts: dict[str, int] = {}
+    for r in csv.DictReader(open(results_csv, newline="")):
+        key = f"{r.get('population') or '-'} ({r.get('population_source') or '-'})"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -83,17 +94,22 @@ def main() -> int:
     runs = {
         "kermany_pediatric": (data / "kermany224" / "test", ("--population", "pediatric"), ["kermany_test"]),
         "kermany_age_unknown": (data / "kermany224" / "test", (), ["kermany_test"]),
+        "kermany_estimate_off": (data / "kermany224" / "test", ("--population", "unknown"), ["kermany_test"]),
         "nih": (data / "nih14" / "images", (), ["nih_test", "nih_all", "nih_abnormal"]),
     }
     results: dict[str, dict[str, Any]] = {}
+    populations: dict[str, str] = {}
     for run, (inputs, options, evals) in runs.items():
         cxrtriage(repo, "predict", inputs, "--out", out / run, *options)
+        populations[run] = population_counts(out / run / "results.csv")
         for name in evals:
             report = out / f"{run}.{name}.eval.json"
             cxrtriage(repo, "evaluate", "--results", out / run / "results.csv", "--labels", labels[name],
                       "--json", report, "--n-boot", "200")
             results[f"{run} / {name}"] = json.loads(report.read_text())
     print()
+    for run, text in populations.items():
+        print(f"{run}: images by population (source): {text}")
     for key, ev in results.items():
         print(f"{key}: {headline(ev)}")
     return 0

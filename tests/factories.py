@@ -225,3 +225,16 @@ def make_study_classifier(
                    "thresholds": normal or {"child": 0.8, "adult": 0.5}},
     }}
     return write_sealed_manifest(path, data)
+
+
+def make_estimating_classifier(folder: Path, *, weights: tuple[float, ...] = (1.0, -1.0, 0.5, 0.0), bias: float = 0.0,
+                               threshold: float = 0.5) -> Path:
+    """``make_study_classifier`` with a population estimate from the image, as `cxrtriage train population-estimate`
+    writes it: P(child) = sigmoid(mean-pooled ``features`` @ ``weights`` + ``bias``), child at or above ``threshold``.
+    Returns the manifest path."""
+    path = make_study_classifier(folder)
+    data = json.loads(path.read_text())
+    data["population_estimate"] = {"estimates": "child", "versus": "adult", "features_output": "features",
+                                   "pooling": "global_average", "weights": list(weights), "bias": bias,
+                                   "threshold": threshold, "fitted_on": "test fixture"}
+    return write_sealed_manifest(path, data)

@@ -260,8 +260,9 @@ def study_renderables(m: ModelManifest) -> list[RenderableType]:
         return ["Triage: per-label thresholds (this manifest defines no populations or study-level operating points)."]
     parts: list[RenderableType] = []
     pops = list(m.populations)
-    t = Table(title="Populations (age from DICOM; else predict --population; else unknown = the most cautious rules)",
-              title_justify="left")
+    t = Table(title="Populations (age from DICOM; else predict --population; "
+                    + ("else the image estimate when confident; " if m.population_estimate is not None else "")
+                    + "else unknown = the most cautious rules)", title_justify="left")
     for col in ("population", "ages", "validated on"):
         t.add_column(col)
     for pop in m.populations.values():
@@ -304,6 +305,42 @@ def study_renderables(m: ModelManifest) -> list[RenderableType]:
         parts.append("normal: sensitivity = abnormal studies not called normal, specificity = normal studies called "
                      "normal; urgent: sensitivity = studies with an urgent finding flagged urgent, specificity = studies "
                      "without one not flagged urgent. '(age unknown)': decided with the unknown-population rules.")
+    parts += estimate_renderables(m)
+    return parts
+
+
+def _share(d: Any) -> str:
+    if not isinstance(d, dict) or not d.get("n"):
+        return "-"
+    ci = d.get("ci95") or [None, None]
+    band = f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None else ""
+    return f"{d.get('estimated_pediatric')}/{d.get('n')} = {d.get('share', 0):.3f}{band}"
+
+
+def estimate_renderables(m: ModelManifest) -> list[RenderableType]:
+    """The image population estimate: what it is, its threshold, and what it gave on held-out images."""
+    from rich.table import Table
+
+    est = m.population_estimate
+    if est is None:
+        return []
+    d = est.details
+    parts: list[RenderableType] = [
+        f"Population estimate from the image: logistic regression on the {est.pooling} pooled '{est.features_output}' "
+        f"output ({len(est.weights)} channels), P({est.estimates}) vs {est.versus}; {est.estimates} when P >= "
+        f"{est.threshold:g}, else unknown. Used only when neither the DICOM age nor --population says who the patient "
+        f"is; `predict --population unknown` turns it off. Threshold: {d.get('threshold_rule', '-')}. Fitted on: "
+        f"{d.get('fitted_on', '-')}."]
+    t = Table(title=f"Estimated {est.estimates} on held-out images (95% Wilson CI)", title_justify="left")
+    for col in ("split", "Kermany children 1-5", "adults (NIH 18+, ieee)", "NIH children <6", "NIH 6-17", "AUROC"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for name in ("validation", "test"):
+        f = d.get(name)
+        if isinstance(f, dict):
+            t.add_row(name, _share(f.get("children_1_5_kermany")), _share(f.get("adults")),
+                      _share(f.get("nih_children_under_6")), _share(f.get("nih_aged_6_17")),
+                      _rate(f.get("auroc"), f.get("auroc_ci95")))
+    parts.append(t)
     return parts
 
 

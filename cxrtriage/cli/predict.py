@@ -60,8 +60,10 @@ PopulationOpt = Annotated[
     typer.Option("--population", metavar="NAME",
                  help="Population of the patients whose age the files do not tell (PNG/JPEG, DICOM without PatientAge "
                       "or birth date), e.g. pediatric or adult (the model's populations: `cxrtriage models info`). Its "
-                      "validated labels and study-level thresholds decide. Default: unknown, the most cautious ones. "
-                      "An age in DICOM always wins."),
+                      "validated labels and study-level thresholds decide. An age in DICOM always wins. Default: the "
+                      "model's population estimate from the image when it is confident (its manifest's "
+                      "population_estimate; the row's population_source says image-estimate), else unknown, the most "
+                      "cautious ones. 'unknown' turns the image estimate off."),
 ]
 LungsOpt = Annotated[
     bool | None,
@@ -302,6 +304,8 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         rows.append(("site", triage.site_file or "none (model's own scores and thresholds)"))
         if triage.populations:
             rows.append(("population (images)", ", ".join(f"{k} {n}" for k, n in triage.populations.items())))
+        if triage.population_sources:
+            rows.append(("population from", ", ".join(f"{k} {n}" for k, n in triage.population_sources.items())))
         for note in triage.notes:
             rows.append(("note", f"[yellow]{note}[/]"))
     quality = sections.get("quality")

@@ -30,7 +30,7 @@ from cxrtriage.evaluate.metrics import (
 from cxrtriage.evaluate.study import TierResult, study_priority, tier_result, tier_truth
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.results import ImageRecord, Priority
-from cxrtriage.triage.policy import TriagePolicy, scores_from_record, tier_labels, triage_record
+from cxrtriage.triage.policy import PopulationSource, TriagePolicy, scores_from_record, tier_labels, triage_record
 from cxrtriage.triage.site import SiteCalibration
 
 MISSING_GROUP = "(missing)"
@@ -397,7 +397,7 @@ def _priority_confusion(
     stats = dict.fromkeys(("pcn", "pa", "nt", "nn", "ct", "ctc", "ctu", "ut", "utu"), 0)
     for i, j in match.pairs:
         record = (triage_record(results[i], manifest=manifest, policy=policy, site=site,
-                               default_population=results[i].population) if recompute else results[i])
+                               default_population=_option_population(results[i])) if recompute else results[i])
         prio = record.priority or Priority.NOT_ASSESSED
         cat = _truth_category({lab: float(table.truth[lab][j]) for lab in labels_eval}, policy)
         counts[prio.value][cat] += 1
@@ -426,6 +426,15 @@ def _priority_confusion(
     )
 
 
+def _option_population(record: ImageRecord) -> str | None:
+    """The ``--population`` a results row was decided with, for deciding it again: its population when that came from
+    the option (or from a row written before ``population_source`` existed); an age or an image estimate is decided
+    again from the row itself (``patient_age``, ``population_probability``)."""
+    if record.population_source in (None, "", PopulationSource.OPTION.value):
+        return record.population
+    return None
+
+
 def _study_tiers(
     results: Sequence[ImageRecord],
     table: LabelTable,
@@ -450,7 +459,8 @@ def _study_tiers(
     truth: dict[str, dict[str, float]] = {}
     population: dict[str, str] = {}
     for i, j in match.pairs:
-        rec = (triage_record(results[i], manifest=manifest, policy=policy, site=site, default_population=results[i].population)
+        rec = (triage_record(results[i], manifest=manifest, policy=policy, site=site,
+                             default_population=_option_population(results[i]))
                if recompute else results[i])
         key = rec.study_instance_uid or rec.path
         priorities.setdefault(key, []).append(rec.priority or Priority.NOT_ASSESSED)

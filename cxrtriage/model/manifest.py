@@ -21,6 +21,9 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.files import atomic_write
 from cxrtriage.model.integrity import INTEGRITY_FIELD, changed_fields, field_digests, manifest_digest, recorded_seal, seal_of
@@ -170,6 +173,38 @@ class StudyOperatingPoints:
     details: dict[str, Any] = field(default_factory=dict)  # any other key (study unit, candidates compared...)
 
 
+POPULATION_POOLINGS = ("global_average",)
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationEstimate:
+    """A logistic regression that estimates the patient's population from the image (used only when the DICOM age and
+    ``--population`` say nothing): p = sigmoid(pool(features) @ ``weights`` + ``bias``), where ``features`` is the
+    graph output named by ``features_output`` and ``pooling`` how its maps become one value per channel. ``p`` is the
+    probability of ``estimates`` (a population of the manifest) against ``versus``; at or above ``threshold`` the
+    image is taken to be of ``estimates``, below it the population stays unknown. ``details``: how it was fitted,
+    validated and tested (informative only)."""
+
+    estimates: str
+    versus: str
+    features_output: str
+    pooling: str
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def probability(self, features: npt.ArrayLike) -> np.ndarray:
+        """P(``estimates``) per image of feature maps [N, C, h, w] (NumPy); ``ValueError`` when C does not match."""
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 4 or f.shape[1] != len(self.weights):
+            raise ValueError(f"population estimate: feature maps must be [N, {len(self.weights)}, h, w], got "
+                             f"{tuple(f.shape)}")
+        z = f.mean(axis=(2, 3)) @ np.asarray(self.weights, dtype=np.float64) + self.bias
+        p: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
+        return p
+
+
 @dataclass(frozen=True, slots=True)
 class ModelManifest:
     name: str
@@ -195,6 +230,7 @@ class ModelManifest:
     populations: dict[str, Population] = field(default_factory=dict)
     label_validation: dict[str, dict[str, LabelValidation]] = field(default_factory=dict)  # label -> population -> ...
     study: StudyOperatingPoints | None = None
+    population_estimate: PopulationEstimate | None = None
     # Graph outputs per image and which of them the labels are (a null entry of 'labels' marks an ignored output,
     # e.g. one torchxrayvision left untrained); empty: every output is a label, in order.
     output_columns: tuple[int, ...] = ()
@@ -668,10 +704,45 @@ def _study(data: Mapping[str, Any], labels: tuple[str, ...], pops: Mapping[str, 
     return StudyOperatingPoints(score=str(score), tiers=tiers, fitted_on=str(fitted), details=details)
 
 
+def _population_estimate(data: Mapping[str, Any], pops: Mapping[str, Population], outputs: Mapping[str, str],
+                         path: Path) -> PopulationEstimate | None:
+    raw = data.get("population_estimate")
+    if raw is None:
+        return None
+    name = "population_estimate"
+    obj = _object(raw, path, name)
+    for key in ("estimates", "versus"):
+        v = _req(obj, key, path, f"{name}.{key}")
+        if v not in pops:
+            raise _bad(path, f"{name}.{key}", f"must name a population of 'populations' ({sorted(pops)}), got {v!r}")
+    if obj["estimates"] == obj["versus"]:
+        raise _bad(path, f"{name}.versus", "must differ from 'estimates'")
+    feats = _text(_req(obj, "features_output", path, f"{name}.features_output"), path, f"{name}.features_output")
+    if feats != "features" or feats not in outputs:
+        raise _bad(path, f"{name}.features_output", f"must be 'features', the feature-map output named in 'outputs' "
+                                                    f"(this manifest's outputs: {sorted(outputs)}), got {feats!r}")
+    pooling = _req(obj, "pooling", path, f"{name}.pooling")
+    if pooling not in POPULATION_POOLINGS:
+        raise _bad(path, f"{name}.pooling", f"must be one of {list(POPULATION_POOLINGS)}, got {pooling!r}")
+    weights = _req(obj, "weights", path, f"{name}.weights")
+    if not isinstance(weights, list) or not weights:
+        raise _bad(path, f"{name}.weights", "must be a non-empty list of numbers, one per feature channel")
+    threshold = _number(_req(obj, "threshold", path, f"{name}.threshold"), path, f"{name}.threshold", lo=0.0, hi=1.0)
+    if threshold in (0.0, 1.0):
+        raise _bad(path, f"{name}.threshold", "is 0 or 1; it must lie strictly between them")
+    known = ("estimates", "versus", "features_output", "pooling", "weights", "bias", "threshold")
+    return PopulationEstimate(
+        estimates=str(obj["estimates"]), versus=str(obj["versus"]), features_output=feats, pooling=str(pooling),
+        weights=tuple(_number(v, path, f"{name}.weights[{i}]") for i, v in enumerate(weights)),
+        bias=_number(_req(obj, "bias", path, f"{name}.bias"), path, f"{name}.bias"), threshold=threshold,
+        details={k: v for k, v in obj.items() if k not in known},
+    )
+
+
 KNOWN_FIELDS = frozenset({
     "schema_version", "name", "version", "task", "onnx_file", "sha256", "input", "labels", "outputs", "preprocessing",
     "thresholds", "calibration", "head", "intended_use", "training_data", "metrics", "model_card", INTEGRITY_FIELD,
-    "populations", "label_validation", "study_operating_points",
+    "populations", "label_validation", "study_operating_points", "population_estimate",
 })
 # Fields that name files; each must stay inside the model folder (see ``_inside``).
 FILE_FIELDS = ("onnx_file", "model_card")
@@ -700,6 +771,7 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
     if not isinstance(metrics, dict):
         raise _bad(path, "metrics", "must be a JSON object")
     pops = _populations(data, path)
+    outputs = _outputs(data, task, path)
     return ModelManifest(
         name=_text(_req(data, "name", path), path, "name"),
         version=_text(_req(data, "version", path), path, "version"),
@@ -709,7 +781,7 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
         input_name=input_name,
         input_shape=input_shape,
         labels=labels,
-        outputs=_outputs(data, task, path),
+        outputs=outputs,
         preprocessing=recipe,
         thresholds=_thresholds(data, labels, path),
         calibration=_calibration(data, labels, path),
@@ -724,6 +796,7 @@ def parse_manifest(data: dict[str, Any], path: Path, *, integrity: str = "") -> 
         populations=pops,
         label_validation=_label_validation(data, labels, pops, path),
         study=_study(data, labels, pops, path),
+        population_estimate=_population_estimate(data, pops, outputs, path),
         output_columns=columns,
         n_outputs=n_outputs,
     )

@@ -26,7 +26,8 @@ class PredictConfig:
     rules: Path | None = None  # selection rules TOML; None = the built-in frontal-CXR rules
     policy: Path | None = None  # triage policy TOML; None = the packaged default policy
     site: Path | None = None  # site calibration TOML (`cxrtriage calibrate`); None = the model's scores/thresholds
-    population: str | None = None  # population of patients whose age the files do not tell; None = unknown
+    # The population of patients whose age the files do not tell; None: the model's image estimate, else unknown.
+    population: str | None = None
     lungs: bool | None = None  # lung masks + areas; None = on exactly when reports are written
     segmenter: str | None = None  # lung segmenter name or path; None = the default lung-segmenter
     report: bool = False  # HTML (+PDF) study reports and DIR/report/index.html after the run

@@ -126,7 +126,9 @@ def run_fingerprint(config: PredictConfig, model: Classifier, hooks: Sequence[Pr
         "--rules": file_digest(config.rules),
         "--policy": file_digest(config.policy),
         "--site": file_digest(config.site),
-        "--population": config.population or "from each file's age (else unknown)",
+        "--population": config.population or ("from each file's age, else the image estimate (else unknown)"
+                                              if m.population_estimate is not None else
+                                              "from each file's age (else unknown)"),
         "--lungs": (f"{segmenter.name} {segmenter.version} (sha256 {segmenter.sha256})" if segmenter is not None
                     else "off"),
         "--heatmaps": config.heatmap_method if config.heatmaps else "off",

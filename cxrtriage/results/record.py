@@ -95,6 +95,10 @@ class ImageRecord:
     site_file: str | None = None
     patient_age: float | None = None  # years at the study, from DICOM (PatientAge, or birth and study dates)
     population: str | None = None  # the population whose operating points decided (triage), or "unknown"
+    # Where ``population`` came from (``POPULATION_SOURCES``), and the image's population estimate: the probability of
+    # the population the model's estimate names (manifest ``population_estimate``), when it was computed.
+    population_source: str | None = None
+    population_probability: float | None = None
     quality: str | None = None
     heatmaps: tuple[str, ...] | None = None
     # Per finding with a heat map: the share of its evidence outside the lung fields (``cxrtriage.explain.gating``).

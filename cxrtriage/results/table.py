@@ -54,7 +54,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("heatmaps", "outside_lungs", "shortcut", "m
 _PLAIN_FIELDS = frozenset(FIELD_NAMES) - {"scores", "model_scores", "label_areas", "extra", "outside_lungs"}
 SHARES_COLUMN = "outside_lungs"  # a mapping finding -> share: "label=0.62;label=0.21" in CSV, an object in JSONL
 _INT_FIELDS = frozenset({"rows", "columns", "lung_area_px"})
-_FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2", "patient_age"})
+_FLOAT_FIELDS = frozenset({"priority_score", "lung_area_mm2", "patient_age", "population_probability"})
 
 
 def score_column(label: str) -> str:

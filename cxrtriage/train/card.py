@@ -120,6 +120,59 @@ def study_section(m: dict[str, Any]) -> list[str]:
     return L
 
 
+def population_section(m: dict[str, Any]) -> list[str]:
+    """The card's section on the population estimate from the image: what it is, its figures and how it fails."""
+    pe = m.get("population_estimate")
+    if not pe:
+        return []
+    L: list[str] = ["## Population estimate from the image\n"]
+    add = L.append
+    add(f"PNG and JPEG files carry no age. When neither the DICOM age nor `predict --population` says who the patient "
+        f"is, a logistic regression on the {pe['pooling'].replace('_', ' ')} pooled `{pe['features_output']}` output "
+        f"(the Grad-CAM layer, computed by the same inference call) estimates P({pe['estimates']}) against "
+        f"{pe['versus']}. At or above the threshold **{pe['threshold']:g}** the image is triaged as {pe['estimates']} "
+        f"(its validated labels and operating points; the row's `population_source` is `image-estimate` and the "
+        f"priority reason says so); below it the population stays *unknown* (the most cautious rules). "
+        f"`predict --population unknown` turns it off; an age in DICOM or `--population` always wins.\n")
+    add(f"Fitted on: {pe['fitted_on']}. Threshold: {pe['threshold_rule']} (validation: highest adult probability "
+        f"{_f(pe['validation'].get('highest_adult_probability'), 4)}, lowest child probability "
+        f"{_f(pe['validation'].get('lowest_child_probability'), 4)}).\n")
+
+    def share(d: Any) -> str:
+        if not d or not d.get("n"):
+            return "–"
+        return f"{d['estimated_pediatric']} / {d['n']} = {_f(d['share'])} ({_ci(d['ci95'])})"
+
+    add(f"| split | Kermany children 1–5 estimated {pe['estimates']} | adults estimated {pe['estimates']} | NIH adults | "
+        "ieee adults | NIH children < 6 | NIH 6–17 | AUROC (95% CI) |")
+    add("|---|---|---|---|---|---|---|---|")
+    for name in ("validation", "test"):
+        f = pe[name]
+        by = f.get("adults_by_source", {})
+        add(f"| {name} | {share(f['children_1_5_kermany'])} | {share(f['adults'])} | {share(by.get('nih14'))} | "
+            f"{share(by.get('ieee_lungs'))} | {share(f['nih_children_under_6'])} | {share(f['nih_aged_6_17'])} | "
+            f"{_f(f['auroc'])} ({_ci(f['auroc_ci95'])}) |")
+    add("\n(95% Wilson intervals; the test split was measured once, after the threshold was set.)\n")
+    young = pe.get("nih_under_18_all_splits") or []
+    if young:
+        add("NIH patients under 18 (no population of the manifest; never fitted on), probability of "
+            f"{pe['estimates']}: " + ", ".join(f"{y['age']:g} y ({y['split']}) {_f(y['probability'])}" for y in young)
+            + ".\n")
+    others = pe.get("other_adult_images") or {}
+    if others:
+        add("Other adult images, outside the splits: " + ", ".join(f"`{k}` {_f(v['probability'])}"
+                                                                   for k, v in others.items()) + ".\n")
+    add("**How it fails.** It separates the Kermany source from the adult sources rather than children from adults: "
+        "the NIH children aged 2–4 are NOT estimated pediatric, so a child from another hospital is most likely left "
+        "*unknown* (the cautious rules: the safe direction, more studies flagged). The danger is the other way: an "
+        "adult image that looks like the Kermany data (small, square-resized, low-contrast JPEG) estimated pediatric "
+        "would lose the adult-only findings from its priority decision. The threshold sits a margin above every "
+        "validation adult and no held-out adult reached it, but the adult data are few (about 110 per split, 95% "
+        "upper bound of the false-pediatric rate about 3%). Give the age (DICOM) or `--population adult` at a site "
+        "whose images are all adults, or turn the estimate off with `--population unknown`.\n")
+    return L
+
+
 def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[str, int], experiments: str | None = None) -> str:
     """Render the classifier MODEL_CARD.md from its manifest data, training record and NIH label counts.
 
@@ -240,6 +293,7 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
     add("Sex, age and view are unknown for Kermany images (children aged 1–5, presumably AP); subgroup AUROCs on a "
         "handful of cases have wide intervals and are shown for transparency, not as evidence of equity.\n")
     L.extend(study_section(m))
+    L.extend(population_section(m))
     add("## Thresholds (validation split, calibrated score)\n")
     if m.get("study_operating_points"):
         add("Per-label operating points, reported for each finding (reports, per-label evaluation); triage priorities "

@@ -380,6 +380,10 @@ def finalize_classifier(data_root: Path, out: Path, *, records: list[Record] | N
     from cxrtriage.train.operating import add_operating_points
 
     path = add_operating_points(data_root, out, records=records, n_boot=n_boot)
+    # The population estimate from the image, from the same ONNX model (`cxrtriage train population-estimate`).
+    from cxrtriage.train.population import add_population_estimate
+
+    path = add_population_estimate(data_root, out, records=records, n_boot=n_boot)
     write_classifier_card(data_root, out)
     log.info("classifier manifest written: %s", path)
     return path

@@ -322,6 +322,51 @@ def population_for(manifest: ModelManifest, age: float | None, default: str | No
     return (default or UNKNOWN_POPULATION), ""
 
 
+class PopulationSource(StrEnum):
+    """Where a record's population came from (the ``population_source`` column), in order of precedence."""
+
+    DICOM_AGE = "dicom-age"  # the patient's age in the DICOM header
+    OPTION = "option"  # ``predict --population`` (``unknown`` turns the image estimate off)
+    IMAGE_ESTIMATE = "image-estimate"  # the model's population estimate from the image, at or above its threshold
+    NONE = "none"  # nothing said who the patient is: unknown, the most cautious operating points
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationChoice:
+    """The population that decides for one image, where it came from, and the note the row carries."""
+
+    population: str | None
+    source: PopulationSource | None
+    note: str = ""  # for the record's reason (an age outside every population)
+    estimate_note: str = ""  # for the priority reason (the population was estimated from the image)
+
+
+def choose_population(manifest: ModelManifest, age: float | None, option: str | None = None,
+                      probability: float | None = None) -> PopulationChoice:
+    """The population for one image: the DICOM age, else ``option`` (``predict --population``), else the image's
+    population estimate when it is confident (``probability`` at or above the manifest's threshold), else unknown.
+
+    ``probability`` is the estimate's output for the image (``ModelManifest.population_estimate``); it is used only
+    when the manifest has an estimate and nothing else says who the patient is. Below the threshold the population
+    stays unknown: an adult wrongly estimated a child would lose the adult-only findings from the decision, so only a
+    confident estimate counts. A manifest without populations gives None (every label decides, as before).
+    """
+    if not manifest.populations:
+        return PopulationChoice(None, None)
+    if age is not None:
+        pop, note = population_for(manifest, age)
+        return PopulationChoice(pop, PopulationSource.DICOM_AGE, note)
+    if option:
+        return PopulationChoice(option, PopulationSource.OPTION)
+    est = manifest.population_estimate
+    if est is not None and probability is not None and math.isfinite(probability) and probability >= est.threshold:
+        p, t = format_pair(probability, est.threshold)
+        return PopulationChoice(est.estimates, PopulationSource.IMAGE_ESTIMATE, estimate_note=(
+            f"population {est.estimates} estimated from the image (p {p} >= {t}); give the age or --population to "
+            "override"))
+    return PopulationChoice(UNKNOWN_POPULATION, PopulationSource.NONE)
+
+
 def deciding_labels(manifest: ModelManifest, policy: TriagePolicy, population: str | None) -> list[str]:
     """The labels that may move the priority for ``population``: not ignored by the policy, and validated for it
     (``unknown``: for any population) unless the policy's ``[labels] decide_unvalidated`` lists them."""
@@ -557,18 +602,23 @@ def triage_record(
 
     A record that is not ``scored`` (excluded, failed) is ``not_assessed`` with its own ``reason`` copied. The
     scores are the record's ``scores`` (site-calibrated when ``site``). The population comes from the record's
-    ``patient_age`` (DICOM), else ``default_population`` (``predict --population``), else ``unknown``; when the age
-    puts the patient outside a label's validated population, the record's ``reason`` says so.
+    ``patient_age`` (DICOM), else ``default_population`` (``predict --population``), else the image's population
+    estimate (``population_probability``, when confident), else ``unknown`` (``choose_population``); the record's
+    ``population_source`` says which. When the age puts the patient outside a label's validated population, the
+    record's ``reason`` says so; an estimated population is named in the ``priority_reason``.
     """
     if record.status is not Status.SCORED:
         why = (record.reason or "").strip()
         return record.replace(priority=Priority.NOT_ASSESSED,
                               priority_reason=f"{record.status.value}: {why}" if why else record.status.value,
                               priority_finding="", priority_score=None)
-    population, note = population_for(manifest, record.patient_age, default_population)
-    note = note or population_note(manifest, policy, population, record.patient_age)
+    choice = choose_population(manifest, record.patient_age, default_population, record.population_probability)
+    population = choice.population
+    note = choice.note or population_note(manifest, policy, population, record.patient_age)
     d = decide_priority(scores_from_record(record, manifest.labels), manifest=manifest, policy=policy, site=site,
                         population=population)
-    decided = record.replace(priority=d.priority, priority_reason=d.reason, priority_finding=d.deciding_label or "",
-                             priority_score=d.deciding_score, population=population)
+    reason = f"{d.reason}; {choice.estimate_note}" if choice.estimate_note else d.reason
+    decided = record.replace(priority=d.priority, priority_reason=reason, priority_finding=d.deciding_label or "",
+                             priority_score=d.deciding_score, population=population,
+                             population_source=None if choice.source is None else choice.source.value)
     return decided.with_note(note) if note and note not in (record.reason or "") else decided

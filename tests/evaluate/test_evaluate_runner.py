@@ -13,9 +13,9 @@ from factories import make_tiny_classifier
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from cxrtriage.evaluate.data import match_labels, read_labels
-from cxrtriage.evaluate.runner import evaluate_results, evaluation_to_dict
+from cxrtriage.evaluate.runner import _option_population, evaluate_results, evaluation_to_dict
 from cxrtriage.model.manifest import ModelManifest, load_manifest
-from cxrtriage.results import from_row
+from cxrtriage.results import ImageRecord, Status, from_row
 from cxrtriage.triage import load_policy, triage_record
 
 LABELS = ("abnormal", "pneumonia", "effusion")
@@ -142,3 +142,14 @@ def test_subgroup_values_sort_numerically() -> None:
 
     values = ["[10, 20)", MISSING_GROUP, "[5, 10)", "PA", "[20, 30]", "AP"]
     assert sorted(values, key=_group_key) == ["[5, 10)", "[10, 20)", "[20, 30]", "AP", "PA", MISSING_GROUP]
+
+
+def test_deciding_a_row_again_keeps_where_its_population_came_from() -> None:
+    """evaluate re-decides priorities (with --policy/--site): a population given with --population is passed on as
+    the option again; an age or an image estimate is decided again from the row's own patient_age/probability."""
+    rec = ImageRecord("a.png", Status.SCORED, population="pediatric")
+    assert _option_population(rec) == "pediatric"  # a row written before population_source existed
+    assert _option_population(rec.replace(population_source="option")) == "pediatric"
+    assert _option_population(rec.replace(population_source="image-estimate", population_probability=0.99)) is None
+    assert _option_population(rec.replace(population="unknown", population_source="none")) is None
+    assert _option_population(rec.replace(population="adult", population_source="dicom-age", patient_age=40.0)) is None

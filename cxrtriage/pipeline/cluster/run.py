@@ -376,14 +376,16 @@ def _failed_on_cluster(index: int, path: str, model: Classifier, hooks: Sequence
 
 
 def restore_tallies(hooks: Sequence[PredictHook], priorities: Counter[str], quality_failed: int,
-                    by_check: Mapping[str, int], populations: Counter[str] | None = None) -> None:
+                    by_check: Mapping[str, int], populations: Counter[str] | None = None,
+                    population_sources: Counter[str] | None = None) -> None:
     """Give the driver's hooks the run-level counts their copies on the workers made (they go into run.json):
-    triage's images by priority and by deciding population, and the quality checks' failures, counted from the
+    triage's images by priority, by deciding population and by its source, and the quality checks' failures, counted from the
     merged rows."""
     for hook in hooks:
         if isinstance(hook, TriageHook):
             hook.counts = Counter({Priority(p): n for p, n in priorities.items()})
             hook.population_counts = Counter(populations or {})
+            hook.population_source_counts = Counter(population_sources or {})
         elif isinstance(hook, QualityHook):
             hook.failed = quality_failed
             hook.by_check = dict(by_check)
@@ -502,6 +504,7 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
     priorities: Counter[str] = Counter()
     by_check: Counter[str] = Counter()
     populations: Counter[str] = Counter()
+    population_sources: Counter[str] = Counter()
     quality_failed = 0
     try:
         for _, row, checks in store.rows_in_order(n):
@@ -511,6 +514,8 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
                 priorities[row["priority"]] += 1
             if row.get("population"):
                 populations[row["population"]] += 1
+            if row.get("population_source"):
+                population_sources[row["population_source"]] += 1
             if checks:
                 quality_failed += 1
                 by_check.update(checks.split(";"))
@@ -518,7 +523,7 @@ def _finish(config: PredictConfig, model: Classifier, hooks: Sequence[PredictHoo
     except BaseException:
         writer.abort()
         raise
-    restore_tallies(hooks, priorities, quality_failed, by_check, populations)
+    restore_tallies(hooks, priorities, quality_failed, by_check, populations, population_sources)
     device = outcome.plan.device
     summary = PredictSummary(
         total=writer.rows_written, scored=statuses[Status.SCORED.value], excluded=statuses[Status.EXCLUDED.value],

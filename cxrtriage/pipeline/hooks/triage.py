@@ -49,6 +49,7 @@ class TriageOutcome:
     site_file: str
     notes: tuple[str, ...] = field(default_factory=tuple)
     populations: dict[str, int] = field(default_factory=dict)  # scored images per population that decided
+    population_sources: dict[str, int] = field(default_factory=dict)  # ... per where the population came from
 
 
 def covered_findings(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[str]]:
@@ -103,10 +104,14 @@ class TriageHook(PredictHook):
     record (scored or not) and write ``DIR/worklist.csv`` at the end.
 
     A scored record whose ``quality`` names a failed check is ``not_assessed`` with that reason (its scores stay).
+
+    With a model whose manifest has a ``population_estimate`` and no ``--population``, the hook also computes each
+    image's population estimate from the classifier's feature maps (already computed by the same inference call) and
+    fills ``population_probability``; ``triage_record`` uses it only when the DICOM gives no age.
     """
 
     name = "triage"
-    columns = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file", "population",
+    columns: tuple[str, ...] = ("priority", "priority_reason", "priority_finding", "priority_score", "site_file", "population",
                "patient_age")
     order = 90  # last: it reads the site scores and the quality checks
 
@@ -124,9 +129,16 @@ class TriageHook(PredictHook):
         self.site = site
         self.policy_path = policy_path
         self.population = population if manifest.populations else None
+        # The image estimate: only for a model that has one, and only when --population does not say who the
+        # patients are (``--population unknown`` turns it off).
+        self.estimate = manifest.population_estimate if manifest.populations and population is None else None
+        self.needs_features = self.estimate is not None
+        if manifest.population_estimate is not None:
+            self.columns = (*type(self).columns, "population_source", "population_probability")
         self.site_file = str(site.path) if site is not None and site.path is not None else ""
         self.counts: Counter[Priority] = Counter()
         self.population_counts: Counter[str] = Counter()
+        self.population_source_counts: Counter[str] = Counter()
         self.outcome: TriageOutcome | None = None
         self.notes = coverage_notes(policy, manifest) + study_notes(policy, manifest, site)
 
@@ -159,10 +171,24 @@ class TriageHook(PredictHook):
         self.counts[decided.priority] += 1
         if decided.population:
             self.population_counts[decided.population] += 1
+        if decided.population_source:
+            self.population_source_counts[decided.population_source] += 1
         return decided.replace(site_file=self.site_file)
 
+    def estimates(self, batch: ScoredBatch) -> list[float | None]:
+        """The population estimate's probability per image of ``batch`` (None without an estimate in force)."""
+        if self.estimate is None or batch.output.features is None:
+            return [None] * len(batch)
+        try:
+            probs = self.estimate.probability(batch.output.features)
+        except ValueError as exc:  # the manifest's weights do not fit the graph: triage goes on without the estimate
+            log.warning("model '%s': %s; the population estimate is not used", self.manifest.name, exc)
+            return [None] * len(batch)
+        return [float(p) for p in probs]
+
     def on_batch(self, batch: ScoredBatch, ctx: RunContext) -> list[ImageRecord]:
-        return [self.decide(item.record) for item in batch.items]
+        return [self.decide(item.record if p is None else item.record.replace(population_probability=p))
+                for item, p in zip(batch.items, self.estimates(batch), strict=True)]
 
     def on_unscored(self, record: ImageRecord, ctx: RunContext) -> ImageRecord:
         return self.decide(record)
@@ -181,6 +207,7 @@ class TriageHook(PredictHook):
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
         self.counts = Counter(r.priority for r in records if r.priority is not None)
         self.population_counts = Counter(r.population for r in records if r.population)
+        self.population_source_counts = Counter(r.population_source for r in records if r.population_source)
         studies = Counter(e.priority for e in entries)
         self.outcome = TriageOutcome(
             worklist=path,
@@ -190,6 +217,7 @@ class TriageHook(PredictHook):
             site_file=self.site_file,
             notes=tuple(self.notes),
             populations=dict(sorted(self.population_counts.items())),
+            population_sources=dict(sorted(self.population_source_counts.items())),
         )
         return self.outcome
 
@@ -221,6 +249,7 @@ class TriageHook(PredictHook):
         out: dict[str, Any] = {
             "mode": mode,
             "default_population": self.population or (UNKNOWN_POPULATION if pops else None),
+            "population_estimate": self.estimate_provenance(),
             "populations": {p.name: {"age_years": [p.age_min, p.age_max], "description": p.description}
                             for p in m.populations.values()},
             "deciding_labels": {p: deciding_labels(m, self.policy, p) for p in pops},
@@ -252,6 +281,20 @@ class TriageHook(PredictHook):
             out["fitted_on"] = study.fitted_on
         return out
 
+    def estimate_provenance(self) -> dict[str, Any] | None:
+        """The image population estimate of the model and whether this run used it (None: the model has none)."""
+        est = self.manifest.population_estimate
+        if est is None:
+            return None
+        return {
+            "in_use": self.estimate is not None,
+            "why_not": "" if self.estimate is not None else f"--population {self.population} given",
+            "estimates": est.estimates, "versus": est.versus, "threshold": est.threshold,
+            "rule": ("used only when the DICOM gives no age and --population is not given: probability >= threshold -> "
+                     f"{est.estimates}, else unknown"),
+            "held_out_test": est.details.get("test", {}),
+        }
+
     def provenance(self) -> dict[str, Any]:
         levels = {lvl.priority.value: {"findings": list(lvl.findings), "threshold": lvl.threshold.value,
                                        "covered_by_model": covered_findings(self.policy, self.manifest.labels)
@@ -275,7 +318,9 @@ class TriageHook(PredictHook):
             },
             "priority_levels": [p.value for p in PRIORITY_LEVELS],
             "site_file": self.site_file,
-            "counts": counts | {"images_by_population": dict(sorted(self.population_counts.items()))},
+            "counts": counts | {"images_by_population": dict(sorted(self.population_counts.items()))}
+            | ({"images_by_population_source": dict(sorted(self.population_source_counts.items()))}
+               if self.manifest.population_estimate is not None else {}),
             "study_operating_points": self.study_provenance(),
             "notes": list(self.notes),
         }

@@ -125,7 +125,10 @@ class PixelNeeds:
     Why ``oversample`` is 2: decoded at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then
     256 -> 224) scored up to 0.084 apart from full decoding (AUROC up to 0.004); with at least twice the pixels
     (and JPEG 2000 levels made area averages, `cxrtriage.io.reduced`) the same images at 1024 px and the RG1 chest
-    score within 0.0082 (see benchmarks/agreement.py and the README).
+    score within 0.0082 (see benchmarks/agreement.py and the README). Measured again with the area filters and the
+    exact footprint averages: one times the pixels (``oversample`` 1) still drifts too far on the NIH images at 1024 px
+    (JPEG 2000 at 1/4, 256 -> 224: up to 0.033, 99th percentile 0.010), although the RG1 chest at 1/8 stays within
+    0.0065.
     """
 
     recipes: tuple[PreprocessRecipe, ...]

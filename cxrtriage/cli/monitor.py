@@ -103,7 +103,8 @@ def monitor_command(
     period: Annotated[str, typer.Option("--period", help="Time slices of the study date: month, quarter or year.")] = "month",
     by: Annotated[str, typer.Option(
         "--by", help="Comma-separated subgroups to slice by (default all): manufacturer, device_model, institution, "
-                     "view, age_band, sex, input_kind.")] = "",
+                     "view, age_band, sex, input_kind, population (the triage population; compared with the model's "
+                     "validation split of that population).")] = "",
     min_n: Annotated[int, typer.Option(
         "--min-n", min=2, help="Fewest values a slice (and the reference) needs for a metric to be judged.")] = 30,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON to this file.")] = None,
@@ -113,7 +114,8 @@ def monitor_command(
 ) -> None:
     """Drift of the results against a reference: each label's score distribution, the priority mix, quality-check
     failures, exclusion reasons and who the images are (age band, sex, view, device), overall, per period of the
-    study date and per subgroup (manufacturer, device model, institution, view, age band, sex, DICOM vs PNG/JPEG),
+    study date and per subgroup (manufacturer, device model, institution, view, age band, sex, DICOM vs PNG/JPEG,
+    triage population),
     with a population stability index (PSI) and a KS statistic per slice; alert at PSI >= 0.25 with q <= 0.01, warn
     at PSI >= 0.10 with q <= 0.05 (q: the p-value adjusted over every judged metric of the run; docs/monitor.md)."""
     from cxrtriage.cli.render import exit_on_error

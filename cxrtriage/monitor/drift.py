@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ Q_WARN, Q_ALERT = 0.05, 0.01  # Benjamini-Hochberg adjusted p-values (false disc
 JUDGED = "judged"  # a metric's level before the run's p-values are adjusted
 MIN_N = 30
 LEVELS = ("alert", "warn", "ok", "too few", "no reference")  # most severe first
-SUBGROUPS = ("manufacturer", "device_model", "institution", "view", "age_band", "sex", "input_kind")
+SUBGROUPS = ("manufacturer", "device_model", "institution", "view", "age_band", "sex", "input_kind", "population")
 PERIODS: dict[str, Callable[[str], str]] = {
     "month": lambda m: m,
     "quarter": lambda m: f"{m[:4]}-Q{(int(m[5:7]) - 1) // 3 + 1}",
@@ -182,11 +182,17 @@ class Reference:
 
     whole: Profile
     records: tuple[ImageRecord, ...] | None = None  # None: a model reference (no rows, no subgroups)
+    # a model reference's validation split per triage population ("adult", "pediatric"): the population slices are
+    # compared with their own, since children's and adults' scores differ by design
+    populations: Mapping[str, Profile] = field(default_factory=dict)
 
     def for_slice(self, dimension: str, value: str, labels: Sequence[str], min_n: int) -> tuple[Profile, str]:
         """The profile a slice is compared with, and how to say it: the reference's own rows of the same subgroup
-        when it has at least ``min_n`` scored ones, else the whole reference (a period, a new subgroup, a model
-        reference)."""
+        when it has at least ``min_n`` scored ones, a model reference's validation split of the same population,
+        else the whole reference (a period, a new subgroup, another subgroup of a model reference)."""
+        if dimension == "population" and value in self.populations:
+            prof = self.populations[value]
+            return prof, f"the model's validation split of the {value} population ({prof.scored} images)"
         if dimension in SUBGROUPS and self.records is not None:
             same = [r for r in self.records if attribute(r, dimension) == value]
             prof = profile_of(same, labels, name=f"reference {dimension}={value}", kind=self.whole.kind)

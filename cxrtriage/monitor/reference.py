@@ -67,6 +67,13 @@ def model_reference(manifest: ModelManifest, population: str = "all") -> Profile
     )
 
 
+def model_populations(manifest: ModelManifest) -> tuple[str, ...]:
+    """The populations the manifest's validation reference describes (none when it has no reference)."""
+    ref = manifest.extra.get("reference")
+    pops = ref.get("populations") if isinstance(ref, Mapping) else None
+    return tuple(str(p) for p in pops) if isinstance(pops, Mapping) else ()
+
+
 def calibration_digest(manifest: ModelManifest) -> str:
     """sha256 of the canonical JSON of the manifest file's ``calibration`` (what the training recipe records)."""
     if manifest.path is None:

@@ -15,7 +15,7 @@ from cxrtriage.model.registry import manifest_for_results
 from cxrtriage.monitor.drift import MIN_N, PERIODS, SUBGROUPS, Reference, drift_of
 from cxrtriage.monitor.html import render_html  # jinja2 and matplotlib are imported only when a page is rendered
 from cxrtriage.monitor.profile import profile_of
-from cxrtriage.monitor.reference import POPULATIONS, model_reference
+from cxrtriage.monitor.reference import POPULATIONS, model_populations, model_reference
 from cxrtriage.monitor.report import MonitorReport
 from cxrtriage.results import RESULTS_CSV, RESULTS_JSONL, ImageRecord, ResultsTable, read_results
 
@@ -123,7 +123,9 @@ def run_monitor(config: MonitorConfig) -> MonitorReport:
     manifest = _manifest(records, config.model, config.results[0])
     labels = tuple(lab for lab in manifest.labels if lab in labels) or manifest.labels
     if config.reference == (MODEL_REFERENCE,):
-        reference = Reference(model_reference(manifest, config.population))
+        by_population = {p: model_reference(manifest, p) for p in POPULATIONS
+                         if p != "all" and p in model_populations(manifest)}
+        reference = Reference(model_reference(manifest, config.population), populations=by_population)
         ref_inputs: tuple[str, ...] = (str(manifest.path),)
         if config.population == "all":
             warnings.append("the 'all' validation population mixes adult and pediatric sources (see the reference): a "

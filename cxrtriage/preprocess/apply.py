@@ -64,6 +64,13 @@ def _resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
     if arr.shape == (oh, ow):
         return arr.astype(np.float32, copy=False)
     shrinking = oh <= arr.shape[0] and ow <= arr.shape[1]
+    if shrinking and arr.dtype == np.float32 and oh < arr.shape[0] and ow < arr.shape[1]:
+        # The area average is separable: rows first, then columns, gives OpenCV's one-pass result to float32
+        # rounding (relative 2e-7) at 0.5-0.6 of its CPU on a 2-3k px radiograph (7.7 -> 4.8 ms at 1955x1841,
+        # 16.8 -> 8.9 ms at 2991x2482; benchmarks/bench_decode.py). Float input only: an integer first pass would
+        # round its averages.
+        rows = cv2.resize(arr, (arr.shape[1], oh), interpolation=cv2.INTER_AREA)
+        return cv2.resize(rows, (ow, oh), interpolation=cv2.INTER_AREA)
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(arr, (ow, oh), interpolation=interp).astype(np.float32, copy=False)
 
@@ -125,7 +132,10 @@ class PixelNeeds:
     Why ``oversample`` is 2: decoded at exactly the model's size, the 486 NIH images (512 px, JPEG 2000 at 1/2, then
     256 -> 224) scored up to 0.084 apart from full decoding (AUROC up to 0.004); with at least twice the pixels
     (and JPEG 2000 levels made area averages, `cxrtriage.io.reduced`) the same images at 1024 px and the RG1 chest
-    score within 0.0082 (see benchmarks/agreement.py and the README).
+    score within 0.0082 (see benchmarks/agreement.py and the README). Measured again with the area filters and the
+    exact footprint averages: one times the pixels (``oversample`` 1) still drifts too far on the NIH images at 1024 px
+    (JPEG 2000 at 1/4, 256 -> 224: up to 0.033, 99th percentile 0.010), although the RG1 chest at 1/8 stays within
+    0.0065.
     """
 
     recipes: tuple[PreprocessRecipe, ...]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrtriage.monitor.drift import level_of, slice_drift, slices
+from cxrtriage.monitor.drift import Reference, level_of, slice_drift, slices
 from cxrtriage.monitor.profile import model_scores, profile_of, quality_kind, reason_kind
 from cxrtriage.results import ImageRecord, Priority, Status
 
@@ -118,3 +118,26 @@ def test_quality_failures_and_exclusion_reasons_that_change_are_flagged() -> Non
     excluded = changed.metric("excluded")
     assert excluded is not None and excluded.level == "alert"
     assert excluded.current is not None and excluded.current["failed: pixel data truncated"] > 0.8
+
+
+def test_population_slices_are_compared_with_their_own_validation_population() -> None:
+    # a model reference: the whole validation split mixes adults (low scores) and children (high scores)
+    adults = profile_of(_rows(300, seed=10, mean=0.2), ["x"], name="adult", kind="model")
+    children = profile_of(_rows(300, seed=11, mean=0.7), ["x"], name="pediatric", kind="model")
+    whole = profile_of(_rows(300, seed=10, mean=0.2) + _rows(300, seed=11, mean=0.7), ["x"], name="all", kind="model")
+    reference = Reference(whole, populations={"adult": adults, "pediatric": children})
+    current = ([r.replace(population="adult") for r in _rows(100, seed=12, mean=0.2)]
+               + [r.replace(population="pediatric") for r in _rows(100, seed=13, mean=0.7)]
+               + [r.replace(population="unknown") for r in _rows(100, seed=14, mean=0.45)])
+    parts = {(d, v): rows for d, v, rows, _ in slices(current)}
+    assert {v for d, v in parts if d == "population"} == {"adult", "pediatric", "unknown"}
+    kids = slice_drift("population", "pediatric", parts[("population", "pediatric")], ["x"], reference,
+                       composition=False)
+    assert "pediatric population" in kids.against and kids.metric("score:x").level == "ok"
+    grown = slice_drift("population", "adult", [r.replace(scores={"x": min(1.0, r.scores["x"] + 0.3)})
+                                                for r in parts[("population", "adult")]], ["x"], reference,
+                        composition=False)
+    assert "adult population" in grown.against and grown.metric("score:x").level == "alert"
+    unknown = slice_drift("population", "unknown", parts[("population", "unknown")], ["x"], reference,
+                          composition=False)
+    assert unknown.against == "the whole reference"

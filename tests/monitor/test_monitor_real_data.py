@@ -99,3 +99,15 @@ def test_the_manifest_reference_is_what_predict_gives_on_the_validation_images(r
     other = run_monitor(MonitorConfig(results=(runs["kval"],), population="adult"))
     flagged = {m.name for s, m in other.alerts}
     assert {"score:pneumonia", "score:abnormal"} <= flagged  # children against the adult validation population
+
+
+def test_each_triage_population_is_compared_with_its_own_validation_split(runs: dict[str, Path]) -> None:
+    # adult NIH films and children (DICOM age 3) against the adult validation population: the children flag as a
+    # whole, but the children's population slice is compared with the pediatric validation split and holds
+    report = run_monitor(MonitorConfig(results=(runs["nih"], runs["kids"]), population="adult"))
+    by = {s.label: s for s in report.slices}
+    assert report.slices[0].metric("score:pneumonia").level == "alert"  # type: ignore[union-attr]
+    kids = by["population=pediatric"]
+    assert kids.scored >= 40 and "pediatric population" in kids.against
+    assert kids.metric("score:pneumonia").level not in ("alert", "warn")  # type: ignore[union-attr]
+    assert "adult population" in by["population=adult"].against

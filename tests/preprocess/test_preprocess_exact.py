@@ -59,3 +59,4 @@ def test_resize_mode_round_trips_and_is_left_out_when_default() -> None:
     assert d["resize"] == "skimage" and PreprocessRecipe.from_dict(d) == XRV
     with pytest.raises(ConfigError, match="lanczos"):
         PreprocessRecipe.from_dict({"resize": "lanczos"})
+

@@ -70,7 +70,7 @@ def _resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
         # 16.8 -> 8.9 ms at 2991x2482; benchmarks/bench_decode.py). Float input only: an integer first pass would
         # round its averages.
         rows = cv2.resize(arr, (arr.shape[1], oh), interpolation=cv2.INTER_AREA)
-        return cv2.resize(rows, (ow, oh), interpolation=cv2.INTER_AREA)
+        return cv2.resize(rows, (ow, oh), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False)
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(arr, (ow, oh), interpolation=interp).astype(np.float32, copy=False)
 

@@ -35,6 +35,14 @@ OPERATING_POINTS = {"balanced": "balanced (Youden) operating point", "rule_out":
 UInt8Image = NDArray[np.uint8]
 
 
+REPORTED_ONLY = "reported only"
+
+
+def reported_only_note(population: str) -> str:
+    """The note of a map whose label is not validated for the patient's population: it does not move the priority."""
+    return f"{REPORTED_ONLY}: not validated for the {population} population, so it does not move the priority"
+
+
 @dataclass(frozen=True, slots=True)
 class OverlayText:
     """The facts printed on an overlay."""
@@ -53,7 +61,9 @@ class OverlayText:
             thr = "threshold: none in the model manifest"
         else:
             above = self.score is not None and self.score >= self.threshold
-            thr = f"threshold {self.threshold:.3f} at the {self.operating_point} -> {'FLAGGED' if above else 'not flagged'}"
+            reported = any(n.startswith(REPORTED_ONLY) for n in self.notes)
+            verdict = ("above, " + REPORTED_ONLY if reported else "FLAGGED") if above else "not flagged"
+            thr = f"threshold {self.threshold:.3f} at the {self.operating_point} -> {verdict}"
         out = [
             f"Finding: {self.finding}    calibrated score {score}    {thr}",
             f"Model: {self.model}    Method: {self.method}",

@@ -8,15 +8,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from factories import edit_manifest, make_tiny_classifier, read_jsonl, write_dicom
+from factories import edit_manifest, make_study_classifier, make_tiny_classifier, read_jsonl, write_dicom
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
 from cxrtriage.errors import ConfigError
 from cxrtriage.explain import explain
+from cxrtriage.explain.overlay import OverlayText
 from cxrtriage.io import read_image
 from cxrtriage.model import load_classifier
 from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.hooks import heatmaps as heatmaps_hook
 from cxrtriage.pipeline.predict import run_predict
 
 
@@ -96,3 +98,34 @@ def test_cli_heatmaps_option(tmp_path: Path) -> None:
 def test_gating_needs_heatmaps(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--heatmap-gate .* needs --heatmaps"):
         PredictConfig(inputs=(tmp_path,), out_dir=tmp_path / "o", heatmap_gate=True)
+
+
+def test_a_map_of_a_label_that_does_not_decide_for_the_population_says_reported_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nodule is validated for no population, effusion for adults: on a 40-year-old both are drawn (threshold 0), and
+    # only nodule's overlay says it does not move the priority instead of "FLAGGED"
+    manifest = make_study_classifier(tmp_path / "model")
+    data = json.loads(manifest.read_text())
+    for t in data["thresholds"].values():
+        t["balanced"]["threshold"] = 0.0
+    edit_manifest(manifest, data)
+    yy, xx = np.mgrid[0:256, 0:240]  # big enough to pass the quality checks, so that triage decides
+    write_dicom(tmp_path / "in" / "a.dcm", rows=256, cols=240, PatientAge="040Y",
+                pixels=(((yy - 128) ** 2 + (xx - 70) ** 2) < 1500).astype(np.uint16) * 3000 + 200)
+    drawn: dict[str, tuple[str, ...]] = {}
+    original = heatmaps_hook.write_overlays
+
+    def spy(out_dir: Path, stem: str, image: object, maps: list, *args: object, **kwargs: object) -> list[Path]:  # type: ignore[type-arg]
+        drawn.update({h.label: h.notes for h in maps if not h.empty})
+        return original(out_dir, stem, image, maps, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heatmaps_hook, "write_overlays", spy)
+    run_predict(PredictConfig(inputs=(tmp_path / "in",), out_dir=tmp_path / "out", model=str(manifest), workers=0,
+                              heatmaps=True))
+    row = read_jsonl(tmp_path / "out" / "results.jsonl")[0]
+    assert row["population"] == "adult" and {"nodule", "effusion"} <= set(drawn)
+    assert any(n.startswith("reported only: not validated for the adult population") for n in drawn["nodule"])
+    assert not any(n.startswith("reported only") for n in drawn["effusion"])
+    lines = OverlayText("nodule", 0.4, 0.2, "balanced", "m", "Grad-CAM", drawn["nodule"]).lines()
+    assert "-> above, reported only" in lines[0] and "FLAGGED" not in lines[0]
+    assert "-> FLAGGED" in OverlayText("effusion", 0.4, 0.2, "balanced", "m", "Grad-CAM", drawn["effusion"]).lines()[0]

@@ -27,12 +27,13 @@ from cxrtriage.explain.gating import (
     share_note,
     shortcut_note,
 )
-from cxrtriage.explain.overlay import write_overlays
+from cxrtriage.explain.overlay import reported_only_note, write_overlays
 from cxrtriage.explain.registry import require_method
-from cxrtriage.model import Classifier, LungMask, Segmenter, load_segmenter
+from cxrtriage.model import Classifier, LungMask, ModelManifest, Segmenter, load_segmenter
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, RunContext, ScoredBatch
 from cxrtriage.results import ImageRecord
+from cxrtriage.triage import TriagePolicy, load_policy
 from cxrtriage.types import InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class HeatmapsHook(PredictHook):
     needs_images = True
     image_long_side = OVERLAY_SIDE  # the image is decoded with at least this many pixels (cxrtriage.io.reduced)
     needs_features = True
-    order = 40  # after lungs (20) and quality (30), before triage (90)
+    # after lungs (20), quality (30) and triage (90): a map whose label does not decide for the population triage
+    # chose says so on the overlay instead of "FLAGGED"
+    order = 95
 
     def __init__(self, model: Classifier, method: str = "gradcam", *, segmenter: Segmenter | None = None,
-                 gate: bool = False, level: float = SHORTCUT_LEVEL) -> None:
+                 gate: bool = False, level: float = SHORTCUT_LEVEL, policy: TriagePolicy | None = None) -> None:
         m = require_method(method, model.manifest)
         if m.needs_forward:
             raise ConfigError(
@@ -81,6 +84,7 @@ class HeatmapsHook(PredictHook):
         self.recipes = (segmenter.manifest.preprocessing,) if segmenter is not None else ()
         self.gate = gate
         self.level = level
+        self.policy = policy  # its [labels] decide_unvalidated lets a label decide where it is not validated
         self.written = 0
         self.maps = 0
         self.segmented = 0
@@ -91,7 +95,8 @@ class HeatmapsHook(PredictHook):
         segmenter = None if config.lungs_on else load_segmenter(
             config.segmenter, device=config.device, strict_device=config.strict_device,
             intra_op_threads=config.intra_op_threads, spinning=config.workers == 0)
-        return cls(model, config.heatmap_method, segmenter=segmenter, gate=config.heatmap_gate)
+        return cls(model, config.heatmap_method, segmenter=segmenter, gate=config.heatmap_gate,
+                   policy=load_policy(config.policy))
 
     def _masks(self, items: list[BatchItem], ctx: RunContext) -> dict[int, LungMask]:
         """The lung masks of ``items``: the lungs hook's, else one segmenter pass over those that lack one."""
@@ -136,6 +141,10 @@ class HeatmapsHook(PredictHook):
                 heatmaps = measured
             if self.gate and mask is not None:
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
+            pop = item.record.population
+            if pop is not None:
+                heatmaps = [h if self._decides(model.manifest, h.label, pop)
+                            else dataclasses.replace(h, notes=(*h.notes, reported_only_note(pop))) for h in heatmaps]
             record = item.record.replace(outside_lungs=shares, shortcut=shortcut_note(dict(shares), self.level))
             record = self._unmeasured(record, heatmaps, mask is not None, fields is not None)
             self.maps += sum(not h.empty for h in heatmaps)
@@ -150,6 +159,11 @@ class HeatmapsHook(PredictHook):
             self.written += len(pngs)
             out.append(record.replace(heatmaps=tuple(str(Path(HEATMAP_DIR) / p.name) for p in pngs)))
         return out
+
+    def _decides(self, manifest: ModelManifest, label: str, population: str) -> bool:
+        """May ``label`` move the priority for ``population`` (validated for it, or the policy says it decides)?"""
+        return manifest.validated_for(label, population) or (
+            self.policy is not None and self.policy.decides_unvalidated(label))
 
     @staticmethod
     def _unmeasured(record: ImageRecord, heatmaps: list[Heatmap], have_mask: bool, have_fields: bool) -> ImageRecord:

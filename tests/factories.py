@@ -6,6 +6,7 @@ These keep most tests in the millisecond range and independent of real weights o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from cxrtriage.model import Classifier
 from cxrtriage.model.manifest import SCHEMA_VERSION, sha256_file, write_sealed_manifest
+from cxrtriage.pipeline.config import PredictConfig
+from cxrtriage.pipeline.predict import run_predict
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -238,3 +242,18 @@ def make_estimating_classifier(folder: Path, *, weights: tuple[float, ...] = (1.
                                    "pooling": "global_average", "weights": list(weights), "bias": bias,
                                    "threshold": threshold, "fitted_on": "test fixture"}
     return write_sealed_manifest(path, data)
+
+
+def link_files(paths: list[Path], folder: Path) -> Path:
+    """``folder`` holding a symbolic link to each of ``paths`` (real images read by path, never copied)."""
+    folder.mkdir(parents=True)
+    for p in paths:
+        os.symlink(p, folder / p.name)
+    return folder
+
+
+def predict_rows(model: Classifier, folder: Path, out: Path, **options: object) -> dict[str, dict[str, object]]:
+    """``predict`` on ``folder`` in this process (``workers=0``); its results rows by file name."""
+    run_predict(PredictConfig(inputs=(folder,), out_dir=out, workers=0, **options), model=model)  # type: ignore[arg-type]
+    return {Path(str(r["path"])).name: r for r in read_jsonl(out / "results.jsonl")}
+

@@ -5,18 +5,15 @@ still wins; and `cxrtriage train population-estimate` reproduces the shipped man
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from factories import read_jsonl, write_dicom
+from factories import link_files, predict_rows, write_dicom
 
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.model.manifest import load_manifest, read_manifest_data
-from cxrtriage.pipeline.config import PredictConfig
-from cxrtriage.pipeline.predict import run_predict
 from cxrtriage.train.operating import records_from_splits
 from cxrtriage.train.population import OTHER_ADULTS, fit_population_estimate, pooled_features
 
@@ -31,24 +28,12 @@ def model() -> Classifier:
     return load_classifier(CLASSIFIER, device="cpu")
 
 
-def _link(paths: list[Path], folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for p in paths:
-        os.symlink(p, folder / p.name)
-    return folder
-
-
-def _predict(model: Classifier, folder: Path, out: Path, **options: object) -> dict[str, dict[str, object]]:
-    run_predict(PredictConfig(inputs=(folder,), out_dir=out, workers=0, **options), model=model)  # type: ignore[arg-type]
-    return {Path(str(r["path"])).name: r for r in read_jsonl(out / "results.jsonl")}
-
-
 def test_kermany_children_without_an_age_are_triaged_as_children(model: Classifier, shared_data: Path,
                                                                  tmp_path: Path) -> None:
     normals = sorted((shared_data / "kermany224" / "test" / "NORMAL").iterdir())[::15]
     pneumonia = sorted((shared_data / "kermany224" / "test" / "PNEUMONIA").iterdir())[::40]
-    folder = _link(normals + pneumonia, tmp_path / "in")
-    rows = _predict(model, folder, tmp_path / "out")
+    folder = link_files(normals + pneumonia, tmp_path / "in")
+    rows = predict_rows(model, folder, tmp_path / "out")
     est = model.manifest.population_estimate
     assert est is not None
     estimated = [r for r in rows.values() if r["population_source"] == "image-estimate"]
@@ -62,14 +47,14 @@ def test_kermany_children_without_an_age_are_triaged_as_children(model: Classifi
         assert "pediatric)" in reason and "population pediatric estimated from the image (p " in reason
         assert reason.endswith("give the age or --population to override")
     # an estimated child is triaged exactly as with --population pediatric (its operating points and labels)
-    told = _predict(model, folder, tmp_path / "told", population="pediatric")
+    told = predict_rows(model, folder, tmp_path / "told", population="pediatric")
     for name, r in rows.items():
         if r["population_source"] == "image-estimate":
             assert r["priority"] == told[name]["priority"]
     assert all(rows[p.name]["priority"] != "normal" for p in pneumonia)
     # more normal children called normal than with the estimate off (--population unknown); full test set: 141 of 234
     # (60.3%) against 124 (53.0%); with --population pediatric 156
-    off = _predict(model, folder, tmp_path / "off", population="unknown")
+    off = predict_rows(model, folder, tmp_path / "off", population="unknown")
     assert {r["population_source"] for r in off.values()} == {"option"}
     with_estimate = sum(rows[p.name]["priority"] == "normal" for p in normals)
     assert with_estimate > sum(off[p.name]["priority"] == "normal" for p in normals), with_estimate
@@ -81,8 +66,8 @@ def test_adults_are_not_estimated_children_and_the_dicom_age_still_wins(model: C
     ages = {r["image"]: float(r["age"]) for r in csv.DictReader(open(shared_data / "nih14" / "labels.csv"))}
     nih = sorted(shared_data / "nih14" / p.split("/", 1)[1] for p in test if ages[p.split("/", 1)[1]] >= 18)
     rg1 = shared_data / "dicom" / "cxr_real" / "nema_wg04_RG1_UNCR.dcm"
-    folder = _link([*nih, rg1], tmp_path / "in")
-    rows = _predict(model, folder, tmp_path / "out")
+    folder = link_files([*nih, rg1], tmp_path / "in")
+    rows = predict_rows(model, folder, tmp_path / "out")
     assert len(rows) == len(nih) + 1
     nih_rows = [rows[p.name] for p in nih]
     assert {(r["population"], r["population_source"]) for r in nih_rows} == {("unknown", "none")}
@@ -96,11 +81,11 @@ def test_adults_are_not_estimated_children_and_the_dicom_age_still_wins(model: C
 
     # a Kermany child the estimate calls pediatric, written as DICOM with an adult's age: the age wins
     child = next(p for p in sorted((shared_data / "kermany224" / "test" / "NORMAL").iterdir())[::15]
-                 if float(_predict(model, _link([p], tmp_path / f"k-{p.stem}"), tmp_path / f"ko-{p.stem}")[p.name]
+                 if float(predict_rows(model, link_files([p], tmp_path / f"k-{p.stem}"), tmp_path / f"ko-{p.stem}")[p.name]
                           ["population_probability"]) >= est.threshold)  # type: ignore[arg-type]
     pixels = cv2.imread(str(child), cv2.IMREAD_GRAYSCALE)
     dcm = write_dicom(tmp_path / "aged" / "child.dcm", pixels=pixels, bits_stored=8, PatientAge="040Y")
-    row = _predict(model, dcm.parent, tmp_path / "aged-out")["child.dcm"]
+    row = predict_rows(model, dcm.parent, tmp_path / "aged-out")["child.dcm"]
     assert (row["population"], row["population_source"]) == ("adult", "dicom-age")
     assert float(row["population_probability"]) >= est.threshold  # type: ignore[arg-type]
     assert "estimated" not in str(row["priority_reason"])

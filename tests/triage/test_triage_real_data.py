@@ -9,16 +9,13 @@ full-set figures are in the model card).
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import cv2
 import pytest
-from factories import read_jsonl, write_dicom
+from factories import link_files, predict_rows, write_dicom
 
 from cxrtriage.model import Classifier, load_classifier
-from cxrtriage.pipeline.config import PredictConfig
-from cxrtriage.pipeline.predict import run_predict
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -28,18 +25,6 @@ SPLITS = REPO / "models" / "cxr-classifier" / "splits" / "splits.csv"
 @pytest.fixture(scope="module")
 def model() -> Classifier:
     return load_classifier(REPO / "models" / "cxr-classifier", device="cpu")
-
-
-def _link(paths: list[Path], folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for p in paths:
-        os.symlink(p, folder / p.name)
-    return folder
-
-
-def _predict(model: Classifier, folder: Path, out: Path, **options: object) -> dict[str, dict[str, object]]:
-    run_predict(PredictConfig(inputs=(folder,), out_dir=out, workers=0, **options), model=model)  # type: ignore[arg-type]
-    return {Path(str(r["path"])).name: r for r in read_jsonl(out / "results.jsonl")}
 
 
 def _kermany(shared: Path, label: str, step: int) -> list[Path]:
@@ -56,7 +41,7 @@ def _nih_test(shared: Path, *, abnormal: bool) -> list[Path]:
 def test_pediatric_normals_are_mostly_normal_and_pneumonia_is_never_normal(model: Classifier, shared_data: Path,
                                                                            tmp_path: Path) -> None:
     normals, pneumonia = _kermany(shared_data, "NORMAL", 15), _kermany(shared_data, "PNEUMONIA", 25)
-    rows = _predict(model, _link(normals + pneumonia, tmp_path / "in"), tmp_path / "out", population="pediatric")
+    rows = predict_rows(model, link_files(normals + pneumonia, tmp_path / "in"), tmp_path / "out", population="pediatric")
     assert {r["population"] for r in rows.values()} == {"pediatric"}
     called_normal = [rows[p.name]["priority"] == "normal" for p in normals]
     assert sum(called_normal) / len(normals) >= 0.6, called_normal  # 10 of these 16 (full test set: 156 of 234)
@@ -65,7 +50,7 @@ def test_pediatric_normals_are_mostly_normal_and_pneumonia_is_never_normal(model
     assert all(str(r["priority_reason"]).split()[0] in ("abnormal", "pneumonia", "all") for r in rows.values())
     # with the population unknown (a JPEG does not tell the age; the image estimate turned off) the cautious rules
     # apply: never fewer studies flagged (the estimate itself: tests/triage/test_triage_population_real.py)
-    unknown = _predict(model, tmp_path / "in", tmp_path / "out-unknown", population="unknown")
+    unknown = predict_rows(model, tmp_path / "in", tmp_path / "out-unknown", population="unknown")
     assert {r["population"] for r in unknown.values()} == {"unknown"}
     assert sum(r["priority"] == "normal" for r in unknown.values()) <= sum(called_normal)
 
@@ -73,7 +58,7 @@ def test_pediatric_normals_are_mostly_normal_and_pneumonia_is_never_normal(model
 def test_adults_with_findings_are_still_flagged_and_normal_is_reachable(model: Classifier, shared_data: Path,
                                                                         tmp_path: Path) -> None:
     abnormal, normal = _nih_test(shared_data, abnormal=True)[::3], _nih_test(shared_data, abnormal=False)
-    rows = _predict(model, _link(abnormal + normal, tmp_path / "in"), tmp_path / "out")
+    rows = predict_rows(model, link_files(abnormal + normal, tmp_path / "in"), tmp_path / "out")
     flagged = [rows[p.name]["priority"] != "normal" for p in abnormal]
     assert sum(flagged) / len(abnormal) >= 0.9, flagged  # 26 of 27 (all 81 NIH test abnormals: 77)
     assert any(rows[p.name]["priority"] == "normal" for p in normal)  # 1 of the 16 NIH test normals
@@ -89,11 +74,11 @@ def test_a_childs_age_in_dicom_decides_the_population_and_the_row_says_which_lab
     for p in images:
         pixels = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
         write_dicom(folder / f"{p.stem}.dcm", pixels=pixels, bits_stored=8, PatientAge="004Y")
-    rows = _predict(model, folder, tmp_path / "out", population="adult")  # the age in DICOM wins over --population
+    rows = predict_rows(model, folder, tmp_path / "out", population="adult")  # the age in DICOM wins over --population
     assert {r["population"] for r in rows.values()} == {"pediatric"}
     assert all(r["patient_age"] == 4.0 for r in rows.values())
     assert all("patient age 4 years (DICOM): pediatric population; not validated for it, so reported but not "
                "deciding the priority: infiltration, atelectasis, nodule, effusion" in str(r["reason"])
                for r in rows.values())
-    jpeg = _predict(model, _link(images, tmp_path / "jpeg"), tmp_path / "out-jpeg", population="pediatric")
+    jpeg = predict_rows(model, link_files(images, tmp_path / "jpeg"), tmp_path / "out-jpeg", population="pediatric")
     assert [rows[f"{p.stem}.dcm"]["priority"] for p in images] == [jpeg[p.name]["priority"] for p in images]

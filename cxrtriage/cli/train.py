@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -92,17 +93,9 @@ def operating_points(
     retraining: its ONNX model scores the validation and test images of its patient splits exactly as `predict`
     does; the manifest is updated (and re-sealed) and MODEL_CARD.md re-rendered. The training recipe runs the same
     step, so the result is what a retrain with the same weights would write."""
-    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.train.operating import add_operating_points
 
-    with exit_on_error():
-        _check(data)
-        from cxrtriage.train.finalize import write_classifier_card
-        from cxrtriage.train.operating import add_operating_points
-
-        t0 = time.time()
-        manifest = add_operating_points(data, model)
-        card = write_classifier_card(data, model)
-        console.print(f"wrote {manifest} and {card} (wall time {time.time() - t0:.0f} s)")
+    _recompute(add_operating_points, data, model)
 
 
 @train_app.command("population-estimate")
@@ -115,15 +108,21 @@ def population_estimate(
     logistic regression is fitted on the train split, its threshold set on the validation split and its figures
     measured on the test split; the manifest's population_estimate section is rewritten (and re-sealed) and
     MODEL_CARD.md re-rendered. About 1-2 minutes on one CPU core."""
+    from cxrtriage.train.population import add_population_estimate
+
+    _recompute(add_population_estimate, data, model)
+
+
+def _recompute(step: Callable[[Path, Path], Path], data: Path, model: Path) -> None:
+    """Run one manifest-recomputing ``step`` of the training recipe on a trained classifier, then re-render its card."""
     from cxrtriage.cli.render import console, exit_on_error
 
     with exit_on_error():
         _check(data)
         from cxrtriage.train.finalize import write_classifier_card
-        from cxrtriage.train.population import add_population_estimate
 
         t0 = time.time()
-        manifest = add_population_estimate(data, model)
+        manifest = step(data, model)
         card = write_classifier_card(data, model)
         console.print(f"wrote {manifest} and {card} (wall time {time.time() - t0:.0f} s)")
 

@@ -373,7 +373,13 @@ def deciding_labels(manifest: ModelManifest, policy: TriagePolicy, population: s
     out = [lab for lab in manifest.labels if not policy.is_ignored(lab)]
     if population is None:
         return out
-    return [lab for lab in out if manifest.validated_for(lab, population) or policy.decides_unvalidated(lab)]
+    return [lab for lab in out if counts_for(manifest, policy, lab, population)]
+
+
+def counts_for(manifest: ModelManifest, policy: TriagePolicy, label: str, population: str) -> bool:
+    """Is ``label`` allowed to decide for ``population``: validated for it, or listed by the policy's ``[labels]
+    decide_unvalidated``? (Whether the policy ignores the label altogether is ``policy.is_ignored``.)"""
+    return manifest.validated_for(label, population) or policy.decides_unvalidated(label)
 
 
 def population_note(manifest: ModelManifest, policy: TriagePolicy, population: str | None, age: float | None) -> str:

@@ -29,11 +29,11 @@ from cxrtriage.explain.gating import (
 )
 from cxrtriage.explain.overlay import reported_only_note, write_overlays
 from cxrtriage.explain.registry import require_method
-from cxrtriage.model import Classifier, LungMask, ModelManifest, Segmenter, load_segmenter
+from cxrtriage.model import Classifier, LungMask, Segmenter, load_segmenter
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, RunContext, ScoredBatch
 from cxrtriage.results import ImageRecord
-from cxrtriage.triage import TriagePolicy, load_policy
+from cxrtriage.triage import TriagePolicy, counts_for, load_policy
 from cxrtriage.types import InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class HeatmapsHook(PredictHook):
         self.recipes = (segmenter.manifest.preprocessing,) if segmenter is not None else ()
         self.gate = gate
         self.level = level
-        self.policy = policy  # its [labels] decide_unvalidated lets a label decide where it is not validated
+        # its [labels] decide_unvalidated lets a label decide where it is not validated
+        self.policy = policy if policy is not None else load_policy(None)
         self.written = 0
         self.maps = 0
         self.segmented = 0
@@ -143,7 +144,7 @@ class HeatmapsHook(PredictHook):
                 heatmaps = [gate_heatmap(h, mask) for h in heatmaps]
             pop = item.record.population
             if pop is not None:
-                heatmaps = [h if self._decides(model.manifest, h.label, pop)
+                heatmaps = [h if counts_for(model.manifest, self.policy, h.label, pop)
                             else dataclasses.replace(h, notes=(*h.notes, reported_only_note(pop))) for h in heatmaps]
             record = item.record.replace(outside_lungs=shares, shortcut=shortcut_note(dict(shares), self.level))
             record = self._unmeasured(record, heatmaps, mask is not None, fields is not None)
@@ -159,11 +160,6 @@ class HeatmapsHook(PredictHook):
             self.written += len(pngs)
             out.append(record.replace(heatmaps=tuple(str(Path(HEATMAP_DIR) / p.name) for p in pngs)))
         return out
-
-    def _decides(self, manifest: ModelManifest, label: str, population: str) -> bool:
-        """May ``label`` move the priority for ``population`` (validated for it, or the policy says it decides)?"""
-        return manifest.validated_for(label, population) or (
-            self.policy is not None and self.policy.decides_unvalidated(label))
 
     @staticmethod
     def _unmeasured(record: ImageRecord, heatmaps: list[Heatmap], have_mask: bool, have_fields: bool) -> ImageRecord:

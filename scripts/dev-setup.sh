@@ -15,7 +15,7 @@ command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
-# glymur decodes JPEG 2000 at reduced resolution through the system OpenJPEG (without it: full decoding only)
+# JPEG 2000 at reduced resolution goes through the system OpenJPEG (without it: full decoding only)
 ldconfig -p 2>/dev/null | grep -q libopenjp2 || missing+=(libopenjp2-7)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,4 +1,4 @@
-"""Decode JPEG 2000 and JPEG at a reduced resolution: OpenJPEG resolution levels (glymur), libjpeg DCT scaling.
+"""Decode JPEG 2000 and JPEG at a reduced resolution: OpenJPEG resolution levels, libjpeg DCT scaling.
 
 A JPEG 2000 codestream is a wavelet pyramid: OpenJPEG can stop ``r`` levels short of the full image and return
 it at 1/2**r per side for a fraction of the work (the RG1 chest, 1955x1841, lossless: ~480 ms in full, ~10 ms at
@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from cxrtriage.io.openjpeg import OpenJpegError, decode_reduced, openjpeg_version
 from cxrtriage.types import reduced_shape
 
 log = logging.getLogger(__name__)
@@ -84,16 +82,10 @@ def scale_for(max_scale: float, limit: int) -> int:
     return int(min(1 << int(math.floor(math.log2(max_scale))), limit))
 
 
-def glymur_version() -> str | None:
-    """'glymur X (OpenJPEG Y)' when glymur and the system libopenjp2 are usable, else None."""
-    try:
-        import glymur
-    except Exception:  # not installed, or libopenjp2 missing (glymur raises at import then on some versions)
-        return None
-    lib = getattr(glymur.version, "openjpeg_version", "") or ""
-    if not lib or lib == "0.0.0":
-        return None
-    return f"glymur {glymur.__version__} (OpenJPEG {lib})"
+def openjpeg_decoder() -> str | None:
+    """'OpenJPEG X (libopenjp2)' when the system libopenjp2 is usable, else None."""
+    version = openjpeg_version()
+    return f"OpenJPEG {version} (libopenjp2)" if version else None
 
 
 def _j2k_main_header(code: bytes) -> tuple[int, int, bool, int, tuple[int, int], bool]:
@@ -129,73 +121,53 @@ def _j2k_main_header(code: bytes) -> tuple[int, int, bool, int, tuple[int, int],
     return levels, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), csiz, (yo, xo), reversible
 
 
-def _memory_file(data: bytes) -> tuple[str, int | None, str | None]:
-    """A path that reads as ``data``: an anonymous memory file on Linux, else a temporary file.
-
-    glymur only reads from paths. Returns (path, descriptor to close, temporary file to remove).
-    """
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fd = os.memfd_create("cxrtriage-j2k", os.MFD_CLOEXEC)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        return f"/proc/self/fd/{fd}", fd, None
-    tmp = tempfile.NamedTemporaryFile(suffix=".j2k", delete=False)
-    with tmp:
-        tmp.write(data)
-    return tmp.name, None, tmp.name
+_HEADER_BYTES = 1 << 16  # the SIZ and COD segments come first in the main header; 64 KiB holds them
 
 
-def decode_j2k_reduced(code: bytes, *, rows: int, columns: int, max_scale: float,
-                       correct: bool = True) -> ReducedPixels | None:
-    """A bare JPEG 2000 codestream (one greyscale component) at the largest reduction <= ``max_scale`` (at most
-    1/8).
+def _head(parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """The codestream's first bytes (up to ``_HEADER_BYTES``), joined across fragments only as far as needed."""
+    out = bytearray()
+    for part in parts:
+        out += part[:_HEADER_BYTES - len(out)]
+        if len(out) >= _HEADER_BYTES:
+            break
+    return bytes(out)
+
+
+def decode_j2k_reduced(code: bytes | Sequence[bytes | bytearray | memoryview], *, rows: int, columns: int,
+                       max_scale: float, correct: bool = True) -> ReducedPixels | None:
+    """A bare JPEG 2000 codestream (one greyscale component; bytes, or its fragments in order) at the largest
+    reduction <= ``max_scale`` (at most 1/8).
 
     None when no reduction applies (``max_scale`` < 2, no decomposition level to discard). The decoded size must
     be ``ceil(rows / scale)`` x ``ceil(columns / scale)``. With ``correct`` the result carries the filter that makes
     its samples area averages (`ReducedPixels.area_average`); without it, none (the samples as decoded).
 
     Raises:
-        ReducedDecodeError: glymur/libopenjp2 unavailable, a codestream this path does not handle (several
-            components, precision above 16 bits, an image origin other than 0), or a decoder error.
+        ReducedDecodeError: libopenjp2 unavailable, a codestream this path does not handle (several components,
+            precision above 16 bits, an image origin other than 0), or a decoder error.
     """
-    levels, precision, signed, components, origin, reversible = _j2k_main_header(code)
+    parts = [code] if isinstance(code, bytes | bytearray | memoryview) else list(code)
+    levels, precision, signed, components, origin, reversible = _j2k_main_header(_head(parts))
     scale = scale_for(max_scale, min(1 << levels, MAX_J2K_SCALE))
     if scale == 1:
         return None
     if components != 1 or precision > 16 or origin != (0, 0):
         raise ReducedDecodeError(f"{components} component(s) of {precision} bits at origin {origin}: not handled")
-    version = glymur_version()
-    if version is None:
-        raise ReducedDecodeError("glymur or the system libopenjp2 is not available")
-    import glymur
-
-    if glymur.get_option("lib.num_threads") != 0:
-        # 0: OpenJPEG decodes in the calling thread. 1 (glymur's default) starts a one-thread pool per image, which
-        # costs ~2 ms; a decode worker is one core anyway.
-        glymur.set_option("lib.num_threads", 0)
-    path, fd, tmp = _memory_file(code)
+    decoder = openjpeg_decoder()
+    if decoder is None:
+        raise ReducedDecodeError("the system libopenjp2 is not available")
+    levels_used = scale.bit_length() - 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # glymur warns about boxes; the codestream was checked already
-            jp2 = glymur.Jp2kr(path)
-            arr = np.asarray(jp2[::scale, ::scale])
-    except ReducedDecodeError:
-        raise
-    except Exception as exc:  # OpenJPEGLibraryError, IOError, ValueError...: decode in full instead
-        raise ReducedDecodeError(f"glymur: {' '.join(str(exc).split())[:200]}") from exc
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        arr = decode_reduced(parts, levels_used)
+    except OpenJpegError as exc:
+        raise ReducedDecodeError(f"OpenJPEG: {' '.join(str(exc).split())[:200]}") from exc
     if arr.shape != reduced_shape((rows, columns), scale):
         raise ReducedDecodeError(f"decoded {arr.shape} at 1/{scale}, expected {reduced_shape((rows, columns), scale)}")
     if signed != (arr.dtype.kind == "i"):
         raise ReducedDecodeError(f"samples came back as {arr.dtype} for a {'signed' if signed else 'unsigned'} stream")
-    levels_used = scale.bit_length() - 1
     kernel = area_kernel(reversible, scale) if correct else None
-    return ReducedPixels(arr, scale, f"{version}, {levels_used} resolution level(s) discarded, "
+    return ReducedPixels(arr, scale, f"{decoder}, {levels_used} resolution level(s) discarded, "
                          f"{'5/3' if reversible else '9/7'} level made an area average", kernel)
 
 

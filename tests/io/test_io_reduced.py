@@ -1,4 +1,4 @@
-"""Reduced-resolution decoding: JPEG 2000 resolution levels (glymur), JPEG DCT scaling (OpenCV), and the fallbacks."""
+"""Reduced-resolution decoding: JPEG 2000 resolution levels (OpenJPEG), JPEG DCT scaling (OpenCV), and the fallbacks."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_jpeg2000_is_decoded_at_the_allowed_resolution_level_with_the_full_geome
     assert full.scale == 1 and np.array_equal(full.pixels, pixels.astype(np.float32))
     assert image.scale == 4 and image.shape == (300, 260) and image.pixels.shape == (75, 65)
     assert image.full_shape == (300, 260) and image.reduced
-    assert facts.reduction == "1/4: 65x75 decoded of 260x300" and facts.decoder.startswith("glymur")
+    assert facts.reduction == "1/4: 65x75 decoded of 260x300" and facts.decoder.startswith("OpenJPEG ")
     assert "2 resolution level(s) discarded" in facts.decoder
     # the wavelet low-pass band: the full image, low-pass filtered and subsampled (its samples sit on the even
     # positions of each level, a fraction of a reduced pixel from an area average's centres), same value range
@@ -88,10 +88,10 @@ def test_no_reduction_when_the_consumers_need_every_pixel(tmp_path: Path) -> Non
 
 def test_a_failing_reduced_path_falls_back_to_full_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
-    monkeypatch.setattr(reduced, "glymur_version", lambda: None)  # as without glymur or libopenjp2
+    monkeypatch.setattr(reduced, "openjpeg_decoder", lambda: None)  # as without libopenjp2
     image, facts = read_dicom_detailed(path, max_scale=lambda shape: 8.0)
     assert image.scale == 1 and np.array_equal(image.pixels, _chest().astype(np.float32))
-    assert "reduced decoding failed (glymur or the system libopenjp2 is not available)" in facts.reduction
+    assert "reduced decoding failed (the system libopenjp2 is not available)" in facts.reduction
     assert facts.decoder.startswith("pydicom")
     with pytest.raises(ReducedDecodeError, match="not a bare JPEG 2000"):
         decode_j2k_reduced(b"\xff\xd8\xff\xe0" + bytes(60), rows=8, columns=8, max_scale=4.0)
@@ -143,7 +143,7 @@ def test_image2d_refuses_a_scale_that_does_not_match_its_pixels() -> None:
 def test_inspect_says_which_path_predict_uses(tmp_path: Path) -> None:
     path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
     report = inspect_file(path, max_scale=lambda shape: 8.0)
-    assert report.reduced_decode.startswith("1/8: 33x38 decoded of 260x300 by glymur")
+    assert report.reduced_decode.startswith("1/8: 33x38 decoded of 260x300 by OpenJPEG ")
     assert report.rows == 300 and report.decoder.startswith("pydicom")  # the full read is reported as before
     plain = tmp_path / "plain.dcm"
     make_cxr_dataset(rows=300, cols=260, pixels=_chest()).save_as(plain, enforce_file_format=True)

@@ -110,16 +110,17 @@ def _compare(size: StreamSize, p: Path, *, rows: int, columns: int, samples: int
             "stream says, so the file is refused: it is corrupt or forged")
 
 
-def first_frame_head(value: bytes) -> tuple[bytes, int]:
-    """The first bytes (up to 1 MiB) of the fragments after the Basic Offset Table, and their total length.
+def _fragment_spans(value: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each fragment of encapsulated pixel data, the Basic Offset Table (item 0) left out.
 
-    For a single-frame image every fragment belongs to the one frame.
+    Raises:
+        ValueError: an item is malformed or runs past the end, or there is no fragment.
     """
     pos, n = 0, len(value)
-    parts: list[bytes] = []
-    have, total, item = 0, 0, 0
+    spans: list[tuple[int, int]] = []
+    item = 0
     while pos + 8 <= n:
-        group, elem, length = struct.unpack("<HHI", value[pos:pos + 8])
+        group, elem, length = struct.unpack_from("<HHI", value, pos)
         if (group, elem) == (0xFFFE, 0xE0DD):
             break
         if (group, elem) != (0xFFFE, 0xE000):
@@ -127,15 +128,37 @@ def first_frame_head(value: bytes) -> tuple[bytes, int]:
         if length == 0xFFFFFFFF or pos + 8 + length > n:
             raise ValueError("an item's length runs past the end of the pixel data")
         if item > 0:  # item 0 is the Basic Offset Table
-            total += length
-            if have < _HEAD_BYTES:
-                parts.append(value[pos + 8:pos + 8 + min(length, _HEAD_BYTES - have)])
-                have += len(parts[-1])
+            spans.append((pos + 8, length))
         item += 1
         pos += 8 + length
     if item < 2:
         raise ValueError("no fragments")
+    return spans
+
+
+def first_frame_head(value: bytes) -> tuple[bytes, int]:
+    """The first bytes (up to 1 MiB) of the fragments after the Basic Offset Table, and their total length.
+
+    For a single-frame image every fragment belongs to the one frame.
+    """
+    parts: list[bytes] = []
+    have, total = 0, 0
+    for start, length in _fragment_spans(value):
+        total += length
+        if have < _HEAD_BYTES:
+            parts.append(value[start:start + min(length, _HEAD_BYTES - have)])
+            have += len(parts[-1])
     return b"".join(parts), total
+
+
+def frame_fragments(value: bytes) -> list[memoryview]:
+    """The fragments of single-frame encapsulated pixel data, in order, as views of ``value`` (nothing copied).
+
+    Raises:
+        ValueError: an item is malformed or runs past the end, or there is no fragment.
+    """
+    view = memoryview(value)
+    return [view[start:start + length] for start, length in _fragment_spans(value)]
 
 
 def rle_problem(head: bytes, total: int, expected_segments: int) -> str | None:

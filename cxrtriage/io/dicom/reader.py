@@ -15,7 +15,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.dicom.checks import check_codestream, check_pixel_module
+from cxrtriage.io.dicom.checks import check_codestream, check_pixel_module, frame_fragments
 from cxrtriage.io.dicom.decode import decode
 from cxrtriage.io.dicom.header import DicomHeader, header_from_dataset, read_header
 from cxrtriage.io.dicom.messages import first_line, warning_notes
@@ -170,13 +170,15 @@ def _reduced(p: Path, ds: Dataset, ts: str, info: DicomInfo, bits_allocated: int
         return None, f"none: {UID(ts).name} has no reduced-resolution decoding (full resolution)"
     limit = max_scale((info.rows, info.columns))
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         if ts in _J2K_REDUCIBLE:
-            red = decode_j2k_reduced(frame, rows=info.rows, columns=info.columns, max_scale=limit)
+            # the fragments as they lie in the data set: OpenJPEG reads them without a joined copy
+            red = decode_j2k_reduced(frame_fragments(ds.PixelData), rows=info.rows, columns=info.columns,
+                                     max_scale=limit)
             if red is not None and (red.samples.dtype.kind == "i") != (get_int(ds, "PixelRepresentation", 0) == 1):
                 # the codestream's sign disagrees with PixelRepresentation: pydicom's full decode corrects that
                 raise ReducedDecodeError("JPEG 2000 signedness differs from (0028,0103) PixelRepresentation")
         else:
+            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
             bits_stored = get_int(ds, "BitsStored", bits_allocated) or bits_allocated
             red = decode_jpeg_reduced(frame, rows=info.rows, columns=info.columns, components=info.samples_per_pixel,
                                       precision=8 if bits_stored <= 8 and bits_allocated == 8 else bits_stored,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,20 +90,23 @@ def _check_png_chunks(fh: BinaryIO) -> None:
     libpng allocates a buffer of the announced length for such a chunk (tEXt, iCCP, ...) before it reads it, so a
     10 KB PNG announcing a 2 GiB tEXt chunk makes OpenCV allocate 2 GiB; a chunk the file cannot hold only says
     that the file is damaged. IDAT is streamed through zlib, so a file cut short in its image data is left to the
-    decoder. Reads only the 8-byte chunk headers.
+    decoder. Reads only the 8-byte chunk headers, through a memory map: a radiograph's PNG holds hundreds of IDAT
+    chunks, and a seek and a read for each cost ~1 ms of the ~30 ms its decode takes.
     """
     end = fh.seek(0, 2)
-    pos = 8
-    while pos + 8 <= end:
-        fh.seek(pos)
-        length, ctype = struct.unpack(">I4s", fh.read(8))
-        if ctype != b"IDAT" and pos + 12 + length > end:
-            name = ctype.decode("ascii") if ctype.isalpha() else f"0x{ctype.hex()}"  # a damaged type: its bytes
-            raise ValueError(f"the {name} chunk at byte {pos} announces {length} bytes, past the end of the file "
-                             f"({end} bytes)")
-        if ctype == b"IEND":
-            return
-        pos += 12 + length
+    if end < 16:  # no room for a chunk header after the signature (and mmap refuses an empty file)
+        return
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = 8
+        while pos + 8 <= end:
+            length, ctype = struct.unpack_from(">I4s", data, pos)
+            if ctype != b"IDAT" and pos + 12 + length > end:
+                name = ctype.decode("ascii") if ctype.isalpha() else f"0x{ctype.hex()}"  # a damaged type: its bytes
+                raise ValueError(f"the {name} chunk at byte {pos} announces {length} bytes, past the end of the file "
+                                 f"({end} bytes)")
+            if ctype == b"IEND":
+                return
+            pos += 12 + length
 
 
 def _jpeg_header(data: bytes) -> RasterHeader:

@@ -26,7 +26,7 @@ def test_inspect_file_reports_what_was_read(tmp_path: Path) -> None:
     r = inspect_file(_cr(tmp_path))
     assert (r.status, r.reason, r.kind, r.size) == ("scored", "CR CHEST PA", "dicom", "8x8")
     assert (r.photometric, r.bits_stored, r.bits_allocated) == ("MONOCHROME1", 12, 16)
-    assert r.transfer_syntax == "Explicit VR Little Endian" and r.decoder == "pydicom"
+    assert r.transfer_syntax == "Explicit VR Little Endian" and r.decoder == "numpy (uncompressed 16-bit little endian)"
     assert r.modality_lut == "RescaleSlope 2 / RescaleIntercept -5"
     assert r.monochrome1_inverted
     assert r.voi.startswith("WindowCenter 1000 / WindowWidth 2000 LINEAR")

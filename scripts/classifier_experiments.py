@@ -5,11 +5,13 @@ Usage:
                                              [--tta none,default] [--threads 1] [--json OUT.json]
 
 Every ``--model`` folder is scored through its ONNX file (the graph `predict` runs), on the inputs its training saw:
-the images of its own seed's patient splits, preprocessed by its manifest's recipe, and, when its
+the images of its own seed's patient splits, preprocessed by its manifest's recipe (input size included: a 320 px
+model gets 320 px inputs; a ``train_config.json`` whose recipe differs from the manifest's is refused), and, when its
 ``train_config.json`` names a ``lung_crop`` segmenter, first cut to the cached lung boxes
 (`cxrtriage.train.lungcrop`). A variant is one model under one TTA scheme, or (with two or more models) the mean of
 all models' raw logits. TTA schemes act on the model input: ``default`` averages the raw logits of the input itself,
-shifts of +-8 px along each axis and zooms of 0.92x / 1.08x about the centre (7 views). Flips are left out: a
+shifts of 8/224 of the input size (+-8 px at 224 px, +-11 px at 320 px) along each axis and zooms of 0.92x / 1.08x
+about the centre (7 views). Flips are left out: a
 mirrored chest puts the heart on the wrong side. Raw logits are compared (AUROC does not depend on the
 per-label Platt calibration, which is monotone).
 
@@ -41,7 +43,7 @@ from cxrtriage.preprocess import PreprocessRecipe  # noqa: E402
 from cxrtriage.train.data import Record, cached_arrays, classifier_records, label_matrix  # noqa: E402
 from cxrtriage.train.lungcrop import LungCrop, lung_boxes  # noqa: E402
 
-SHIFT = 8  # pixels at 224 px: about 3.5% of the field, within the training augmentation's range
+SHIFT = 8 / 224  # of the input size (8 px at 224 px, about 3.5% of the field), within the training augmentation's range
 ZOOMS = (0.92, 1.08)
 REPORT = (("nih14", "abnormal"), ("kermany224", "pneumonia"), ("kermany224", "abnormal"), ("ieee_lungs", "abnormal"))
 
@@ -53,8 +55,9 @@ def tta_views(x: np.ndarray, scheme: str, pad: float) -> list[np.ndarray]:
     if scheme != "default":
         raise SystemExit(f"--tta: unknown scheme {scheme!r}; use none or default")
     s = x.shape[-1]
+    px = round(SHIFT * s)  # the same share of the field at every input size
     mats: list[np.ndarray] = [np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
-                              for dx, dy in ((SHIFT, 0), (-SHIFT, 0), (0, SHIFT), (0, -SHIFT))]
+                              for dx, dy in ((px, 0), (-px, 0), (0, px), (0, -px))]
     mats += [cv2.getRotationMatrix2D((s / 2 - 0.5, s / 2 - 0.5), 0.0, z).astype(np.float32) for z in ZOOMS]
     views = [x]
     for m in mats:
@@ -76,11 +79,16 @@ def model_logits(model: Classifier, x: np.ndarray, scheme: str, batch: int = 16)
     return np.concatenate(out), (time.perf_counter() - t0) / max(1, len(x))
 
 
-def model_inputs(data_root: Path, model_dir: Path, records: list[Record], force_crop: LungCrop | None = None) -> np.ndarray:
-    """The preprocessed inputs [N, S, S] this model was trained on (lung-cropped when its recipe says so, or when
-    ``force_crop`` is given: the crop applied at inference only, to a model that did not train with it)."""
+def model_inputs(data_root: Path, model: Classifier, model_dir: Path, records: list[Record],
+                 force_crop: LungCrop | None = None) -> np.ndarray:
+    """The preprocessed inputs [N, S, S] this model was trained on and `predict` gives it: its manifest's recipe (S is
+    the manifest's input size), lung-cropped when its training config says so, or when ``force_crop`` is given (the
+    crop applied at inference only, to a model that did not train with it)."""
     cfg = json.loads((model_dir / "train_config.json").read_text())
-    recipe = PreprocessRecipe.from_dict(cfg["preprocessing"])
+    recipe = model.manifest.preprocessing
+    if "preprocessing" in cfg and PreprocessRecipe.from_dict(cfg["preprocessing"]) != recipe:
+        raise SystemExit(f"{model_dir}: train_config.json's preprocessing {cfg['preprocessing']} differs from "
+                         f"manifest.json's {recipe.to_dict()}; re-seal or re-export the model so they agree")
     boxes = None
     crop = force_crop
     if cfg["config"].get("lung_crop"):
@@ -174,7 +182,7 @@ def main() -> None:
         if model.labels != labels:
             raise SystemExit(f"{d}: labels {model.labels} differ from the data's {labels}")
         force = LungCrop(str(args.crop_at_inference)) if args.crop_at_inference else None
-        x = model_inputs(args.data, d, records, force)
+        x = model_inputs(args.data, model, d, records, force)
         for scheme in schemes:
             logits, sec = model_logits(model, x, scheme)
             name = f"{d.name}{' crop-at-inference' if force else ''} tta={scheme}"

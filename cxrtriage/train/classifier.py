@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,7 +197,9 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
     out.mkdir(parents=True, exist_ok=True)
     handler = file_logger(log_file or (out / "train_log.txt"))
     try:
-        g = seed_everything(cfg.seed)
+        # CXRTRIAGE_TRAIN_THREADS: fewer threads when the machine is shared (as for the segmenter; results may differ
+        # in the last bits, so the count is recorded in train_config.json)
+        g = seed_everything(cfg.seed, threads=int(os.environ.get("CXRTRIAGE_TRAIN_THREADS", "2")))
         labels, records = classifier_records(data_root, seed=cfg.seed)
         check_selection(cfg.select_by, labels)
         if init_from is not None:
@@ -280,6 +283,7 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
         atomic_write(out / "train_config.json", json.dumps({
             "config": asdict(cfg), "labels": list(labels), "best_epoch": best_epoch, "best_val_score": best,
             "history": history, "init_val": init_val, "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "preprocessing": recipe.to_dict(),
         }, indent=2))
         log.info("training done: best epoch %d (val %.4f), %.0fs", best_epoch, best, train_seconds)

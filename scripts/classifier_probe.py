@@ -44,7 +44,7 @@ ADULT_SOURCES = ("nih14", "ieee_lungs")
 def features_and_logits(data: Path, model_dir: Path, records: list[Any], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features [N, C] and raw logits [N, L] of ``records`` through the model's ONNX graph."""
     model = load_classifier(model_dir, intra_op_threads=1)
-    x = model_inputs(data, model_dir, records)
+    x = model_inputs(data, model, model_dir, records)
     feats, logits = [], []
     for i in range(0, len(x), batch):
         out = model.run(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)[:, None], features=True)

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # -c: the exact versions the suite last passed with (a fresh machine would otherwise take the newest releases
 # the ranges in pyproject.toml allow, and CI could turn red without a change here)
 python3 -m pip install -q -e '.[dev,train,ray]' -c scripts/constraints.txt
+# torchxrayvision's source for the `models import --xrv` tests, without its torchvision (whose PyPI wheel does not load
+# with the CPU torch; the import path never imports it)
+python3 -m pip install -q --no-deps torchxrayvision -c scripts/constraints.txt
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 # pynetdicom installs scripts named storescu/echoscu too: DCMTK's are the ones whose --version names dcmtk

@@ -1,0 +1,43 @@
+"""The console script's decode workers: they skip re-running the main script (importing the whole CLI again)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from factories import write_textured_png
+
+REPO = Path(__file__).resolve().parents[2]
+# what pip writes for [project.scripts] cxrtriage = "cxrtriage.cli.app:main"
+CONSOLE_SCRIPT = "import sys\nfrom cxrtriage.cli.app import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
+
+
+def cli_imports(script: Path, tmp_path: Path) -> tuple[int, str]:
+    """Run ``predict --workers 2`` on two PNGs through ``script``; the number of processes that imported the CLI."""
+    for i in range(2):
+        write_textured_png(tmp_path / "in" / f"{i}.png", 300, 260, seed=i)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(script), "predict", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                          "--workers", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    imports = [line for line in run.stderr.splitlines() if line.startswith("import time:")]
+    assert any(line.endswith("| cxrtriage.pipeline.decode") for line in imports), "no decode worker ran"
+    return sum(line.endswith("| cxrtriage.cli.app") for line in imports), run.stderr
+
+
+def test_console_script_workers_do_not_import_the_cli_again(tmp_path: Path) -> None:
+    script = tmp_path / "bin" / "cxrtriage"
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    n, _ = cli_imports(script, tmp_path)
+    assert n == 1  # the main process only; without the fix each worker imports it too (3 with two workers)
+
+
+def test_other_main_scripts_keep_multiprocessing_semantics(tmp_path: Path) -> None:
+    # someone's own script (another name) may set things up at its top level for the workers: it is re-run as before
+    script = tmp_path / "my_pipeline.py"
+    script.write_text(CONSOLE_SCRIPT)
+    n, _ = cli_imports(script, tmp_path)
+    assert n >= 2

@@ -7,9 +7,13 @@ DICOM, JPEG 2000 lossless and lossy, JPEG baseline, JPEG lossless) it prints:
   parse, decode, grey-level transforms), decoding in full, and as `predict` does (at the largest reduction the
   classifier's input allows: JPEG 2000 resolution levels, JPEG DCT scaling; the same as full elsewhere);
 - model ms/image: CPU time of onnxruntime on batches of preprocessed inputs (2 threads, as in `predict`);
-- ceiling: 2 / (decode CPU s + model CPU s per image), the images/s two fully used cores could give;
+- ceiling: 2 / (decode CPU s + model CPU s per image), the images/s two fully used cores could give (decode measured
+  with the allocator settings the decode workers run with, `keep_freed_memory`);
 - predict img/s: scored images / wall time of ``run_predict`` (model loaded beforehand, decode workers started by
   the run), median over rounds; and achieved / ceiling;
+- steady img/s: the same run from its first scored batch to its last, i.e. without the run's fixed start (workers
+  forked, their first decodes, ~0.2-0.3 s), which a 96-file set does not amortise and an archive run does; and
+  steady / ceiling;
 - the same `predict` of today's code (``--baseline``: a checkout of the commit to compare with), and a
   torchxrayvision-style reader (``pydicom.dcmread(...).pixel_array`` / ``skimage.io.imread``, ``normalize`` to
   [-1024, 1024], ``XRayCenterCrop``, ``XRayResizer(224)`` with ``skimage.transform.resize``; re-implemented from
@@ -90,16 +94,21 @@ else:
         fs = getattr(forkserver._forkserver, "_forkserver_pid", None)
         t0, b0 = time.perf_counter(), busy()
         own0 = cpu_of(os.getpid()) + (cpu_of(fs) if fs else 0.0)
+        marks = []  # (time, records done) as each record is counted
         s = run_predict(PredictConfig(inputs=tuple(files), out_dir=Path(out) / "run", workers=workers,
-                                      batch_size=batch, **extra), model=model)
+                                      batch_size=batch, **extra), model=model,
+                        on_progress=lambda u: marks.append((time.perf_counter(), u.done)))
         wall = time.perf_counter() - t0
         fs = getattr(forkserver._forkserver, "_forkserver_pid", None)
         own = cpu_of(os.getpid()) + (cpu_of(fs) if fs else 0.0) - own0
     n = s.scored
     if n != len(files):
         raise SystemExit(f"only {n} of {len(files)} files scored: {s}")
+    # the steady rate: from the first batch scored to the last, without the run's start (workers, first decodes)
+    first = next(m for m in marks if m[1] >= batch)
+    steady = (marks[-1][1] - first[1]) / (marks[-1][0] - first[0]) if marks[-1][0] > first[0] else n / wall
 others = max(0.0, (busy() - b0) - own) / (wall * (os.cpu_count() or 1))
-print(json.dumps({"n": n, "wall": wall, "cpu": own, "others": others}))
+print(json.dumps({"n": n, "wall": wall, "cpu": own, "others": others, "steady": None if mode == "xrv" else steady}))
 '''
 
 XRV_READER = r'''
@@ -236,6 +245,12 @@ def _serial_costs(folder: Path, batch: int) -> dict[str, float]:
     from cxrtriage.model import load_classifier
     from cxrtriage.preprocess import PixelNeeds, to_model_input
 
+    try:  # decode as the workers do: freed buffers kept for the next image (not in older checkouts)
+        from cxrtriage.pipeline.decode import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     model = load_classifier(None, device="cpu", spinning=False)
     recipe = model.manifest.preprocessing
     needs = PixelNeeds((recipe,))
@@ -303,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         now = statistics.median(per["now"])
         row = {"encoding": title, **c, "ceiling": ceiling, "predict": now,
                "ratio": statistics.median(v / ceiling for v in per["now"]),
+               "steady": statistics.median(x["steady"] for x in runs[key]["now"]),
                "cpu_ms_per_image": 1000 * statistics.median(x["cpu"] / x["n"] for x in runs[key]["now"]),
                "xrv": statistics.median(per["xrv"]),
                "vs_xrv": statistics.median(a / b for a, b in zip(per["now"], per["xrv"], strict=True)),
@@ -312,14 +328,16 @@ def main(argv: list[str] | None = None) -> int:
             row["vs_today"] = statistics.median(a / b for a, b in zip(per["now"], per["base"], strict=True))
         rows.append(row)
     head = (f"{'encoding':26s} {'decode full':>11s} {'reduced':>8s} {'model':>6s} {'ceiling':>8s} {'predict':>8s} "
-            f"{'/ceil':>6s} {'cpu/img':>8s} {'today':>7s} {'x today':>8s} {'xrv':>6s} {'x xrv':>6s} {'others':>7s}")
+            f"{'/ceil':>6s} {'steady':>7s} {'/ceil':>6s} "
+            f"{'cpu/img':>8s} {'today':>7s} {'x today':>8s} {'xrv':>6s} {'x xrv':>6s} {'others':>7s}")
     print(f"{len(list((args.set / wanted[0][0]).iterdir()))} files per encoding, {workers} decode worker(s), batch "
           f"{args.batch_size}, {args.rounds} rounds, {os.cpu_count()} CPUs; ms are CPU ms per image, rates images/s")
     print(head)
     for row in rows:
         today = f"{row['today']:7.1f} {row['vs_today']:7.1f}x" if "today" in row else f"{'-':>7s} {'-':>8s}"
         print(f"{row['encoding']:26s} {row['full_ms']:11.1f} {row['reduced_ms']:8.1f} {row['model_ms']:6.1f} "
-              f"{row['ceiling']:8.1f} {row['predict']:8.1f} {row['ratio']:6.2f} {row['cpu_ms_per_image']:8.1f} "
+              f"{row['ceiling']:8.1f} {row['predict']:8.1f} {row['ratio']:6.2f} {row['steady']:7.1f} "
+              f"{row['steady'] / row['ceiling']:6.2f} {row['cpu_ms_per_image']:8.1f} "
               f"{today} {row['xrv']:6.1f} {row['vs_xrv']:5.1f}x {100 * row['others_max']:6.0f}%")
     if args.json:
         args.json.write_text(json.dumps({"workers": workers, "rows": rows, "runs": runs}, indent=1))

@@ -85,6 +85,14 @@ def _shrink_weights(n_in: int, n_out: int) -> sparse.csr_matrix:
     return area_weights(np.linspace(0.0, n_in, n_out + 1), n_in)
 
 
+@functools.lru_cache(maxsize=64)
+def _footprint_weights(start: int, length: int, n_out: int, scale: int, offset: int, n_in: int) -> sparse.csr_matrix:
+    """`area_weights` of ``n_out`` footprints evenly over full pixels [start, start + length), on pixels decoded at
+    1/``scale`` of which the first passed is ``offset``. Cached: the images of one scanner share their geometry, and
+    building the matrix costs ~0.35 ms per axis on a 2k radiograph (as much as applying it)."""
+    return area_weights(np.linspace(start, start + length, n_out + 1) / scale - offset, n_in)
+
+
 def _area_resize(arr: FloatArray, rows: sparse.csr_matrix, cols: sparse.csr_matrix) -> FloatArray:
     # Sparse products instead of OpenCV's INTER_AREA: the same averages at ~0.2 of its CPU on a 2-3k px radiograph
     # (1955x1841 -> 224x211: 4.1 -> 0.8 ms; OpenCV's general area path does not vectorise its per-row weights)
@@ -223,9 +231,8 @@ def _region_resized(image: Image2D, crop: tuple[int, int, int, int], out_hw: tup
     # nothing copied): columns outside the crop get no weight.
     rows = slice(int(y0 // s), min(image.pixels.shape[0], -(-(y0 + ch) // s)))
     region = image.pixels[rows].astype(np.float32, copy=False)
-    uy = np.linspace(y0, y0 + ch, oh + 1) / s - rows.start
-    ux = np.linspace(x0, x0 + cw, ow + 1) / s
-    return _area_resize(region, area_weights(uy, region.shape[0]), area_weights(ux, region.shape[1]))
+    return _area_resize(region, _footprint_weights(y0, ch, oh, s, rows.start, region.shape[0]),
+                        _footprint_weights(x0, cw, ow, s, 0, region.shape[1]))
 
 
 def to_model_input(image: Image2D, recipe: PreprocessRecipe) -> ModelInput:

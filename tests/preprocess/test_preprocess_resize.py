@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cxrtriage.preprocess import apply
-from cxrtriage.preprocess.apply import area_weights, plan_geometry
+from cxrtriage.preprocess.apply import _footprint_weights, area_weights, plan_geometry
 from cxrtriage.preprocess.recipe import GeometryMode, PreprocessRecipe
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
@@ -55,3 +55,11 @@ def test_a_crop_of_a_full_image_averages_only_the_crop() -> None:
     crop = (10, 57, 260, 300)
     ref = cv2.resize(np.ascontiguousarray(arr[10:270, 57:357]), (30, 26), interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(apply._region_resized(image, crop, (26, 30)), ref, rtol=0, atol=2e-6)
+
+
+def test_footprint_weights_are_area_weights_of_the_same_edges_and_built_once() -> None:
+    # a crop from full pixel 7 over 1000 pixels, 224 outputs, pixels decoded at 1/4 of which the first passed is 1
+    got = _footprint_weights(7, 1000, 224, 4, 1, 252)
+    want = area_weights(np.linspace(7, 1007, 225) / 4 - 1, 252)
+    assert (got != want).nnz == 0 and got.shape == want.shape
+    assert _footprint_weights(7, 1000, 224, 4, 1, 252) is got  # the next image of the same geometry reuses it

@@ -6,6 +6,7 @@ thresholds come from the model manifest or, with a site file, from the site. See
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -33,6 +34,7 @@ class ThresholdKind(StrEnum):
     BALANCED = "balanced"  # Youden operating point
 
 
+@functools.lru_cache(maxsize=1024)  # called ~60 times per image with the same few label names
 def normalize_label(name: str) -> str:
     """Label key for matching: lower case, with runs of spaces, hyphens and underscores as one underscore."""
     return re.sub(r"[\s_\-]+", "_", name.strip().lower()).strip("_")

@@ -273,7 +273,8 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
             "thresholds set on the pooled validation split (dominated by pediatric images) do not transfer to adults "
             "(NIH test rule-out specificity is very low). Next steps: more adult normal studies (e.g. the full NIH "
             "ChestX-ray14 release) or pretrained CXR weights."
-            + (" Other attempts (an adult fine-tune; test-time augmentation, lung-cropped input and a two-model ensemble) "
+            + (" Other attempts (an adult fine-tune; test-time augmentation, lung-cropped input and a two-model ensemble; "
+               "320 px input; a linear probe for adult `abnormal` on the frozen features) "
                "are reported under \"What else was tried\" below." if experiments else "")
             + "\n")
     add("## Pediatric → adult domain shift (stated plainly)\n")

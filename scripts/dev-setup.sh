@@ -14,7 +14,9 @@ python3 -m pip install -q --no-deps torchxrayvision -c scripts/constraints.txt
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 # pynetdicom installs scripts named storescu/echoscu too: DCMTK's are the ones whose --version names dcmtk
-{ for t in $(type -ap storescu); do "$t" --version 2>/dev/null; done; } | grep -qi dcmtk || missing+=(dcmtk)
+# (their output is collected first: with pipefail, grep -q closing the pipe early made the check fail at random)
+versions=$(for t in $(type -ap storescu); do "$t" --version 2>/dev/null || true; done)
+grep -qi dcmtk <<<"$versions" || missing+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)

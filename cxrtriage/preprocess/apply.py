@@ -81,11 +81,6 @@ def area_weights(edges: np.ndarray, n_in: int) -> sparse.csr_matrix:
 
 
 @functools.lru_cache(maxsize=64)
-def _shrink_weights(n_in: int, n_out: int) -> sparse.csr_matrix:
-    return area_weights(np.linspace(0.0, n_in, n_out + 1), n_in)
-
-
-@functools.lru_cache(maxsize=64)
 def _footprint_weights(start: int, length: int, n_out: int, scale: int, offset: int, n_in: int) -> sparse.csr_matrix:
     """`area_weights` of ``n_out`` footprints evenly over full pixels [start, start + length), on pixels decoded at
     1/``scale`` of which the first passed is ``offset``. Cached: the images of one scanner share their geometry, and
@@ -106,7 +101,8 @@ def _resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
         return arr.astype(np.float32, copy=False)
     shrinking = oh <= arr.shape[0] and ow <= arr.shape[1]
     if shrinking and arr.dtype == np.float32:
-        return _area_resize(arr, _shrink_weights(arr.shape[0], oh), _shrink_weights(arr.shape[1], ow))
+        h, w = arr.shape
+        return _area_resize(arr, _footprint_weights(0, h, oh, 1, 0, h), _footprint_weights(0, w, ow, 1, 0, w))
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(arr, (ow, oh), interpolation=interp).astype(np.float32, copy=False)
 

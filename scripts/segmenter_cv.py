@@ -21,10 +21,18 @@ from cxrtriage.files import atomic_write  # noqa: E402
 from cxrtriage.train.common import file_logger, log, seed_everything  # noqa: E402
 from cxrtriage.train.data import Record, fold_records, patient_folds, segmenter_records  # noqa: E402
 from cxrtriage.train.evaluation import dice_summary  # noqa: E402
-from cxrtriage.train.segmenter import SegmenterConfig, eval_original, fit_segmenter, load_segmenter, resolve_config  # noqa: E402
+from cxrtriage.train.segmenter import (  # noqa: E402
+    MeanProbability,
+    SegmenterConfig,
+    eval_original,
+    fit_segmenter,
+    load_segmenter,
+    resolve_config,
+)
 
 USAGE = """\
 run:    python3 scripts/segmenter_cv.py run --data ../shared/data --out /tmp/segcv --recipe 1.0.0= --recipe B=aug=heavy,epochs=120
+ensemble: python3 scripts/segmenter_cv.py ensemble /tmp/segcv --data ../shared/data --members 1.0.0,B --name E
 report: python3 scripts/segmenter_cv.py report /tmp/segcv --baseline 1.0.0 --candidate B
 
 A recipe is NAME=FIELD=VALUE,... over cxrtriage.train.segmenter.SegmenterConfig fields ("NAME=" is the default recipe,
@@ -32,6 +40,8 @@ the one `cxrtriage train segmenter` uses). Test patients (the recipe's test spli
 trained on the other folds; the recipe's checkpoint selection (best epoch by validation Dice) uses --val-fraction of
 the training-fold patients, carved by patient exactly like the recipe's own split. A finished fold (oof.json) is not
 run again, so an interrupted run resumes. Run two recipes in parallel as two processes over the same --out.
+"ensemble" evaluates finished recipes' fold models together (class probabilities averaged, as
+cxrtriage.train.segmenter.MeanProbability) on each fold's held-out images and writes them as one more recipe, NAME.
 """
 
 _STRAT = "abnormal"  # the recipe's ieee split is stratified by this label; the folds and the validation carve are too
@@ -98,6 +108,49 @@ def run_recipe(data_root: Path, out: Path, name: str, cfg: SegmenterConfig, *, k
             log.info("%s fold %d: held-out lungs Dice %s", name, fold, dice_summary(d["lungs"]))
         finally:
             log.removeHandler(handler)
+        done.append(result)
+    return done
+
+
+def ensemble_folds(data_root: Path, out: Path, members: list[str], name: str) -> list[Path]:
+    """Each fold's member models as one (MeanProbability) on that fold's held-out images; written like a recipe."""
+    if len(members) < 2 or name in members:
+        raise ConfigError(f"--members {','.join(members)} --name {name}: name two or more finished recipes and a new name")
+    runs = {m: load_oof(out, m) for m in members}
+    first = runs[members[0]]
+    keys = ("folds", "fold_seed", "val_fraction")
+    if any([[f[key] for key in keys] + [f["fold"]] for f in runs[m]] != [[f[key] for key in keys] + [f["fold"]]
+           for f in first] for m in members):
+        raise ConfigError(f"{out}: the members' folds differ or are unfinished ({', '.join(members)}); finish every "
+                          "member with the same --folds/--seed/--val-fraction first")
+    k, fold_seed, val_fraction = (first[0][key] for key in keys)
+    if len(first) != k:
+        raise ConfigError(f"{out / members[0]}: {len(first)} of {k} folds finished; finish the run first")
+    tiny = bool(first[0]["config"]["tiny"])
+    records = cv_records(data_root, seed=fold_seed, tiny=tiny)
+    folds = patient_folds(records, k, fold_seed, strat=_strat)
+    done = []
+    for fold in range(k):
+        t0 = time.time()
+        held = [r for r in fold_records(records, folds, fold, val_fraction=val_fraction, seed=fold_seed, strat=_strat)
+                if r.split == "test"]
+        if [r.path for r in held] != [im["path"] for im in first[fold]["per_image"]]:
+            raise ConfigError(f"{out / members[0] / f'fold{fold}'}: its held-out images are not this data's fold {fold}")
+        model = MeanProbability([load_segmenter(out / m / f"fold{fold}") for m in members]).eval()
+        size = {runs[m][fold]["config"]["size"] for m in members}
+        if len(size) != 1:
+            raise ConfigError(f"members {members} take different input sizes {sorted(size)}: they cannot share one input")
+        d = eval_original(model, data_root, held, SegmenterConfig(**runs[members[0]][fold]["config"]).recipe())
+        per_image = [{"path": r.path, "patient": r.patient, **{s: d[s][i] for s in d}} for i, r in enumerate(held)]
+        result = out / name / f"fold{fold}" / "oof.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(result, json.dumps({
+            "recipe": name, "config": {"members": members, "tiny": tiny}, "fold": fold, "folds": k,
+            "fold_seed": fold_seed, "val_fraction": val_fraction, "images": runs[members[0]][fold]["images"],
+            "best_epoch": "+".join(str(runs[m][fold]["best_epoch"]) for m in members),
+            "best_val_dice": None, "seconds": round(time.time() - t0, 1), "threads": None,
+            "summary": {s: dice_summary(v) for s, v in d.items()}, "per_image": per_image}, indent=2))
+        log.info("%s fold %d: held-out lungs Dice %s", name, fold, dice_summary(d["lungs"]))
         done.append(result)
     return done
 
@@ -184,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the training-fold patients used for checkpoint selection (the recipe's own split is "
                         "60/20 train/val, i.e. 0.25)")
     r.add_argument("--tiny", action="store_true", help="tiny recipe and 9 patients (for tests)")
+    e = sub.add_parser("ensemble", help="evaluate finished recipes' fold models together as one more recipe")
+    e.add_argument("out", type=Path)
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--members", required=True, help="comma-separated finished recipe names, e.g. 1.0.0,B")
+    e.add_argument("--name", required=True, help="name of the ensemble (a new recipe name under OUT)")
     p = sub.add_parser("report", help="pooled out-of-fold Dice, paired bootstrap and the decision")
     p.add_argument("out", type=Path)
     p.add_argument("--baseline", required=True)
@@ -194,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         recipes = [parse_recipe(s, tiny=a.tiny, seed=a.seed) for s in a.recipe]
         for name, cfg in recipes:
             run_recipe(a.data, a.out, name, cfg, k=a.folds, val_fraction=a.val_fraction, fold_seed=a.seed, tiny=a.tiny)
+        return 0
+    if a.cmd == "ensemble":
+        ensemble_folds(a.data, a.out, [m for m in a.members.split(",") if m], a.name)
         return 0
     res = report(a.out, a.baseline, a.candidate, n_boot=a.boot)
     sys.stdout.write(markdown(res) + "\n")

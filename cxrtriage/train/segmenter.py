@@ -55,6 +55,22 @@ def build_unet(cfg: dict[str, Any]) -> UNet:
     return UNet(int(cfg["n_classes"]), int(cfg["base"]), int(cfg["stem_stride"]))
 
 
+class MeanProbability(torch.nn.Module):
+    """Several segmenters as one: their class probabilities averaged. Returns log(mean probability), which are valid
+    logits (softmax gives the mean back, argmax picks the same class), so every user of ``masks`` is unchanged."""
+
+    def __init__(self, members: list[UNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ConfigError("an ensemble needs at least one member model")
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prob = torch.stack([m(x).softmax(1) for m in self.members]).mean(0)
+        # the floor keeps log finite where every member is certain; far below any probability argmax could pick
+        return prob.clamp_min(1e-7).log()
+
+
 @torch.no_grad()
 def predict_masks(model: UNet, x: np.ndarray, batch: int = 8) -> np.ndarray:
     model.eval()
@@ -182,7 +198,8 @@ def load_segmenter(out: Path) -> UNet:
     return model
 
 
-def eval_original(model: UNet, data_root: Path, recs: list[Record], recipe: PreprocessRecipe) -> dict[str, list[float]]:
+def eval_original(model: torch.nn.Module, data_root: Path, recs: list[Record],
+                  recipe: PreprocessRecipe) -> dict[str, list[float]]:
     """Dice at the ORIGINAL image size: the predicted label map mapped back with to_original vs the true mask."""
     import cv2
 

@@ -85,6 +85,21 @@ def test_tiny_cross_validation_runs_reports_and_never_reads_test_patients(shared
     assert report["decision"] == ("heavy" if wins else "base") and "decision:" in rep.stdout
     lo, hi = report["bootstrap"]["ci95"]
     assert lo <= report["bootstrap"]["diff"] <= hi
+    ens = subprocess.run([sys.executable, str(SCRIPT), "ensemble", str(out), "--data", str(shared_data),
+                          "--members", "base,heavy", "--name", "both"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert ens.returncode == 0, ens.stderr
+    for k in range(3):
+        oof = json.loads((out / "both" / f"fold{k}" / "oof.json").read_text())
+        base = json.loads((out / "base" / f"fold{k}" / "oof.json").read_text())
+        assert [im["path"] for im in oof["per_image"]] == [im["path"] for im in base["per_image"]]
+        assert oof["config"]["members"] == ["base", "heavy"] and all(0.0 <= im["lungs"] <= 1.0 for im in oof["per_image"])
+    rep = subprocess.run([sys.executable, str(SCRIPT), "report", str(out), "--baseline", "base", "--candidate", "both",
+                          "--boot", "50"], capture_output=True, text=True, env=env, timeout=120)
+    assert rep.returncode == 0 and "decision:" in rep.stdout, rep.stderr
+    bad = subprocess.run([sys.executable, str(SCRIPT), "ensemble", str(out), "--data", str(shared_data),
+                          "--members", "base,nothing", "--name", "x"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "no finished folds" in bad.stderr
 
 
 def test_recipe_spec_is_checked() -> None:

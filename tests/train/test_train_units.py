@@ -88,6 +88,28 @@ def test_unet_output_is_full_resolution() -> None:
         assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 3, 64, 64)
 
 
+def test_mean_probability_averages_member_probabilities_and_keeps_logit_semantics() -> None:
+    from cxrtriage.errors import ConfigError
+    from cxrtriage.train.segmenter import MeanProbability
+
+    torch.manual_seed(0)
+    a, b = UNet(3, base=4, stem_stride=2).eval(), UNet(3, base=4, stem_stride=2).eval()
+    with torch.no_grad():  # weights far from the initial ones, so that the two members disagree
+        for w in [*a.parameters(), *b.parameters()]:
+            w.normal_(0.0, 0.5)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        out = MeanProbability([a, b]).eval()(x)
+        pa, pb = a(x).softmax(1), b(x).softmax(1)
+        assert torch.allclose(out.softmax(1), (pa + pb) / 2, atol=1e-6)  # softmax of the output = the mean
+        assert torch.equal(out.argmax(1), (pa + pb).argmax(1))
+        assert (pa.argmax(1) != pb.argmax(1)).any()  # the members disagree somewhere: the test can tell them apart
+        alone = MeanProbability([a]).eval()(x)
+        assert torch.equal(alone.argmax(1), a(x).argmax(1)) and torch.isfinite(alone).all()
+    with pytest.raises(ConfigError, match="at least one"):
+        MeanProbability([])
+
+
 def test_parse_source_shares_accepts_a_mix_and_refuses_bad_ones() -> None:
     from cxrtriage.errors import ConfigError
     from cxrtriage.train.classifier import parse_source_shares

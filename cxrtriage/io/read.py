@@ -67,8 +67,9 @@ def assess(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *, read: boo
     """Probe ``path``, apply ``rules`` and, when scored and ``read``, read the image (``max_scale``: see `read_image`).
 
     A read failure turns a ``scored`` selection into ``failed`` with the reader's reason; never raises
-    for a bad file. A scored DICOM file is parsed twice: its header by the probe (the reader reuses it), then
-    in full by the reader (a deflated one once more, as the probe inflates it to check its pixel data).
+    for a bad file. A scored DICOM file is parsed once: its header by the probe, which the reader reuses, reading
+    the pixel data from where the probe found them (a deflated one is parsed again in full by the reader, as the
+    probe inflates it to check its pixel data).
     """
     pr, header = probe_with_header(path)
     sel = select(pr, rules)

@@ -28,12 +28,12 @@ def _count_dcmread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_scored_dicom_costs_one_header_parse_and_one_full_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scored_dicom_costs_one_header_parse_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_dicom(tmp_path / "a.dcm", rows=16, cols=16, WindowCenter="100", WindowWidth="200")
     calls = _count_dcmread(monkeypatch)
     a = assess(path)
     assert a.selection.status == "scored" and a.image is not None
-    assert calls == ["header", "full"]
+    assert calls == ["header"]  # the reader reads the pixel data where the probe found them, without a second parse
 
 
 def test_excluded_dicom_costs_one_header_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,7 +15,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.dicom.age import patient_age_years
-from cxrtriage.io.dicom.deflate import deflated_problem
+from cxrtriage.io.dicom.deflate import DEFLATED, deflated_problem
 from cxrtriage.io.dicom.messages import first_line, warning_notes
 from cxrtriage.io.dicom.source import source_facts
 from cxrtriage.io.dicom.values import get_int, get_text, transfer_syntax
@@ -23,7 +23,6 @@ from cxrtriage.types import DicomInfo
 
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +35,9 @@ class PixelDataStatus:
     length: int | None = None  # value length for native data; total fragment bytes when encapsulated
     fragments: int | None = None
     problem: str | None = None  # truncated / malformed: the file cannot be decoded
+    # Where the element's value lies in the file, as pydicom would hold it (native: the pixel bytes; encapsulated: the
+    # items up to the sequence delimiter): (offset, bytes). Set by a header-only scan of a complete element only.
+    value_span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ def _read_header(p: Path) -> DicomHeader:
                              "check that the file was transferred completely") from exc
         notes.extend(warning_notes(caught))
         stop_pos = fh.tell()
-        if transfer_syntax(ds) == _DEFLATED:
+        if transfer_syntax(ds) == DEFLATED:
             pixel = _deflated_pixel_status(p)
         else:
             pixel = _scan_pixel_data(fh, ds, file_size)
@@ -212,9 +214,12 @@ def _scan_pixel_data(fh: BinaryIO, ds: Dataset, file_size: int) -> PixelDataStat
             return PixelDataStatus(True, keyword, length=length,
                                    problem=f"pixel data truncated: the element announces {length} bytes "
                                            f"but the file holds only {max(available, 0)}")
-        return PixelDataStatus(True, keyword, length=length)
+        return PixelDataStatus(True, keyword, length=length, value_span=(value_pos, length))
     fh.seek(value_pos)
-    return _scan_fragments(fh, keyword, file_size)
+    status = _scan_fragments(fh, keyword, file_size)
+    if status.problem is None:  # the scan stopped right after the sequence delimiter item (8 bytes)
+        status = replace(status, value_span=(value_pos, fh.tell() - 8 - value_pos))
+    return status
 
 
 def _scan_fragments(fh: BinaryIO, keyword: str, end: int) -> PixelDataStatus:

@@ -200,7 +200,9 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
         f"weights is exact. Head initializers: weight `{m['head']['weight']}`, bias `{m['head']['bias']}`, "
         f"transposed={m['head']['transposed']} (checked against the exported graph by value and shape).")
     add(f"- Input: `image` [N, 1, {m['input']['shape'][2]}, {m['input']['shape'][3]}] float32; preprocessing "
-        f"(identical in training and inference, `cxrtriage.preprocess.to_model_input`): `{m['preprocessing']}`.")
+        f"(the same `cxrtriage.preprocess.to_model_input` in training and inference; training shrinks with OpenCV's "
+        f"one-pass area resize, inference with sparse products equal to it to float32 rounding): "
+        f"`{m['preprocessing']}`.")
     add(f"- ONNX size: {met.get('onnx_mb')} MB. Speed (model only, onnxruntime CPU, {speed.get('threads', '?')} threads, "
         f"batch {speed.get('batch', '?')}, `benchmarks/bench_model_speed.py`): "
         f"**{speed.get('images_per_s', 'not measured')} images/s** (median batch {speed.get('batch_ms_median', '?')} ms).")

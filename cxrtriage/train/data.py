@@ -317,8 +317,14 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- cache
 
 
+# Part of every cache key: the inputs are made with OpenCV's one-pass area resize (`to_model_input(...,
+# opencv_area=True)`). Caches made between 2026-12-05 04:36 and this change held the sparse-product resize's inputs,
+# one float16 step apart on ~1 pixel in 10,000; their keys lack this, so they are never read again.
+_INPUTS = "opencv-area"
+
+
 def _recipe_key(recipe: PreprocessRecipe, extra: str = "") -> str:
-    return hashlib.sha256((json.dumps(recipe.to_dict(), sort_keys=True) + extra).encode()).hexdigest()[:16]
+    return hashlib.sha256((json.dumps(recipe.to_dict(), sort_keys=True) + extra + _INPUTS).encode()).hexdigest()[:16]
 
 
 def _prep_one(args: tuple[str, str, dict[str, object], bool, tuple[int, int, int, int] | None]
@@ -330,7 +336,7 @@ def _prep_one(args: tuple[str, str, dict[str, object], bool, tuple[int, int, int
         if with_mask:
             raise ConfigError("lung-cropped inputs are for the classifier; segmenter training reads whole images")
         image = crop_image(image, box)
-    mi = to_model_input(image, recipe)
+    mi = to_model_input(image, recipe, opencv_area=True)  # as the shipped models were trained: reproducible
     mask_arr = None
     if with_mask:
         import cv2

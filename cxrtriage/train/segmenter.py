@@ -206,7 +206,7 @@ def eval_original(model: torch.nn.Module, data_root: Path, recs: list[Record],
     res: dict[str, list[float]] = {"lungs": [], "right_lung": [], "left_lung": []}
     for r in recs:
         image = read_raster(data_root / r.path)
-        mi = to_model_input(image, recipe)
+        mi = to_model_input(image, recipe, opencv_area=True)  # the training inputs' resize (see to_model_input)
         with torch.no_grad():
             logits = model(torch.from_numpy(mi.array[None]))[0].numpy()
         pred = to_original(logits.argmax(0).astype(np.float32), mi.geometry, nearest=True).astype(np.uint8)

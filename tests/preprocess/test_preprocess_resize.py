@@ -63,3 +63,29 @@ def test_footprint_weights_are_area_weights_of_the_same_edges_and_built_once() -
     want = area_weights(np.linspace(7, 1007, 225) / 4 - 1, 252)
     assert (got != want).nnz == 0 and got.shape == want.shape
     assert _footprint_weights(7, 1000, 224, 4, 1, 252) is got  # the next image of the same geometry reuses it
+
+
+def test_opencv_area_gives_opencvs_one_pass_result_bit_for_bit() -> None:
+    # the training recipes' resize: the shipped models were trained on exactly these inputs (see to_model_input)
+    rng = np.random.default_rng(11)
+    arr = (rng.random((393, 369), dtype=np.float32) * 4095).astype(np.float32)
+    image = Image2D(arr, (0.0, 4095.0), SourceRef("x", InputKind.DICOM))
+    recipe = PreprocessRecipe(size=40, geometry=GeometryMode.CENTER_CROP)
+    geo = plan_geometry(arr.shape, recipe)
+    y0, x0, ch, cw = geo.crop
+    ref = cv2.resize(arr[y0:y0 + ch, x0:x0 + cw], (40, 40), interpolation=cv2.INTER_AREA)
+    exact = apply._region_resized(image, geo.crop, (40, 40), opencv_area=True)
+    assert np.array_equal(exact, ref)
+    fast = apply._region_resized(image, geo.crop, (40, 40))
+    assert not np.array_equal(fast, ref)  # the default differs in the last bits (so this test can tell them apart)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=2e-6 * float(ref.max()))
+    whole = apply.to_model_input(image, recipe, opencv_area=True).array
+    assert whole.shape == (1, 40, 40) and not np.array_equal(whole, apply.to_model_input(image, recipe).array)
+
+
+def test_opencv_area_leaves_reduced_pixels_to_the_exact_footprints() -> None:
+    small = np.random.default_rng(2).random((99, 93), dtype=np.float32)
+    image = Image2D(small, (0.0, 1.0), SourceRef("x", InputKind.DICOM), full_shape=(393, 369), scale=4)
+    geo = plan_geometry((393, 369), PreprocessRecipe(size=40))
+    assert np.array_equal(apply._region_resized(image, geo.crop, geo.placed[2:], opencv_area=True),
+                          apply._region_resized(image, geo.crop, geo.placed[2:]))

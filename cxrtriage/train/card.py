@@ -359,8 +359,15 @@ def segmenter_card(m: dict[str, Any], info: dict[str, Any], per_image: dict[str,
     add("**Out of scope.** Diagnosis; lateral views; pediatric images (not in the training data); images with "
         "devices, large effusions or collapse may give wrong masks — always overlay and review.\n")
     add("## Model\n")
-    add(f"- Architecture: compact U-Net (base {arch['base']} channels, 4 down-samplings, stem stride {arch['stem_stride']} "
-        f"with a learned 2x up-sampling back to full resolution), trained from scratch.")
+    parts = arch.get("members") or [arch]
+    unet = (f"compact U-Net (base {parts[0]['base']} channels, 4 down-samplings, stem stride {parts[0]['stem_stride']} "
+            "with a learned 2x up-sampling back to full resolution)")
+    if arch.get("members"):
+        add(f"- Architecture: {len(parts)} {unet.replace('U-Net', 'U-Nets', 1)}, each trained from scratch with its own "
+            f"recipe ({', '.join(a['recipe'] for a in parts)}), exported as one graph: their class probabilities are "
+            "averaged, and `masks` is the log of that mean (valid logits: softmax gives the mean back).")
+    else:
+        add(f"- Architecture: {unet}, trained from scratch.")
     add(f"- Input `image` [N, 1, {m['input']['shape'][2]}, {m['input']['shape'][3]}]; output `masks` = per-class logits "
         f"[N, 3, S, S] for labels {m['labels']} (argmax gives the label map; map it back to the image with "
         "`cxrtriage.preprocess.to_original(..., nearest=True)`).")
@@ -374,13 +381,21 @@ def segmenter_card(m: dict[str, Any], info: dict[str, Any], per_image: dict[str,
         "classifier; masked images only). Several images can share a patient: splits are by patient.\n")
     threads = info.get("threads", 2)
     env = f"CXRTRIAGE_TRAIN_THREADS={threads} " if threads != 2 else ""  # thread count changes float sums: keep it
-    add(f"Recipe (`{env}cxrtriage train segmenter --data ../shared/data --out models/lung-segmenter --seed {cfg['seed']}`, "
-        f"input {cfg['size']} px): "
-        f"{cfg['epochs']} epochs, batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, cross-entropy + soft Dice; "
-        f"augmentation: {_SEG_AUG[cfg.get('aug', 'basic')]}; no flips (they would swap right and left). "
-        f"Best epoch by validation Dice: {info['best_epoch']}. "
-        f"Training wall time {info['train_seconds'] / 60:.1f} min with {info.get('threads', 2)} torch thread(s) on a shared "
-        "2-core machine.\n")
+    command = f"{env}cxrtriage train segmenter --data ../shared/data --out models/lung-segmenter --seed {cfg['seed']}"
+    wall = (f"Training wall time {info['train_seconds'] / 60:.1f} min with {info.get('threads', 2)} torch thread(s) on a "
+            "shared 2-core machine.\n")
+    if info.get("members"):
+        each = "; ".join(f"**{mb['name']}**: {mb['config']['epochs']} epochs, augmentation: "
+                         f"{_SEG_AUG[mb['config']['aug']]}; best epoch by validation Dice {mb['best_epoch']}"
+                         for mb in info["members"])
+        add(f"Recipe (`{command}`, input {cfg['size']} px): {len(info['members'])} members trained one after the other "
+            f"on the same split, each seeded afresh as if trained alone, batch {cfg['batch']}, AdamW lr {cfg['lr']} "
+            f"cosine, cross-entropy + soft Dice, no flips (they would swap right and left). {each}. " + wall)
+    else:
+        add(f"Recipe (`{command} --single`, input {cfg['size']} px): "
+            f"{cfg['epochs']} epochs, batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, cross-entropy + soft Dice; "
+            f"augmentation: {_SEG_AUG[cfg.get('aug', 'basic')]}; no flips (they would swap right and left). "
+            f"Best epoch by validation Dice: {info['best_epoch']}. " + wall)
     add("## Results (Dice at the ORIGINAL image size, held-out patients)\n")
     add("| split | structure | mean Dice | 5th percentile | min | n |\n|---|---|---|---|---|---|")
     for s, d in met["dice"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ from cxrtriage.train.export import export_onnx
 from cxrtriage.train.nets import UNet
 
 SEG_LABELS = ("background", "right_lung", "left_lung")
+# The default recipe since 1.1.0 (candidate E of issue 15, chosen by a pre-registered patient cross-validation; see
+# models/lung-segmenter/experiments.md): two U-Nets trained on the same split, their class probabilities averaged.
+# Each member is the SegmenterConfig with these fields replaced: "basic" is the 1.0.0 recipe, "heavy" candidate B.
+ENSEMBLE_MEMBERS: tuple[tuple[str, dict[str, Any]], ...] = (("basic", {}), ("heavy", {"aug": "heavy", "epochs": 120}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +108,28 @@ def resolve_config(*, epochs: int | None = None, seed: int = 0, tiny: bool = Fal
     return cfg
 
 
+def member_configs(base: SegmenterConfig) -> list[tuple[str, SegmenterConfig]]:
+    """The ensemble's members (`ENSEMBLE_MEMBERS`) over ``base`` (its seed, size...); a tiny base keeps its epoch."""
+    out = []
+    for name, fields in ENSEMBLE_MEMBERS:
+        over = {k: v for k, v in fields.items() if not (base.tiny and k == "epochs")}
+        out.append((name, resolve_config(config=SegmenterConfig(**{**asdict(base), **over}))))
+    return out
+
+
 def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, seed: int = 0, tiny: bool = False,
                     log_file: Path | None = None, config: SegmenterConfig | None = None, aug: str | None = None,
-                    size: int | None = None) -> Path:
-    """Train, export and evaluate; ``config`` replaces the default recipe, ``epochs``/``aug``/``size`` override it."""
+                    size: int | None = None, single: bool = False) -> Path:
+    """Train, export and evaluate the default recipe (the `ENSEMBLE_MEMBERS`), or with ``single`` one U-Net:
+    ``config`` replaces its recipe, ``epochs``/``aug``/``size`` override it.
+
+    Raises:
+        ConfigError: a single U-Net's recipe is changed without ``single``, or the recipe is invalid.
+    """
     t0 = time.time()
+    if not single and (config is not None or any(v is not None for v in (epochs, aug, size))):
+        raise ConfigError("--epochs/--aug/--size change the recipe of one U-Net: add --single (the default recipe "
+                          f"trains the {len(ENSEMBLE_MEMBERS)} members of the ensemble, each with its own settings)")
     cfg = resolve_config(epochs=epochs, seed=seed, tiny=tiny, config=config, aug=aug, size=size)
     out.mkdir(parents=True, exist_ok=True)
     handler = file_logger(log_file or (out / "train_log.txt"))
@@ -116,7 +138,10 @@ def train_segmenter(data_root: Path, out: Path, *, epochs: int | None = None, se
     records = segmenter_records(data_root, seed=cfg.seed)
     if tiny:
         records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
-    fit_segmenter(data_root, out, records, cfg, g, t0=t0)
+    if single:
+        fit_segmenter(data_root, out, records, cfg, g, t0=t0)
+    else:
+        fit_ensemble(data_root, out, records, cfg, t0=t0)
     manifest = finalize_segmenter(data_root, out, records=records)
     log.info("finalized %s, total wall %.0fs", manifest, time.time() - t0)
     log.removeHandler(handler)
@@ -189,13 +214,53 @@ def fit_segmenter(data_root: Path, out: Path, records: list[Record], cfg: Segmen
     return info
 
 
-def load_segmenter(out: Path) -> UNet:
-    """The PyTorch model that fit_segmenter saved in ``out`` (model.pt), in eval mode."""
+def fit_ensemble(data_root: Path, out: Path, records: list[Record], base: SegmenterConfig, *,
+                 t0: float | None = None) -> dict[str, Any]:
+    """Train each member of `ENSEMBLE_MEMBERS` exactly as `fit_segmenter` trains it alone (seeded afresh), then write
+    one model.pt holding every member, train_config.json and splits/splits.csv in ``out``."""
+    t0 = time.time() if t0 is None else t0
+    threads = int(os.environ.get("CXRTRIAGE_TRAIN_THREADS", "2"))
+    members: list[dict[str, Any]] = []
+    weights: list[dict[str, Any]] = []
+    work = out / "members"
+    for name, cfg in member_configs(base):
+        log.info("ensemble member %r: %s", name, asdict(cfg))
+        g = seed_everything(cfg.seed, threads=threads)
+        info = fit_segmenter(data_root, work / name, records, cfg, g)
+        ckpt = torch.load(work / name / "model.pt", map_location="cpu", weights_only=True)
+        weights.append({"name": name, "config": ckpt["config"], "state_dict": ckpt["state_dict"]})
+        members.append({"name": name, **{k: info[k] for k in ("config", "best_epoch", "best_val_dice", "history",
+                                                                "train_seconds")}})
+    shutil.rmtree(work)  # everything the members wrote is in the files below
+    write_splits(records, out / "splits" / "splits.csv")
+    torch.save({"members": weights}, out / "model.pt")
+    info = {"config": asdict(base), "ensemble": "mean of the members' class probabilities (MeanProbability)",
+            "members": members, "labels": list(SEG_LABELS), "best_epoch": [m["best_epoch"] for m in members],
+            "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__, "threads": threads,
+            "preprocessing": base.recipe().to_dict()}
+    atomic_write(out / "train_config.json", json.dumps(info, indent=2))
+    return info
+
+
+def load_segmenter(out: Path) -> torch.nn.Module:
+    """The PyTorch model saved in ``out`` (model.pt) by `fit_segmenter` (a UNet) or `fit_ensemble` (a
+    MeanProbability of UNets), in eval mode."""
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    model = build_unet(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model
+    nets = []
+    for part in ckpt.get("members", [ckpt]):
+        net = build_unet(part["config"])
+        net.load_state_dict(part["state_dict"])
+        nets.append(net.eval())
+    return (MeanProbability(nets) if "members" in ckpt else nets[0]).eval()
+
+
+def architecture(out: Path) -> dict[str, Any]:
+    """The manifest's ``architecture`` of the model saved in ``out``."""
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    if "members" in ckpt:
+        return {"name": "MeanProbability", "combines": "mean of the members' softmax, returned as its log",
+                "members": [{"name": "UNet", "recipe": m["name"], **m["config"]} for m in ckpt["members"]]}
+    return {"name": "UNet", **ckpt["config"]}
 
 
 def eval_original(model: torch.nn.Module, data_root: Path, recs: list[Record],
@@ -232,10 +297,8 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
         records = segmenter_records(data_root, seed=int(cfg["seed"]))
         if tiny:
             records = [r for s in ("train", "val", "test") for r in [x for x in records if x.split == s][:3]]
-    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    model = build_unet(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model = load_segmenter(out)
+    ensemble = "members" in info
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, recipe.size, ("masks",))
     dice_metrics: dict[str, Any] = {}
@@ -252,7 +315,7 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": "lung-segmenter" if not tiny else "lung-segmenter-tiny",
-        "version": "1.0.0" if not tiny else "0.0.1-tiny",
+        "version": ("1.1.0" if ensemble else "1.0.0") if not tiny else "0.0.1-tiny",
         "task": "segmentation",
         "onnx_file": "model.onnx",
         "sha256": sha256_file(onnx_path),
@@ -270,10 +333,14 @@ def finalize_segmenter(data_root: Path, out: Path, *, records: list[Record] | No
         "label_definition": ("right_lung = the connected mask component on the IMAGE LEFT (patient's right in a standard "
                              "PA/AP display), left_lung = the one on the image right; derived from the single 0/255 "
                              "lung mask by connected components (two largest components; fragments join the nearer lung)."),
-        "output_semantics": "masks = per-class logits [N, 3, S, S]; argmax over classes gives the label map",
-        "architecture": {"name": "UNet", **ckpt["config"]},
-        "training": {"best_epoch": info["best_epoch"], "epochs": cfg["epochs"], "seed": cfg["seed"],
-                     "train_seconds": info["train_seconds"]},
+        "output_semantics": ("masks = per-class logits [N, 3, S, S]" + (
+            " (the log of the members' mean class probability)" if ensemble else "")
+            + "; argmax over classes gives the label map"),
+        "architecture": architecture(out),
+        "training": ({"members": [{"name": m["name"], "aug": m["config"]["aug"], "epochs": m["config"]["epochs"],
+                                   "best_epoch": m["best_epoch"]} for m in info["members"]]} if ensemble
+                     else {"best_epoch": info["best_epoch"], "epochs": cfg["epochs"]})
+                    | {"seed": cfg["seed"], "train_seconds": info["train_seconds"]},
     }
     path = write_manifest(out, data)
     experiments = out / "experiments.md"

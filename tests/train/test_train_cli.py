@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -60,6 +61,27 @@ def test_tiny_segmenter_training_writes_a_verified_model(shared_data: Path, tmp_
     assert m.labels == ("background", "right_lung", "left_lung") and m.outputs == {"masks": "masks"}
     assert set(m.metrics["dice"]["test"]) == {"lungs", "right_lung", "left_lung"}
     _check_splits(out)
+    # the default recipe: the ensemble's members, in one model.pt and one ONNX graph that averages them
+    import json
+
+    import onnxruntime as ort
+    import torch
+
+    from cxrtriage.train.segmenter import ENSEMBLE_MEMBERS, MeanProbability, load_segmenter
+
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["architecture"]["name"] == "MeanProbability"
+    assert [a["recipe"] for a in data["architecture"]["members"]] == [n for n, _ in ENSEMBLE_MEMBERS]
+    assert [mb["aug"] for mb in data["training"]["members"]] == ["basic", "heavy"]
+    assert not (out / "members").exists()  # the members' own files are folded into model.pt
+    net = load_segmenter(out)
+    assert isinstance(net, MeanProbability) and len(net.members) == len(ENSEMBLE_MEMBERS)
+    x = np.random.default_rng(0).standard_normal((2, 1, m.preprocessing.size, m.preprocessing.size)).astype(np.float32)
+    (onnx_out,) = ort.InferenceSession(str(m.onnx_file), providers=["CPUExecutionProvider"]).run(["masks"], {"image": x})
+    with torch.no_grad():
+        assert np.abs(onnx_out - net(torch.from_numpy(x)).numpy()).max() <= 1e-4
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "**basic**" in card and "**heavy**" in card and "log of that mean" in card
 
 
 def test_tiny_segmenter_heavy_augmentation_and_size_are_recorded(shared_data: Path, tmp_path: Path,
@@ -71,7 +93,7 @@ def test_tiny_segmenter_heavy_augmentation_and_size_are_recorded(shared_data: Pa
     (out).mkdir()
     (out / "experiments.md").write_text("## What else was tried\n\nnothing yet\n")
     args = ["train", "segmenter", "--data", str(shared_data), "--out", str(out), "--tiny", "--seed", "1",
-            "--aug", "heavy", "--size", "96"]
+            "--aug", "heavy", "--size", "96", "--single"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     m = load_manifest(out / "manifest.json")
@@ -79,12 +101,17 @@ def test_tiny_segmenter_heavy_augmentation_and_size_are_recorded(shared_data: Pa
     assert m.preprocessing.size == 96
     cfg = json.loads((out / "train_config.json").read_text())["config"]
     assert cfg["aug"] == "heavy" and cfg["size"] == 96
+    assert json.loads((out / "manifest.json").read_text())["architecture"]["name"] == "UNet"
     card = (out / "MODEL_CARD.md").read_text()
     assert "MONOCHROME1" in card and "input 96 px" in card and "nothing yet" in card
     bad = CliRunner().invoke(app, ["train", "segmenter", "--data", str(shared_data), "--out", str(tmp_path / "bad"),
-                                   "--tiny", "--aug", "wild"])
+                                   "--tiny", "--aug", "wild", "--single"])
     assert isinstance(bad.exception, ConfigError) and "'heavy' or 'basic'" in str(bad.exception)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+    mixed = CliRunner().invoke(app, ["train", "segmenter", "--data", str(shared_data), "--out", str(tmp_path / "bad"),
+                                     "--tiny", "--aug", "heavy"])
+    assert isinstance(mixed.exception, ConfigError) and "--single" in str(mixed.exception)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_tiny_classifier_fine_tune_from_checkpoint_with_source_shares(shared_data: Path, tmp_path: Path,

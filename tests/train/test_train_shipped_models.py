@@ -55,17 +55,17 @@ def _torch_and_session(folder: Path):  # type: ignore[no-untyped-def]
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
-    ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-    if "n_labels" in ckpt["config"]:
+    if folder == SEGMENTER:
+        from cxrtriage.train.segmenter import load_segmenter
+
+        net = load_segmenter(folder)  # one U-Net (1.0.0) or the ensemble of U-Nets (1.1.0)
+    else:
         from cxrtriage.train.nets import build_model
 
+        ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         net = build_model(ckpt["config"])
-    else:
-        from cxrtriage.train.segmenter import build_unet
-
-        net = build_unet(ckpt["config"])
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
+        net.load_state_dict(ckpt["state_dict"])
+        net.eval()
     m = load_manifest(folder / "manifest.json")
     return torch, net, m, ort.InferenceSession(str(m.onnx_file), providers=["CPUExecutionProvider"])
 

@@ -82,6 +82,9 @@ def test_tiny_segmenter_training_writes_a_verified_model(shared_data: Path, tmp_
         assert np.abs(onnx_out - net(torch.from_numpy(x)).numpy()).max() <= 1e-4
     card = (out / "MODEL_CARD.md").read_text()
     assert "**basic**" in card and "**heavy**" in card and "log of that mean" in card
+    from cxrtriage.train.segmenter import write_segmenter_card
+
+    assert write_segmenter_card(out).read_text() == card  # re-rendered from the files alone: the same card
 
 
 def test_tiny_segmenter_heavy_augmentation_and_size_are_recorded(shared_data: Path, tmp_path: Path,

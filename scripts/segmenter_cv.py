@@ -119,8 +119,11 @@ def ensemble_folds(data_root: Path, out: Path, members: list[str], name: str) ->
     runs = {m: load_oof(out, m) for m in members}
     first = runs[members[0]]
     keys = ("folds", "fold_seed", "val_fraction")
-    if any([[f[key] for key in keys] + [f["fold"]] for f in runs[m]] != [[f[key] for key in keys] + [f["fold"]]
-           for f in first] for m in members):
+
+    def layout(fs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(f["fold"], *(f[key] for key in keys)) for f in fs]
+
+    if any(layout(runs[m]) != layout(first) for m in members):
         raise ConfigError(f"{out}: the members' folds differ or are unfinished ({', '.join(members)}); finish every "
                           "member with the same --folds/--seed/--val-fraction first")
     k, fold_seed, val_fraction = (first[0][key] for key in keys)
@@ -136,10 +139,10 @@ def ensemble_folds(data_root: Path, out: Path, members: list[str], name: str) ->
                 if r.split == "test"]
         if [r.path for r in held] != [im["path"] for im in first[fold]["per_image"]]:
             raise ConfigError(f"{out / members[0] / f'fold{fold}'}: its held-out images are not this data's fold {fold}")
-        model = MeanProbability([load_segmenter(out / m / f"fold{fold}") for m in members]).eval()
         size = {runs[m][fold]["config"]["size"] for m in members}
         if len(size) != 1:
             raise ConfigError(f"members {members} take different input sizes {sorted(size)}: they cannot share one input")
+        model = MeanProbability([load_segmenter(out / m / f"fold{fold}") for m in members]).eval()
         d = eval_original(model, data_root, held, SegmenterConfig(**runs[members[0]][fold]["config"]).recipe())
         per_image = [{"path": r.path, "patient": r.patient, **{s: d[s][i] for s in d}} for i, r in enumerate(held)]
         result = out / name / f"fold{fold}" / "oof.json"

@@ -145,7 +145,7 @@ def _with_pixels(header: DicomHeader, p: Path) -> Dataset | None:
     when that is not known to give what a full parse gives (then the file is parsed again, in full).
 
     Why: a second pydicom parse of the whole file (every element again, the pixels in many small reads) cost
-    ~1 ms per radiograph of the ~3 ms an uncompressed one takes to read. Only elements after the pixel data are
+    0.5-0.9 ms of the 3.4 ms the uncompressed RG1 chest took to read. Only elements after the pixel data are
     missing from the result (Data Set Trailing Padding, digital signatures): none of them bears on the pixels.
     The header's own data set is left as it is (it holds no pixels, and its callers may keep it).
     """

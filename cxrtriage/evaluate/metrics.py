@@ -88,10 +88,18 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric`` (resampling cases with replacement)."""
+    """Percentile bootstrap interval of ``metric`` (resampling cases with replacement).
+
+    The interval depends on the cases, not on their order: they are put in one canonical order (by score, then
+    truth) before the seeded resampling. Why: the same validation cases reach this function in different orders from
+    different code paths (training's finalize, `train operating-points`), and a borderline interval (e.g. a lower
+    bound near 0.5, which decides whether a label moves the triage) must come out the same from both.
+    """
     y, s = clean_binary(y_true, y_score)
     if y.size == 0:
         return (float("nan"), float("nan"))
+    order = np.lexsort((y, s))  # the metrics here depend only on the (truth, score) pairs, so equal pairs are alike
+    y, s = y[order], s[order]
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n_boot):

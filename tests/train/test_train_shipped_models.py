@@ -27,6 +27,17 @@ def test_shipped_manifest_sha256_matches_onnx(folder: Path) -> None:
     assert m.version == {CLASSIFIER: "1.0.0", SEGMENTER: "1.1.0"}[folder] and m.metrics
 
 
+def test_models_readme_publishes_the_shipped_hashes() -> None:
+    """The published table (what users compare `models info` with) names each shipped model's current hashes."""
+    import json
+
+    table = (REPO / "models" / "README.md").read_text(encoding="utf-8")
+    for folder in (CLASSIFIER, SEGMENTER):
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        row = f"| `{data['name']}` {data['version']} | `{data['sha256']}` | `{data['integrity']['sha256']}` |"
+        assert row in table, f"models/README.md: update the row of {data['name']} to {row}"
+
+
 def test_shipped_classifier_head_and_thresholds() -> None:
     m = load_manifest(CLASSIFIER / "manifest.json")
     assert m.head is not None and m.calibration is not None and m.calibration.method == "platt"

@@ -25,6 +25,8 @@ from cxrtriage.train.nets import SlimResNet
 
 @dataclass(frozen=True, slots=True)
 class SslSettings:
+    """The pre-training knobs (saved beside the checkpoint by `scripts/classifier_ssl.py`)."""
+
     epochs: int = 30
     view: int = 112  # view size in px (the fine-tune runs at the recipe's 224)
     batch: int = 128  # pairs per step

@@ -260,12 +260,14 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
     ds = met["domain_shift"]
     add("## Targets (held-out test patients)\n")
     add("| target | required | achieved | met? |\n|---|---|---|---|")
+    # the NIH bar is issue 15's (>= 0.72, with pediatric pneumonia kept >= 0.95); the first issue had asked for 0.75
+    nih_target = 0.72
     for what, val, req in (("`pneumonia` vs normal, Kermany pediatric test", ds["pneumonia_auroc_kermany224_test"], 0.95),
-                           ("`abnormal`, held-out NIH patients", ds["abnormal_auroc_nih14_test"], 0.75)):
+                           ("`abnormal`, held-out NIH patients", ds["abnormal_auroc_nih14_test"], nih_target)):
         ok = val is not None and val >= req
         add(f"| {what} | AUROC >= {req} | {_f(val)} | {'yes' if ok else '**no**'} |")
     add("")
-    if (ds["abnormal_auroc_nih14_test"] or 0) < 0.75:
+    if (ds["abnormal_auroc_nih14_test"] or 0) < nih_target:
         add("**The NIH `abnormal` target is not met.** The NIH subset offers only 48 No-Finding training patients (16 in "
             "validation, 16 in test) against 244 abnormal ones, and no pretrained weights are available offline, so the "
             "network learns adult findings from ~300 images. What was tried: masked multi-label training with the large "
@@ -276,7 +278,7 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
             "(NIH test rule-out specificity is very low). Next steps: more adult normal studies (e.g. the full NIH "
             "ChestX-ray14 release) or pretrained CXR weights."
             + (" Other attempts (an adult fine-tune; test-time augmentation, lung-cropped input and a two-model ensemble; "
-               "320 px input; a linear probe for adult `abnormal` on the frozen features) "
+               "320 px input; a linear probe for adult `abnormal` on the frozen features; self-supervised pre-training) "
                "are reported under \"What else was tried\" below." if experiments else "")
             + "\n")
     add("## Pediatric → adult domain shift (stated plainly)\n")

@@ -33,7 +33,8 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-w", min=0, max=64,
                  help="Decode processes (0 = one file at a time, in a child forked from the main process: no "
-                      "parallel decoding, no __main__ guard needed). Default: half the CPU cores, 2 on 2-3 cores, at "
+                      "parallel decoding, no __main__ guard needed). Default: half the CPU cores this process may use "
+                      "(its affinity: taskset, a container's cpuset), 2 on 2-3 cores, at "
                       "most 4. In both modes a decoder that crashes (segfault) on a hostile file fails only that file."),
 ]
 ThreadsOpt = Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,31 @@ def auto_workers() -> int:
     5.9 s with one; 96 RG1 chests (1955 x 1841) 48 vs 28 images/s as PNG, 32 vs 19 as JPEG 2000 lossless
     (`benchmarks/bench_decode.py --workers`).
     """
-    n = os.cpu_count() or 1
+    n = usable_cpus()
     return min(4, max(min(n, 2), n // 2))
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity mask where the OS has one (``taskset``, a container's cpuset),
+    else every CPU; fewer when a cgroup v2 CPU quota (``cpu.max``, e.g. a Kubernetes CPU limit) allows less.
+
+    Why not ``os.cpu_count()``: it counts the machine's CPUs, so a run pinned to 2 of 16 cores, or limited to 2 CPUs
+    by its container, would start 4 decode processes that share 2 cores' worth of time.
+    """
+    n = os.cpu_count() or 1
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        try:
+            n = max(1, len(getaffinity(0)))
+        except OSError:
+            pass
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or one this code does not understand: no quota applied
+        pass
+    return n
 
 
 def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:

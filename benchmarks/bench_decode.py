@@ -7,7 +7,7 @@ DICOM, JPEG 2000 lossless and lossy, JPEG baseline, JPEG lossless) it prints:
   parse, decode, grey-level transforms), decoding in full, and as `predict` does (at the largest reduction the
   classifier's input allows: JPEG 2000 resolution levels, JPEG DCT scaling; the same as full elsewhere);
 - model ms/image: CPU time of onnxruntime on batches of preprocessed inputs (2 threads, as in `predict`);
-- ceiling: 2 / (decode CPU s + model CPU s per image), the images/s two fully used cores could give (decode measured
+- ceiling: cores / (decode CPU s + model CPU s per image), the images/s the usable cores (2 here) could give (decode measured
   with the allocator settings the decode workers run with, `keep_freed_memory`);
 - predict img/s: scored images / wall time of ``run_predict`` (model loaded beforehand, decode workers started by
   the run), median over rounds; and achieved / ceiling;
@@ -20,6 +20,12 @@ DICOM, JPEG 2000 lossless and lossy, JPEG baseline, JPEG lossless) it prints:
   its documented steps because torchxrayvision imports torchvision, which does not load with the CPU torch here)
   feeding the same ONNX model, in as many reading processes as `predict` uses decode workers.
 
+``--device cuda`` runs the model with onnxruntime's CUDA execution provider instead (strict: the run stops when CUDA
+cannot be used, rather than silently measuring the CPU). The model column is then GPU wall ms per image (what the
+model costs the pipeline), the ceiling min(2 / (decode CPU s per image), 1000 / model ms), and the torchxrayvision
+reader feeds the same model on the GPU. Run it under ``taskset -c 0,1`` for the 2-core table on a many-core GPU
+machine (the worker count follows the CPUs the process may use).
+
 Every end-to-end measurement runs in its own Python process (so that the baseline's package can be imported),
 round by round interleaved; the CPU that other processes used meanwhile is metered (/proc) and reported, since the
 machine is shared. Ratios are medians of per-round ratios.
@@ -29,6 +35,7 @@ Usage (not a test; runnable by anyone):
     python benchmarks/encode_sets.py rg1 --out /tmp/cxr-enc/rg1 --copies 24
     git archive <base-commit> | tar -x -C /tmp/cxr-base
     python benchmarks/bench_decode.py --set /tmp/cxr-enc/rg1 --baseline /tmp/cxr-base [--rounds 3] [--json out.json]
+    taskset -c 0,1 python benchmarks/bench_decode.py --set /tmp/cxr-enc/rg1 --device cuda   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ REPO = Path(__file__).resolve().parents[1]
 ENCODINGS = (("png8", "PNG 8-bit"), ("dicom16", "DICOM 16-bit uncompressed"), ("j2k_lossless", "JPEG 2000 lossless"),
              ("j2k_lossy", "JPEG 2000 lossy"), ("jpeg_baseline", "JPEG baseline"), ("jpeg_lossless", "JPEG lossless"))
 
-# Runs in a child process: python -c CHILD <mode> <repo> <folder> <workers> <batch>; prints one JSON line.
+# Runs in a child process: python -c CHILD <mode> <repo> <folder> <workers> <batch> <device>; prints one JSON line.
 CHILD = r'''
 import json, os, sys, tempfile, time
 mode, repo, folder, workers, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+device = sys.argv[6]
+dev = {"device": device, "strict_device": True} if device != "cpu" else {"device": "cpu"}
 sys.path.insert(0, repo)
 from pathlib import Path
 files = sorted(p for p in Path(folder).iterdir() if p.is_file())
@@ -69,7 +78,7 @@ def busy():
 if mode == "xrv":
     import numpy as np
     from cxrtriage.model import load_classifier
-    model = load_classifier(None, device="cpu", spinning=workers == 0)
+    model = load_classifier(None, spinning=workers == 0, **dev)
     import xrv_reader
     reader = xrv_reader.XrvReader(workers)
     reader.warm(files[:2])
@@ -88,14 +97,15 @@ else:
     from cxrtriage.pipeline.predict import run_predict
     from multiprocessing import forkserver
     extra = {"reduced_decode": mode == "now"} if mode in ("now", "now-full") else {}
-    model = load_classifier(None, device="cpu", spinning=workers == 0)
+    model = load_classifier(None, spinning=workers == 0, **dev)
     with tempfile.TemporaryDirectory() as out:
-        run_predict(PredictConfig(inputs=tuple(files[:2]), out_dir=Path(out) / "warm", workers=workers, **extra), model=model)
+        run_predict(PredictConfig(inputs=tuple(files[:2]), out_dir=Path(out) / "warm", workers=workers, **dev, **extra),
+                    model=model)
         fs = getattr(forkserver._forkserver, "_forkserver_pid", None)
         t0, b0 = time.perf_counter(), busy()
         own0 = cpu_of(os.getpid()) + (cpu_of(fs) if fs else 0.0)
         marks = []  # (time, records done) as each record is counted
-        s = run_predict(PredictConfig(inputs=tuple(files), out_dir=Path(out) / "run", workers=workers,
+        s = run_predict(PredictConfig(inputs=tuple(files), out_dir=Path(out) / "run", workers=workers, **dev,
                                       batch_size=batch, **extra), model=model,
                         on_progress=lambda u: marks.append((time.perf_counter(), u.done)))
         wall = time.perf_counter() - t0
@@ -222,12 +232,13 @@ def _cpu_probe(_):
 '''
 
 
-def _child(mode: str, repo: Path, folder: Path, workers: int, batch: int, helper_dir: Path) -> dict[str, Any]:
+def _child(mode: str, repo: Path, folder: Path, workers: int, batch: int, helper_dir: Path,
+           device: str = "cpu") -> dict[str, Any]:
     # The decode workers import the package the way their forkserver finds it: from the working folder and
     # PYTHONPATH. Both point at ``repo``, so that the workers run the code that is measured (an installed
     # cxrtriage elsewhere is never picked up).
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), str(helper_dir)]))
-    res = subprocess.run([sys.executable, "-c", CHILD, mode, str(repo), str(folder), str(workers), str(batch)],
+    res = subprocess.run([sys.executable, "-c", CHILD, mode, str(repo), str(folder), str(workers), str(batch), device],
                          capture_output=True, text=True, env=env, timeout=1800, start_new_session=True, check=False,
                          cwd=repo)
     if res.returncode != 0:
@@ -236,8 +247,11 @@ def _child(mode: str, repo: Path, folder: Path, workers: int, batch: int, helper
     return out
 
 
-def _serial_costs(folder: Path, batch: int) -> dict[str, float]:
-    """Median CPU ms/image of the io layer (full and reduced) and of the model, in this process."""
+def _serial_costs(folder: Path, batch: int, device: str = "cpu") -> dict[str, float]:
+    """Median CPU ms/image of the io layer (full and reduced) and of the model, in this process.
+
+    On a GPU (``device`` other than "cpu") ``model_ms`` is wall ms per image (the GPU's time) and ``model_cpu_ms``
+    the host CPU the runs took; on the CPU both are the CPU ms."""
     import numpy as np
 
     sys.path.insert(0, str(REPO))
@@ -251,7 +265,7 @@ def _serial_costs(folder: Path, batch: int) -> dict[str, float]:
         pass
     else:
         keep_freed_memory()
-    model = load_classifier(None, device="cpu", spinning=False)
+    model = load_classifier(None, device=device, strict_device=device != "cpu", spinning=False)
     recipe = model.manifest.preprocessing
     needs = PixelNeeds((recipe,))
     files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -265,19 +279,22 @@ def _serial_costs(folder: Path, batch: int) -> dict[str, float]:
             a = assess(f, **kw)  # type: ignore[arg-type]
             out.append(time.process_time() - t)
             assert a.image is not None, f"{f}: {a.selection.reason}"
+        image = a.image  # the reduced decode's, as in `predict`
+        assert image is not None
         t = time.process_time()
-        inputs.append(to_model_input(a.image, recipe).array)
+        inputs.append(to_model_input(image, recipe).array)
         prep.append(time.process_time() - t)
     x = np.stack(inputs)
     model.run(x[:batch])
-    t = time.process_time()
+    t, w = time.process_time(), time.perf_counter()
     for _ in range(3):
         for i in range(0, len(x), batch):
             model.run(x[i:i + batch])
-    model_s = (time.process_time() - t) / (3 * len(x))
+    model_cpu_s = (time.process_time() - t) / (3 * len(x))
+    model_wall_s = (time.perf_counter() - w) / (3 * len(x))
     med = statistics.median
     return {"full_ms": 1000 * med(full), "reduced_ms": 1000 * med(reduced), "prep_ms": 1000 * med(prep),
-            "model_ms": 1000 * model_s}
+            "model_ms": 1000 * (model_cpu_s if device == "cpu" else model_wall_s), "model_cpu_ms": 1000 * model_cpu_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: predict's own choice)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--only", default="", help="comma-separated encodings to run (default: all)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime's CUDA execution provider, strict)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from cxrtriage.pipeline.config import auto_workers
+    from cxrtriage.pipeline.config import auto_workers, usable_cpus
 
     workers = auto_workers() if args.workers is None else args.workers
     wanted = [e for e in ENCODINGS if (args.set / e[0]).is_dir() and (not args.only or e[0] in args.only.split(","))]
@@ -299,21 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     helper.mkdir(parents=True, exist_ok=True)
     (helper / "xrv_reader.py").write_text(XRV_READER)
     modes = ["now", "xrv"] + (["base"] if args.baseline else [])
-    costs = {key: _serial_costs(args.set / key, args.batch_size) for key, _ in wanted}
+    costs = {key: _serial_costs(args.set / key, args.batch_size, args.device) for key, _ in wanted}
+    cores = usable_cpus()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {key: {m: [] for m in modes} for key, _ in wanted}
     for r in range(args.rounds):
         for key, _ in wanted:
             for mode in modes if r % 2 == 0 else reversed(modes):
                 repo = args.baseline if mode == "base" else REPO
                 assert repo is not None
-                res = _child(mode, repo, args.set / key, workers, args.batch_size, helper)
+                res = _child(mode, repo, args.set / key, workers, args.batch_size, helper, args.device)
                 runs[key][mode].append(res)
                 print(f"round {r + 1} {key:14s} {mode:5s} {res['n'] / res['wall']:7.1f} img/s  cpu {res['cpu']:.1f} s  "
                       f"others {100 * res['others']:.0f}%", file=sys.stderr, flush=True)
     rows = []
     for key, title in wanted:
         c = costs[key]
-        ceiling = 2.0 / ((c["reduced_ms"] + c["model_ms"]) / 1000.0)
+        # CPU: every core decodes or infers. GPU: the cores decode (and launch the model), the GPU infers.
+        ceiling = cores / ((c["reduced_ms"] + c["model_cpu_ms"]) / 1000.0)
+        if args.device != "cpu":
+            ceiling = min(ceiling, 1000.0 / c["model_ms"])
         per = {m: [x["n"] / x["wall"] for x in runs[key][m]] for m in modes}
         now = statistics.median(per["now"])
         row = {"encoding": title, **c, "ceiling": ceiling, "predict": now,
@@ -331,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'/ceil':>6s} {'steady':>7s} {'/ceil':>6s} "
             f"{'cpu/img':>8s} {'today':>7s} {'x today':>8s} {'xrv':>6s} {'x xrv':>6s} {'others':>7s}")
     print(f"{len(list((args.set / wanted[0][0]).iterdir()))} files per encoding, {workers} decode worker(s), batch "
-          f"{args.batch_size}, {args.rounds} rounds, {os.cpu_count()} CPUs; ms are CPU ms per image, rates images/s")
+          f"{args.batch_size}, {args.rounds} rounds, {cores} usable CPUs (of {os.cpu_count()}), model on {args.device}; "
+          "ms are CPU ms per image" + ("" if args.device == "cpu" else " (model: GPU wall ms)") + ", rates images/s")
     print(head)
     for row in rows:
         today = f"{row['today']:7.1f} {row['vs_today']:7.1f}x" if "today" in row else f"{'-':>7s} {'-':>8s}"
@@ -340,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['steady'] / row['ceiling']:6.2f} {row['cpu_ms_per_image']:8.1f} "
               f"{today} {row['xrv']:6.1f} {row['vs_xrv']:5.1f}x {100 * row['others_max']:6.0f}%")
     if args.json:
-        args.json.write_text(json.dumps({"workers": workers, "rows": rows, "runs": runs}, indent=1))
+        args.json.write_text(json.dumps({"workers": workers, "cores": cores, "device": args.device, "rows": rows,
+                                         "runs": runs}, indent=1))
     return 0
 
 

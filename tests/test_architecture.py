@@ -3,7 +3,7 @@
 Layers, top to bottom (a module may import its own layer and the layers below it, never above):
 
     cli → node → pipeline, train → explain, measure, triage, report, evaluate, monitor → model → preprocess, io
-        → types, errors, files, outdir, results (and the package root, which only holds the version and a lazy API)
+        → types, errors, files, outdir, results, cpus (and the package root, which only holds the version and a lazy API)
 
 Inside ``cxrtriage.pipeline`` the modules are layered too: config → decode, engine, artefacts, journal → hooks.base →
 the hooks → provenance, reports, scoring → predict, segment, incremental → validate, cluster (``predict --ray``; its
@@ -25,7 +25,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cxrtriage"
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
-    ("cxrtriage", "cxrtriage.types", "cxrtriage.errors", "cxrtriage.files", "cxrtriage.outdir", "cxrtriage.results"),
+    ("cxrtriage", "cxrtriage.types", "cxrtriage.errors", "cxrtriage.files", "cxrtriage.outdir", "cxrtriage.results",
+     "cxrtriage.cpus"),
     ("cxrtriage.preprocess", "cxrtriage.io"),
     ("cxrtriage.model",),
     ("cxrtriage.explain", "cxrtriage.measure", "cxrtriage.triage", "cxrtriage.report", "cxrtriage.evaluate",

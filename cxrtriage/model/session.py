@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtriage.cpus import affinity_cpus, usable_cpus
 from cxrtriage.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ class OrtSession:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's business
+        if intra_op_threads is None and usable_cpus() < affinity_cpus():
+            # A CPU quota (a container's limit) below the CPUs onnxruntime sees: its default of one thread per
+            # core would run more threads than the quota's time allows, and the kernel throttles them all.
+            intra_op_threads = usable_cpus()
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = 1

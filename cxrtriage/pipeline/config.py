@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrtriage.cpus import usable_cpus
 from cxrtriage.errors import ConfigError
 from cxrtriage.report.header import require_pseudonym_key
 
@@ -106,28 +105,6 @@ def auto_workers() -> int:
     n = usable_cpus()
     return min(4, max(min(n, 2), n // 2))
 
-
-def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The CPUs this process may use: its affinity mask where the OS has one (``taskset``, a container's cpuset),
-    else every CPU; fewer when a cgroup v2 CPU quota (``cpu.max``, e.g. a Kubernetes CPU limit) allows less.
-
-    Why not ``os.cpu_count()``: it counts the machine's CPUs, so a run pinned to 2 of 16 cores, or limited to 2 CPUs
-    by its container, would start 4 decode processes that share 2 cores' worth of time.
-    """
-    n = os.cpu_count() or 1
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        try:
-            n = max(1, len(getaffinity(0)))
-        except OSError:
-            pass
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max" and int(period) > 0:
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file, or one this code does not understand: no quota applied
-        pass
-    return n
 
 
 def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:

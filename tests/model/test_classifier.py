@@ -127,3 +127,16 @@ def test_manifest_sha_is_what_factory_wrote(tmp_path: Path) -> None:
     man = make_tiny_classifier(tmp_path / "m")
     clf = load_model(man)
     assert clf.manifest.sha256 == sha256_file(tmp_path / "m" / "model.onnx")
+
+
+@pytest.mark.parametrize(("affinity", "usable", "threads"), [(8, 2, 2), (2, 2, None)])
+def test_a_cpu_quota_below_the_visible_cpus_caps_onnxruntime_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     affinity: int, usable: int,
+                                                                     threads: int | None) -> None:
+    from cxrtriage.model import session
+
+    monkeypatch.setattr(session, "affinity_cpus", lambda: affinity)
+    monkeypatch.setattr(session, "usable_cpus", lambda: usable)
+    clf = load_model(make_tiny_classifier(tmp_path / "m"), device="cpu")
+    assert clf.session.intra_op_threads == threads  # None: onnxruntime's own default (it follows the affinity)
+    assert load_model(make_tiny_classifier(tmp_path / "m2"), device="cpu", intra_op_threads=1).session.intra_op_threads == 1

@@ -137,10 +137,10 @@ class OrtSession:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's business
-        if intra_op_threads is None and usable_cpus() < affinity_cpus():
+        if intra_op_threads is None and (usable := usable_cpus()) < affinity_cpus():
             # A CPU quota (a container's limit) below the CPUs onnxruntime sees: its default of one thread per
             # core would run more threads than the quota's time allows, and the kernel throttles them all.
-            intra_op_threads = usable_cpus()
+            intra_op_threads = usable
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = 1

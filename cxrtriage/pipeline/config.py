@@ -106,7 +106,6 @@ def auto_workers() -> int:
     return min(4, max(min(n, 2), n // 2))
 
 
-
 def in_flight_window(batch_size: int, workers: int, keep_images: bool, override: int | None = None) -> int:
     """How many files may be decoded ahead of inference: enough for the next batch to be
     decoded while this one runs, few enough that memory stays flat (fewer when full images travel)."""

@@ -23,8 +23,8 @@ DICOM, JPEG 2000 lossless and lossy, JPEG baseline, JPEG lossless) it prints:
 ``--device cuda`` runs the model with onnxruntime's CUDA execution provider instead (strict: the run stops when CUDA
 cannot be used, rather than silently measuring the CPU). The model column is then GPU wall ms per image (what the
 model costs the pipeline), the ceiling min(cores / (decode + model host CPU s per image), 1000 / model ms), and the
-torchxrayvision reader feeds the same model on the GPU. Run it under ``taskset -c 0,1`` for the 2-core table on a many-core GPU
-machine (the worker count follows the CPUs the process may use).
+torchxrayvision reader feeds the same model on the GPU. Run it under ``taskset -c 0,1`` for the 2-core table on a
+many-core GPU machine (the worker count follows the CPUs the process may use).
 
 Every end-to-end measurement runs in its own Python process (so that the baseline's package can be imported),
 round by round interleaved; the CPU that other processes used meanwhile is metered (/proc) and reported, since the

@@ -34,11 +34,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxrtriage.train.classifier import ClassifierConfig  # noqa: E402
+from cxrtriage.train.classifier import ClassifierConfig, save_checkpoint  # noqa: E402
 from cxrtriage.train.common import seed_everything  # noqa: E402
 from cxrtriage.train.data import cached_arrays, classifier_records, write_splits  # noqa: E402
 from cxrtriage.train.nets import SlimResNet  # noqa: E402
-from cxrtriage.train.ssl import SslSettings, pretrain, save_checkpoint  # noqa: E402
+from cxrtriage.train.ssl import SslSettings, pretrain  # noqa: E402
 
 
 def main() -> int:
@@ -73,7 +73,7 @@ def main() -> int:
 
     history = pretrain(model, x_all, tr, settings, g, np.random.default_rng(args.seed), progress)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, args.out / "model.pt")
+    save_checkpoint(model.config, model.state_dict(), args.out / "model.pt")
     write_splits(records, args.out / "splits" / "splits.csv")
     (args.out / "ssl_config.json").write_text(json.dumps({
         "settings": asdict(settings), "seed": args.seed, "threads": args.threads, "train_images": len(tr),

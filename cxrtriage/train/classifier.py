@@ -110,6 +110,11 @@ def check_splits_match(records: list[Record], splits_csv: Path) -> int:
     return n
 
 
+def save_checkpoint(config: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a classifier's model.pt: its architecture ``config`` and weights (what `load_init` and the export read)."""
+    torch.save({"config": config, "state_dict": state_dict}, path)
+
+
 def load_init(model: SlimResNet, path: Path) -> None:
     """Load a model.pt state_dict into ``model``; its architecture config must match exactly."""
     if not path.is_file():
@@ -278,7 +283,7 @@ def train_classifier(data_root: Path, out: Path, *, epochs: int | None = None, s
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best_epoch = ep + 1
         assert best_state is not None
-        torch.save({"config": model.config, "state_dict": best_state}, out / "model.pt")
+        save_checkpoint(model.config, best_state, out / "model.pt")
         train_seconds = time.time() - t0
         atomic_write(out / "train_config.json", json.dumps({
             "config": asdict(cfg), "labels": list(labels), "best_epoch": best_epoch, "best_val_score": best,

@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,7 +118,3 @@ def pretrain(model: SlimResNet, x: np.ndarray, idx: np.ndarray, settings: SslSet
             progress(history[-1])
     return history
 
-
-def save_checkpoint(model: SlimResNet, path: Path) -> None:
-    """Write ``model`` in the format of the classifier's model.pt (what `train classifier --init-from` reads)."""
-    torch.save({"config": model.config, "state_dict": model.state_dict()}, path)

@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cxrtriage.train.classifier import load_init  # noqa: E402
+from cxrtriage.train.classifier import load_init, save_checkpoint  # noqa: E402
 from cxrtriage.train.nets import SlimResNet  # noqa: E402
-from cxrtriage.train.ssl import SslSettings, nt_xent, pretrain, random_views, save_checkpoint  # noqa: E402
+from cxrtriage.train.ssl import SslSettings, nt_xent, pretrain, random_views  # noqa: E402
 
 
 def _tiny() -> SlimResNet:
@@ -48,7 +48,7 @@ def test_pretrain_changes_the_backbone_only_and_init_from_loads_it(tmp_path: Pat
     after = model.state_dict()
     assert torch.equal(after["head.weight"], before["head.weight"]) and torch.equal(after["head.bias"], before["head.bias"])
     assert not torch.equal(after["stem.0.0.weight"], before["stem.0.0.weight"])
-    save_checkpoint(model, tmp_path / "model.pt")
+    save_checkpoint(model.config, model.state_dict(), tmp_path / "model.pt")
     fresh = _tiny()
     load_init(fresh, tmp_path / "model.pt")
     assert torch.equal(fresh.state_dict()["stem.0.0.weight"], after["stem.0.0.weight"])

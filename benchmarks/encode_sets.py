@@ -8,8 +8,10 @@ Two sets:
   published), ``jpeg_baseline`` (8-bit DICOM, OpenCV JPEG quality 90) and ``jpeg_lossless`` (process 14 SV1,
   GDCM).
 - ``nih``: the 486 labelled NIH ChestX-ray14 PNGs as 8-bit DICOM (DX, CHEST, ViewPosition from the labels) in
-  ``j2k_lossless``, ``j2k_lossy`` (OpenJPEG, compression ratio ``--ratio``) and ``jpeg_baseline`` (quality 90),
-  named like the PNGs so that ``labels.csv`` joins them; ``--size 1024`` upsamples them (bicubic) to the published
+  ``j2k_lossless``, ``j2k_lossy`` (OpenJPEG, compression ratio ``--ratio``) and ``jpeg_baseline`` (quality 90);
+  with ``--kinds`` also ``png8``, ``dicom8`` (uncompressed) and ``dicom16`` (uncompressed, the 8-bit values x 257:
+  the files that are decoded in full and then block averaged); all named like the PNGs so that ``labels.csv``
+  joins them; ``--size 1024`` upsamples them (bicubic) to the published
   originals' size first, so that reduced decoding (which keeps twice the model's pixels) has something to reduce.
 
 Usage (not a test):
@@ -148,10 +150,13 @@ def _save_tmp(ds: Dataset, out: Path) -> Path:
     return path
 
 
-def make_nih(out: Path, limit: int, ratio: float, size: int = 0) -> None:
+NIH_KINDS = ("j2k_lossless", "j2k_lossy", "jpeg_baseline", "png8", "dicom8", "dicom16")
+
+
+def make_nih(out: Path, limit: int, ratio: float, size: int = 0,
+             kinds: tuple[str, ...] = ("j2k_lossless", "j2k_lossy", "jpeg_baseline")) -> None:
     src = SHARED / "nih14"
     rows = list(csv.DictReader(open(src / "labels.csv", newline="", encoding="utf-8")))[:limit]
-    kinds = ("j2k_lossless", "j2k_lossy", "jpeg_baseline")
     for k in kinds:
         (out / k).mkdir(parents=True, exist_ok=True)
     for n, r in enumerate(rows):
@@ -161,8 +166,16 @@ def make_nih(out: Path, limit: int, ratio: float, size: int = 0) -> None:
         stem = Path(r["image"]).stem
         view = r["view"] if r["view"] in ("PA", "AP") else "PA"
         for kind in kinds:
+            if kind == "png8":
+                cv2.imwrite(str(out / kind / f"{stem}.png"), img)
+                continue
             ds = _dicom8(img, view=view, patient=f"NIH{r['patient_id']}")
-            if kind == "jpeg_baseline":
+            if kind == "dicom8":
+                pass
+            elif kind == "dicom16":  # the same picture in 16 bits (x 257: 0..255 -> 0..65535)
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+                ds.PixelData = (img.astype(np.uint16) * 257).tobytes()
+            elif kind == "jpeg_baseline":
                 ds = _jpeg_baseline(ds)
             elif kind == "j2k_lossless":
                 ds.compress(JPEG2000Lossless)
@@ -185,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=486, help="nih: at most this many images")
     ap.add_argument("--ratio", type=float, default=10.0, help="nih: JPEG 2000 lossy compression ratio")
     ap.add_argument("--size", type=int, default=0, help="nih: resample to this many rows first (bicubic; 0: 512 as shared)")
+    ap.add_argument("--kinds", nargs="+", choices=NIH_KINDS, default=list(NIH_KINDS[:3]),
+                    help="nih: the encodings to write (default: the three with a reduced decoding of their own)")
     args = ap.parse_args(argv)
     if Path(__file__).resolve().parents[1] in args.out.resolve().parents:
         print("write the sets outside the repository (e.g. /tmp/cxr-enc): they are never committed", file=sys.stderr)
@@ -192,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.set == "rg1":
         make_rg1(args.out, args.copies)
     else:
-        make_nih(args.out, args.limit, args.ratio, args.size)
+        make_nih(args.out, args.limit, args.ratio, args.size, tuple(args.kinds))
     return 0
 
 

@@ -128,9 +128,10 @@ ResumeOpt = Annotated[
                       "folder that holds an earlier run replaces its results as a whole (and says so)."),
 ]
 FullResolutionOpt = Annotated[
-    bool, typer.Option("--full-resolution", help="Decode every image in full. By default JPEG 2000 and 8-bit JPEG "
+    bool, typer.Option("--full-resolution", help="Work on every image in full. By default JPEG 2000 and 8-bit JPEG "
                                                  "images are decoded at the lowest resolution that still gives the "
-                                                 "models (and heat-map overlays) all the pixels they use.")
+                                                 "models (and heat-map overlays) all the pixels they use, and other "
+                                                 "images are block-averaged down to it after their decode.")
 ]
 ModalityOpt = Annotated[
     str, typer.Option("--modality", help="Modality of the encapsulated PDF (DOC, or OT for viewers that need it).")

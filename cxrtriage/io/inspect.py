@@ -107,6 +107,10 @@ def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> s
 
             image, facts = read_dicom_detailed(pr.path, max_scale=max_scale)
             return f"{facts.reduction} by {facts.decoder}" if image.reduced else facts.reduction
+        if pr.kind is InputKind.RASTER:
+            from cxrtriage.io.raster import read_raster_detailed
+
+            return read_raster_detailed(pr.path, pr.fmt, max_scale=max_scale)[1]
         from cxrtriage.io.read import read_image
 
         image = read_image(pr.path, max_scale=max_scale)
@@ -114,10 +118,8 @@ def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> s
         return f"not readable that way ({exc})"
     if image.reduced:
         (rows, cols), (h, w) = image.shape, image.pixels.shape
-        return f"1/{image.scale}: {w}x{h} decoded of {cols}x{rows} by OpenCV (libjpeg DCT scaling)"
-    if pr.fmt == "jpeg" and pr.samples_per_pixel == 1 and max_scale((pr.rows or 0, pr.columns or 0)) < 2:
-        return "none: the consumers need the full resolution"
-    return "none: only JPEG 2000 and 8-bit greyscale JPEG are decoded at a reduced resolution (full resolution)"
+        return f"1/{image.scale}: {w}x{h} block-averaged after a full decode of {cols}x{rows} by SimpleITK"
+    return "none: the consumers need the full resolution"
 
 
 def _probe_fields(pr: Probe) -> dict[str, Any]:

@@ -16,7 +16,14 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
-from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, decode_jpeg_reduced
+from cxrtriage.io.reduced import (
+    MAX_AREA_SCALE,
+    ReducedDecodeError,
+    ReducedPixels,
+    block_average,
+    decode_jpeg_reduced,
+    scale_for,
+)
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -228,8 +235,15 @@ def read_raster(path: str | Path, fmt: str | None = None, *,
     declares its significant bits). EXIF orientation is applied, as a viewer would.
 
     ``max_scale`` (see `cxrtriage.io.dicom.read_dicom`) lets an 8-bit greyscale JPEG be decoded at 1/2, 1/4 or 1/8
-    (libjpeg DCT scaling); every other file, or a reduced decode that fails, is decoded in full.
+    (libjpeg DCT scaling); every other file, or a reduced decode that fails, is decoded in full and then block
+    averaged (`cxrtriage.io.reduced.block_average`) as far as ``max_scale`` allows.
     """
+    return read_raster_detailed(path, fmt, max_scale=max_scale)[0]
+
+
+def read_raster_detailed(path: str | Path, fmt: str | None = None, *,
+                         max_scale: Callable[[tuple[int, int]], float] | None = None) -> tuple[Image2D, str]:
+    """`read_raster`, and how the pixels were reduced (for ``inspect``): '1/4: 489x461 ... by ...' or why not."""
     p = Path(path)
     notes: list[str] = []
     header: RasterHeader | None = None
@@ -244,9 +258,11 @@ def read_raster(path: str | Path, fmt: str | None = None, *,
     if max_scale is not None and header is not None:
         red = _reduced_jpeg(p, header, max_scale)
         if red is not None:
-            return Image2D(pixels=red.samples.astype(np.float32), value_range=(0.0, 255.0),
-                           source=SourceRef(path=str(p), kind=InputKind.RASTER), notes=(),
-                           full_shape=(header.rows, header.columns), scale=red.scale)
+            h, w = red.samples.shape
+            return (Image2D(pixels=red.samples.astype(np.float32), value_range=(0.0, 255.0),
+                            source=SourceRef(path=str(p), kind=InputKind.RASTER), notes=(),
+                            full_shape=(header.rows, header.columns), scale=red.scale),
+                    f"1/{red.scale}: {w}x{h} decoded of {header.columns}x{header.rows} by {red.decoder}")
     arr = decode_file(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format); "
@@ -279,9 +295,15 @@ def read_raster(path: str | Path, fmt: str | None = None, *,
     else:
         vr = (float(np.min(arr)), float(np.max(arr)))
         notes.append(f"{arr.dtype} samples: value range taken from the data")
-    return Image2D(
-        pixels=np.ascontiguousarray(arr, dtype=np.float32),
-        value_range=vr,
-        source=SourceRef(path=str(p), kind=InputKind.RASTER),
-        notes=tuple(notes),
-    )
+    rows, cols = arr.shape
+    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE) if max_scale is not None else 1
+    if scale > 1:
+        pixels = block_average(arr, scale)
+        how = (f"1/{scale}: {pixels.shape[1]}x{pixels.shape[0]} block-averaged after a full decode of {cols}x{rows} "
+               "by OpenCV")
+    else:
+        pixels = np.ascontiguousarray(arr, dtype=np.float32)
+        how = "none: the consumers need the full resolution" if max_scale is not None else "none (full resolution)"
+    image = Image2D(pixels=pixels, value_range=vr, source=SourceRef(path=str(p), kind=InputKind.RASTER),
+                    notes=tuple(notes), full_shape=(rows, cols) if scale > 1 else None, scale=scale)
+    return image, how

@@ -22,7 +22,8 @@ def read_image(path: str | Path, *, max_scale: MaxScale | None = None) -> Image2
     Returns float32 pixels after the modality LUT in MONOCHROME2 sense, with value range, VOI window,
     pixel spacing and notes saying what was assumed. ``max_scale``, given the full (rows, columns), is the
     largest reduction per side the caller accepts: JPEG 2000 and 8-bit JPEG may then be decoded at a reduced
-    resolution (``Image2D.scale``); see `cxrtriage.io.reduced`.
+    resolution, every other image decoded in full and then block averaged (``Image2D.scale``); see
+    `cxrtriage.io.reduced`.
 
     Raises:
         InputError: unreadable, unrecognised, not a single-frame greyscale image, damaged or absurdly large;
@@ -47,7 +48,7 @@ def read_image(path: str | Path, *, max_scale: MaxScale | None = None) -> Image2
     if sniffed.kind is InputKind.SITK:
         from cxrtriage.io.sitk import read_sitk
 
-        return read_sitk(p, sniffed.fmt)
+        return read_sitk(p, sniffed.fmt, max_scale=max_scale)
     hint = f" ({sniffed.hint})" if sniffed.hint else ""
     raise InputError(f"{p}: not a recognised image file{hint}; expected DICOM, PNG, JPEG, TIFF, NIfTI, MHA or NRRD "
                      "content (the file name does not matter)")

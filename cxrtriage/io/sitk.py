@@ -9,7 +9,7 @@ import shutil
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.limits import MAX_HEADER_BYTES, check_size
+from cxrtriage.io.reduced import MAX_AREA_SCALE, block_average, scale_for
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 _BYTES = {"8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
@@ -147,8 +148,12 @@ def _nifti_problem(p: Path) -> str | None:
     return None
 
 
-def read_sitk(path: str | Path, fmt: str | None = None) -> Image2D:
-    """Read a 2-D image (or a 3-D image with one slice); a true volume or a colour image is an InputError."""
+def read_sitk(path: str | Path, fmt: str | None = None, *,
+              max_scale: Callable[[tuple[int, int]], float] | None = None) -> Image2D:
+    """Read a 2-D image (or a 3-D image with one slice); a true volume or a colour image is an InputError.
+
+    ``max_scale`` (see `cxrtriage.io.read.read_image`): the image, read in full, is then block averaged
+    (`cxrtriage.io.reduced.block_average`) as far as it allows."""
     import SimpleITK as sitk
 
     p = Path(path)
@@ -185,8 +190,12 @@ def read_sitk(path: str | Path, fmt: str | None = None) -> Image2D:
         notes.append("pixel spacing from the image header")
     else:
         notes.append("pixel spacing unknown (header spacing is 1x1 default or invalid)")
-    return Image2D(pixels=np.ascontiguousarray(arr, dtype=np.float32), value_range=vr,
-                   source=SourceRef(path=str(p), kind=InputKind.SITK), pixel_spacing_mm=spacing, notes=tuple(notes))
+    rows, cols = arr.shape
+    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE) if max_scale is not None else 1
+    pixels = block_average(arr, scale) if scale > 1 else np.ascontiguousarray(arr, dtype=np.float32)
+    return Image2D(pixels=pixels, value_range=vr, source=SourceRef(path=str(p), kind=InputKind.SITK),
+                   pixel_spacing_mm=spacing, notes=tuple(notes), full_shape=(rows, cols) if scale > 1 else None,
+                   scale=scale)
 
 
 def _scalar(pixel_type: str) -> str:

@@ -16,7 +16,8 @@ import cxrtriage.io.reduced as reduced
 from cxrtriage.io import assess, read_image
 from cxrtriage.io.dicom import read_dicom, read_dicom_detailed
 from cxrtriage.io.inspect import inspect_file
-from cxrtriage.io.reduced import ReducedDecodeError, decode_j2k_reduced, scale_for
+from cxrtriage.io.raster import read_raster_detailed
+from cxrtriage.io.reduced import ReducedDecodeError, block_average, decode_j2k_reduced, scale_for
 from cxrtriage.types import Image2D, InputKind, SourceRef, reduced_shape
 
 
@@ -90,8 +91,10 @@ def test_a_failing_reduced_path_falls_back_to_full_decoding(tmp_path: Path, monk
     path = _j2k_dicom(tmp_path / "j2k.dcm", _chest())
     monkeypatch.setattr(reduced, "openjpeg_decoder", lambda: None)  # as without libopenjp2
     image, facts = read_dicom_detailed(path, max_scale=lambda shape: 8.0)
-    assert image.scale == 1 and np.array_equal(image.pixels, _chest().astype(np.float32))
+    # decoded in full, then block averaged: still as small as the consumers allow
+    assert image.scale == 8 and np.array_equal(image.pixels, block_average(_chest(), 8))
     assert "reduced decoding failed (the system libopenjp2 is not available)" in facts.reduction
+    assert facts.reduction.startswith("1/8: 33x38 block-averaged after a full decode of 260x300")
     assert facts.decoder.startswith("pydicom")
     with pytest.raises(ReducedDecodeError, match="not a bare JPEG 2000"):
         decode_j2k_reduced(b"\xff\xd8\xff\xe0" + bytes(60), rows=8, columns=8, max_scale=4.0)
@@ -103,7 +106,8 @@ def test_signedness_that_disagrees_with_pixel_representation_is_left_to_the_full
     ds.PixelRepresentation = 1  # the codestream says unsigned
     ds.save_as(tmp_path / "signed.dcm")
     image, facts = read_dicom_detailed(tmp_path / "signed.dcm", max_scale=lambda shape: 4.0)
-    assert image.scale == 1 and "signedness" in facts.reduction
+    assert "signedness" in facts.reduction and "block-averaged after a full decode" in facts.reduction
+    assert image.scale == 4 and facts.decoder.startswith("pydicom")
 
 
 def test_jpeg_baseline_dicom_uses_dct_scaling(tmp_path: Path) -> None:
@@ -124,8 +128,17 @@ def test_grey_jpeg_files_are_reduced_and_colour_ones_decoded_in_full(tmp_path: P
     small = read_image(tmp_path / "grey.jpg", max_scale=lambda shape: 4.0)
     assert small.scale == 4 and small.pixels.shape == (64, 50) and small.shape == (256, 200)
     assert small.source.kind is InputKind.RASTER and small.value_range == (0.0, 255.0)
-    assert read_image(tmp_path / "colour.jpg", max_scale=lambda shape: 4.0).scale == 1
-    assert read_image(tmp_path / "grey.png", max_scale=lambda shape: 4.0).scale == 1
+    _, how = read_raster_detailed(tmp_path / "grey.jpg", max_scale=lambda shape: 4.0)
+    assert how.startswith("1/4: 50x64 decoded of 200x256 by OpenCV") and "DCT scaling 1/4" in how
+    # colour JPEG and PNG: decoded in full, then block averaged
+    for name in ("colour.jpg", "grey.png"):
+        image, how = read_raster_detailed(tmp_path / name, max_scale=lambda shape: 4.0)
+        assert image.scale == 4 and image.pixels.shape == (64, 50)
+        assert how == "1/4: 50x64 block-averaged after a full decode of 200x256 by OpenCV"
+    png = read_image(tmp_path / "grey.png", max_scale=lambda shape: 4.0)
+    assert np.array_equal(png.pixels, block_average(grey, 4)) and png.value_range == (0.0, 255.0)
+    assert read_raster_detailed(tmp_path / "grey.png", max_scale=lambda shape: 1.5)[1] == (
+        "none: the consumers need the full resolution")
     a = assess(tmp_path / "grey.jpg", max_scale=lambda shape: 2.0)
     assert a.image is not None and a.image.scale == 2
 
@@ -147,7 +160,9 @@ def test_inspect_says_which_path_predict_uses(tmp_path: Path) -> None:
     assert report.rows == 300 and report.decoder.startswith("pydicom")  # the full read is reported as before
     plain = tmp_path / "plain.dcm"
     make_cxr_dataset(rows=300, cols=260, pixels=_chest()).save_as(plain, enforce_file_format=True)
-    assert "has no reduced-resolution decoding" in inspect_file(plain, max_scale=lambda shape: 8.0).reduced_decode
+    assert inspect_file(plain, max_scale=lambda shape: 8.0).reduced_decode == (
+        "1/8: 33x38 block-averaged after a full decode of 260x300 (Explicit VR Little Endian has no reduced-resolution "
+        "decoding) by numpy (uncompressed 16-bit little endian)")
     assert inspect_file(path).reduced_decode == ""
 
 
@@ -199,3 +214,74 @@ def test_jpeg2000_reduction_stops_at_one_eighth_and_the_filters_keep_the_mean(tm
         for scale in (2, 4, 8):
             k = reduced.area_kernel(reversible, scale)
             assert k.shape == (reduced.AREA_KERNEL_TAPS,) * 2 and abs(float(k.sum()) - 1.0) < 1e-4
+
+
+def _block_means(a: np.ndarray, scale: int) -> np.ndarray:
+    """The reference: float64 sums of each block (partial ones at the edges) over their pixel counts."""
+    r, c = np.arange(0, a.shape[0], scale), np.arange(0, a.shape[1], scale)
+    sums = np.add.reduceat(np.add.reduceat(a.astype(np.float64), r, axis=0), c, axis=1)
+    return sums / np.outer(np.diff(np.append(r, a.shape[0])), np.diff(np.append(c, a.shape[1])))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
+def test_block_average_is_the_mean_of_each_block_edges_included(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    for shape in ((37, 53), (64, 48), (9, 3), (3, 2), (1, 1)):
+        a = (rng.integers(info.min, int(info.max) + 1, size=shape).astype(dtype) if info is not None
+             else rng.normal(100.0, 30.0, size=shape).astype(dtype))
+        for scale in (1, 2, 4, 8):
+            out = block_average(a, scale)
+            assert out.dtype == np.float32 and out.shape == reduced_shape(shape, scale)
+            # 8-bit means are exact; 16-bit ones are rounded to half a stored unit in the first halving
+            tol = 0.5 if dtype in (np.uint16, np.int16) and scale > 1 else 1e-6 * max(1.0, float(np.abs(a).max()))
+            assert np.abs(out - _block_means(a, scale)).max() <= tol, (shape, scale)
+    with pytest.raises(ValueError, match="power of two"):
+        block_average(np.zeros((8, 8), np.uint8), 3)
+
+
+def test_uncompressed_dicom_is_averaged_before_its_linear_mappings(tmp_path: Path) -> None:
+    # MONOCHROME1 with a rescale: averaging the stored values first is averaging the mapped ones
+    pixels = _chest(301, 257)
+    ds = make_cxr_dataset(rows=301, cols=257, pixels=pixels, photometric="MONOCHROME1")
+    ds.RescaleSlope, ds.RescaleIntercept = 0.5, -100
+    path = tmp_path / "m1.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full, full_facts = read_dicom_detailed(path)
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 5.0)
+    assert full_facts.reduction == "none (full resolution)" and full.scale == 1
+    assert image.scale == 4 and image.shape == (301, 257) and image.pixels.shape == (76, 65)
+    assert facts.reduction.startswith("1/4: 65x76 block-averaged after a full decode of 257x301")
+    assert image.value_range == full.value_range and image.voi == full.voi and image.notes == full.notes
+    # within a quarter of a stored unit (the 16-bit rounding, times the slope)
+    assert np.abs(image.pixels - _block_means(full.pixels, 4)).max() <= 0.25 + 1e-3
+
+
+def test_a_modality_lut_sequence_keeps_the_full_resolution(tmp_path: Path) -> None:
+    pixels = _chest(64, 64, top=255)
+    ds = make_cxr_dataset(rows=64, cols=64, pixels=pixels, bits_stored=8)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    item.add_new(0x00283006, "US", [int(v) for v in (np.arange(256) ** 2 // 64)])  # not linear
+    item.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = pydicom.Sequence([item])
+    path = tmp_path / "lut.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image, facts = read_dicom_detailed(path, max_scale=lambda shape: 4.0)
+    assert image.scale == 1 and image.pixels.shape == (64, 64)
+    assert facts.reduction.endswith("not averaged: a Modality LUT Sequence is not linear")
+
+
+def test_simpleitk_images_are_block_averaged(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    pixels = _chest(130, 98)
+    path = tmp_path / "chest.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(path))
+    full = read_image(path)
+    image = read_image(path, max_scale=lambda shape: 2.0)
+    assert image.source.kind is InputKind.SITK and image.scale == 2 and image.pixels.shape == (65, 49)
+    assert image.shape == full.shape == (130, 98) and image.value_range == full.value_range
+    assert np.abs(image.pixels - _block_means(full.pixels, 2)).max() <= 0.5
+    assert inspect_file(path, max_scale=lambda shape: 2.0).reduced_decode == (
+        "1/2: 49x65 block-averaged after a full decode of 98x130 by SimpleITK")

@@ -26,6 +26,7 @@ from cxrtriage.model import load_classifier
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.predict import run_predict
+from cxrtriage.preprocess import PixelNeeds
 from cxrtriage.results import ImageRecord, Status, read_results
 from cxrtriage.triage import PopulationChoice, PopulationSource, choose_population, load_policy, triage_record
 
@@ -127,7 +128,8 @@ def _expected(model_dir: Path, paths: list[Path]) -> dict[str, float]:
     clf = load_classifier(model_dir, device="cpu")
     est = clf.manifest.population_estimate
     assert est is not None
-    x = np.stack([clf.preprocess(read_image(p)).array for p in paths])
+    needs = PixelNeeds((clf.manifest.preprocessing,))  # read as predict reads by default: reduced as far as it may
+    x = np.stack([clf.preprocess(read_image(p, max_scale=needs)).array for p in paths])
     feats = clf.run(x, features=True).features
     return {p.name: float(v) for p, v in zip(paths, est.probability(feats), strict=True)}
 

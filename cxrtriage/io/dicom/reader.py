@@ -25,7 +25,15 @@ from cxrtriage.io.dicom.spacing import pixel_spacing
 from cxrtriage.io.dicom.transforms import modality_lut, stored_range, to_monochrome2, voi_window
 from cxrtriage.io.dicom.values import get_int, transfer_syntax
 from cxrtriage.io.limits import check_size
-from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, decode_j2k_reduced, decode_jpeg_reduced
+from cxrtriage.io.reduced import (
+    MAX_AREA_SCALE,
+    ReducedDecodeError,
+    ReducedPixels,
+    block_average,
+    decode_j2k_reduced,
+    decode_jpeg_reduced,
+    scale_for,
+)
 from cxrtriage.types import DicomInfo, Image2D, InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -231,6 +239,22 @@ def _reduced(p: Path, ds: Dataset, ts: str, info: DicomInfo, bits_allocated: int
     return red, f"1/{red.scale}: {w}x{h} decoded of {info.columns}x{info.rows}"
 
 
+def _block_averaged(arr: np.ndarray, ds: Dataset, max_scale: MaxScale, why_full: str) -> tuple[np.ndarray, int, str]:
+    """A fully decoded frame reduced by block averaging (`cxrtriage.io.reduced.block_average`) as far as the
+    caller allows: (pixels, scale, how). The stored values are averaged, before the modality LUT: the same as
+    averaging the mapped values when the mapping is linear (rescale slope and intercept, MONOCHROME1), which is why
+    a Modality LUT Sequence (a table: not linear) keeps the full resolution."""
+    rows, cols = arr.shape
+    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE)
+    if scale == 1:
+        return arr, 1, why_full
+    if ds.get("ModalityLUTSequence"):
+        return arr, 1, f"{why_full}; not averaged: a Modality LUT Sequence is not linear"
+    out = block_average(arr, scale)
+    codec = why_full.removeprefix("none: ").removesuffix(" (full resolution)")
+    return out, scale, f"1/{scale}: {out.shape[1]}x{out.shape[0]} block-averaged after a full decode of {cols}x{rows} ({codec})"
+
+
 def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
               notes: list[str], max_scale: MaxScale | None = None) -> tuple[Image2D, DicomReadFacts]:
     info = header.info
@@ -255,6 +279,8 @@ def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
     pixel_rep = get_int(ds, "PixelRepresentation", 0)
     stored, range_notes = stored_range(arr, header.pixel.keyword, bits_stored, pixel_rep)
     notes.extend(range_notes)
+    if red is None and max_scale is not None:
+        arr, scale, reduction = _block_averaged(arr, ds, max_scale, reduction)
     values, (lo, hi), lut_desc, lut_notes = modality_lut(arr, ds, stored, p)
     notes.extend(lut_notes)
     values, mirror, invert_notes = to_monochrome2(values, ds, info.photometric_interpretation, (lo, hi))

@@ -240,6 +240,11 @@ def test_block_average_is_the_mean_of_each_block_edges_included(dtype: type) -> 
         block_average(np.zeros((8, 8), np.uint8), 3)
 
 
+def test_block_average_reads_big_endian_samples_by_value() -> None:
+    a = np.random.default_rng(4).integers(0, 4096, size=(20, 18)).astype(">u2")
+    assert np.abs(block_average(a, 4) - _block_means(a.astype(np.uint16), 4)).max() <= 0.5
+
+
 def test_uncompressed_dicom_is_averaged_before_its_linear_mappings(tmp_path: Path) -> None:
     # MONOCHROME1 with a rescale: averaging the stored values first is averaging the mapped ones
     pixels = _chest(301, 257)

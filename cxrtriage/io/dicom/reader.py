@@ -251,7 +251,7 @@ def _block_averaged(arr: np.ndarray, ds: Dataset, max_scale: MaxScale, why_full:
     if ds.get("ModalityLUTSequence"):
         return arr, 1, f"{why_full}; not averaged: a Modality LUT Sequence is not linear"
     out = block_average(arr, scale)
-    codec = why_full.removeprefix("none: ").removesuffix(" (full resolution)")
+    codec = why_full.removeprefix("none: ").removesuffix(" (full resolution)").removesuffix("; full resolution")
     return out, scale, f"1/{scale}: {out.shape[1]}x{out.shape[0]} block-averaged after a full decode of {cols}x{rows} ({codec})"
 
 

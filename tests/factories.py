@@ -257,3 +257,10 @@ def predict_rows(model: Classifier, folder: Path, out: Path, **options: object) 
     run_predict(PredictConfig(inputs=(folder,), out_dir=out, workers=0, **options), model=model)  # type: ignore[arg-type]
     return {Path(str(r["path"])).name: r for r in read_jsonl(out / "results.jsonl")}
 
+
+def block_means(a: np.ndarray, scale: int) -> np.ndarray:
+    """The reference for reduced images: each pixel the mean of the ``scale`` x ``scale`` block of ``a`` it covers
+    (fewer pixels at the bottom and right edges), in float64."""
+    r, c = np.arange(0, a.shape[0], scale), np.arange(0, a.shape[1], scale)
+    sums = np.add.reduceat(np.add.reduceat(a.astype(np.float64), r, axis=0), c, axis=1)
+    return sums / np.outer(np.diff(np.append(r, a.shape[0])), np.diff(np.append(c, a.shape[1])))

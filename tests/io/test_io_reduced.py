@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from factories import make_cxr_dataset
+from factories import block_means, make_cxr_dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
@@ -217,13 +217,6 @@ def test_jpeg2000_reduction_stops_at_one_eighth_and_the_filters_keep_the_mean(tm
             assert k.shape == (reduced.AREA_KERNEL_TAPS,) * 2 and abs(float(k.sum()) - 1.0) < 1e-4
 
 
-def _block_means(a: np.ndarray, scale: int) -> np.ndarray:
-    """The reference: float64 sums of each block (partial ones at the edges) over their pixel counts."""
-    r, c = np.arange(0, a.shape[0], scale), np.arange(0, a.shape[1], scale)
-    sums = np.add.reduceat(np.add.reduceat(a.astype(np.float64), r, axis=0), c, axis=1)
-    return sums / np.outer(np.diff(np.append(r, a.shape[0])), np.diff(np.append(c, a.shape[1])))
-
-
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
 def test_block_average_is_the_mean_of_each_block_edges_included(dtype: type) -> None:
     rng = np.random.default_rng(3)
@@ -236,14 +229,14 @@ def test_block_average_is_the_mean_of_each_block_edges_included(dtype: type) -> 
             assert out.dtype == np.float32 and out.shape == reduced_shape(shape, scale)
             # 8-bit means are exact; 16-bit ones are rounded to half a stored unit in the first halving
             tol = 0.5 if dtype in (np.uint16, np.int16) and scale > 1 else 1e-6 * max(1.0, float(np.abs(a).max()))
-            assert np.abs(out - _block_means(a, scale)).max() <= tol, (shape, scale)
+            assert np.abs(out - block_means(a, scale)).max() <= tol, (shape, scale)
     with pytest.raises(ValueError, match="power of two"):
         block_average(np.zeros((8, 8), np.uint8), 3)
 
 
 def test_block_average_reads_big_endian_samples_by_value() -> None:
     a = np.random.default_rng(4).integers(0, 4096, size=(20, 18)).astype(">u2")
-    assert np.abs(block_average(a, 4) - _block_means(a.astype(np.uint16), 4)).max() <= 0.5
+    assert np.abs(block_average(a, 4) - block_means(a.astype(np.uint16), 4)).max() <= 0.5
 
 
 def test_uncompressed_dicom_is_averaged_before_its_linear_mappings(tmp_path: Path) -> None:
@@ -260,7 +253,7 @@ def test_uncompressed_dicom_is_averaged_before_its_linear_mappings(tmp_path: Pat
     assert facts.reduction.startswith("1/4: 65x76 block-averaged after a full decode of 257x301")
     assert image.value_range == full.value_range and image.voi == full.voi and image.notes == full.notes
     # within a quarter of a stored unit (the 16-bit rounding, times the slope)
-    assert np.abs(image.pixels - _block_means(full.pixels, 4)).max() <= 0.25 + 1e-3
+    assert np.abs(image.pixels - block_means(full.pixels, 4)).max() <= 0.25 + 1e-3
 
 
 def test_a_modality_lut_sequence_keeps_the_full_resolution(tmp_path: Path) -> None:
@@ -288,6 +281,6 @@ def test_simpleitk_images_are_block_averaged(tmp_path: Path) -> None:
     image = read_image(path, max_scale=lambda shape: 2.0)
     assert image.source.kind is InputKind.SITK and image.scale == 2 and image.pixels.shape == (65, 49)
     assert image.shape == full.shape == (130, 98) and image.value_range == full.value_range
-    assert np.abs(image.pixels - _block_means(full.pixels, 2)).max() <= 0.5
+    assert np.abs(image.pixels - block_means(full.pixels, 2)).max() <= 0.5
     assert inspect_file(path, max_scale=lambda shape: 2.0).reduced_decode == (
         "1/2: 49x65 block-averaged after a full decode of 98x130 by SimpleITK")

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from factories import make_cxr_dataset, make_tiny_classifier, make_tiny_segmenter, read_jsonl
+from factories import block_means, make_cxr_dataset, make_tiny_classifier, make_tiny_segmenter, read_jsonl
 from pydicom.uid import JPEG2000Lossless
 
 from cxrtriage.model import load_classifier
@@ -54,23 +54,13 @@ def test_model_input_of_a_reduced_image_is_planned_on_the_full_geometry() -> Non
     assert np.abs(a.array - b.array).max() < 0.05  # the same picture, from a quarter of the pixels
 
 
-def _block_average(full: np.ndarray, s: int) -> np.ndarray:
-    """What a reduced decoder promises: each pixel the mean of the s x s full pixels it covers (fewer at the far
-    edges)."""
-    h, w = full.shape
-    hh, ww = -(-h // s) * s, -(-w // s) * s
-    total = np.pad(full, ((0, hh - h), (0, ww - w))).reshape(hh // s, s, ww // s, s).sum(axis=(1, 3))
-    count = np.pad(np.ones_like(full), ((0, hh - h), (0, ww - w))).reshape(hh // s, s, ww // s, s).sum(axis=(1, 3))
-    return (total / count).astype(np.float32)
-
-
 @pytest.mark.parametrize("scale", [2, 4])
 def test_a_reduced_image_gives_the_area_average_of_each_input_pixels_footprint(scale: int) -> None:
     # odd sizes: the centre crop starts inside a reduced pixel and the last reduced row/column is partial
     rng = np.random.default_rng(11)
     full = cv2.GaussianBlur(rng.normal(0, 1, (393, 369)).astype(np.float32), (0, 0), 6) * 100
     src = SourceRef("x", InputKind.DICOM)
-    small = Image2D(_block_average(full, scale), (-1e3, 1e3), src, full_shape=full.shape, scale=scale)
+    small = Image2D(block_means(full, scale).astype(np.float32), (-1e3, 1e3), src, full_shape=full.shape, scale=scale)
     recipe = PreprocessRecipe(size=40, geometry=GeometryMode.CENTER_CROP)
     geo = plan_geometry(full.shape, recipe)
     y0, x0, ch, cw = geo.crop

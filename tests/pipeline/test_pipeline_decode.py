@@ -193,3 +193,14 @@ def test_workers_start_with_the_readers_already_imported() -> None:
         pool.close()
     assert "cxrtriage.io.dicom" in decode.WORKER_PRELOAD
     assert got == list(decode.WORKER_PRELOAD)
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="os.nice: POSIX only")
+def test_decode_workers_run_at_a_lower_priority_than_the_main_process() -> None:
+    # onnxruntime's threads in the main process go first; the decoders use what inference leaves
+    pool = DecodePool(1)
+    try:
+        worker = pool.get().submit(os.nice, 0).result(timeout=120)
+    finally:
+        pool.close()
+    assert worker == min(19, os.nice(0) + decode.WORKER_NICENESS)

@@ -35,7 +35,8 @@ WorkersOpt = Annotated[
                  help="Decode processes (0 = one file at a time, in a child forked from the main process: no "
                       "parallel decoding, no __main__ guard needed). Default: half the CPU cores this process may use "
                       "(its affinity: taskset, a container's cpuset), 2 on 2-3 cores, at "
-                      "most 4. In both modes a decoder that crashes (segfault) on a hostile file fails only that file."),
+                      "most 4. Decode processes run at the lowest CPU priority (nice 19), so inference goes first. "
+                      "In both modes a decoder that crashes (segfault) on a hostile file fails only that file."),
 ]
 ThreadsOpt = Annotated[
     int | None,

@@ -202,7 +202,7 @@ def _init_worker(main_pid: int) -> None:
     the decode processes share the cores with onnxruntime's threads in the main process. At equal priority the
     scheduler preempts those threads in the middle of a batch, and each parallel step of the model waits for its
     slowest thread; niced, the decoders run in what inference leaves (the main process waits for their images between
-    batches). Measured side by side (96 RG1 copies per encoding, 3 runs each, medians of 3): uncompressed DICOM 130 ->
+    batches). Measured side by side (96 RG1 copies per encoding, 2-3 runs each, medians of 3): uncompressed DICOM 130 ->
     142 images/s, JPEG baseline 124 -> 132, J2K lossy 74 -> 76, PNG and J2K lossless unchanged, ``--lungs`` 18.0 ->
     18.7. Ctrl-C reaches the whole process group: the main process decides what it means and stops the workers
     itself.

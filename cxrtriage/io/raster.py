@@ -16,14 +16,7 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
-from cxrtriage.io.reduced import (
-    MAX_AREA_SCALE,
-    ReducedDecodeError,
-    ReducedPixels,
-    block_average,
-    decode_jpeg_reduced,
-    scale_for,
-)
+from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, area_scale, block_average, decode_jpeg_reduced
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -296,7 +289,7 @@ def read_raster_detailed(path: str | Path, fmt: str | None = None, *,
         vr = (float(np.min(arr)), float(np.max(arr)))
         notes.append(f"{arr.dtype} samples: value range taken from the data")
     rows, cols = arr.shape
-    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE) if max_scale is not None else 1
+    scale = area_scale((rows, cols), max_scale)
     if scale > 1:
         pixels = block_average(arr, scale)
         how = (f"1/{scale}: {pixels.shape[1]}x{pixels.shape[0]} block-averaged after a full decode of {cols}x{rows} "

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -87,6 +87,12 @@ def scale_for(max_scale: float, limit: int) -> int:
     return int(min(1 << int(math.floor(math.log2(max_scale))), limit))
 
 
+def area_scale(shape: tuple[int, int], max_scale: Callable[[tuple[int, int]], float] | None) -> int:
+    """The power of two `block_average` reduces an image of ``shape`` by, for a caller that accepts ``max_scale``
+    (None: no reduction, 1)."""
+    return scale_for(max_scale(shape), MAX_AREA_SCALE) if max_scale is not None else 1
+
+
 def block_average(arr: np.ndarray, scale: int) -> np.ndarray:
     """``arr`` (2-D) at 1/``scale`` per side (a power of two), float32: each pixel the mean of the ``scale`` x ``scale``
     block it covers, ``ceil(size / scale)`` pixels per side; at the bottom and right edges, the mean of the part of
@@ -114,11 +120,11 @@ def block_average(arr: np.ndarray, scale: int) -> np.ndarray:
         r_idx, c_idx = np.arange(0, rows, scale), np.arange(0, cols, scale)
         r_cnt, c_cnt = np.diff(np.append(r_idx, rows)), np.diff(np.append(c_idx, cols))
         if h < rows:
-            strip = np.add.reduceat(np.add.reduceat(arr[h:].astype(np.float64), [0], axis=0), c_idx, axis=1)
-            out[-1, :] = strip[0] / (r_cnt[-1] * c_cnt)
+            strip = np.add.reduceat(arr[h:].astype(np.float64).sum(axis=0), c_idx)
+            out[-1, :] = strip / (r_cnt[-1] * c_cnt)
         if w < cols:
-            strip = np.add.reduceat(np.add.reduceat(arr[:, w:].astype(np.float64), r_idx, axis=0), [0], axis=1)
-            out[:, -1] = strip[:, 0] / (r_cnt * c_cnt[-1])
+            strip = np.add.reduceat(arr[:, w:].astype(np.float64).sum(axis=1), r_idx)
+            out[:, -1] = strip / (r_cnt * c_cnt[-1])
     return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.limits import MAX_HEADER_BYTES, check_size
-from cxrtriage.io.reduced import MAX_AREA_SCALE, block_average, scale_for
+from cxrtriage.io.reduced import area_scale, block_average
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 _BYTES = {"8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
@@ -191,7 +191,7 @@ def read_sitk(path: str | Path, fmt: str | None = None, *,
     else:
         notes.append("pixel spacing unknown (header spacing is 1x1 default or invalid)")
     rows, cols = arr.shape
-    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE) if max_scale is not None else 1
+    scale = area_scale((rows, cols), max_scale)
     pixels = block_average(arr, scale) if scale > 1 else np.ascontiguousarray(arr, dtype=np.float32)
     return Image2D(pixels=pixels, value_range=vr, source=SourceRef(path=str(p), kind=InputKind.SITK),
                    pixel_spacing_mm=spacing, notes=tuple(notes), full_shape=(rows, cols) if scale > 1 else None,

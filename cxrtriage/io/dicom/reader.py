@@ -26,13 +26,12 @@ from cxrtriage.io.dicom.transforms import modality_lut, stored_range, to_monochr
 from cxrtriage.io.dicom.values import get_int, transfer_syntax
 from cxrtriage.io.limits import check_size
 from cxrtriage.io.reduced import (
-    MAX_AREA_SCALE,
     ReducedDecodeError,
     ReducedPixels,
+    area_scale,
     block_average,
     decode_j2k_reduced,
     decode_jpeg_reduced,
-    scale_for,
 )
 from cxrtriage.types import DicomInfo, Image2D, InputKind, SourceRef
 
@@ -245,7 +244,7 @@ def _block_averaged(arr: np.ndarray, ds: Dataset, max_scale: MaxScale, why_full:
     averaging the mapped values when the mapping is linear (rescale slope and intercept, MONOCHROME1), which is why
     a Modality LUT Sequence (a table: not linear) keeps the full resolution."""
     rows, cols = arr.shape
-    scale = scale_for(max_scale((rows, cols)), MAX_AREA_SCALE)
+    scale = area_scale((rows, cols), max_scale)
     if scale == 1:
         return arr, 1, why_full
     if ds.get("ModalityLUTSequence"):

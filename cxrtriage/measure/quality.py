@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxrtriage.preprocess.stats import percentiles
 from cxrtriage.types import Image2D
 
 if TYPE_CHECKING:  # only for hints: the image checks run in decode workers, which need no model code
@@ -104,10 +105,12 @@ def dynamic_range_fraction(image: Image2D) -> float | None:
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return None
     sample = subsample(image.pixels)
-    sample = sample[np.isfinite(sample)]
+    finite = np.isfinite(sample)
+    if not finite.all():
+        sample = sample[finite]
     if sample.size == 0:
         return 0.0
-    p_lo, p_hi = np.percentile(sample, DYNAMIC_RANGE_PERCENTILES)
+    p_lo, p_hi = percentiles(sample, DYNAMIC_RANGE_PERCENTILES)
     return float(p_hi - p_lo) / (hi - lo)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode, VoiMode
+from cxrtriage.preprocess.stats import percentiles
 from cxrtriage.types import FloatArray, Image2D
 
 
@@ -143,7 +144,7 @@ def _to_unit(region: FloatArray, image: Image2D, recipe: PreprocessRecipe) -> Fl
     if recipe.intensity is IntensityMode.NOMINAL:
         lo, hi = image.value_range
     else:
-        lo, hi = (float(v) for v in np.percentile(region, recipe.percentiles))
+        lo, hi = percentiles(region, recipe.percentiles)
     if hi <= lo:  # a flat image: nothing to scale, keep it mid-grey rather than divide by zero
         return np.full(region.shape, 0.5, dtype=np.float32)
     out = (region - np.float32(lo)) * np.float32(1.0 / (hi - lo))

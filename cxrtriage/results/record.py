@@ -7,7 +7,7 @@ Every results table cxrtriage writes (``results.csv``/``.jsonl``, ``segment.csv`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -111,19 +111,25 @@ class ImageRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.status, Status):
+        self._check(FIELD_NAMES)
+
+    def _check(self, names: Collection[str]) -> None:
+        """Validate and clean the fields ``names`` (at construction: all of them; in `replace`: the changed ones)."""
+        if "status" in names and not isinstance(self.status, Status):
             raise TypeError(f"{self.path}: status must be a Status, got {self.status!r}")
-        if self.priority is not None and not isinstance(self.priority, Priority):
+        if "priority" in names and self.priority is not None and not isinstance(self.priority, Priority):
             raise TypeError(f"{self.path}: priority must be a Priority, got {self.priority!r}")
         # The record boundary: text from data (DICOM values, exception messages) loses its control characters
         # here, once, whatever wrote it; every table, report and message is built from records. ``path`` is
         # kept exactly as given: it must still open the file (the writers escape what UTF-8 cannot hold).
         for name in _TEXT_FIELDS:
+            if name not in names:
+                continue
             value = getattr(self, name)
             cleaned = clean_value(value)
             if cleaned != value:
                 object.__setattr__(self, name, cleaned)
-        if self.extra:
+        if self.extra and "extra" in names:
             extra = {k: clean_value(v) for k, v in self.extra.items()}
             if extra != dict(self.extra):
                 object.__setattr__(self, "extra", extra)
@@ -138,8 +144,19 @@ class ImageRecord:
         return self.study_key or self.path
 
     def replace(self, **changes: Any) -> ImageRecord:
-        """A copy with ``changes`` (field names of this class; an unknown name is a ``TypeError``)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (field names of this class; an unknown name is a ``TypeError``).
+
+        What ``dataclasses.replace`` gives, at a fraction of its cost: only the changed fields are checked and cleaned
+        (the others were at construction). A scored record is replaced ~7 times on its way to the results (model,
+        scores, hooks), and re-checking its ~50 fields each time cost ~0.3 ms of the main process per image."""
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"ImageRecord has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(type(self))
+        for name in FIELD_NAMES:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        new._check(changes.keys())
+        return new
 
     def with_note(self, note: str) -> ImageRecord:
         """A copy whose ``reason`` has ``note`` appended (``; ``-separated)."""
@@ -147,6 +164,7 @@ class ImageRecord:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageRecord))
+_FIELD_SET = frozenset(FIELD_NAMES)
 # Text fields cleaned of control characters at construction: every optional text field (``path`` is not one).
 _TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageRecord)
                                       if f.type in ("str | None", "tuple[str, ...] | None"))

@@ -33,6 +33,18 @@ def test_discover_recursive_sorted_deduplicated_and_skips_hidden(tmp_path: Path,
     assert len(list(discover([tmp_path], include_hidden=True))) == 8
 
 
+def test_the_same_file_by_a_link_or_a_hard_link_is_listed_once_and_dangling_links_each_get_a_row(tmp_path: Path) -> None:
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    (tmp_path / "b.dcm").write_bytes(b"x")  # same bytes, another file: kept
+    os.link(tmp_path / "a.dcm", tmp_path / "c_hard.dcm")
+    (tmp_path / "d_soft.dcm").symlink_to(tmp_path / "a.dcm")
+    (tmp_path / "e_dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "f_dangling").symlink_to(tmp_path / "gone")  # both dangle to one target: one row (same resolved path)
+    (tmp_path / "g_loop").symlink_to(tmp_path / "g_loop")
+    found = [p.name for p in discover([tmp_path])]
+    assert found == ["a.dcm", "b.dcm", "e_dangling", "g_loop"]
+
+
 def test_discover_missing_input_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="input not found: .*nope"):
         list(discover([tmp_path, tmp_path / "nope"]))

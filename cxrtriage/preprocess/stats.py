@@ -30,16 +30,19 @@ def percentiles(values: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
     lo = np.floor(virtual).astype(np.intp)
     hi = np.minimum(lo + 1, n - 1)
     gamma = virtual - lo
-    need_low = int(max((h + 1 for h in hi if h < n // 2), default=0))  # the smallest this many values
-    need_high = int(max((n - lo_ for lo_ in lo if lo_ >= n // 2), default=0))  # the largest this many
+    ranks = sorted({int(i) for i in (*lo, *hi)})
+    low = [i for i in ranks if i < n // 2]  # found among the smallest max(low) + 1 values
+    high = [i for i in ranks if i >= n // 2]  # among the largest n - min(high)
+    need_low = low[-1] + 1 if low else 0
+    need_high = n - high[0] if high else 0
     if max(need_low, need_high) > n // 8:
         return tuple(float(v) for v in np.percentile(flat, q))
     sample = np.sort(flat[::SAMPLE_STEP])
     order: dict[int, np.generic] = {}
-    if need_low:
-        order.update(_low_tail(flat, sample, need_low, [int(i) for i in (*lo, *hi) if i < need_low]))
-    if need_high:
-        order.update(_high_tail(flat, sample, need_high, [int(i) for i in (*lo, *hi) if i >= n - need_high]))
+    if low:
+        order.update(_low_tail(flat, sample, need_low, low))
+    if high:
+        order.update(_high_tail(flat, sample, need_high, high))
     out = []
     for a_i, b_i, g in zip(lo, hi, gamma, strict=True):
         a, b = np.asarray([order[int(a_i)]]), np.asarray([order[int(b_i)]])

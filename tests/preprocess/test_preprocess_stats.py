@@ -50,4 +50,5 @@ def test_fallbacks_nan_small_and_middle_percentiles() -> None:
     small = rng.random(MIN_SIZE - 1)
     assert percentiles(small, Q) == _ref(small, Q)
     big = rng.random(100_000)
-    assert percentiles(big, (25.0, 50.0, 75.0)) == _ref(big, (25.0, 50.0, 75.0))
+    for q in ((25.0, 50.0, 75.0), (0.5, 50.0), (50.0, 99.5), (0.5, 12.0)):
+        assert percentiles(big, q) == _ref(big, q), q

@@ -12,7 +12,8 @@ DICOM, JPEG 2000 lossless and lossy, JPEG baseline, JPEG lossless) it prints:
 - ceiling: cores / (decode CPU s + model CPU s per image), the images/s the usable cores (2 here) could give (decode measured
   with the allocator settings the decode workers run with, `keep_freed_memory`);
 - predict img/s: scored images / wall time of ``run_predict`` (model loaded beforehand, decode workers started by
-  the run), median over rounds; and achieved / ceiling;
+  the run, every file of the set read once just before, so that the page cache holds them), median over rounds; and
+  achieved / ceiling;
 - steady img/s: the same run from its first scored batch to its last, i.e. without the run's fixed start (workers
   forked, their first decodes, ~0.2-0.3 s), which a 96-file set does not amortise and an archive run does; and
   steady / ceiling;
@@ -38,6 +39,8 @@ Usage (not a test; runnable by anyone):
     git archive <base-commit> | tar -x -C /tmp/cxr-base
     python benchmarks/bench_decode.py --set /tmp/cxr-enc/rg1 --baseline /tmp/cxr-base [--rounds 3] [--json out.json]
     taskset -c 0,1 python benchmarks/bench_decode.py --set /tmp/cxr-enc/rg1 --device cuda   # on a GPU machine
+    # an archive-sized run: only `predict` against its ceiling, the columns measured on 96 files of each set
+    python benchmarks/bench_decode.py --set /tmp/cxr-enc/rg1x480 --no-xrv --cost-files 96 --rounds 2
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def _child(mode: str, repo: Path, folder: Path, workers: int, batch: int, helper
     return out
 
 
-def _serial_costs(folder: Path, batch: int, device: str = "cpu") -> dict[str, float]:
+def _serial_costs(folder: Path, batch: int, device: str = "cpu", limit: int = 0) -> dict[str, float]:
     """Median CPU ms/image of the io layer (full and reduced) and of the model, in this process.
 
     On a GPU (``device`` other than "cpu") ``model_ms`` is wall ms per image (the GPU's time) and ``model_cpu_ms``
@@ -282,7 +285,7 @@ def _serial_costs(folder: Path, batch: int, device: str = "cpu") -> dict[str, fl
     model = load_classifier(None, device=device, strict_device=device != "cpu", spinning=False)
     recipe = model.manifest.preprocessing
     needs = PixelNeeds((recipe,))
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.is_file())[: limit or None]
     full: list[float] = []
     reduced: list[float] = []
     prep: list[float] = []
@@ -324,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated encodings to run (default: all)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime's CUDA execution provider, strict)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-xrv", action="store_true", help="skip torchxrayvision's reading (e.g. on a large set)")
+    ap.add_argument("--cost-files", type=int, default=0,
+                    help="measure the decode and model columns on this many files of each set (default: all)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from cxrtriage.pipeline.config import auto_workers, usable_cpus
@@ -333,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     helper = Path(os.environ.get("TMPDIR", "/tmp")) / f"cxrtriage-bench-{os.getpid()}"
     helper.mkdir(parents=True, exist_ok=True)
     (helper / "xrv_reader.py").write_text(XRV_READER)
-    modes = ["now", "xrv"] + (["base"] if args.baseline else [])
-    costs = {key: _serial_costs(args.set / key, args.batch_size, args.device) for key, _ in wanted}
+    modes = ["now"] + ([] if args.no_xrv else ["xrv"]) + (["base"] if args.baseline else [])
+    costs = {key: _serial_costs(args.set / key, args.batch_size, args.device, args.cost_files) for key, _ in wanted}
     cores = usable_cpus()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {key: {m: [] for m in modes} for key, _ in wanted}
     for r in range(args.rounds):
@@ -359,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                "ratio": statistics.median(v / ceiling for v in per["now"]),
                "steady": statistics.median(x["steady"] for x in runs[key]["now"]),
                "cpu_ms_per_image": 1000 * statistics.median(x["cpu"] / x["n"] for x in runs[key]["now"]),
-               "xrv": statistics.median(per["xrv"]),
-               "vs_xrv": statistics.median(a / b for a, b in zip(per["now"], per["xrv"], strict=True)),
                "others_max": max(x["others"] for m in modes for x in runs[key][m])}
+        if "xrv" in per:
+            row["xrv"] = statistics.median(per["xrv"])
+            row["vs_xrv"] = statistics.median(a / b for a, b in zip(per["now"], per["xrv"], strict=True))
         if "base" in per:
             row["today"] = statistics.median(per["base"])
             row["vs_today"] = statistics.median(a / b for a, b in zip(per["now"], per["base"], strict=True))
@@ -375,10 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     print(head)
     for row in rows:
         today = f"{row['today']:7.1f} {row['vs_today']:7.1f}x" if "today" in row else f"{'-':>7s} {'-':>8s}"
+        xrv = f"{row['xrv']:6.1f} {row['vs_xrv']:5.1f}x" if "xrv" in row else f"{'-':>6s} {'-':>6s}"
         print(f"{row['encoding']:26s} {row['full_ms']:11.1f} {row['reduced_ms']:8.1f} {row['model_ms']:6.1f} "
               f"{row['ceiling']:8.1f} {row['predict']:8.1f} {row['ratio']:6.2f} {row['steady']:7.1f} "
               f"{row['steady'] / row['ceiling']:6.2f} {row['cpu_ms_per_image']:8.1f} "
-              f"{today} {row['xrv']:6.1f} {row['vs_xrv']:5.1f}x {100 * row['others_max']:6.0f}%")
+              f"{today} {xrv} {100 * row['others_max']:6.0f}%")
     if args.json:
         args.json.write_text(json.dumps({"workers": workers, "cores": cores, "device": args.device, "rows": rows,
                                          "runs": runs}, indent=1))

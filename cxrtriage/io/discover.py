@@ -121,8 +121,8 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
 def _file_key(path: Path) -> tuple[int, int] | Path:
     """What makes two paths the same file: its (device, inode), which one ``stat`` gives (a link is followed; two
     hard links of one file are the same file); the resolved path for what cannot be read that way (a link that
-    dangles or loops, an unreadable entry). Why not always the resolved path: it costs a ``lstat`` per path component,
-    ~0.15 ms per file of the main process on a scored run (`cxrtriage.pipeline` discovers while it scores)."""
+    dangles or loops, an unreadable entry). Why not always the resolved path: it costs a ``lstat`` per path component
+    (~20 µs a file here, against ~2 µs for the ``stat``), in the main process, which discovers while it scores."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):

@@ -23,7 +23,7 @@ def percentiles(values: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
     Arrays with a NaN, small arrays and percentiles away from both tails (median-like) go to ``np.percentile``."""
     flat = np.ravel(values)
     n = flat.size
-    if n < MIN_SIZE or flat.dtype.kind not in "fiu" or (flat.dtype.kind == "f" and np.isnan(flat.sum())):
+    if n < MIN_SIZE or flat.dtype.kind not in "fiu" or (flat.dtype.kind == "f" and _has_nan(flat)):
         return tuple(float(v) for v in np.percentile(flat, q))
     # numpy's "linear" method: virtual index (n - 1) * q / 100, between order statistics lo and lo + 1
     virtual = (n - 1) * (np.asarray(q, dtype=np.float64) / 100.0)
@@ -48,6 +48,13 @@ def percentiles(values: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
         a, b = np.asarray([order[int(a_i)]]), np.asarray([order[int(b_i)]])
         out.append(float(_lerp(a, b, np.asarray([g]))[0]))
     return tuple(out)
+
+
+def _has_nan(flat: np.ndarray) -> bool:
+    # one pass without a temporary mask: the sum is NaN when a value is NaN (or when +inf meets -inf, where
+    # np.percentile's interpolation gives NaN as well, so the fallback is right there too)
+    with np.errstate(all="ignore"):
+        return bool(np.isnan(flat.sum()))
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,17 @@ def test_fallbacks_nan_small_and_middle_percentiles() -> None:
     a = rng.random((300, 300)).astype(np.float32)
     a[5, 5] = np.nan
     assert np.isnan(percentiles(a, Q)).all()  # as np.percentile: NaN in, NaN out
+    for lows in (0, 300, 900):  # +inf at the top; then -inf too, fewer and more than the 0.5 % tail
+        inf = rng.random((300, 300)).astype(np.float32)
+        inf.ravel()[:100] = np.inf
+        inf.ravel()[100 : 100 + lows] = -np.inf
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = percentiles(inf, Q)
+        assert not [w for w in caught if w.filename.endswith("stats.py")]  # none of ours (+inf meeting -inf in a sum)
+        with np.errstate(invalid="ignore"):  # numpy's own warning for -inf - -inf
+            want = _ref(inf, Q)
+        np.testing.assert_array_equal(got, want)  # NaN where np.percentile gives NaN
     small = rng.random(MIN_SIZE - 1)
     assert percentiles(small, Q) == _ref(small, Q)
     big = rng.random(100_000)

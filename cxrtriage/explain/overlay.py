@@ -27,6 +27,7 @@ from cxrtriage.explain.gating import SHORTCUT_MARK
 from cxrtriage.explain.registry import METHODS
 from cxrtriage.files import atomic_write, fit_name, safe_name
 from cxrtriage.model.manifest import ModelManifest
+from cxrtriage.preprocess.stats import percentiles as pixel_percentiles
 from cxrtriage.types import FloatArray, Image2D
 
 BoolArray = NDArray[np.bool_]
@@ -91,7 +92,7 @@ def overlay_text(manifest: ModelManifest, heatmap: Heatmap, *, operating_point: 
 
 def display_grey(pixels: FloatArray, percentiles: tuple[float, float] = (0.5, 99.5)) -> FloatArray:
     """Radiograph pixels (MONOCHROME2 sense) windowed to [0, 1] between two percentiles."""
-    lo, hi = (float(v) for v in np.percentile(pixels, percentiles))
+    lo, hi = pixel_percentiles(pixels, percentiles)
     if hi <= lo:
         return np.full(pixels.shape, 0.5, np.float32)
     scaled: FloatArray = np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)

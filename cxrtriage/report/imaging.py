@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.raster import decode_file
+from cxrtriage.preprocess.stats import percentiles
 from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def display_image(image: Image2D) -> U8:
 
 def _to_u8(values: NDArray[np.float32], window: tuple[float, float] | None) -> U8:
     if window is None:
-        lo, hi = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+        lo, hi = percentiles(values, (0.5, 99.5))
     else:
         lo, hi = window
     if hi <= lo:

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=None, help="a checkout of the code to compare with (today's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: predict's own choice)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32, help="images per inference batch (predict's default: 32)")
     ap.add_argument("--only", default="", help="comma-separated encodings to run (default: all)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime's CUDA execution provider, strict)")
     ap.add_argument("--json", type=Path, default=None)

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", required=True, type=Path, help="folder (or file) of images to score")
     ap.add_argument("--limit", type=int, default=160, help="use the first N files found (default 160)")
     ap.add_argument("--model", default=None, help="model name or path (default: cxr-classifier)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32, help="images per inference batch (predict's default: 32)")
     ap.add_argument("--workers", type=_int_list, default=[1, 2], help="decode process counts to try, e.g. 1,2")
     ap.add_argument("--threads", type=_int_list, default=[0],
                     help="onnxruntime intra-op thread counts to try (0 = onnxruntime default), e.g. 1,2")

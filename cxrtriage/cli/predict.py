@@ -147,7 +147,7 @@ def predict_cmd(
         typer.Option("--model", "-m", help="Model name in the models folder, or path to an .onnx file or its manifest. "
                                            "Default: cxr-classifier."),
     ] = None,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = 32,  # cxrtriage.pipeline.config.PREDICT_BATCH_SIZE (not imported: --help stays fast)
     device: DeviceOpt = "auto",
     strict_device: StrictOpt = False,
     workers: WorkersOpt = None,

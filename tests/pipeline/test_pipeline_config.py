@@ -13,3 +13,14 @@ def test_auto_workers_follows_the_cpus_this_process_may_use(monkeypatch: pytest.
                                                            workers: int) -> None:
     monkeypatch.setattr(config, "usable_cpus", lambda: cpus)
     assert auto_workers() == workers
+
+
+def test_the_command_line_and_the_library_batch_the_same_by_default() -> None:
+    import inspect
+    from pathlib import Path
+
+    from cxrtriage.cli.predict import predict_cmd
+    from cxrtriage.pipeline.config import PREDICT_BATCH_SIZE, PredictConfig
+
+    assert inspect.signature(predict_cmd).parameters["batch_size"].default == PREDICT_BATCH_SIZE
+    assert PredictConfig(inputs=(Path("x"),), out_dir=Path("o")).batch_size == PREDICT_BATCH_SIZE

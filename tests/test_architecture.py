@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
 )
 PIPELINE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("cxrtriage.pipeline", "cxrtriage.pipeline.hooks"),  # the package modules import nothing
-    ("cxrtriage.pipeline.config",),
+    ("cxrtriage.pipeline.config", "cxrtriage.pipeline.startup"),  # startup: the forkserver, started early by the CLI
     ("cxrtriage.pipeline.decode", "cxrtriage.pipeline.engine", "cxrtriage.pipeline.artefacts",
      "cxrtriage.pipeline.journal"),
     ("cxrtriage.pipeline.hooks.base",),

@@ -183,6 +183,13 @@ def predict_cmd(
     Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 options, 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C, 143 SIGTERM.
     """  # noqa: E501
     from cxrtriage.cli.render import console, err_console, exit_on_error, print_error, print_warning
+
+    if ray is None and workers != 0:
+        from cxrtriage.pipeline.startup import prestart
+
+        # The decode workers' forkserver imports the decoders while this process imports the pipeline, the model and
+        # onnxruntime (~1 s of imports between them, side by side on two cores instead of one after the other)
+        prestart(1)
     from cxrtriage.pipeline.config import PredictConfig
     from cxrtriage.pipeline.predict import run_predict
 

@@ -3,6 +3,7 @@
 Modules import one way, bottom to top:
 
 - ``config``: every option of a run (``PredictConfig``, ``SegmentConfig``) and machine-derived defaults;
+  ``startup``: the decode workers' forkserver, which the command line starts before it imports the rest;
 - ``decode``: probe, select, read and preprocess files in worker processes, in input order;
   ``engine``: the batching loop that turns decoded items into records, in order, crash-safe;
   ``artefacts``: the lung mask files both pipelines write;

@@ -38,6 +38,7 @@ import cv2
 from cxrtriage.errors import ConfigError, CxrTriageError
 from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, study_key
 from cxrtriage.measure.quality import QualityCheck, image_checks
+from cxrtriage.pipeline.startup import worker_context as _context
 from cxrtriage.preprocess import ModelInput, PixelNeeds, PreprocessRecipe, to_model_input
 from cxrtriage.results import SOURCE_COLUMNS, ImageRecord, Status
 from cxrtriage.types import Image2D
@@ -153,28 +154,6 @@ def unreturned(task: DecodeTask, exc: BaseException) -> Decoded:
     reason = (f"{task.path}: the decode worker could not return a result for this file ({type(exc).__name__}: "
               f"{str(exc)[:200]}); please report this file")
     return Decoded(task.index, ImageRecord(path=task.path, status=Status.FAILED, reason=reason))
-
-
-# Imported by the forkserver before it forks any worker. Why: the readers import their decoders on first use
-# (cxrtriage.io.dicom brings pydicom's pixel plugins, GDCM, CharLS, Pillow: ~230 modules); done in each worker, that
-# cost every run ~0.2-0.35 s of CPU per worker before its first image (first scored batch of 96 uncompressed DICOMs
-# at ~0.40 s instead of ~0.15 s). In the forkserver it is paid once, beside the model's loading (`prestart`).
-WORKER_PRELOAD = (__name__, "cxrtriage.io.dicom", "cxrtriage.io.reduced", "cxrtriage.io.raster")
-
-
-def _context() -> BaseContext:
-    """forkserver on POSIX (workers never inherit onnxruntime's threads), spawn elsewhere."""
-    if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(list(WORKER_PRELOAD))
-        return ctx
-    return mp.get_context("spawn")
-
-
-def prestart(workers: int) -> None:
-    """Start the process that forks the decode workers now, so that its imports overlap with model loading."""
-    if workers > 0 and _context().get_start_method() == "forkserver":
-        forkserver.ensure_running()
 
 
 class WorkerStartError(ConfigError):

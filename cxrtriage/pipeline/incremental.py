@@ -30,7 +30,7 @@ import numpy as np
 from cxrtriage.errors import ConfigError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
-from cxrtriage.pipeline.decode import DecodePool, DecodeTask, decode_stream, prestart
+from cxrtriage.pipeline.decode import DecodePool, DecodeTask, decode_stream
 from cxrtriage.pipeline.engine import score_in_batches, selection_rules, with_model
 from cxrtriage.pipeline.hooks.base import PredictSummary, RunContext
 from cxrtriage.pipeline.hooks.triage import TriageHook
@@ -38,6 +38,7 @@ from cxrtriage.pipeline.journal import JOURNAL_NAME, FileIdentity, Journal, Jour
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import run_batch_reports
 from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
+from cxrtriage.pipeline.startup import prestart
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,

@@ -37,7 +37,6 @@ from cxrtriage.pipeline.decode import (
     WorkerStartError,
     decode_stream,
     importing_main_in_worker,
-    prestart,
 )
 from cxrtriage.pipeline.engine import (
     Finished,
@@ -55,6 +54,7 @@ from cxrtriage.pipeline.journal import JOURNAL_NAME, Journal, JournalEntry, Resu
 from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
 from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
+from cxrtriage.pipeline.startup import prestart
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,

@@ -13,7 +13,7 @@ from cxrtriage.model import Segmenter, load_segmenter
 from cxrtriage.outdir import lock_output
 from cxrtriage.pipeline.artefacts import MASKS_DIR, save_mask
 from cxrtriage.pipeline.config import SegmentConfig, auto_workers, in_flight_window
-from cxrtriage.pipeline.decode import Decoded, DecodeTask, decode_stream, prestart
+from cxrtriage.pipeline.decode import Decoded, DecodeTask, decode_stream
 from cxrtriage.pipeline.engine import (
     ProgressCounter,
     ProgressUpdate,
@@ -23,6 +23,7 @@ from cxrtriage.pipeline.engine import (
     with_model,
     write_in_batches,
 )
+from cxrtriage.pipeline.startup import prestart
 from cxrtriage.results import ImageRecord, ResultsWriter, Status, segment_columns
 from cxrtriage.types import InputKind, SourceRef
 

@@ -147,3 +147,24 @@ def test_inputs_are_not_modified(folder: Path, model: Path, tmp_path: Path) -> N
     assert _invoke("predict", str(folder), "-o", str(tmp_path / "out"), "-m", str(model), "-w", "0")[0] == 0
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_predict_starts_the_decode_forkserver_before_it_imports_the_pipeline(tmp_path: Path) -> None:
+    """The forkserver's imports run beside the command's own (pipeline, model, onnxruntime), not after them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cxrtriage.pipeline.startup as s\n"
+        "seen = []\n"
+        "s.prestart = lambda w: seen.append(('cxrtriage.pipeline.predict' in sys.modules, 'onnxruntime' in sys.modules))\n"
+        "from cxrtriage.cli.app import app\n"
+        "try:\n"
+        f"    app(['predict', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('SEEN', seen)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert "SEEN [(False, False)]" in out.stdout, out.stdout + out.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from factories import write_dicom
 
-from cxrtriage.pipeline import decode
+from cxrtriage.pipeline import decode, startup
 from cxrtriage.pipeline.decode import Decoded, DecodePool, DecodeTask, WorkerStartError, decode_stream, examine
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.results import ImageRecord, Status
@@ -185,14 +185,14 @@ def test_without_workers_a_child_killed_while_idle_is_replaced_and_an_abandoned_
 def test_workers_start_with_the_readers_already_imported() -> None:
     # the forkserver imports them once; a worker that imported them itself paid ~0.2-0.35 s before its first image.
     # The question is asked with a builtin (eval), so that unpickling the task imports nothing into the worker.
-    ask = f"[m for m in {decode.WORKER_PRELOAD!r} if m in __import__('sys').modules]"
+    ask = f"[m for m in {startup.WORKER_PRELOAD!r} if m in __import__('sys').modules]"
     pool = DecodePool(1)
     try:
         got = pool.get().submit(eval, ask).result(timeout=120)  # the worker's first task: it has read no file
     finally:
         pool.close()
-    assert "cxrtriage.io.dicom" in decode.WORKER_PRELOAD
-    assert got == list(decode.WORKER_PRELOAD)
+    assert "cxrtriage.io.dicom" in startup.WORKER_PRELOAD
+    assert got == list(startup.WORKER_PRELOAD)
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="os.nice: POSIX only")

@@ -117,8 +117,9 @@ def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> s
     except InputError as exc:
         return f"not readable that way ({exc})"
     if image.reduced:
-        (rows, cols), (h, w) = image.shape, image.pixels.shape
-        return f"1/{image.scale}: {w}x{h} block-averaged after a full decode of {cols}x{rows} by SimpleITK"
+        from cxrtriage.io.reduced import averaged_text
+
+        return averaged_text(image.scale, image.pixels.shape, image.shape, "by SimpleITK")
     return "none: the consumers need the full resolution"
 
 

@@ -16,7 +16,14 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
-from cxrtriage.io.reduced import ReducedDecodeError, ReducedPixels, area_scale, block_average, decode_jpeg_reduced
+from cxrtriage.io.reduced import (
+    ReducedDecodeError,
+    ReducedPixels,
+    area_scale,
+    averaged_text,
+    block_average,
+    decode_jpeg_reduced,
+)
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
 log = logging.getLogger(__name__)
@@ -292,8 +299,7 @@ def read_raster_detailed(path: str | Path, fmt: str | None = None, *,
     scale = area_scale((rows, cols), max_scale)
     if scale > 1:
         pixels = block_average(arr, scale)
-        how = (f"1/{scale}: {pixels.shape[1]}x{pixels.shape[0]} block-averaged after a full decode of {cols}x{rows} "
-               "by OpenCV")
+        how = averaged_text(scale, pixels.shape, (rows, cols), "by OpenCV")
     else:
         pixels = np.ascontiguousarray(arr, dtype=np.float32)
         how = "none: the consumers need the full resolution" if max_scale is not None else "none (full resolution)"

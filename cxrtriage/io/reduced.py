@@ -128,6 +128,13 @@ def block_average(arr: np.ndarray, scale: int) -> np.ndarray:
     return out
 
 
+def averaged_text(scale: int, reduced: tuple[int, ...], full: tuple[int, ...], how: str) -> str:
+    """How an image was block averaged, for ``inspect``: '1/4: 489x461 block-averaged after a full decode of 1955x1841
+    ``how``' (shapes as (rows, columns))."""
+    (h, w), (rows, cols) = reduced, full
+    return f"1/{scale}: {w}x{h} block-averaged after a full decode of {cols}x{rows} {how}"
+
+
 def _halvings(arr: np.ndarray, scale: int) -> np.ndarray:
     """Block means of ``arr`` (each side a multiple of ``scale``) by repeated 2 x 2 area averaging."""
     def half(x: np.ndarray) -> np.ndarray:

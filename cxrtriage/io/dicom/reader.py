@@ -29,6 +29,7 @@ from cxrtriage.io.reduced import (
     ReducedDecodeError,
     ReducedPixels,
     area_scale,
+    averaged_text,
     block_average,
     decode_j2k_reduced,
     decode_jpeg_reduced,
@@ -251,7 +252,7 @@ def _block_averaged(arr: np.ndarray, ds: Dataset, max_scale: MaxScale, why_full:
         return arr, 1, f"{why_full}; not averaged: a Modality LUT Sequence is not linear"
     out = block_average(arr, scale)
     codec = why_full.removeprefix("none: ").removesuffix(" (full resolution)").removesuffix("; full resolution")
-    return out, scale, f"1/{scale}: {out.shape[1]}x{out.shape[0]} block-averaged after a full decode of {cols}x{rows} ({codec})"
+    return out, scale, averaged_text(scale, out.shape, (rows, cols), f"({codec})")
 
 
 def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,

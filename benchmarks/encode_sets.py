@@ -17,6 +17,7 @@ Two sets:
 Usage (not a test):
 
     python benchmarks/encode_sets.py rg1 --out /tmp/cxr-enc/rg1 [--copies 24]
+    python benchmarks/encode_sets.py rg1 --from /tmp/seeds --out /tmp/cxr-enc/rg1 --copies 96   # no shared data
     python benchmarks/encode_sets.py nih --out /tmp/cxr-enc/nih [--limit 486] [--ratio 10]
 """
 
@@ -144,6 +145,29 @@ def make_rg1(out: Path, copies: int) -> None:
     print(f"{copies} copies of RG1 in {', '.join(folders)} under {out}")
 
 
+def copy_rg1(src: Path, out: Path, copies: int) -> None:
+    """``copies`` files per encoding from the first file of each encoding in ``src`` (an rg1 set made here), new
+    UIDs per DICOM copy: the set on a machine that has the project but not the shared data (e.g. a lent GPU)."""
+    done = []
+    for key in ("png8", "dicom16", "j2k_lossless", "j2k_lossy", "jpeg_baseline", "jpeg_lossless"):
+        seeds = sorted((src / key).glob("*.*")) if (src / key).is_dir() else []
+        if not seeds:
+            continue
+        (out / key).mkdir(parents=True, exist_ok=True)
+        for i in range(copies):
+            dst = out / key / f"rg1_{i:03d}{seeds[0].suffix}"
+            if seeds[0].suffix != ".dcm":
+                shutil.copyfile(seeds[0], dst)  # a copy of its own (not a link: discovery counts a file once)
+                continue
+            ds = pydicom.dcmread(seeds[0])
+            _new_uids(ds)
+            ds.save_as(dst, enforce_file_format=True)
+        done.append(key)
+    if not done:
+        raise SystemExit(f"no encoding folders (png8, dicom16, ...) with files under {src}")
+    print(f"{copies} copies of {src}'s first file in {', '.join(done)} under {out}")
+
+
 def _save_tmp(ds: Dataset, out: Path) -> Path:
     path = out / "_base8.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -195,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("set", choices=("rg1", "nih"))
     ap.add_argument("--out", type=Path, required=True, help="output folder (outside the repository, e.g. /tmp/...)")
     ap.add_argument("--copies", type=int, default=24, help="rg1: files per encoding")
+    ap.add_argument("--from", dest="from_set", type=Path, default=None,
+                    help="rg1: copy the first file of each encoding of this rg1 set (no shared data needed)")
     ap.add_argument("--limit", type=int, default=486, help="nih: at most this many images")
     ap.add_argument("--ratio", type=float, default=10.0, help="nih: JPEG 2000 lossy compression ratio")
     ap.add_argument("--size", type=int, default=0, help="nih: resample to this many rows first (bicubic; 0: 512 as shared)")
@@ -204,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if Path(__file__).resolve().parents[1] in args.out.resolve().parents:
         print("write the sets outside the repository (e.g. /tmp/cxr-enc): they are never committed", file=sys.stderr)
         return 2
-    if args.set == "rg1":
+    if args.set == "rg1" and args.from_set is not None:
+        copy_rg1(args.from_set, args.out, args.copies)
+    elif args.set == "rg1":
         make_rg1(args.out, args.copies)
     else:
         make_nih(args.out, args.limit, args.ratio, args.size, tuple(args.kinds))

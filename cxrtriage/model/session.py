@@ -120,6 +120,18 @@ def _info(arg: object) -> TensorInfo:
     return TensorInfo(name=str(getattr(arg, "name", "")), shape=shape, type=str(getattr(arg, "type", "")))
 
 
+# Options per execution provider. cuDNN's EXHAUSTIVE convolution search (ORT's default) runs again for every new
+# input shape, and a predict run meets two (full batches, the last partial one): on an H100 the classifier's
+# first batch of 32 after a warm-up took 431 ms (EXHAUSTIVE) vs 292 ms (HEURISTIC) and the next shape 134 vs 27 ms,
+# while steady batches ran the same (1.40 vs 1.45 ms; DEFAULT: 3.19 ms). benchmarks/bench_gpu_session.py measures it.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}
+
+
+def with_provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` as InferenceSession takes them, each with its options from PROVIDER_OPTIONS."""
+    return [(p, dict(PROVIDER_OPTIONS[p])) if p in PROVIDER_OPTIONS else p for p in providers]
+
+
 class OrtSession:
     """A loaded ONNX graph on one device. ``run`` is thread-safe (as ``InferenceSession.run`` is)."""
 
@@ -150,7 +162,7 @@ class OrtSession:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=with_provider_options(providers))
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ModelError(
                 f"{path}: onnxruntime could not load this model ({type(exc).__name__}: {str(exc).strip()[:300]}); "

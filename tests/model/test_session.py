@@ -9,7 +9,16 @@ import pytest
 from factories import make_tiny_classifier
 
 from cxrtriage.errors import ConfigError, ModelError
-from cxrtriage.model.session import Device, available_devices, create_session, parse_device, resolve_providers
+from cxrtriage.model.session import (
+    PROVIDER_OPTIONS,
+    Device,
+    OrtSession,
+    available_devices,
+    create_session,
+    parse_device,
+    resolve_providers,
+    with_provider_options,
+)
 
 
 def test_cpu_is_always_available() -> None:
@@ -95,3 +104,29 @@ def test_spinning_off_session_runs(tmp_path: Path) -> None:
     assert sess.spinning is False
     (logits,) = sess.run(["logits"], {"image": np.zeros((2, 1, 16, 16), np.float32)})
     assert logits.shape == (2, 3)
+
+
+def test_cuda_gets_heuristic_convolution_search_and_other_providers_their_names() -> None:
+    chain = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    out = with_provider_options(chain)
+    assert out == ["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                   "CPUExecutionProvider"]
+    out[1][1]["cudnn_conv_algo_search"] = "EXHAUSTIVE"  # type: ignore[index]  # a copy: the table is not touched
+    assert PROVIDER_OPTIONS["CUDAExecutionProvider"]["cudnn_conv_algo_search"] == "HEURISTIC"
+
+
+def test_session_hands_the_provider_options_to_onnxruntime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    seen: list[object] = []
+    real = ort.InferenceSession
+
+    def recording(path: str, sess_options: object = None, providers: list[object] | None = None) -> object:
+        seen.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    make_tiny_classifier(tmp_path / "m")
+    OrtSession(tmp_path / "m" / "model.onnx", device=Device.CUDA, providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+               intra_op_threads=1)
+    assert seen == [[("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]]

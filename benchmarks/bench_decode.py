@@ -253,8 +253,10 @@ def _child(mode: str, repo: Path, folder: Path, workers: int, batch: int, helper
            device: str = "cpu") -> dict[str, Any]:
     # The decode workers import the package the way their forkserver finds it: from the working folder and
     # PYTHONPATH. Both point at ``repo``, so that the workers run the code that is measured (an installed
-    # cxrtriage elsewhere is never picked up).
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), str(helper_dir)]))
+    # cxrtriage elsewhere is never picked up). A PYTHONPATH already set (e.g. packages carried to a GPU machine)
+    # stays behind them.
+    paths = [str(repo), str(helper_dir)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     res = subprocess.run([sys.executable, "-c", CHILD, mode, str(repo), str(folder), str(workers), str(batch), device],
                          capture_output=True, text=True, env=env, timeout=1800, start_new_session=True, check=False,
                          cwd=repo)

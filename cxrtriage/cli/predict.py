@@ -35,7 +35,9 @@ WorkersOpt = Annotated[
                  help="Decode processes (0 = one file at a time, in a child forked from the main process: no "
                       "parallel decoding, no __main__ guard needed). Default: half the CPU cores this process may use "
                       "(its affinity: taskset, a container's cpuset), 2 on 2-3 cores, at "
-                      "most 4. Decode processes run at the lowest CPU priority (nice 19), so inference goes first. "
+                      "most 4. With the model on a GPU the cores only decode: raise it on a many-core GPU machine "
+                      "(4 left 12 of 16 cores idle on one: docs/speed.md). Decode processes run at the lowest "
+                      "CPU priority (nice 19), so inference goes first. "
                       "In both modes a decoder that crashes (segfault) on a hostile file fails only that file."),
 ]
 ThreadsOpt = Annotated[

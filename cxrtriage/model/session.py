@@ -121,9 +121,9 @@ def _info(arg: object) -> TensorInfo:
 
 
 # Options per execution provider. cuDNN's EXHAUSTIVE convolution search (ORT's default) runs again for every new
-# input shape, and a predict run meets two (full batches, the last partial one): on an H100 the classifier's
-# first batch of 32 after a warm-up took 431 ms (EXHAUSTIVE) vs 292 ms (HEURISTIC) and the next shape 134 vs 27 ms,
-# while steady batches ran the same (1.40 vs 1.45 ms; DEFAULT: 3.19 ms). benchmarks/bench_gpu_session.py measures it.
+# input shape, and a predict run meets two (full batches, the last partial one): on an H100 a new session's first
+# batch of 32 took 431 ms (EXHAUSTIVE) vs 292 ms (HEURISTIC) and the next shape (5 images) 134 vs 27 ms, while
+# steady batches ran the same (1.40 vs 1.45 ms; DEFAULT: 3.19 ms). benchmarks/bench_gpu_session.py measures it.
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 

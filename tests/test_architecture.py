@@ -11,7 +11,7 @@ modules import each other bottom to top: shipping, shards → stages → run).
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``. The package root's public API
 (``cxrtriage.predict`` and friends) is resolved with ``importlib`` at attribute access, so it is no import edge.
-Allowed exceptions: none.
+Allowed exceptions to the layers: none. To "the pipeline imports at the top": one, named in ``LAZY_IN_PIPELINE``.
 """
 
 from __future__ import annotations
@@ -160,10 +160,17 @@ def test_imports_point_down_the_layers(layers: tuple[tuple[str, ...], ...], scop
     assert not upward, "imports that climb against the layer order:\n" + "\n".join(upward)
 
 
+# The one import inside a function that the pipeline may make: the report writers (fpdf, highdicom, pydicom, jinja2:
+# ~0.4 s) come in when a run writes reports, so that a plain ``predict`` does not pay for them (`pipeline.reports`).
+LAZY_IN_PIPELINE = {("cxrtriage.pipeline.reports", "cxrtriage.report.batch")}
+
+
 def test_pipeline_imports_only_at_module_level() -> None:
-    inside = [f"{m}:{line} imports {t}" for m in MODULES if m.startswith("cxrtriage.pipeline")
-              for t, line, in_function in _imports(m) if in_function]
-    assert not inside, "imports inside functions in cxrtriage.pipeline:\n" + "\n".join(inside)
+    inside = {(m, t): line for m in MODULES if m.startswith("cxrtriage.pipeline")
+              for t, line, in_function in _imports(m) if in_function}
+    unexpected = [f"{m}:{line} imports {t}" for (m, t), line in inside.items() if (m, t) not in LAZY_IN_PIPELINE]
+    assert not unexpected, "imports inside functions in cxrtriage.pipeline:\n" + "\n".join(unexpected)
+    assert set(inside) == LAZY_IN_PIPELINE, "LAZY_IN_PIPELINE names an import that is no longer made in a function"
 
 
 def test_the_checks_can_fail() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cxrtriage.cpus import usable_cpus
 from cxrtriage.errors import ConfigError
-from cxrtriage.report.header import require_pseudonym_key
+from cxrtriage.report.pseudonym import require_pseudonym_key
 
 PREDICT_BATCH_SIZE = 32
 """Images per inference batch of ``predict`` unless ``--batch-size`` says otherwise. Why 32 rather than 16: fewer,

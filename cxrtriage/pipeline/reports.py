@@ -1,4 +1,10 @@
-"""The reports step at the end of a predict run (``--report``/``--dicom``/``--send``)."""
+"""The reports step at the end of a predict run (``--report``/``--dicom``/``--send``).
+
+The report writers (`cxrtriage.report.batch`: fpdf, highdicom, pydicom, jinja2) are imported when a run writes
+reports, not with the pipeline: the only function-level import in the pipeline (`tests/test_architecture.py`). Why:
+importing them took ~0.4 s of the ~1.7 s that a plain ``cxrtriage predict`` of a few files takes on two cores, and most
+runs write no reports.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ from pathlib import Path
 
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import ReportOutcome
-from cxrtriage.report.batch import build_reports
 from cxrtriage.report.send import Destination, parse_destination
 
 log = logging.getLogger(__name__)
@@ -23,6 +28,8 @@ def report_destination(config: PredictConfig) -> Destination | None:
 
 def run_reports(config: PredictConfig, out_dir: Path, destination: Destination | None) -> ReportOutcome:
     """``build_reports`` on the finished run; a failure becomes an error in the outcome, never an exception."""
+    from cxrtriage.report.batch import build_reports  # see the module's docstring
+
     try:
         summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
                                 send=destination, modality=config.modality)
@@ -38,6 +45,8 @@ def run_batch_reports(config: PredictConfig, out_dir: Path, paths: Collection[st
                       labels: MutableMapping[str, str]) -> ReportOutcome:
     """The reports of the studies that ``paths`` (new images, by their path in the results) belong to: their HTML/PDF
     anew, DICOM results for these images, and the index (``serve``, ``watch``; nothing is sent from here)."""
+    from cxrtriage.report.batch import build_reports  # see the module's docstring
+
     try:
         summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
                                 send=None, modality=config.modality, only=set(paths), labels=labels)

@@ -16,7 +16,9 @@ from multiprocessing.context import BaseContext
 # (cxrtriage.io.dicom brings pydicom's pixel plugins, GDCM, CharLS, Pillow: ~230 modules); done in each worker, that
 # cost every run ~0.2-0.35 s of CPU per worker before its first image (first scored batch of 96 uncompressed DICOMs
 # at ~0.40 s instead of ~0.15 s). In the forkserver it is paid once, beside the model's loading (`prestart`).
-WORKER_PRELOAD = ("cxrtriage.pipeline.decode", "cxrtriage.io.dicom", "cxrtriage.io.reduced", "cxrtriage.io.raster")
+# ``scipy.sparse``: the model inputs' area resize (`cxrtriage.preprocess.apply`, which imports it on first use).
+WORKER_PRELOAD = ("cxrtriage.pipeline.decode", "cxrtriage.io.dicom", "cxrtriage.io.reduced", "cxrtriage.io.raster",
+                  "scipy.sparse")
 
 
 def worker_context() -> BaseContext:

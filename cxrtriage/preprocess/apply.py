@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from scipy import ndimage, sparse
 
 from cxrtriage.preprocess.recipe import GeometryMode, IntensityMode, PreprocessRecipe, ResizeMode, VoiMode
 from cxrtriage.preprocess.stats import percentiles
 from cxrtriage.types import FloatArray, Image2D
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+# SciPy is imported where it is used, not with this module. Why: every process that runs the pipeline imports this
+# module, and ``scipy.sparse`` + ``scipy.ndimage`` cost ~0.19 s of CPU to import, a tenth of a plain ``cxrtriage
+# predict`` of a few files, in a main process that never resizes an image (the decode workers do: their forkserver
+# imports ``scipy.sparse`` once for all of them, `cxrtriage.pipeline.startup.WORKER_PRELOAD`).
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,8 @@ def area_weights(edges: np.ndarray, n_in: int) -> sparse.csr_matrix:
     keep = (overlap > 0) & (k < n_in)
     share = overlap / (hi - lo)[:, None]
     rows = np.broadcast_to(np.arange(len(lo))[:, None], k.shape)
+    from scipy import sparse  # see the top of the module
+
     return sparse.csr_matrix((share[keep].astype(np.float32), (rows[keep], k[keep])), shape=(len(lo), n_in))
 
 
@@ -125,6 +135,8 @@ def skimage_resize(arr: FloatArray, out_hw: tuple[int, int]) -> FloatArray:
     factors = np.divide(src.shape, out_hw)
     if src.shape == out_hw:
         return src.copy()
+    from scipy import ndimage  # see the top of the module
+
     filtered = src
     if np.any(factors > 1):
         sigma = np.maximum(0, (factors - 1) / 2)

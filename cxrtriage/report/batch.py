@@ -21,9 +21,10 @@ from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_seg, dicom
 from cxrtriage.report import html as html_writer
 from cxrtriage.report.capture import sc_picture
 from cxrtriage.report.dicom_common import AlgorithmInfo
-from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify, require_pseudonym_key
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.pdf import render_study_pdf
+from cxrtriage.report.pseudonym import require_pseudonym_key
 from cxrtriage.report.send import Destination, SendResult, send_files
 from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import ImageResult, InputNames, ResultsBundle, StudyReport, load_results

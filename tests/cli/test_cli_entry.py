@@ -41,3 +41,32 @@ def test_other_main_scripts_keep_multiprocessing_semantics(tmp_path: Path) -> No
     script.write_text(CONSOLE_SCRIPT)
     n, _ = cli_imports(script, tmp_path)
     assert n >= 2
+
+
+HEAVY = ("pydicom", "scipy", "fpdf", "highdicom", "jinja2")
+REPORTING_SCRIPT = ("import atexit, sys\nfrom cxrtriage.cli.app import main\nif __name__ == '__main__':\n"
+                    f"    atexit.register(lambda: print('MAIN-MODULES', *[m for m in {HEAVY!r} if m in sys.modules], "
+                    "file=sys.stderr))\n    sys.exit(main())\n")
+
+
+def main_process_imports(tmp_path: Path, *options: str) -> set[str]:
+    """Which of ``HEAVY`` the main process of ``cxrtriage predict`` (two PNGs, two decode workers) imported."""
+    script = tmp_path / "bin" / "cxrtriage"  # the console script's name: the workers do not run it again
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(REPORTING_SCRIPT)
+    for i in range(2):
+        write_textured_png(tmp_path / "in" / f"{i}.png", 300, 260, seed=i)
+    out = tmp_path / ("out" + "".join(options))
+    run = subprocess.run([sys.executable, str(script), "predict", str(tmp_path / "in"), "--out", str(out),
+                          "--workers", "2", *options], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = next(x for x in run.stderr.splitlines() if x.startswith("MAIN-MODULES"))
+    return set(line.split()[1:])
+
+
+def test_a_plain_predict_does_not_import_what_only_reports_and_workers_need(tmp_path: Path) -> None:
+    # pydicom, SciPy and the report writers cost ~0.8 s of imports: more than scoring a few files takes
+    assert main_process_imports(tmp_path) == set()
+    # the check sees them when they are imported: a run that writes reports brings the writers in
+    assert {"fpdf", "highdicom", "pydicom", "jinja2"} <= main_process_imports(tmp_path, "--report", "--no-pdf")

@@ -12,15 +12,8 @@ from factories import edit_manifest
 from report_fixtures import LABELS, make_results
 
 from cxrtriage.errors import ConfigError, InputError
-from cxrtriage.report.header import (
-    ENV_PSEUDONYM_KEY,
-    UNKNOWN,
-    PatientHeader,
-    deidentify,
-    pseudonym,
-    pseudonym_key,
-    study_slug,
-)
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify, study_slug
+from cxrtriage.report.pseudonym import ENV_PSEUDONYM_KEY, pseudonym, pseudonym_key
 from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import load_results
 

@@ -170,7 +170,7 @@ def test_predict_send_implies_dicom_and_sends(scans: Path, models: tuple[Path, P
 
 def test_report_errors_are_listed_and_fail_only_with_fail_on_error(scans: Path, models: tuple[Path, Path],
                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrtriage.pipeline import reports
+    from cxrtriage.report import batch
     from cxrtriage.report.batch import ReportSummary, StudyOutput
 
     def half_broken(results_dir: Any, **kw: Any) -> ReportSummary:
@@ -178,7 +178,7 @@ def test_report_errors_are_listed_and_fail_only_with_fail_on_error(scans: Path, 
         return ReportSummary(results_dir=d, index=d / "report" / "index.html",
                              studies=(StudyOutput(key="k", slug="s", errors=("s: report failed (boom)",)),))
 
-    monkeypatch.setattr(reports, "build_reports", half_broken)
+    monkeypatch.setattr(batch, "build_reports", half_broken)  # imported when a run writes reports
     code, output = _invoke(*_base(scans, tmp_path / "a", models, "--report", "--no-lungs"))
     assert code == 0 and "s: report failed (boom)" in output and "1 error(s)" in output
     code, output = _invoke(*_base(scans, tmp_path / "b", models, "--report", "--no-lungs", "--fail-on-error"))

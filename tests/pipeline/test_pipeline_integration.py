@@ -18,11 +18,11 @@ from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.io import read_image
 from cxrtriage.measure.quality import assess_quality
 from cxrtriage.model import Classifier, LungMask, load_classifier
-from cxrtriage.pipeline import reports
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import PredictHook, ReportOutcome
 from cxrtriage.pipeline.hooks.triage import TriageOutcome
 from cxrtriage.pipeline.predict import build_hooks, run_predict
+from cxrtriage.report import batch as report_batch
 from cxrtriage.results import ImageRecord, from_row, read_results
 from cxrtriage.triage import (
     LabelSiteCalibration,
@@ -321,7 +321,7 @@ def test_reports_at_finish(scans: Path, tmp_path: Path, model: Classifier, segme
     def broken(*a: Any, **k: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(reports, "build_reports", broken)
+    monkeypatch.setattr(report_batch, "build_reports", broken)  # imported when a run writes reports
     summary = run_predict(_config(scans / "s1", tmp_path / "o2", report=True, lungs=False), model=model)
     assert summary.report is not None and summary.report.index is None
     assert summary.report.errors == ("reports not written (RuntimeError: disk on fire)",)

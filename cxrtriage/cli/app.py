@@ -122,13 +122,36 @@ def _main_as_module() -> None:
         m.__spec__ = importlib.util.find_spec("cxrtriage.__main__")
 
 
+_NO_WORKERS = ("--workers=0", "-w0", "-w=0")
+
+
+def predict_with_workers(args: list[str]) -> bool:
+    """Whether the command line (without the program name) is a ``predict`` that will start decode workers: not
+    ``--help``, not ``--ray``, not ``--workers 0``. A miss only means the workers start at the usual time."""
+    if not args or args[0] != "predict":
+        return False
+    for i, a in enumerate(args):
+        if a in ("-h", "--help", "--ray") or a.startswith("--ray=") or a in _NO_WORKERS:
+            return False
+        if a in ("--workers", "-w") and i + 1 < len(args) and args[i + 1] == "0":
+            return False
+    return True
+
+
 def main() -> None:
     """Console-script entry point: every way a command can end maps to one line and a documented exit code
     (``cxrtriage.errors``): a known error its class's code, a signal 128 + its number, a bug 70."""
     from cxrtriage.cli.render import Interrupted, install_signal_handlers, print_error, report_internal_error, report_interrupt
 
     install_signal_handlers()
-    _main_as_module()
+    _main_as_module()  # first: the forkserver below takes the main module's name when it starts
+    if predict_with_workers(sys.argv[1:]):
+        # Start the decode workers' forkserver before Typer parses the command line. Why: a short run waits for the
+        # forkserver's imports (the decoders: ~0.5 s), and Typer's parsing (its pydantic coercion, every command's
+        # options) came first, ~0.2 s. `predict_cmd` asks again (a no-op then) for the callers of `app` itself.
+        from cxrtriage.pipeline.startup import prestart
+
+        prestart(1)
     try:
         app()
     except CxrTriageError as exc:

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from factories import write_textured_png
+
+from cxrtriage.cli.app import predict_with_workers
 
 REPO = Path(__file__).resolve().parents[2]
 # what pip writes for [project.scripts] cxrtriage = "cxrtriage.cli.app:main"
@@ -70,3 +73,21 @@ def test_a_plain_predict_does_not_import_what_only_reports_and_workers_need(tmp_
     assert main_process_imports(tmp_path) == set()
     # the check sees them when they are imported: a run that writes reports brings the writers in
     assert {"fpdf", "highdicom", "pydicom", "jinja2"} <= main_process_imports(tmp_path, "--report", "--no-pdf")
+
+
+@pytest.mark.parametrize(("args", "early"), [
+    (["predict", "scans", "--out", "o"], True),
+    (["predict", "scans", "-w", "2", "--out", "o"], True),
+    (["predict", "--help"], False),
+    (["predict", "scans", "-h"], False),
+    (["predict", "scans", "--ray", "local"], False),
+    (["predict", "scans", "--ray=local"], False),
+    (["predict", "scans", "--workers", "0"], False),
+    (["predict", "scans", "-w", "0"], False),
+    (["predict", "scans", "--workers=0"], False),
+    (["serve", "--out", "o"], False),
+    (["--verbose", "predict", "scans"], False),  # options before the command: the workers start at the usual time
+    ([], False),
+])
+def test_the_forkserver_starts_before_parsing_only_for_a_predict_with_workers(args: list[str], early: bool) -> None:
+    assert predict_with_workers(args) is early

@@ -1,4 +1,5 @@
-"""The console script's decode workers: they skip re-running the main script (importing the whole CLI again)."""
+"""How a command starts: the decode workers skip re-running the console script, a plain ``predict`` imports only what
+its main process uses, and a ``predict`` with workers starts their forkserver before the command line is parsed."""
 
 from __future__ import annotations
 

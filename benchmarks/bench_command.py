@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("pydicom", "scipy", "fpdf", "highdicom", "jinja2", "onnxruntime", "cv2")
+HEAVY = ("pydicom", "scipy", "fpdf", "highdicom", "jinja2", "onnx", "onnxruntime", "cv2")
 
 # Runs in a fresh interpreter: python -c RUNNER <checkout> predict ARGS...; the command's own exit code.
 RUNNER = r"""

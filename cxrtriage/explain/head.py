@@ -26,8 +26,9 @@ HEAD_CHECK_RTOL = 1e-3
 def _read_tensors(onnx_file: str, sha256: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Initializers (or Constant node values) of ``onnx_file`` by name; cached per file content.
 
-    Read from the file's bytes (`cxrtriage.model.weights`: no ``onnx`` import, ~0.7 s) when they are plain
-    initializers, as a head's weights are; with the ``onnx`` package for the rest (Constant nodes, external data)."""
+    Read from the file's bytes (`cxrtriage.model.weights`, which spares the ~0.7 s import of ``onnx``) when they are
+    plain initializers, as a head's weights are; with the ``onnx`` package for the rest (Constant nodes, external
+    data)."""
     try:
         found = read_initializers(Path(onnx_file).read_bytes(), names)
     except (OSError, WireFormatError):  # onnx below says what is wrong with the file

@@ -62,6 +62,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "opj_setup_decoder": (c_int32, [c_void_p, c_void_p]),
     "opj_codec_set_threads": (c_int32, [c_void_p, c_int]),
     "opj_set_error_handler": (c_int32, [c_void_p, _MESSAGE, c_void_p]),
+    "opj_set_warning_handler": (c_int32, [c_void_p, _MESSAGE, c_void_p]),
     "opj_read_header": (c_int32, [c_void_p, c_void_p, POINTER(POINTER(_Image))]),
     "opj_decode": (c_int32, [c_void_p, c_void_p, POINTER(_Image)]),
     "opj_end_decompress": (c_int32, [c_void_p, c_void_p]),
@@ -100,6 +101,7 @@ class _Fragments:
         self.total = int(self.starts[-1])
         self.pos = 0
         self.errors: list[str] = []
+        self.warnings: list[str] = []
 
     def read(self, buffer: int, n: int, _user: object) -> int:
         if self.pos >= self.total:
@@ -129,10 +131,16 @@ class _Fragments:
         if message and len(self.errors) < 5:
             self.errors.append(message.decode("utf-8", "replace").strip())
 
+    def warning(self, message: bytes | None, _user: object) -> None:
+        if message and len(self.warnings) < 5:
+            self.warnings.append(message.decode("utf-8", "replace").strip())
 
-def decode_reduced(parts: Sequence[Buffer], reduce: int) -> np.ndarray:
+
+def decode_reduced(parts: Sequence[Buffer], reduce: int, warnings: list[str] | None = None) -> np.ndarray:
     """The first component of the bare JPEG 2000 codestream ``parts`` (its fragments, in order) with ``reduce``
     resolution levels discarded (1/2**reduce per side), as uint8/uint16 (int8/int16 when signed).
+
+    ``warnings``, when given, receives OpenJPEG's warnings (e.g. a truncated tile part it decoded around).
 
     Raises:
         OpenJpegError: libopenjp2 unavailable, or OpenJPEG's error (its own message) for this codestream.
@@ -143,6 +151,7 @@ def decode_reduced(parts: Sequence[Buffer], reduce: int) -> np.ndarray:
     source = _Fragments(parts)
     # the callbacks must outlive every OpenJPEG call below: kept in locals until the end of this function
     read, skip, seek, error = _READ(source.read), _SKIP(source.skip), _SEEK(source.seek), _MESSAGE(source.error)
+    warn = _MESSAGE(source.warning)
     stream = lib.opj_stream_create(_STREAM_CHUNK, 1)
     codec = lib.opj_create_decompress(_CODEC_J2K)
     image = POINTER(_Image)()
@@ -154,6 +163,8 @@ def decode_reduced(parts: Sequence[Buffer], reduce: int) -> np.ndarray:
         lib.opj_stream_set_seek_function(stream, seek)
         lib.opj_stream_set_user_data_length(stream, source.total)
         lib.opj_set_error_handler(codec, error, None)
+        if warnings is not None:
+            lib.opj_set_warning_handler(codec, warn, None)
         params = ctypes.create_string_buffer(_PARAMETERS_BYTES)
         lib.opj_set_default_decoder_parameters(params)
         c_uint32.from_buffer(params, 0).value = reduce  # cp_reduce, the struct's first member
@@ -179,4 +190,6 @@ def decode_reduced(parts: Sequence[Buffer], reduce: int) -> np.ndarray:
             lib.opj_destroy_codec(codec)
         if stream:
             lib.opj_stream_destroy(stream)
-        del read, skip, seek, error
+        if warnings is not None:
+            warnings.extend(source.warnings)
+        del read, skip, seek, error, warn

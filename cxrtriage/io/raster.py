@@ -16,6 +16,7 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.codestream import jpeg_size, png_size
 from cxrtriage.io.limits import check_size
+from cxrtriage.io.native import decoder_notes, held_native_output
 from cxrtriage.io.reduced import (
     ReducedDecodeError,
     ReducedPixels,
@@ -192,16 +193,24 @@ def decode_file(path: str | Path, flags: int) -> np.ndarray | None:
     OpenCV is never given a path: ``cv2.imread`` crashes the process on a file name that is not valid UTF-8
     (bytes from another encoding, kept by Python as surrogates); Python opens any name the OS can.
     """
+    return decode_file_noted(path, flags)[0]
+
+
+def decode_file_noted(path: str | Path, flags: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """`decode_file`, and what the codec printed meanwhile (libjpeg's "Corrupt JPEG data: ...", libpng's
+    warnings), held back from the terminal (`cxrtriage.io.native`)."""
     try:
         data = np.fromfile(Path(path), dtype=np.uint8)
     except OSError:
-        return None
+        return None, ()
     if data.size == 0:
-        return None
-    try:
-        return cv2.imdecode(data, flags)
-    except cv2.error:
-        return None
+        return None, ()
+    with held_native_output() as held:
+        try:
+            arr = cv2.imdecode(data, flags)
+        except cv2.error:
+            arr = None
+    return arr, held.messages()
 
 
 def colour_check(path: str | Path) -> bool:
@@ -260,13 +269,15 @@ def read_raster_detailed(path: str | Path, fmt: str | None = None, *,
         if red is not None:
             h, w = red.samples.shape
             return (Image2D(pixels=red.samples.astype(np.float32), value_range=(0.0, 255.0),
-                            source=SourceRef(path=str(p), kind=InputKind.RASTER), notes=(),
+                            source=SourceRef(path=str(p), kind=InputKind.RASTER), notes=red.notes,
                             full_shape=(header.rows, header.columns), scale=red.scale),
                     f"1/{red.scale}: {w}x{h} decoded of {header.columns}x{header.rows} by {red.decoder}")
-    arr = decode_file(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    arr, messages = decode_file_noted(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
-        raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format); "
-                         "re-export it as PNG")
+        said = f" ({'; '.join(messages)})" if messages else ""
+        raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format)"
+                         f"{said}; re-export it as PNG")
+    notes.extend(decoder_notes(messages, "OpenCV"))
     if header is not None and arr.shape[:2] != (header.rows, header.columns):
         if arr.shape[:2] == (header.columns, header.rows):
             notes.append("EXIF orientation applied (image rotated by 90 degrees)")

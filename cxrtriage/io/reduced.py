@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cxrtriage.io.native import decoder_notes, distinct_messages, held_native_output
 from cxrtriage.io.openjpeg import OpenJpegError, decode_reduced, openjpeg_version
 from cxrtriage.types import reduced_shape
 
@@ -65,6 +66,7 @@ class ReducedPixels:
     scale: int
     decoder: str
     area_kernel: np.ndarray | None = None
+    notes: tuple[str, ...] = ()  # what the decoder reported about damaged data, as notes for the image
 
     def area_average(self, values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
         """``values`` (float, the samples' shape) as area averages of the full image, kept inside ``value_range``.
@@ -230,8 +232,9 @@ def decode_j2k_reduced(code: bytes | Sequence[bytes | bytearray | memoryview], *
     if decoder is None:
         raise ReducedDecodeError("the system libopenjp2 is not available")
     levels_used = scale.bit_length() - 1
+    warnings: list[str] = []
     try:
-        arr = decode_reduced(parts, levels_used)
+        arr = decode_reduced(parts, levels_used, warnings)
     except OpenJpegError as exc:
         raise ReducedDecodeError(f"OpenJPEG: {' '.join(str(exc).split())[:200]}") from exc
     if arr.shape != reduced_shape((rows, columns), scale):
@@ -240,7 +243,8 @@ def decode_j2k_reduced(code: bytes | Sequence[bytes | bytearray | memoryview], *
         raise ReducedDecodeError(f"samples came back as {arr.dtype} for a {'signed' if signed else 'unsigned'} stream")
     kernel = area_kernel(reversible, scale) if correct else None
     return ReducedPixels(arr, scale, f"{decoder}, {levels_used} resolution level(s) discarded, "
-                         f"{'5/3' if reversible else '9/7'} level made an area average", kernel)
+                         f"{'5/3' if reversible else '9/7'} level made an area average", kernel,
+                         tuple(decoder_notes(distinct_messages(warnings), "OpenJPEG")))
 
 
 def area_kernel(reversible: bool, scale: int) -> np.ndarray:
@@ -266,7 +270,8 @@ def decode_jpeg_reduced(data: bytes | np.ndarray, *, rows: int, columns: int, co
     buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
     try:
         # EXIF orientation is applied as in a full decode; a rotated image then fails the size check below
-        arr = cv2.imdecode(buf, _CV2_REDUCED_GREY[scale])
+        with held_native_output() as held:
+            arr = cv2.imdecode(buf, _CV2_REDUCED_GREY[scale])
     except cv2.error as exc:
         raise ReducedDecodeError(f"OpenCV: {' '.join(str(exc).split())[:200]}") from exc
     if arr is None:
@@ -274,7 +279,8 @@ def decode_jpeg_reduced(data: bytes | np.ndarray, *, rows: int, columns: int, co
     if arr.shape != reduced_shape((rows, columns), scale) or arr.dtype != np.uint8:
         raise ReducedDecodeError(f"decoded {arr.dtype} {arr.shape} at 1/{scale}, expected "
                                  f"{reduced_shape((rows, columns), scale)}")
-    return ReducedPixels(arr, scale, f"OpenCV {cv2.__version__} (libjpeg DCT scaling 1/{scale})")
+    return ReducedPixels(arr, scale, f"OpenCV {cv2.__version__} (libjpeg DCT scaling 1/{scale})",
+                         notes=tuple(decoder_notes(held.messages(), "libjpeg")))
 
 
 # (reversible 5/3 wavelet, reduction) -> 4 x 4 filter, rows and columns at offsets -1..+2, from

@@ -15,10 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from cxrtriage.errors import InputError
 from cxrtriage.io.dicom.messages import first_line, warning_notes
 from cxrtriage.io.dicom.values import get_int
 from cxrtriage.io.limits import MAX_IMAGE_MEMORY
+from cxrtriage.io.native import decoder_notes, held_native_output
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +60,10 @@ def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
     if ts in _J2K_SYNTAXES and _has_plugin(ts, "pylibjpeg"):
         try:
             ds.pixel_array_options(decoding_plugin="pylibjpeg")
-            with _native_stderr():
-                return ds.pixel_array, "pydicom (pylibjpeg-openjpeg)", notes
+            with held_native_output() as held:
+                arr = ds.pixel_array
+            notes.extend(decoder_notes(held.messages(), "OpenJPEG"))
+            return arr, "pydicom (pylibjpeg-openjpeg)", notes
         except Exception as exc:  # fall through to every plugin
             log.debug("%s: pylibjpeg could not decode (%s); trying all plugins", p, first_line(exc))
         except BaseException as exc:
@@ -72,10 +72,11 @@ def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
         finally:
             ds.pixel_array_options(decoding_plugin="")
     try:
-        with warnings.catch_warnings(record=True) as caught, _native_stderr():
+        with warnings.catch_warnings(record=True) as caught, held_native_output() as held:
             warnings.simplefilter("always")
             arr = ds.pixel_array
         notes.extend(warning_notes(caught))
+        notes.extend(decoder_notes(held.messages(), "the pydicom decoder"))
         return arr, "pydicom", notes
     except Exception as exc:  # every plugin failed, or the data do not match the header
         msg = " ".join(str(exc).split())
@@ -128,42 +129,6 @@ def native_words(ds: Dataset, ts: str) -> np.ndarray | None:
         return out
     masked: np.ndarray = np.bitwise_and(words, np.uint16((1 << stored) - 1), dtype=np.uint16)
     return masked
-
-
-@contextmanager
-def _native_stderr() -> Iterator[None]:
-    """Hold back what native decoders print on the C stderr while they run; pass it on unless they panicked.
-
-    A Rust panic prints its message (with RUST_BACKTRACE, a backtrace) before it becomes an exception: that text
-    is already in the file's reason, so it is only logged. Anything else (codec warnings; another thread's
-    output during the call) reaches stderr as before, only after the call.
-    """
-    try:
-        sys.stderr.flush()
-        tmp = tempfile.TemporaryFile()
-    except (OSError, ValueError, AttributeError):  # no stderr to guard, or nowhere to hold it: decode unguarded
-        yield
-        return
-    panicked = False
-    with tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        except BaseException as exc:
-            panicked = not isinstance(exc, Exception | KeyboardInterrupt | SystemExit)
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            held = tmp.read()
-            if held and panicked:
-                log.debug("decoder output before it panicked: %s", held.decode("utf-8", "replace")[:2000])
-            elif held:
-                view = memoryview(held)
-                while view:
-                    view = view[os.write(2, view):]
 
 
 def _reraise_exit(exc: BaseException) -> None:

@@ -264,6 +264,7 @@ def _to_image(p: Path, header: DicomHeader, ds: Dataset, bits_allocated: int,
     red, reduction = _reduced(p, ds, ts, info, bits_allocated, max_scale)
     if red is not None:
         arr, decoder, scale = red.samples, red.decoder, red.scale
+        notes.extend(red.notes)
     else:
         arr, decoder, decode_notes = decode(ds, p, ts)
         notes.extend(decode_notes)

@@ -1,0 +1,107 @@
+"""What native decoders print on the C stderr while they decode (libjpeg's "Corrupt JPEG data: premature end of data
+segment"), held back and handed to the caller, so that it becomes a note on the file it concerns.
+
+Why: libjpeg and the codecs behind pydicom report damaged data by printing to file descriptor 2 and decoding on
+(the missing part comes out grey or repeated). Left alone, the line reached the terminal without the file's name, in
+a decode worker between two redraws of the progress bar, and the file's row said nothing. A Rust decoder that panics
+prints its message before it becomes an exception; that text is already in the file's reason, so it is only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+MAX_HELD_BYTES = 1 << 16  # a decoder that prints more than this about one image is cut short
+MAX_MESSAGES = 3  # distinct lines kept per image: the first ones say what is wrong, the rest repeat it
+MAX_MESSAGE_CHARS = 200
+
+
+@dataclass
+class HeldOutput:
+    """What native code printed on the C stderr inside a `held_native_output` block; ``text`` is set when the block
+    ends (empty when nothing was printed, or when the output could not be held)."""
+
+    text: str = ""
+
+    def messages(self) -> tuple[str, ...]:
+        """What was printed, as `distinct_messages`."""
+        return distinct_messages(self.text.splitlines())
+
+
+def distinct_messages(lines: Iterable[str]) -> tuple[str, ...]:
+    """The distinct non-empty lines, in order, at most `MAX_MESSAGES`, each at most `MAX_MESSAGE_CHARS`."""
+    seen: dict[str, None] = {}
+    for line in lines:
+        text = " ".join(line.split())[:MAX_MESSAGE_CHARS]
+        if text:
+            seen.setdefault(text, None)
+    return tuple(seen)[:MAX_MESSAGES]
+
+
+def decoder_notes(messages: tuple[str, ...], decoder: str) -> list[str]:
+    """One note per message, saying which decoder printed it and what it may mean for the pixels."""
+    return [f"{decoder} reported while decoding: {m} (parts of the image may be damaged: check the file)"
+            for m in messages]
+
+
+_hold: tuple[int, IO[bytes]] | None = None  # (pid, file): one file per process (a forked child opens its own)
+_depth = 0
+
+
+def _hold_file() -> IO[bytes]:
+    global _hold
+    if _hold is None or _hold[0] != os.getpid():
+        _hold = (os.getpid(), tempfile.TemporaryFile())
+    return _hold[1]
+
+
+@contextmanager
+def held_native_output() -> Iterator[HeldOutput]:
+    """Redirect file descriptor 2 to a file while the block runs; the returned `HeldOutput` holds what was printed.
+
+    Nothing is passed on to stderr: the caller makes notes of it. A block inside another one leaves everything to
+    the outer block. Output of another thread during the block is held with it (the decoders run one per process).
+    """
+    global _depth
+    out = HeldOutput()
+    if _depth:
+        yield out
+        return
+    try:
+        sys.stderr.flush()
+        tmp = _hold_file()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr to redirect, or nowhere to hold it: decode as is
+        yield out
+        return
+    panicked = False
+    _depth += 1
+    os.dup2(tmp.fileno(), 2)
+    try:
+        yield out
+    except BaseException as exc:
+        panicked = not isinstance(exc, Exception | KeyboardInterrupt | SystemExit)
+        raise
+    finally:
+        _depth -= 1
+        os.dup2(saved, 2)
+        os.close(saved)
+        size = tmp.seek(0, os.SEEK_END)
+        if size:
+            tmp.seek(0)
+            text = tmp.read(MAX_HELD_BYTES).decode("utf-8", "replace")
+            tmp.seek(0)
+            tmp.truncate()
+            if panicked:
+                log.debug("decoder output before it panicked: %s", text[:2000])
+            else:
+                out.text = text

@@ -48,9 +48,12 @@ def distinct_messages(lines: Iterable[str]) -> tuple[str, ...]:
 
 
 def decoder_notes(messages: tuple[str, ...], decoder: str) -> list[str]:
-    """One note per message, saying which decoder printed it and what it may mean for the pixels."""
-    return [f"{decoder} reported while decoding: {m} (parts of the image may be damaged: check the file)"
-            for m in messages]
+    """One note per message, saying which decoder printed it.
+
+    The message is quoted as it is: libjpeg's "Corrupt JPEG data: ..." says itself that the data are damaged, while
+    libpng also warns about harmless things (an sRGB profile it knows to be incorrect) that a note must not call
+    damage."""
+    return [f"{decoder} reported while decoding: {m}" for m in messages]
 
 
 _hold: tuple[int, IO[bytes]] | None = None  # (pid, file): one file per process (a forked child opens its own)

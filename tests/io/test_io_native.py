@@ -115,7 +115,7 @@ def test_a_damaged_jpeg_says_so_in_its_notes(tmp_path: Path, capfd: pytest.Captu
         assert (good.scale == 4) is reduced, how
         assert not [n for n in good.notes if "reported while decoding" in n]
         said = [n for n in bad.notes if "reported while decoding" in n]
-        assert said and "damaged" in said[0], (ext, bad.notes)
+        assert said and "Corrupt JPEG data" in said[0], (ext, bad.notes)
     assert capfd.readouterr().err == ""  # nothing reached the terminal without its file
 
 
@@ -134,5 +134,4 @@ def test_openjpeg_warnings_are_collected_when_asked() -> None:
     assert decode_reduced([code], 0, quiet) is not None and quiet == []
     red = decode_j2k_reduced(no_eoc, rows=64, columns=48, max_scale=2.0)  # and the reduced path makes it a note
     assert red is not None and red.scale == 2
-    assert red.notes == ("OpenJPEG reported while decoding: Stream does not end with EOC (parts of the image may be "
-                         "damaged: check the file)",)
+    assert red.notes == ("OpenJPEG reported while decoding: Stream does not end with EOC",)

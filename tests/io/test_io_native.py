@@ -14,6 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
 import cxrtriage.io.native as native
+from cxrtriage.errors import InputError
 from cxrtriage.io.dicom import read_dicom_detailed
 from cxrtriage.io.native import MAX_MESSAGE_CHARS, MAX_MESSAGES, distinct_messages, held_native_output
 from cxrtriage.io.openjpeg import decode_reduced, openjpeg_version
@@ -135,3 +136,16 @@ def test_openjpeg_warnings_are_collected_when_asked() -> None:
     red = decode_j2k_reduced(no_eoc, rows=64, columns=48, max_scale=2.0)  # and the reduced path makes it a note
     assert red is not None and red.scale == 2
     assert red.notes == ("OpenJPEG reported while decoding: Stream does not end with EOC",)
+
+
+def test_a_png_that_cannot_be_decoded_fails_with_libpngs_own_words(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    ok, buf = cv2.imencode(".png", np.full((240, 240), 128, np.uint8))
+    assert ok
+    code = bytearray(buf.tobytes())
+    code[29] ^= 0xFF  # a byte of the IHDR chunk's CRC
+    path = tmp_path / "bad_crc.png"
+    path.write_bytes(bytes(code))
+    with pytest.raises(InputError, match=r"could not decode this image .*\(libpng error: IHDR: CRC error\)"):
+        read_raster_detailed(path)
+    assert capfd.readouterr().err == ""

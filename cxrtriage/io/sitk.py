@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -19,6 +20,7 @@ import numpy as np
 
 from cxrtriage.errors import InputError
 from cxrtriage.io.limits import MAX_HEADER_BYTES, check_size
+from cxrtriage.io.native import decoder_notes, distinct_messages, held_native_output
 from cxrtriage.io.reduced import area_scale, block_average
 from cxrtriage.types import Image2D, InputKind, SourceRef
 
@@ -38,6 +40,7 @@ class SitkHeader:
     components: int
     pixel_type: str
     direction_is_identity: bool
+    warnings: tuple[str, ...] = ()  # what ITK warned about while reading the header (`itk_warnings`)
 
     @property
     def rows(self) -> int:
@@ -102,12 +105,13 @@ def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
         problem = _nifti_problem(p)
         if problem is not None:
             raise InputError(f"{p}: {problem}; the file is refused before SimpleITK reads it")
-    with _readable_by_itk(p, fmt) as itk_path:
+    with _readable_by_itk(p, fmt) as itk_path, held_native_output() as held:
         reader = _reader(itk_path, fmt)
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
             raise InputError(f"{path}: SimpleITK cannot read this image header ({_itk_message(exc)})") from exc
+    warnings = itk_warnings(held.text, (itk_path, str(path), p.name))
     size = tuple(int(s) for s in reader.GetSize())
     if not size:  # ITK accepts NDims = 0 (found by tests/fuzz: it used to surface as an IndexError)
         raise InputError(f"{path}: the image header declares no dimensions; the file is damaged")
@@ -117,7 +121,7 @@ def read_sitk_header(path: str | Path, fmt: str | None = None) -> SitkHeader:
     return SitkHeader(size=size, spacing=tuple(float(s) for s in reader.GetSpacing()),
                       components=int(reader.GetNumberOfComponents()),
                       pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
-                      direction_is_identity=bool(identity))
+                      direction_is_identity=bool(identity), warnings=warnings)
 
 
 def _nifti_problem(p: Path) -> str | None:
@@ -166,7 +170,7 @@ def read_sitk(path: str | Path, fmt: str | None = None, *,
         raise InputError(f"{p}: {header.components} components per pixel (colour/vector image); expected greyscale")
     check_size(p, header.rows, header.columns, bytes_per_sample=_BYTES.get(_scalar(header.pixel_type), 8),
                reader="sitk", encoded_bytes=p.stat().st_size)
-    with _readable_by_itk(p, fmt) as itk_path:
+    with _readable_by_itk(p, fmt) as itk_path, held_native_output() as held:
         reader = _reader(itk_path, fmt)
         try:
             image = reader.Execute()
@@ -175,6 +179,8 @@ def read_sitk(path: str | Path, fmt: str | None = None, *,
     arr = sitk.GetArrayFromImage(image)  # [z,] y, x
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
     notes = [f"read with SimpleITK ({header.pixel_type})"]
+    said = distinct_messages(header.warnings + itk_warnings(held.text, (itk_path, str(path), p.name)))
+    notes.extend(decoder_notes(said, "SimpleITK"))
     if not header.direction_is_identity:
         notes.append("direction matrix is not identity: rows/columns kept as stored (not reoriented)")
     scalar = _scalar(header.pixel_type)
@@ -200,6 +206,29 @@ def read_sitk(path: str | Path, fmt: str | None = None, *,
 
 def _scalar(pixel_type: str) -> str:
     return pixel_type.replace("vector of ", "")
+
+
+def itk_warnings(text: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """ITK's warnings in ``text`` (what it printed on stderr) without its source-file lines and object addresses, and
+    with the file's name (``names``: the ways ITK may have been given it) replaced by "the file": notes must not name
+    an input, since de-identified outputs promise that no text does.
+
+    ITK prints "WARNING: In /path/to/itkNiftiImageIO.cxx, line 2008" and then "NiftiImageIO (0x5604f9041570):
+    scan.nii has unexpected scales in sform"; the note keeps "has unexpected scales in sform", prefixed by "the file".
+    """
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("WARNING: In "):
+            continue
+        line = _ITK_OBJECT.sub("", line)
+        for name in sorted((n for n in names if n), key=len, reverse=True):  # the longest first: a path holds a name
+            line = line.replace(name, "the file")
+        out.append(line)
+    return distinct_messages(out)
+
+
+_ITK_OBJECT = re.compile(r"^\w+ \(0x[0-9a-fA-F]+\): ")
 
 
 def _itk_message(exc: BaseException) -> str:

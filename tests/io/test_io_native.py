@@ -20,6 +20,7 @@ from cxrtriage.io.native import MAX_MESSAGE_CHARS, MAX_MESSAGES, distinct_messag
 from cxrtriage.io.openjpeg import decode_reduced, openjpeg_version
 from cxrtriage.io.raster import read_raster_detailed
 from cxrtriage.io.reduced import decode_j2k_reduced
+from cxrtriage.io.sitk import itk_warnings, read_sitk
 
 FOUR = lambda shape: 4.0  # noqa: E731  (a consumer that accepts 1/4)
 
@@ -149,3 +150,30 @@ def test_a_png_that_cannot_be_decoded_fails_with_libpngs_own_words(tmp_path: Pat
     with pytest.raises(InputError, match=r"could not decode this image .*\(libpng error: IHDR: CRC error\)"):
         read_raster_detailed(path)
     assert capfd.readouterr().err == ""
+
+
+def test_itk_warnings_become_notes_that_do_not_name_the_file(tmp_path: Path,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    import struct
+
+    import SimpleITK as sitk
+
+    written = tmp_path / "written.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(300 * 280, dtype=np.int16).reshape(300, 280) % 1000),
+                    str(written))
+    header = bytearray(written.read_bytes())
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform_code 0, sform_code 1: the sform alone gives the geometry
+    struct.pack_into("<12f", header, 280, 2.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0)  # x scaled 2, pixdim 1
+    path = tmp_path / "Doe_John_scan.nii"
+    path.write_bytes(bytes(header))
+    image = read_sitk(path)
+    said = [n for n in image.notes if n.startswith("SimpleITK reported")]
+    assert said == ["SimpleITK reported while decoding: the file has unexpected scales in sform"]
+    assert not [n for n in image.notes if "Doe" in n or "0x" in n]
+    assert capfd.readouterr().err == ""
+
+
+def test_itk_warning_text_is_cut_to_its_message() -> None:
+    text = ("WARNING: In /tmp/SimpleITK-build/ITK/Modules/IO/NIFTI/src/itkNiftiImageIO.cxx, line 2008\n"
+            "NiftiImageIO (0x5604f9041570): /data/in/Doe_John.nii has unexpected scales in sform\n\n")
+    assert itk_warnings(text, ("/data/in/Doe_John.nii", "Doe_John.nii")) == ("the file has unexpected scales in sform",)

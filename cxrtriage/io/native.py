@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -71,8 +72,9 @@ def _hold_file() -> IO[bytes]:
 def held_native_output() -> Iterator[HeldOutput]:
     """Redirect file descriptor 2 to a file while the block runs; the returned `HeldOutput` holds what was printed.
 
-    Nothing is passed on to stderr: the caller makes notes of it. A block inside another one leaves everything to
-    the outer block. Output of another thread during the block is held with it (the decoders run one per process).
+    The caller makes notes of it. A block inside another one leaves everything to the outer block. What another
+    thread writes meanwhile is held too: a line with terminal control characters (a progress bar's redraw, in a
+    process that reads images for a report while it shows one) is no decoder's and goes on to stderr after the block.
     """
     global _depth
     out = HeldOutput()
@@ -104,7 +106,24 @@ def held_native_output() -> Iterator[HeldOutput]:
             text = tmp.read(MAX_HELD_BYTES).decode("utf-8", "replace")
             tmp.seek(0)
             tmp.truncate()
+            text, terminal = _split_terminal_output(text)
+            if terminal:
+                view = memoryview(terminal.encode("utf-8", "replace"))
+                while view:
+                    view = view[os.write(2, view):]
             if panicked:
                 log.debug("decoder output before it panicked: %s", text[:2000])
             else:
                 out.text = text
+
+
+def _split_terminal_output(text: str) -> tuple[str, str]:
+    """(the plain lines, the lines with terminal control characters: escape sequences, carriage returns)."""
+    plain: list[str] = []
+    terminal: list[str] = []
+    for line in text.splitlines(keepends=True):
+        (terminal if _CONTROL.search(line.rstrip("\r\n")) else plain).append(line)
+    return "".join(plain), "".join(terminal)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # every control character but tab and newline

@@ -177,3 +177,11 @@ def test_itk_warning_text_is_cut_to_its_message() -> None:
     text = ("WARNING: In /tmp/SimpleITK-build/ITK/Modules/IO/NIFTI/src/itkNiftiImageIO.cxx, line 2008\n"
             "NiftiImageIO (0x5604f9041570): /data/in/Doe_John.nii has unexpected scales in sform\n\n")
     assert itk_warnings(text, ("/data/in/Doe_John.nii", "Doe_John.nii")) == ("the file has unexpected scales in sform",)
+
+
+def test_a_progress_bars_redraw_during_a_block_goes_on_to_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
+    with held_native_output() as held:
+        os.write(2, b"\r\x1b[2K  scoring 40%\n")  # what a progress bar's refresh thread may write meanwhile
+        os.write(2, b"Corrupt JPEG data: premature end of data segment\n")
+    assert held.messages() == ("Corrupt JPEG data: premature end of data segment",)
+    assert capfd.readouterr().err == "\r\x1b[2K  scoring 40%\n"

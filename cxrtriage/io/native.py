@@ -121,9 +121,10 @@ def _split_terminal_output(text: str) -> tuple[str, str]:
     """(the plain lines, the lines with terminal control characters: escape sequences, carriage returns)."""
     plain: list[str] = []
     terminal: list[str] = []
-    for line in text.splitlines(keepends=True):
+    for line in _LINES.findall(text):  # lines end at newlines only: a redraw starts with a carriage return
         (terminal if _CONTROL.search(line.rstrip("\r\n")) else plain).append(line)
     return "".join(plain), "".join(terminal)
 
 
+_LINES = re.compile(r"[^\n]*\n|[^\n]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # every control character but tab and newline

@@ -88,9 +88,14 @@ def held_native_output() -> Iterator[HeldOutput]:
     except (OSError, ValueError, AttributeError):  # no stderr to redirect, or nowhere to hold it: decode as is
         yield out
         return
+    try:
+        os.dup2(tmp.fileno(), 2)
+    except OSError:
+        os.close(saved)
+        yield out
+        return
     panicked = False
     _depth += 1
-    os.dup2(tmp.fileno(), 2)
     try:
         yield out
     except BaseException as exc:

@@ -66,7 +66,7 @@ class ReducedPixels:
     scale: int
     decoder: str
     area_kernel: np.ndarray | None = None
-    notes: tuple[str, ...] = ()  # what the decoder reported about damaged data, as notes for the image
+    notes: tuple[str, ...] = ()  # what the decoder printed or warned while decoding, as notes for the image
 
     def area_average(self, values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
         """``values`` (float, the samples' shape) as area averages of the full image, kept inside ``value_range``.

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +59,18 @@ def decoder_notes(messages: tuple[str, ...], decoder: str) -> list[str]:
 
 
 _hold: tuple[int, IO[bytes]] | None = None  # (pid, file): one file per process (a forked child opens its own)
-_depth = 0
+
+
+@dataclass
+class _Capture:
+    """The block that holds fd 2 now: its thread, and whether another thread decoded meanwhile."""
+
+    thread: int
+    shared: bool = False
+
+
+_active: _Capture | None = None
+_lock = threading.Lock()
 
 
 def _hold_file() -> IO[bytes]:
@@ -72,54 +84,78 @@ def _hold_file() -> IO[bytes]:
 def held_native_output() -> Iterator[HeldOutput]:
     """Redirect file descriptor 2 to a file while the block runs; the returned `HeldOutput` holds what was printed.
 
-    The caller makes notes of it. A block inside another one leaves everything to the outer block. What another
-    thread writes meanwhile is held too: a line with terminal control characters (a progress bar's redraw, in a
-    process that reads images for a report while it shows one) is no decoder's and goes on to stderr after the block.
+    The caller makes notes of it. A block inside another one of the same thread leaves everything to the outer
+    block. fd 2 belongs to the whole process, so blocks of two threads at once cannot tell whose output is whose:
+    then neither makes notes, and what was held goes on to stderr, as if nothing had been held. Other output meanwhile
+    is held too: a line with terminal control characters (a progress bar's redraw, in a process that reads images for
+    a report while it shows one) is no decoder's and goes on to stderr after the block.
     """
-    global _depth
+    global _active
     out = HeldOutput()
-    if _depth:
+    me = threading.get_ident()
+    with _lock:
+        if _active is not None:
+            _active.shared = _active.shared or _active.thread != me
+            owner = None
+        else:
+            owner = _start()
+            if owner is not None:
+                _active = _Capture(me)
+    if owner is None:  # nested, another thread's block, or fd 2 cannot be held: decode as is
         yield out
         return
-    try:
-        sys.stderr.flush()
-        tmp = _hold_file()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no stderr to redirect, or nowhere to hold it: decode as is
-        yield out
-        return
-    try:
-        os.dup2(tmp.fileno(), 2)
-    except OSError:
-        os.close(saved)
-        yield out
-        return
+    tmp, saved = owner
     panicked = False
-    _depth += 1
     try:
         yield out
     except BaseException as exc:
         panicked = not isinstance(exc, Exception | KeyboardInterrupt | SystemExit)
         raise
     finally:
-        _depth -= 1
-        os.dup2(saved, 2)
+        with _lock:
+            shared = _active is not None and _active.shared
+            _active = None
+            os.dup2(saved, 2)
+            os.close(saved)
+        text = _take(tmp)
+        text, terminal = _split_terminal_output(text)
+        if shared:
+            text, terminal = "", terminal + text
+        if terminal:
+            view = memoryview(terminal.encode("utf-8", "replace"))
+            while view:
+                view = view[os.write(2, view):]
+        if panicked:
+            log.debug("decoder output before it panicked: %s", text[:2000])
+        else:
+            out.text = text
+
+
+def _start() -> tuple[IO[bytes], int] | None:
+    """fd 2 pointed at this process's hold file: (the file, a copy of the old fd 2), or None when it cannot be."""
+    try:
+        sys.stderr.flush()
+        tmp = _hold_file()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr to redirect, or nowhere to hold it
+        return None
+    try:
+        os.dup2(tmp.fileno(), 2)
+    except OSError:
         os.close(saved)
-        size = tmp.seek(0, os.SEEK_END)
-        if size:
-            tmp.seek(0)
-            text = tmp.read(MAX_HELD_BYTES).decode("utf-8", "replace")
-            tmp.seek(0)
-            tmp.truncate()
-            text, terminal = _split_terminal_output(text)
-            if terminal:
-                view = memoryview(terminal.encode("utf-8", "replace"))
-                while view:
-                    view = view[os.write(2, view):]
-            if panicked:
-                log.debug("decoder output before it panicked: %s", text[:2000])
-            else:
-                out.text = text
+        return None
+    return tmp, saved
+
+
+def _take(tmp: IO[bytes]) -> str:
+    """What the hold file holds (at most `MAX_HELD_BYTES`), leaving it empty."""
+    if not tmp.seek(0, os.SEEK_END):
+        return ""
+    tmp.seek(0)
+    text = tmp.read(MAX_HELD_BYTES).decode("utf-8", "replace")
+    tmp.seek(0)
+    tmp.truncate()
+    return text
 
 
 def _split_terminal_output(text: str) -> tuple[str, str]:

@@ -185,3 +185,36 @@ def test_a_progress_bars_redraw_during_a_block_goes_on_to_the_terminal(capfd: py
         os.write(2, b"Corrupt JPEG data: premature end of data segment\n")
     assert held.messages() == ("Corrupt JPEG data: premature end of data segment",)
     assert capfd.readouterr().err == "\r\x1b[2K  scoring 40%\n"
+
+
+def test_blocks_of_two_threads_at_once_make_no_notes_and_lose_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    entered, b_done = threading.Event(), threading.Event()
+    found: dict[str, tuple[str, ...]] = {}
+
+    def first() -> None:
+        with held_native_output() as held:
+            entered.set()
+            b_done.wait(5)
+            os.write(2, b"from the first thread\n")
+        found["first"] = held.messages()
+
+    def second() -> None:
+        entered.wait(5)
+        with held_native_output() as held:
+            os.write(2, b"from the second thread\n")
+        found["second"] = held.messages()
+        b_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert found == {"first": (), "second": ()}  # fd 2 is the process's: whose line is whose cannot be told
+    err = capfd.readouterr().err
+    assert "from the first thread\n" in err and "from the second thread\n" in err
+    with held_native_output() as held:  # and the next block holds again
+        os.write(2, b"alone\n")
+    assert held.messages() == ("alone",)

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from factories import make_cxr_dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +93,50 @@ def jpeg_claiming(dest: Path, side: int = 20000, *, lossless: bool = False) -> P
     assert ok
     frame = _patch_sof(enc.tobytes(), (b"\xff\xc0",), side, b"\xff\xc3" if lossless else None)
     return _encapsulated(dest, frame, JPEGLosslessSV1 if lossless else JPEGBaseline8Bit)
+
+
+def textured_u8(n: int = 256, seed: int = 0) -> np.ndarray:
+    """A blurred noise image: its JPEG stream is long enough to damage in the middle of the entropy-coded data."""
+    noise = (np.random.default_rng(seed).random((n, n)) * 255).astype(np.uint8)
+    return cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 3), None, 0, 255, cv2.NORM_MINMAX)
+
+
+def jpeg_damaged(dest: Path, how: str) -> Path:
+    """A 256 x 256 baseline JPEG DICOM whose stream is ``how``: "cut" (at 60%, no EOI), "zeroed" (200 bytes in the
+    middle of its scan set to 0: libjpeg warns "Corrupt JPEG data" and decodes on), "padded" (intact, four 00 and
+    one FF after its EOI) or "intact"."""
+    img = textured_u8()
+    ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    frame = bytearray(enc.tobytes())
+    if how == "cut":
+        frame = frame[: len(frame) * 6 // 10]
+    elif how == "zeroed":
+        mid = (frame.index(b"\xff\xda") + len(frame)) // 2
+        frame[mid:mid + 200] = bytes(200)
+    elif how == "padded":
+        frame += b"\x00\x00\x00\x00\xff"
+    else:
+        assert how == "intact", how
+    ds = make_cxr_dataset(256, 256, pixels=img, bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
+
+
+def jpegls_cut(dest: Path) -> Path:
+    """A 256 x 256 JPEG-LS DICOM whose stream stops at 60% (no EOI)."""
+    ds = make_cxr_dataset(256, 256, pixels=textured_u8(), bits_stored=8)
+    ds.compress(JPEGLSLossless)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) * 6 // 10]])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
 
 
 def jpegls_claiming(dest: Path, side: int = 20000) -> Path:

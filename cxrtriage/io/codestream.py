@@ -85,6 +85,24 @@ def jpeg_size(data: bytes | memoryview) -> StreamSize:
     return found
 
 
+_EOI = b"\xff\xd9"
+EOI_SEARCH_BYTES = 32
+"""How far from the end (after trailing zero bytes) a JPEG / JPEG-LS stream's EOI marker may lie: DICOM pads a
+fragment to an even length (00), and writers in the shared corpus pad with FF."""
+
+
+def jpeg_ends(tail: bytes | memoryview) -> bool:
+    """Whether ``tail``, the last bytes of a JPEG or JPEG-LS stream, holds its EOI marker (FFD9).
+
+    Why: pylibjpeg's libjpeg decodes a baseline or lossless JPEG that stops early without a word, and the rows it
+    never received come out grey (measured on the RG1 chest cut at 60% of its stream: rows 1064-1955 of 1955, no
+    message, the image scored). Entropy-coded data cannot hold FFD9 (a data byte FF is followed by 00 in JPEG and by
+    a byte below 80 in JPEG-LS), so the marker near the end means the stream reached its end.
+    """
+    data = bytes(tail).rstrip(b"\x00")
+    return _EOI in data[-EOI_SEARCH_BYTES:]
+
+
 _J2K_SOC, _J2K_SIZ = b"\xff\x4f", b"\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 MAX_J2K_TILES = 65535  # Isot is 16 bits: a codestream cannot address more tiles

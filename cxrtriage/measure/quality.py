@@ -1,4 +1,5 @@
-"""Image quality checks before triage: too small, almost no contrast, implausible or one-sided lung masks.
+"""Image quality checks before triage: damaged pixel data, too small, almost no contrast, implausible or one-sided
+lung masks.
 
 Pure functions over ``Image2D`` and ``LungMask``. A failed check means "the model's scores for this
 image cannot be trusted for triage": ``predict`` still writes the scores but sets the priority to
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxrtriage.io.native import damage_notes
 from cxrtriage.preprocess.stats import percentiles
 from cxrtriage.types import Image2D
 
@@ -83,6 +85,20 @@ class QualityReport:
     def summary(self) -> str:
         """``ok``, or the failed checks' messages joined with '; ' (the results column ``quality``)."""
         return OK if self.ok else "; ".join(c.message for c in self.failed)
+
+
+def check_decoding(image: Image2D) -> QualityCheck:
+    """Fails when a decoder reported lost pixel data while it read the image (`cxrtriage.io.native.damage_notes`).
+
+    The value is the number of such reports, the limit 0. The image was still decoded, with the rows after the damage
+    grey or shifted, so its scores are written but not used for triage."""
+    damage = damage_notes(image.notes)
+    said = damage[0] if damage else ""
+    return QualityCheck(
+        "decoding", not damage, float(len(damage)), 0.0,
+        f"damaged pixel data: {said} (part of the image may be missing or wrong: read the original and have it "
+        "re-sent)" if damage else "no decoder reported damaged pixel data",
+    )
 
 
 def check_size(image: Image2D, *, min_side: int = MIN_SHORT_SIDE_PX) -> QualityCheck:
@@ -160,7 +176,7 @@ def check_lung_balance(mask: LungMask, *, min_balance: float = MIN_LUNG_BALANCE)
 
 def image_checks(image: Image2D) -> tuple[QualityCheck, ...]:
     """The checks that need only the image."""
-    return (check_size(image), check_dynamic_range(image))
+    return (check_decoding(image), check_size(image), check_dynamic_range(image))
 
 
 def lung_checks(mask: LungMask) -> tuple[QualityCheck, ...]:

@@ -19,7 +19,9 @@ from hostile import (
     good_png,
     j2k_claiming,
     jpeg_claiming,
+    jpeg_damaged,
     jpegls_claiming,
+    jpegls_cut,
     latin1_copy,
     png_claiming,
     rle_with_bits_allocated,
@@ -28,10 +30,11 @@ from hostile import (
 
 from cxrtriage.errors import InputError
 from cxrtriage.io import assess, probe, read_image, select
-from cxrtriage.io.codestream import CodestreamError, j2k_size, jpeg_size, png_size
+from cxrtriage.io.codestream import CodestreamError, j2k_size, jpeg_ends, jpeg_size, png_size
 from cxrtriage.io.dicom import checks, deflate
 from cxrtriage.io.dicom.decode import _gdcm_in_child
 from cxrtriage.io.dicom.deflate import deflated_problem
+from cxrtriage.measure.quality import image_checks
 from cxrtriage.pipeline.decode import DecodeTask, examine
 from cxrtriage.preprocess import PreprocessRecipe
 from cxrtriage.results import Status
@@ -142,6 +145,54 @@ def test_row5_honest_small_codestreams_still_decode(tmp_path: Path) -> None:
         path = make(tmp_path / f"{make.__name__}.dcm", 64)
         img = read_image(path)
         assert img.pixels.shape == (64, 64)
+
+
+# --- a JPEG stream cut short, or damaged inside ------------------------------------------------------------------
+
+
+def _reduced(shape: tuple[int, int]) -> float:
+    return 4.0  # a caller that accepts 1/4: the reduced JPEG path (libjpeg DCT scaling) is tried first
+
+
+@pytest.mark.parametrize("max_scale", [None, _reduced], ids=["full", "reduced"])
+@pytest.mark.parametrize("make", [lambda d: jpeg_damaged(d, "cut"), jpegls_cut], ids=["jpeg", "jpeg-ls"])
+def test_a_jpeg_stream_without_its_end_fails_instead_of_decoding_grey_rows(tmp_path: Path, make: object,
+                                                                           max_scale: object) -> None:
+    # pylibjpeg's libjpeg decodes such a baseline or lossless stream without a word (the RG1 chest cut at 60%: the
+    # lower 45% grey): the missing EOI is what says so
+    path = make(tmp_path / "cut.dcm")  # type: ignore[operator]
+    d = examine(DecodeTask(0, str(path), RECIPE, needs=max_scale))  # type: ignore[arg-type]
+    assert d.record.status is Status.FAILED
+    assert "data stop before the image does (no EOI marker FFD9" in str(d.record.reason)
+    assert "re-send or re-export the image" in str(d.record.reason)
+
+
+@pytest.mark.parametrize("how", ["intact", "padded"])
+def test_a_complete_jpeg_stream_reads_whatever_follows_its_end(tmp_path: Path, how: str) -> None:
+    img = read_image(jpeg_damaged(tmp_path / f"{how}.dcm", how))
+    assert img.pixels.shape == (256, 256) and not [n for n in img.notes if "reported while decoding" in n]
+
+
+def test_jpeg_ends_looks_past_padding_only() -> None:
+    assert jpeg_ends(b"\x12\x34\xff\xd9") and jpeg_ends(b"\xff\xd9\x00") and jpeg_ends(b"\xff\xd9\xff")
+    assert jpeg_ends(b"\xff\xd9" + bytes(4096))  # zero padding of any length
+    assert not jpeg_ends(b"\x12\x34\xff\x00\x56") and not jpeg_ends(b"") and not jpeg_ends(bytes(8))
+    assert not jpeg_ends(b"\xff\xd9" + b"\x01" * 40)  # junk after the end: the marker is not at the end
+
+
+@pytest.mark.parametrize("max_scale", [None, _reduced], ids=["full", "reduced"])
+def test_corrupt_jpeg_data_is_scored_with_the_decoders_words_and_fails_the_decoding_check(
+        tmp_path: Path, max_scale: object) -> None:
+    path = jpeg_damaged(tmp_path / "zeroed.dcm", "zeroed")
+    d = examine(DecodeTask(0, str(path), RECIPE, image_checks=True, needs=max_scale))  # type: ignore[arg-type]
+    assert d.ok and d.image_checks is not None
+    said = "reported while decoding: Corrupt JPEG data: premature end of data segment"
+    assert said in str(d.record.reason)
+    decoding = {c.name: c for c in d.image_checks}["decoding"]
+    assert not decoding.passed and decoding.value == 1.0
+    assert decoding.message.startswith("damaged pixel data: ") and said in decoding.message
+    intact = read_image(jpeg_damaged(tmp_path / "intact.dcm", "intact"))
+    assert {c.name: c for c in image_checks(intact)}["decoding"].passed
 
 
 def test_row5_rle_header_must_match_the_image(tmp_path: Path) -> None:

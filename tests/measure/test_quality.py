@@ -84,9 +84,30 @@ def test_lung_checks() -> None:
     assert [c.name for c in single] == ["lung_area"]
 
 
+def test_decoding_check_fails_only_on_a_decoders_report_of_lost_data() -> None:
+    from cxrtriage.io.native import decoder_notes
+
+    def notes(*said: tuple[str, str]) -> tuple[str, ...]:
+        return tuple(n for msg, dec in said for n in decoder_notes((msg,), dec))
+
+    clean = q.check_decoding(_image(_ramp(300, 300)))
+    assert clean.passed and clean.value == 0.0 and clean.limit == 0.0
+    for msg in ("Corrupt JPEG data: premature end of data segment", "Corrupt JPEG data: bad Huffman code",
+                "Corrupt JPEG data: 267 extraneous bytes before marker 0xd9", "Premature end of JPEG file"):
+        img = Image2D(_ramp(300, 300), (0.0, 255.0), SRC, notes=notes((msg, "libjpeg")))
+        check = q.check_decoding(img)
+        assert not check.passed and check.value == 1.0, msg
+        assert check.message.startswith(f"damaged pixel data: libjpeg reported while decoding: {msg} (")
+        assert q.assess_quality(img).summary() == check.message
+    harmless = notes(("iCCP: known incorrect sRGB profile", "libpng"), ("Stream does not end with EOC", "OpenJPEG"))
+    # a note that quotes the words without a decoder having said them (e.g. a header's text) is no report
+    assert q.check_decoding(Image2D(_ramp(300, 300), (0.0, 255.0), SRC,
+                                    notes=(*harmless, "ImageComments: Corrupt JPEG data"))).passed
+
+
 def test_report_summary() -> None:
     img = _image(_ramp(300, 300))
-    assert q.assess_quality(img).summary() == "ok" and len(q.assess_quality(img).checks) == 2
+    assert q.assess_quality(img).summary() == "ok" and len(q.assess_quality(img).checks) == 3
     labels = np.zeros((300, 300), np.uint8)
     labels[50:250, 20:140] = 1
     rep = q.assess_quality(img, _mask(labels))
@@ -95,6 +116,7 @@ def test_report_summary() -> None:
     assert q.assess_quality(q.image_checks(img), _mask(labels)) == rep
     small = q.assess_quality(_image(np.full((100, 120), 7.0)), _mask(np.zeros((100, 120))))
     assert [c.name for c in small.failed] == ["size", "dynamic_range", "lung_area", "lung_balance"]
+    assert [c.name for c in q.image_checks(img)] == ["decoding", "size", "dynamic_range"]
     assert small.summary().count("; ") == 3
 
 

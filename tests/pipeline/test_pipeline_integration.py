@@ -326,3 +326,30 @@ def test_reports_at_finish(scans: Path, tmp_path: Path, model: Classifier, segme
     assert summary.report is not None and summary.report.index is None
     assert summary.report.errors == ("reports not written (RuntimeError: disk on fire)",)
     assert (tmp_path / "o2" / "results.csv").is_file() and (tmp_path / "o2" / "worklist.csv").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_the_decoder_reported_damaged_is_scored_but_not_triaged(tmp_path: Path, model: Classifier,
+                                                                        workers: int) -> None:
+    from hostile import jpeg_damaged
+
+    from cxrtriage.monitor.profile import quality_kind
+
+    scans = tmp_path / "scans"
+    jpeg_damaged(scans / "zeroed.dcm", "zeroed")
+    jpeg_damaged(scans / "intact.dcm", "intact")
+    jpeg_damaged(scans / "cut.dcm", "cut")
+    out = tmp_path / "out"
+    run_predict(_config(scans, out, workers=workers), model=model)
+    rows = _rows(out)
+    damaged, intact, cut = rows["zeroed.dcm"], rows["intact.dcm"], rows["cut.dcm"]
+    assert damaged["status"] == "scored" and all(0 <= damaged[f"score_{lab}"] <= 1 for lab in LABELS)
+    assert damaged["quality"].startswith("damaged pixel data: libjpeg reported while decoding: Corrupt JPEG data")
+    assert quality_kind(damaged["quality"]) == "damaged pixel data"  # monitor's category
+    assert damaged["priority"] == "not_assessed" and damaged["priority_reason"] == (
+        f"quality check failed: {damaged['quality']}")
+    assert intact["quality"] == "ok" and intact["priority"] != "not_assessed"
+    assert cut["status"] == "failed" and "no EOI marker FFD9" in cut["reason"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["quality"]["failed_by_check"] == {"decoding": 1}
+    assert run["quality"]["limits"]["decoder_damage_messages"] == "Corrupt JPEG data|Premature end of JPEG file"

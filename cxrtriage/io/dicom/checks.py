@@ -14,7 +14,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from cxrtriage.errors import InputError
-from cxrtriage.io.codestream import CodestreamError, StreamSize, j2k_size, jpeg_size
+from cxrtriage.io.codestream import EOI_SEARCH_BYTES, CodestreamError, StreamSize, j2k_size, jpeg_ends, jpeg_size
 from cxrtriage.io.dicom.values import get_int
 
 BITS_ALLOCATED = (1, 8, 16, 32, 64)
@@ -82,8 +82,10 @@ def check_codestream(ds: Dataset, ts: str, p: Path, *, rows: int, columns: int, 
     value = ds.get("PixelData")
     if not isinstance(value, bytes | bytearray):
         return  # no (readable) pixel data: the decoders say so
+    value = bytes(value)
     try:
-        head, total = first_frame_head(bytes(value))
+        spans = _fragment_spans(value)
+        head, total = _head(value, spans)
     except (ValueError, struct.error) as exc:
         raise InputError(f"{p}: encapsulated pixel data is malformed ({exc}); the file is damaged") from exc
     if ts == _RLE:
@@ -100,6 +102,12 @@ def check_codestream(ds: Dataset, ts: str, p: Path, *, rows: int, columns: int, 
         raise InputError(f"{p}: the transfer syntax says {codec} but the codestream is {size.codec}; the file is "
                          "mislabelled or damaged")
     _compare(size, p, rows=rows, columns=columns, samples=samples, bits_allocated=bits_allocated)
+    # JPEG 2000 is left out: OpenJPEG refuses a codestream cut inside a packet, and one cut between packets (a lossy
+    # stream's last quality layers) is a valid, coarser image.
+    if ts not in _J2K and not jpeg_ends(_tail(value, spans, 2 * EOI_SEARCH_BYTES)):
+        raise InputError(f"{p}: the {codec} data stop before the image does (no EOI marker FFD9 at the end of the "
+                         "pixel data): the file was cut short when it was written or sent, and the rows never "
+                         "received would decode as grey; re-send or re-export the image")
 
 
 def _compare(size: StreamSize, p: Path, *, rows: int, columns: int, samples: int, bits_allocated: int) -> None:
@@ -141,9 +149,26 @@ def first_frame_head(value: bytes) -> tuple[bytes, int]:
 
     For a single-frame image every fragment belongs to the one frame.
     """
+    return _head(value, _fragment_spans(value))
+
+
+def _tail(value: bytes, spans: list[tuple[int, int]], n: int) -> bytes:
+    """The last ``n`` bytes of the fragments (fewer when they hold fewer), across fragment boundaries."""
+    parts: list[bytes] = []
+    need = n
+    for start, length in reversed(spans):
+        take = min(length, need)
+        parts.append(value[start + length - take:start + length])
+        need -= take
+        if need == 0:
+            break
+    return b"".join(reversed(parts))
+
+
+def _head(value: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int]:
     parts: list[bytes] = []
     have, total = 0, 0
-    for start, length in _fragment_spans(value):
+    for start, length in spans:
         total += length
         if have < _HEAD_BYTES:
             parts.append(value[start:start + min(length, _HEAD_BYTES - have)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cxrtriage.io.native import DAMAGE_MESSAGES
 from cxrtriage.measure.quality import (
     MIN_DYNAMIC_RANGE_FRACTION,
     MIN_LUNG_BALANCE,
@@ -48,7 +49,8 @@ class QualityHook(PredictHook):
     def provenance(self) -> Mapping[str, Any]:
         return {"quality": {
             "limits": {"min_short_side_px": MIN_SHORT_SIDE_PX, "min_dynamic_range_fraction": MIN_DYNAMIC_RANGE_FRACTION,
-                       "min_lung_fraction": MIN_LUNG_FRACTION, "min_lung_balance": MIN_LUNG_BALANCE},
+                       "min_lung_fraction": MIN_LUNG_FRACTION, "min_lung_balance": MIN_LUNG_BALANCE,
+                       "decoder_damage_messages": DAMAGE_MESSAGES.pattern},
             "failed": self.failed,
             "failed_by_check": dict(self.by_check),
         }}

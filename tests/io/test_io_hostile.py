@@ -363,6 +363,15 @@ def test_checks_module_finds_the_first_fragment() -> None:
     assert head == b"\x01\x02\x03\x04\x05\x06" and total == 6
 
 
+def test_checks_module_takes_the_streams_end_across_fragments() -> None:
+    from pydicom.encaps import encapsulate
+
+    value = encapsulate([b"\x01\x02\x03\x04", b"\x05\x06", b"\xff\xd9"])  # an EOI alone in the last fragment
+    spans = checks._fragment_spans(value)
+    assert checks._tail(value, spans, 5) == b"\x04\x05\x06\xff\xd9"
+    assert checks._tail(value, spans, 64) == b"\x01\x02\x03\x04\x05\x06\xff\xd9"
+
+
 # --- the shared corpus: real codestreams forged, and the GDCM fallback through its child process -----------------
 
 

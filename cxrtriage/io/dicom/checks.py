@@ -102,12 +102,15 @@ def check_codestream(ds: Dataset, ts: str, p: Path, *, rows: int, columns: int, 
         raise InputError(f"{p}: the transfer syntax says {codec} but the codestream is {size.codec}; the file is "
                          "mislabelled or damaged")
     _compare(size, p, rows=rows, columns=columns, samples=samples, bits_allocated=bits_allocated)
-    # JPEG 2000 is left out: OpenJPEG refuses a codestream cut inside a packet, and one cut between packets (a lossy
-    # stream's last quality layers) is a valid, coarser image.
+    # Refused, not decoded with an EOI added: a stream cut short and one whose encoder forgot the EOI (seen in other
+    # fields' files, not in the corpus here) cannot be told apart before decoding, and the decoders that read lossless
+    # JPEG and JPEG-LS here say nothing either way. JPEG 2000 is left out: OpenJPEG refuses a codestream cut inside a
+    # packet, and one cut between packets (a lossy stream's last quality layers) is a valid, coarser image.
     if ts not in _J2K and not jpeg_ends(_tail(value, spans, 2 * EOI_SEARCH_BYTES)):
         raise InputError(f"{p}: the {codec} data stop before the image does (no EOI marker FFD9 at the end of the "
-                         "pixel data): the file was cut short when it was written or sent, and the rows never "
-                         "received would decode as grey; re-send or re-export the image")
+                         "pixel data): the file was cut short when it was written or sent, or its encoder did not "
+                         "end the stream, and the rows after the cut would decode as grey; re-send or re-export the "
+                         "image")
 
 
 def _compare(size: StreamSize, p: Path, *, rows: int, columns: int, samples: int, bits_allocated: int) -> None:

@@ -57,7 +57,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODINGS = (("png8", "PNG 8-bit"), ("dicom16", "DICOM 16-bit uncompressed"), ("j2k_lossless", "JPEG 2000 lossless"),
-             ("j2k_lossy", "JPEG 2000 lossy"), ("jpeg_baseline", "JPEG baseline"), ("jpeg_lossless", "JPEG lossless"))
+             ("j2k_lossy", "JPEG 2000 lossy"), ("jpeg_baseline", "JPEG baseline"), ("jpeg_lossless", "JPEG lossless"),
+             ("htj2k_lossless", "HTJ2K lossless"), ("htj2k_lossy", "HTJ2K lossy"))
 
 # Runs in a child process: python -c CHILD <mode> <repo> <folder> <workers> <batch> <device>; prints one JSON line.
 CHILD = r'''

@@ -5,8 +5,9 @@ Two sets:
 - ``rg1``: the NEMA RG1 chest (1955 x 1841, 15-bit CR) in six encodings, ``--copies`` files each (new UIDs per
   copy, so every copy is a study of its own): ``png8`` (8-bit PNG, windowed 0.5-99.5 %), ``dicom16``
   (uncompressed, the NEMA UNCR pixels), ``j2k_lossless`` / ``j2k_lossy`` (the NEMA J2KR / J2KI codestreams as
-  published), ``jpeg_baseline`` (8-bit DICOM, OpenCV JPEG quality 90) and ``jpeg_lossless`` (process 14 SV1,
-  GDCM).
+  published), ``jpeg_baseline`` (8-bit DICOM, OpenCV JPEG quality 90), ``jpeg_lossless`` (process 14 SV1,
+  GDCM), and ``htj2k_lossless`` / ``htj2k_lossy`` (High-Throughput JPEG 2000 of the UNCR pixels, OpenJPH through
+  imagecodecs: reversible, and irreversible at about 9:1).
 - ``nih``: the 486 labelled NIH ChestX-ray14 PNGs as 8-bit DICOM (DX, CHEST, ViewPosition from the labels) in
   ``j2k_lossless``, ``j2k_lossy`` (OpenJPEG, compression ratio ``--ratio``) and ``jpeg_baseline`` (quality 90);
   with ``--kinds`` also ``png8``, ``dicom8`` (uncompressed) and ``dicom16`` (uncompressed, the 8-bit values x 257:
@@ -24,6 +25,7 @@ Usage (not a test):
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import shutil
 import sys
@@ -46,6 +48,8 @@ from pydicom.uid import (
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RG1 = "dicom/cxr_real/nema_wg04_RG1_{}.dcm"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+RG1_KINDS = ("png8", "dicom16", "j2k_lossless", "j2k_lossy", "jpeg_baseline", "jpeg_lossless", "htj2k_lossless",
+             "htj2k_lossy")
 
 
 def _new_uids(ds: Dataset) -> None:
@@ -112,6 +116,28 @@ def _gdcm_jpeg_lossless(src: Path, dst: Path) -> None:
         raise RuntimeError(f"GDCM could not write {dst}")
 
 
+HTJ2K_LOSSY_STEP = 0.002  # OpenJPH's quantisation step for the lossy set: about 9:1 on the RG1 chest
+
+
+def _htj2k(uncr: Dataset, *, lossy: bool) -> Dataset:
+    """The uncompressed RG1 data set with its pixels as High-Throughput JPEG 2000 (pydicom cannot encode it)."""
+    import imagecodecs
+
+    ds = copy.deepcopy(uncr)
+    pixels = uncr.pixel_array
+    stream = (imagecodecs.htj2k_encode(pixels, level=HTJ2K_LOSSY_STEP, reversible=False) if lossy
+              else imagecodecs.htj2k_encode(pixels))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    if lossy:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = f"{pixels.nbytes / len(stream):.2f}"
+        ds.LossyImageCompressionMethod = "ISO_15444_15"
+    return ds
+
+
 def make_rg1(out: Path, copies: int) -> None:
     uncr = pydicom.dcmread(SHARED / RG1.format("UNCR"))
     mono1 = uncr.PhotometricInterpretation == "MONOCHROME1"
@@ -119,11 +145,12 @@ def make_rg1(out: Path, copies: int) -> None:
     base8 = _dicom8(u8)
     base8.SOPClassUID = SecondaryCaptureImageStorage  # any single-frame image class; CR/DX rules key on Modality
     base8.file_meta.MediaStorageSOPClassUID = base8.SOPClassUID
-    folders = {k: out / k for k in ("png8", "dicom16", "j2k_lossless", "j2k_lossy", "jpeg_baseline", "jpeg_lossless")}
+    folders = {k: out / k for k in RG1_KINDS}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
     jll_master = out / "jpeg_lossless_master.dcm"
     _gdcm_jpeg_lossless(SHARED / RG1.format("UNCR"), jll_master)
+    htj2k = {"htj2k_lossless": _htj2k(uncr, lossy=False), "htj2k_lossy": _htj2k(uncr, lossy=True)}
     for i in range(copies):
         name = f"rg1_{i:03d}"
         ok, png = cv2.imencode(".png", u8)
@@ -137,6 +164,10 @@ def make_rg1(out: Path, copies: int) -> None:
         ds = pydicom.dcmread(jll_master)
         _new_uids(ds)
         ds.save_as(folders["jpeg_lossless"] / f"{name}.dcm", enforce_file_format=True)
+        for key, master in htj2k.items():
+            ds = copy.deepcopy(master)
+            _new_uids(ds)
+            ds.save_as(folders[key] / f"{name}.dcm", enforce_file_format=True)
         jb = _jpeg_baseline(pydicom.dcmread(_save_tmp(base8, out)))
         _new_uids(jb)
         jb.save_as(folders["jpeg_baseline"] / f"{name}.dcm", enforce_file_format=True)
@@ -149,7 +180,7 @@ def copy_rg1(src: Path, out: Path, copies: int) -> None:
     """``copies`` files per encoding from the first file of each encoding in ``src`` (an rg1 set made here), new
     UIDs per DICOM copy: the set on a machine that has the project but not the shared data (e.g. a lent GPU)."""
     done = []
-    for key in ("png8", "dicom16", "j2k_lossless", "j2k_lossy", "jpeg_baseline", "jpeg_lossless"):
+    for key in RG1_KINDS:
         seeds = sorted((src / key).glob("*.*")) if (src / key).is_dir() else []
         if not seeds:
             continue

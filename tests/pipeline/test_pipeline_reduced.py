@@ -140,3 +140,38 @@ def test_real_chest_masks_and_scores_match_full_decoding(shared_data: Path, name
             # measured 0.0017 (J2KR), 0.0018 (J2KI) and 0.0033 (UNCR); 0.0081 with crop edges rounded to whole
             # reduced pixels
             assert max(abs(sa[k] - sb[k]) for k in sa) < 0.005
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("lossy", [False, True], ids=["HTJ2K lossless", "HTJ2K lossy"])
+def test_real_chest_as_htj2k_matches_full_decoding(shared_data: Path, tmp_path: Path, lossy: bool) -> None:
+    """The RG1 chest encoded here as High-Throughput JPEG 2000 (no HTJ2K radiograph is in the shared corpus)."""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from cxrtriage.io.dicom import read_dicom
+    from cxrtriage.model import load_segmenter
+
+    source = shared_data / "dicom" / "cxr_real" / "nema_wg04_RG1_UNCR.dcm"
+    ds = pydicom.dcmread(source)
+    pixels = ds.pixel_array
+    stream = (imagecodecs.htj2k_encode(pixels, level=0.002, reversible=False) if lossy  # ~9:1
+              else imagecodecs.htj2k_encode(pixels))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    path = tmp_path / "rg1_htj2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full = read_dicom(path)
+    assert np.array_equal(full.pixels, read_dicom(source).pixels) != lossy
+    seg, clf = load_segmenter(None, device="cpu"), load_classifier(None, device="cpu")
+    small = read_dicom(path, max_scale=PixelNeeds((clf.manifest.preprocessing,)))
+    assert small.scale == 4
+    sa, sb = clf.predict(full), clf.predict(small)
+    assert max(abs(sa[k] - sb[k]) for k in sa) < 0.005  # measured 0.0017 (lossless), 0.0019 (lossy)
+    a, b = seg.segment(full), seg.segment(read_dicom(path, max_scale=PixelNeeds((seg.manifest.preprocessing,))))
+    inter = np.count_nonzero((a.labels > 0) & (b.labels > 0))
+    assert 2 * inter / (np.count_nonzero(a.labels) + np.count_nonzero(b.labels)) > 0.99  # measured 0.9999

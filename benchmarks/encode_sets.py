@@ -10,9 +10,9 @@ Two sets:
   imagecodecs: reversible, and irreversible at about 9:1).
 - ``nih``: the 486 labelled NIH ChestX-ray14 PNGs as 8-bit DICOM (DX, CHEST, ViewPosition from the labels) in
   ``j2k_lossless``, ``j2k_lossy`` (OpenJPEG, compression ratio ``--ratio``) and ``jpeg_baseline`` (quality 90);
-  with ``--kinds`` also ``png8``, ``dicom8`` (uncompressed) and ``dicom16`` (uncompressed, the 8-bit values x 257:
-  the files that are decoded in full and then block averaged); all named like the PNGs so that ``labels.csv``
-  joins them; ``--size 1024`` upsamples them (bicubic) to the published
+  with ``--kinds`` also ``png8``, ``dicom8`` (uncompressed), ``dicom16`` (uncompressed, the 8-bit values x 257:
+  the files that are decoded in full and then block averaged) and ``htj2k_lossless`` / ``htj2k_lossy`` (as for
+  rg1); all named like the PNGs so that ``labels.csv`` joins them; ``--size 1024`` upsamples them (bicubic) to the published
   originals' size first, so that reduced decoding (which keeps twice the model's pixels) has something to reduce.
 
 Usage (not a test):
@@ -205,7 +205,7 @@ def _save_tmp(ds: Dataset, out: Path) -> Path:
     return path
 
 
-NIH_KINDS = ("j2k_lossless", "j2k_lossy", "jpeg_baseline", "png8", "dicom8", "dicom16")
+NIH_KINDS = ("j2k_lossless", "j2k_lossy", "jpeg_baseline", "png8", "dicom8", "dicom16", "htj2k_lossless", "htj2k_lossy")
 
 
 def make_nih(out: Path, limit: int, ratio: float, size: int = 0,
@@ -232,6 +232,8 @@ def make_nih(out: Path, limit: int, ratio: float, size: int = 0,
                 ds.PixelData = (img.astype(np.uint16) * 257).tobytes()
             elif kind == "jpeg_baseline":
                 ds = _jpeg_baseline(ds)
+            elif kind in ("htj2k_lossless", "htj2k_lossy"):
+                ds = _htj2k(ds, lossy=kind == "htj2k_lossy")
             elif kind == "j2k_lossless":
                 ds.compress(JPEG2000Lossless)
             else:

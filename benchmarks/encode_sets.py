@@ -116,16 +116,18 @@ def _gdcm_jpeg_lossless(src: Path, dst: Path) -> None:
         raise RuntimeError(f"GDCM could not write {dst}")
 
 
-HTJ2K_LOSSY_STEP = 0.002  # OpenJPH's quantisation step for the lossy set: about 9:1 on the RG1 chest
+# OpenJPH's quantisation step for the lossy sets (it has no rate control): about 9:1 on the RG1 chest (15-bit), and
+# 9.6:1 on the NIH images at 1024 px (8-bit; the first five), as the JPEG 2000 lossy sets' ratio of 10
+HTJ2K_LOSSY_STEP = {"rg1": 0.002, "nih": 0.005}
 
 
-def _htj2k(uncr: Dataset, *, lossy: bool) -> Dataset:
-    """The uncompressed RG1 data set with its pixels as High-Throughput JPEG 2000 (pydicom cannot encode it)."""
+def _htj2k(uncr: Dataset, *, lossy: bool, step: float = HTJ2K_LOSSY_STEP["rg1"]) -> Dataset:
+    """The uncompressed data set with its pixels as High-Throughput JPEG 2000 (pydicom cannot encode it)."""
     import imagecodecs
 
     ds = copy.deepcopy(uncr)
     pixels = uncr.pixel_array
-    stream = (imagecodecs.htj2k_encode(pixels, level=HTJ2K_LOSSY_STEP, reversible=False) if lossy
+    stream = (imagecodecs.htj2k_encode(pixels, level=step, reversible=False) if lossy
               else imagecodecs.htj2k_encode(pixels))
     ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
     ds.PixelData = encapsulate([stream])
@@ -233,7 +235,7 @@ def make_nih(out: Path, limit: int, ratio: float, size: int = 0,
             elif kind == "jpeg_baseline":
                 ds = _jpeg_baseline(ds)
             elif kind in ("htj2k_lossless", "htj2k_lossy"):
-                ds = _htj2k(ds, lossy=kind == "htj2k_lossy")
+                ds = _htj2k(ds, lossy=kind == "htj2k_lossy", step=HTJ2K_LOSSY_STEP["nih"])
             elif kind == "j2k_lossless":
                 ds.compress(JPEG2000Lossless)
             else:

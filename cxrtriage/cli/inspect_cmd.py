@@ -27,11 +27,13 @@ def inspect(
 ) -> None:
     """Show what cxrtriage reads from each file (kind, size, photometric, bits, transfer syntax, modality LUT,
     MONOCHROME1 inversion, VOI window, pixel spacing and its source, value range, notes) and whether it would be
-    scored, excluded or failed, and why. Patient names and IDs are never shown."""
+    scored, excluded or failed, and why; and the image quality checks `predict` runs on it (a failed one makes a
+    scored image not_assessed). Patient names and IDs are never shown."""
     from cxrtriage.cli.render import console
     from cxrtriage.errors import ModelError
     from cxrtriage.io import DEFAULT_RULES, discover, load_rules
     from cxrtriage.io.inspect import inspect_file
+    from cxrtriage.measure.quality import image_checks
     from cxrtriage.model.registry import resolve_manifest
     from cxrtriage.preprocess import PixelNeeds
 
@@ -44,7 +46,9 @@ def inspect(
         needs = None
         console.print(f"[yellow]note:[/] default classifier not found ({exc}); decode for predict not shown")
     for path in discover(paths):
-        report = inspect_file(path, selection, max_scale=needs)
+        report = inspect_file(path, selection, max_scale=needs, image_checks=lambda image: (
+            f"{c.name}: {'ok' if c.passed else 'FAILED'}" + ("" if c.passed else f" ({c.message})")
+            for c in image_checks(image)))
         if as_json:
             typer.echo(json.dumps(report.to_dict(), default=str))
         else:
@@ -108,6 +112,8 @@ def _render(r: InspectReport) -> object:
     row("study key", r.study_key)
     if r.read_error:
         table.add_row("read error", Text(r.read_error, style="red"))
+    for i, line in enumerate(r.quality):
+        table.add_row("quality" if i == 0 else "", Text(line, style="" if line.endswith(": ok") else "red"))
     for i, note in enumerate(r.notes):
         table.add_row("notes" if i == 0 else "", Text(note))
     return Panel(table, title=Text(r.path, style="bold"), title_align="left", border_style=_STATUS_STYLE.get(r.status, ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,18 +55,22 @@ class InspectReport:
     read_error: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     reduced_decode: str = ""  # how predict decodes it for the model's needs (``max_scale``): reduced or full, and why
+    quality: tuple[str, ...] = ()  # what ``image_checks`` (the caller's: predict's image quality checks) said
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
-                 max_scale: Callable[[tuple[int, int]], float] | None = None) -> InspectReport:
+                 max_scale: Callable[[tuple[int, int]], float] | None = None,
+                 image_checks: Callable[[Image2D], Iterable[str]] | None = None) -> InspectReport:
     """Probe, select and (whatever the selection) try to read ``path``; never raises for a bad file.
 
     With ``max_scale`` (a model's needs, as `predict` asks them: `cxrtriage.preprocess.PixelNeeds`) the file is
     read a second time that way, and ``reduced_decode`` says which path was used: the resolution decoded and the
-    decoder, or why the image was decoded in full.
+    decoder, or why the image was decoded in full. ``image_checks`` (one line per check; the command passes
+    `cxrtriage.measure.quality`'s, which this layer may not import) fills ``quality``, on the image as `predict`
+    reads it: the reduced read when there is one.
     """
     pr, header = probe_with_header(path)
     sel = select(pr, rules)
@@ -94,33 +98,38 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
         msg = str(exc)
         prefix = f"{pr.path}: "
         return InspectReport(**base, read_error=msg[len(prefix):] if msg.startswith(prefix) else msg, notes=pr.notes)
+    checked: Image2D | None = image
     if max_scale is not None:
-        base["reduced_decode"] = _reduced_path(pr, max_scale)
+        base["reduced_decode"], checked = _reduced_path(pr, max_scale)
+    if image_checks is not None and checked is not None:
+        base["quality"] = tuple(image_checks(checked))
     return InspectReport(**base, **_image_fields(image))
 
 
-def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> str:
-    """How the file is decoded for consumers that accept ``max_scale``: '1/8: 231x245 decoded of 1841x1955 by ...'."""
+def _reduced_path(pr: Probe, max_scale: Callable[[tuple[int, int]], float]) -> tuple[str, Image2D | None]:
+    """How the file is decoded for consumers that accept ``max_scale`` ('1/8: 231x245 decoded of 1841x1955 by ...'),
+    and the image so read (None when it cannot be read that way)."""
     try:
         if pr.kind is InputKind.DICOM:
             from cxrtriage.io.dicom import read_dicom_detailed
 
             image, facts = read_dicom_detailed(pr.path, max_scale=max_scale)
-            return f"{facts.reduction} by {facts.decoder}" if image.reduced else facts.reduction
+            return (f"{facts.reduction} by {facts.decoder}" if image.reduced else facts.reduction), image
         if pr.kind is InputKind.RASTER:
             from cxrtriage.io.raster import read_raster_detailed
 
-            return read_raster_detailed(pr.path, pr.fmt, max_scale=max_scale)[1]
+            image, how = read_raster_detailed(pr.path, pr.fmt, max_scale=max_scale)
+            return how, image
         from cxrtriage.io.read import read_image
 
         image = read_image(pr.path, max_scale=max_scale)
     except InputError as exc:
-        return f"not readable that way ({exc})"
+        return f"not readable that way ({exc})", None
     if image.reduced:
         from cxrtriage.io.reduced import averaged_text
 
-        return averaged_text(image.scale, image.pixels.shape, image.shape, "by SimpleITK")
-    return "none: the consumers need the full resolution"
+        return averaged_text(image.scale, image.pixels.shape, image.shape, "by SimpleITK"), image
+    return "none: the consumers need the full resolution", image
 
 
 def _probe_fields(pr: Probe) -> dict[str, Any]:

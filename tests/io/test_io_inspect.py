@@ -65,3 +65,33 @@ def test_cli_inspect_json_and_rules(tmp_path: Path) -> None:
     row = json.loads(result.output.strip())
     assert (row["status"], row["reason"], row["path"]) == ("scored", "CR CHEST LL", str(path))
     assert "Test^Factory" not in result.output
+
+
+def test_inspect_runs_the_callers_image_checks_on_the_image_as_predict_reads_it(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def checks(image: object) -> list[str]:
+        seen.append(image.pixels.shape)  # type: ignore[attr-defined]
+        return ["one: ok"]
+
+    path = _cr(tmp_path)
+    assert inspect_file(path).quality == ()
+    assert inspect_file(path, image_checks=checks).quality == ("one: ok",) and seen == [(8, 8)]
+    big = tmp_path / "big.dcm"
+    make_cxr_dataset(64, 64, pixels=np.tile(np.arange(64, dtype=np.uint16) * 60, (64, 1))).save_as(
+        big, enforce_file_format=True)
+    inspect_file(big, max_scale=lambda shape: 4.0, image_checks=checks)
+    assert seen[-1] == (16, 16)  # the block-averaged read, as predict checks it
+
+
+def test_cli_inspect_shows_which_quality_check_fails(tmp_path: Path) -> None:
+    from hostile import jpeg_damaged
+
+    jpeg_damaged(tmp_path / "zeroed.dcm", "zeroed")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "decoding: FAILED (damaged pixel data: " in result.output and "size: ok" in result.output
+    result = CliRunner().invoke(app, ["inspect", "--json", str(tmp_path)])
+    row = json.loads(result.output.strip())
+    assert row["quality"][0].startswith("decoding: FAILED (damaged pixel data: ")
+    assert row["quality"][1:] == ["size: ok", "dynamic_range: ok"]

@@ -103,8 +103,8 @@ def textured_u8(n: int = 256, seed: int = 0) -> np.ndarray:
 
 def jpeg_damaged(dest: Path, how: str) -> Path:
     """A 256 x 256 baseline JPEG DICOM whose stream is ``how``: "cut" (at 60%, no EOI), "zeroed" (200 bytes in the
-    middle of its scan set to 0: libjpeg warns "Corrupt JPEG data" and decodes on), "padded" (intact, four 00 and
-    one FF after its EOI) or "intact"."""
+    middle of its scan set to 0: libjpeg warns "Corrupt JPEG data" and decodes on), "padded" (intact, four 00, one FF
+    and 5000 00 after its EOI) or "intact"."""
     img = textured_u8()
     ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
@@ -115,7 +115,7 @@ def jpeg_damaged(dest: Path, how: str) -> Path:
         mid = (frame.index(b"\xff\xda") + len(frame)) // 2
         frame[mid:mid + 200] = bytes(200)
     elif how == "padded":
-        frame += b"\x00\x00\x00\x00\xff"
+        frame += b"\x00\x00\x00\x00\xff" + bytes(5000)
     else:
         assert how == "intact", how
     ds = make_cxr_dataset(256, 256, pixels=img, bits_stored=8)

@@ -370,6 +370,10 @@ def test_checks_module_takes_the_streams_end_across_fragments() -> None:
     spans = checks._fragment_spans(value)
     assert checks._tail(value, spans, 5) == b"\x04\x05\x06\xff\xd9"
     assert checks._tail(value, spans, 64) == b"\x01\x02\x03\x04\x05\x06\xff\xd9"
+    # zero padding of any length, also a whole fragment of it, is not the stream's end
+    padded = encapsulate([b"\x01\x02" * 3000 + b"\xff\xd9" + bytes(9000), bytes(5000)])
+    assert checks._tail(padded, checks._fragment_spans(padded), 4) == b"\x01\x02\xff\xd9"
+    assert checks._tail(encapsulate([bytes(10)]), checks._fragment_spans(encapsulate([bytes(10)])), 4) == b""
 
 
 # --- the shared corpus: real codestreams forged, and the GDCM fallback through its child process -----------------

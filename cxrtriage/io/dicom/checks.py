@@ -156,13 +156,21 @@ def first_frame_head(value: bytes) -> tuple[bytes, int]:
 
 
 def _tail(value: bytes, spans: list[tuple[int, int]], n: int) -> bytes:
-    """The last ``n`` bytes of the fragments (fewer when they hold fewer), across fragment boundaries."""
+    """The last ``n`` bytes of the fragments before their trailing zero bytes (padding, of any length), across
+    fragment boundaries; fewer when the fragments hold fewer."""
     parts: list[bytes] = []
-    need = n
+    need, padding = n, True
     for start, length in reversed(spans):
-        take = min(length, need)
-        parts.append(value[start + length - take:start + length])
-        need -= take
+        end = start + length
+        while padding and end > start:  # a chunk at a time: no copy of a whole fragment
+            chunk = value[max(start, end - 4096):end]
+            kept = len(chunk.rstrip(b"\x00"))
+            end -= len(chunk) - kept
+            padding = kept == 0
+        take = min(end - start, need)
+        if take > 0:
+            parts.append(value[end - take:end])
+            need -= take
         if need == 0:
             break
     return b"".join(reversed(parts))

@@ -67,6 +67,21 @@ def make_cxr_dataset(
     return ds
 
 
+def save_encapsulated(ds: Dataset, frame: bytes, transfer_syntax: str, path: Path) -> Path:
+    """``ds`` saved at ``path`` with ``frame`` (a compressed stream made elsewhere: OpenCV, OpenJPH...) as its one
+    fragment of encapsulated pixel data, under ``transfer_syntax``."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def write_dicom(path: Path, **kwargs: object) -> Path:
     ds = make_cxr_dataset(**kwargs)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)

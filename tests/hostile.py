@@ -9,8 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from factories import make_cxr_dataset
-from pydicom.encaps import encapsulate, generate_frames
+from factories import make_cxr_dataset, save_encapsulated
+from pydicom.encaps import generate_frames
 from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +50,7 @@ def _pixels(n: int = 64) -> np.ndarray:
 
 
 def _encapsulated(dest: Path, frame: bytes, ts: UID, *, bits: int = 8) -> Path:
-    ds = make_cxr_dataset(64, 64, pixels=_pixels(), bits_stored=bits)
-    ds.file_meta.TransferSyntaxUID = ts
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(dest, enforce_file_format=True)
-    return dest
+    return save_encapsulated(make_cxr_dataset(64, 64, pixels=_pixels(), bits_stored=bits), frame, ts, dest)
 
 
 def j2k_claiming(dest: Path, side: int = 20000) -> Path:
@@ -118,14 +111,8 @@ def jpeg_damaged(dest: Path, how: str) -> Path:
         frame += b"\x00\x00\x00\x00\xff" + bytes(5000)
     else:
         assert how == "intact", how
-    ds = make_cxr_dataset(256, 256, pixels=img, bits_stored=8)
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.PixelData = encapsulate([bytes(frame)])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(dest, enforce_file_format=True)
-    return dest
+    return save_encapsulated(make_cxr_dataset(256, 256, pixels=img, bits_stored=8), bytes(frame), JPEGBaseline8Bit,
+                             dest)
 
 
 def jpegls_cut(dest: Path) -> Path:
@@ -133,10 +120,7 @@ def jpegls_cut(dest: Path) -> Path:
     ds = make_cxr_dataset(256, 256, pixels=textured_u8(), bits_stored=8)
     ds.compress(JPEGLSLossless)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    ds.PixelData = encapsulate([frame[: len(frame) * 6 // 10]])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(dest, enforce_file_format=True)
-    return dest
+    return save_encapsulated(ds, frame[: len(frame) * 6 // 10], JPEGLSLossless, dest)
 
 
 def jpegls_claiming(dest: Path, side: int = 20000) -> Path:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from factories import block_means, make_cxr_dataset
+from factories import block_means, make_cxr_dataset, save_encapsulated
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
@@ -215,13 +215,7 @@ def _htj2k_dicom(path: Path, pixels: np.ndarray, *, lossy: bool) -> Path:
     ds = make_cxr_dataset(rows=pixels.shape[0], cols=pixels.shape[1], pixels=pixels, bits_stored=12)
     stream = (imagecodecs.htj2k_encode(pixels, level=0.002, reversible=False) if lossy
               else imagecodecs.htj2k_encode(pixels))
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
-    ds.PixelData = encapsulate([stream])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return save_encapsulated(ds, stream, pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless, path)
 
 
 @pytest.mark.parametrize("lossy", [False, True], ids=["lossless", "lossy"])

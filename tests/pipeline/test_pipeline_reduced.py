@@ -149,7 +149,7 @@ def test_real_chest_as_htj2k_matches_full_decoding(shared_data: Path, tmp_path: 
     """The RG1 chest encoded here as High-Throughput JPEG 2000 (no HTJ2K radiograph is in the shared corpus)."""
     import imagecodecs
     import pydicom
-    from pydicom.encaps import encapsulate
+    from factories import save_encapsulated
 
     from cxrtriage.io.dicom import read_dicom
     from cxrtriage.model import load_segmenter
@@ -159,12 +159,8 @@ def test_real_chest_as_htj2k_matches_full_decoding(shared_data: Path, tmp_path: 
     pixels = ds.pixel_array
     stream = (imagecodecs.htj2k_encode(pixels, level=0.002, reversible=False) if lossy  # ~9:1
               else imagecodecs.htj2k_encode(pixels))
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
-    ds.PixelData = encapsulate([stream])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    path = tmp_path / "rg1_htj2k.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = save_encapsulated(ds, stream, pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless,
+                             tmp_path / "rg1_htj2k.dcm")
     full = read_dicom(path)
     assert np.array_equal(full.pixels, read_dicom(source).pixels) != lossy
     seg, clf = load_segmenter(None, device="cpu"), load_classifier(None, device="cpu")

@@ -88,11 +88,19 @@ def _jpeg_baseline(ds: Dataset, quality: int = 90) -> Dataset:
     arr = np.frombuffer(ds.PixelData, np.uint8)[: ds.Rows * ds.Columns].reshape(ds.Rows, ds.Columns)  # odd: padded
     ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
-    ds.PixelData = encapsulate([buf.tobytes()])
+    return _with_stream(ds, buf.tobytes(), JPEGBaseline8Bit, lossy_method="ISO_10918_1", raw_bytes=arr.nbytes)
+
+
+def _with_stream(ds: Dataset, stream: bytes, syntax: str, *, lossy_method: str = "", raw_bytes: int = 0) -> Dataset:
+    """``ds`` with ``stream`` as its one fragment of encapsulated pixel data under ``syntax``; a lossy stream
+    (``lossy_method``) also gets the Lossy Image Compression attributes, its ratio to ``raw_bytes``."""
+    ds.PixelData = encapsulate([stream])
     ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
-    ds.LossyImageCompressionRatio = f"{arr.nbytes / len(buf):.2f}"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(syntax)
+    if lossy_method:
+        ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", lossy_method
+        ds.LossyImageCompressionRatio = f"{raw_bytes / len(stream):.2f}"
     return ds
 
 
@@ -125,19 +133,11 @@ def _htj2k(uncr: Dataset, *, lossy: bool, step: float = HTJ2K_LOSSY_STEP["rg1"])
     """The uncompressed data set with its pixels as High-Throughput JPEG 2000 (pydicom cannot encode it)."""
     import imagecodecs
 
-    ds = copy.deepcopy(uncr)
     pixels = uncr.pixel_array
-    stream = (imagecodecs.htj2k_encode(pixels, level=step, reversible=False) if lossy
-              else imagecodecs.htj2k_encode(pixels))
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2K if lossy else pydicom.uid.HTJ2KLossless
-    ds.PixelData = encapsulate([stream])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
     if lossy:
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = f"{pixels.nbytes / len(stream):.2f}"
-        ds.LossyImageCompressionMethod = "ISO_15444_15"
-    return ds
+        return _with_stream(copy.deepcopy(uncr), imagecodecs.htj2k_encode(pixels, level=step, reversible=False),
+                            pydicom.uid.HTJ2K, lossy_method="ISO_15444_15", raw_bytes=pixels.nbytes)
+    return _with_stream(copy.deepcopy(uncr), imagecodecs.htj2k_encode(pixels), pydicom.uid.HTJ2KLossless)
 
 
 def make_rg1(out: Path, copies: int) -> None:

@@ -1,4 +1,4 @@
-"""Decode DICOM pixel data with fallbacks: OpenJPEG first for JPEG 2000, then every pydicom plugin, then GDCM.
+"""Decode DICOM pixel data with fallbacks: each pydicom plugin in turn (OpenJPEG first for JPEG 2000), then GDCM.
 
 No decoder failure escapes as anything but an `InputError`: a plugin's exception, a Rust panic (pylibjpeg-rle,
 a ``BaseException``) and a hard crash of GDCM (which aborts its process on some malformed files) all become the
@@ -44,59 +44,67 @@ _GDCM_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16"
 def decode(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray, str, list[str]]:
     """Pixels of ``ds`` (read from ``p``, transfer syntax ``ts``), the decoder that succeeded, and notes.
 
-    pydicom first (it tries every installed plugin for the syntax), then GDCM on the file, in a child process.
-    For JPEG 2000 the OpenJPEG plugin (pylibjpeg) is asked first: on the RG1 chest it needs ~0.6-0.85x the CPU
-    time of pydicom's default choice (GDCM), which matters when several decode workers share the cores.
+    Each installed pydicom plugin for the syntax in turn (`_plugins`), then GDCM on the file, in a child process.
+    The decoder is named as '``pydicom (<library>)``', e.g. 'pydicom (pylibjpeg-libjpeg)'.
 
     Raises:
         InputError: the pixel data is shorter than the header implies, a decoder panicked or crashed on it
             (corrupt compressed data), or no decoder can decode it.
     """
-    errors: list[str] = []
-    notes: list[str] = []
     native = native_words(ds, ts)
     if native is not None:
-        return native, "numpy (uncompressed 16-bit little endian)", notes
-    if ts in _J2K_SYNTAXES and _has_plugin(ts, "pylibjpeg"):
-        try:
-            ds.pixel_array_options(decoding_plugin="pylibjpeg")
-            with held_native_output() as held:
-                arr = ds.pixel_array
-            notes.extend(decoder_notes(held.messages(), "OpenJPEG"))
-            return arr, "pydicom (pylibjpeg-openjpeg)", notes
-        except Exception as exc:  # fall through to every plugin
-            log.debug("%s: pylibjpeg could not decode (%s); trying all plugins", p, first_line(exc))
-        except BaseException as exc:
-            _reraise_exit(exc)
-            raise _panicked(p, ts, exc) from None
-        finally:
-            ds.pixel_array_options(decoding_plugin="")
-    try:
-        with warnings.catch_warnings(record=True) as caught, held_native_output() as held:
-            warnings.simplefilter("always")
-            arr = ds.pixel_array
-        notes.extend(warning_notes(caught))
-        notes.extend(decoder_notes(held.messages(), "the pydicom decoder"))
-        return arr, "pydicom", notes
-    except Exception as exc:  # every plugin failed, or the data do not match the header
-        msg = " ".join(str(exc).split())
-        if "less than expected" in msg or "number of bytes" in msg.lower():
-            raise InputError(f"{p}: pixel data is shorter than Rows x Columns x BitsAllocated imply ({msg}); "
-                             "the file is truncated or its header is wrong") from exc
-        errors.append(f"pydicom: {msg}")
-    except BaseException as exc:
-        # A Rust panic (pyo3 PanicException) is a BaseException: pydicom's plugin loop does not catch it, and a
-        # more lenient decoder that "succeeds" after it would hide data that are known to be corrupt.
-        _reraise_exit(exc)
-        raise _panicked(p, ts, exc) from None
+        return native, "numpy (uncompressed 16-bit little endian)", []
+    arr, label, notes, errors = _decode_pydicom(ds, p, ts)
+    if arr is not None:
+        return arr, f"pydicom ({label})" if label != "pydicom" else "pydicom", notes
     try:
         arr = _decode_gdcm(ds, p)
-        notes.append(f"decoded with GDCM directly after pydicom failed ({errors[0][:160]})")
+        notes.append(f"decoded with GDCM directly after pydicom failed ({'; '.join(errors)[:240]})")
         return arr, "gdcm (fallback)", notes
     except Exception as exc:
         errors.append(f"gdcm: {' '.join(str(exc).split())}")
     raise InputError(f"{p}: pixel data cannot be decoded ({UID(ts).name}, {ts}); tried {'; '.join(errors)}. "
                      "Re-export the image uncompressed or with a standard lossless syntax")
+
+
+def _decode_pydicom(ds: Dataset, p: Path, ts: str) -> tuple[np.ndarray | None, str, list[str], list[str]]:
+    """The pixels from the first pydicom plugin that decodes them (None when none does), its `plugin_label`, the
+    notes, and each failed plugin's error."""
+    errors: list[str] = []
+    notes: list[str] = []
+    tried: list[str] = []
+    arr: np.ndarray | None = None
+    label = ""
+    with warnings.catch_warnings(record=True) as caught, held_native_output() as held:
+        warnings.simplefilter("always")
+        for name in _plugins(ts) or ("",):
+            label = plugin_label(name, ts)
+            try:
+                ds.pixel_array_options(decoding_plugin=name)
+                arr = ds.pixel_array
+                break
+            except Exception as exc:  # this plugin cannot: the next one may (pydicom's own rule)
+                msg = " ".join(str(exc).split()).removeprefix(_ALL_FAILED).removeprefix(f"{name}: ")
+                if "less than expected" in msg or "number of bytes" in msg.lower():
+                    raise InputError(f"{p}: pixel data is shorter than Rows x Columns x BitsAllocated imply ({msg}); "
+                                     "the file is truncated or its header is wrong") from exc
+                errors.append(f"{label}: {msg}")
+                tried.append(label)
+            except BaseException as exc:
+                # A Rust panic (pyo3 PanicException) is a BaseException: pydicom's plugin loop does not catch it, and
+                # a more lenient decoder that "succeeds" after it would hide data that are known to be corrupt.
+                _reraise_exit(exc)
+                raise _panicked(p, ts, exc) from None
+            finally:
+                ds.pixel_array_options(decoding_plugin="")
+    if arr is not None:
+        if tried:
+            notes.append(f"decoded by {label} after {', '.join(tried)} could not ({'; '.join(errors)[:240]})")
+        notes.extend(warning_notes(caught))
+    # What a plugin that failed printed counts too: damage it reported does not go away when the next one decodes.
+    said_by = " then ".join([*tried, label] if arr is not None else tried)
+    notes.extend(decoder_notes(held.messages(), said_by))
+    return arr, label, notes, errors
 
 
 def native_words(ds: Dataset, ts: str) -> np.ndarray | None:
@@ -142,13 +150,44 @@ def _panicked(p: Path, ts: str, exc: BaseException) -> InputError:
                       f"{first_line(exc)}): the compressed pixel data are corrupt; re-export or re-send the image")
 
 
-def _has_plugin(ts: str, name: str) -> bool:
+_ALL_FAILED = "Unable to decode as exceptions were raised by all available plugins: "  # pydicom's, even for one
+_PLUGIN_ORDER = ("gdcm", "pylibjpeg", "pillow", "pyjpegls", "pydicom")
+"""The order pydicom 3 tries its decoding plugins in, for every syntax that has several."""
+
+
+def _plugins(ts: str) -> tuple[str, ...]:
+    """pydicom's decoding plugins installed for ``ts``, in the order they are tried; () where pydicom decodes the
+    syntax itself (uncompressed layouts) or knows no decoder.
+
+    The plugins are tried one by one (pydicom's ``decoding_plugin`` option) rather than by pydicom's own loop, so that
+    ``inspect`` and the notes can say which one decoded the file. For JPEG 2000 the OpenJPEG plugin (pylibjpeg)
+    goes first: on the RG1 chest it needs ~0.6-0.85x the CPU time of pydicom's first choice (GDCM), which matters
+    when several decode workers share the cores.
+    """
     from pydicom.pixels.decoders.base import get_decoder
 
     try:
-        return name in get_decoder(UID(ts)).available_plugins
-    except Exception:
-        return False
+        available = set(get_decoder(UID(ts)).available_plugins)
+    except Exception:  # no decoder for this syntax: pydicom says why when asked for the pixels
+        return ()
+    order = [n for n in _PLUGIN_ORDER if n in available] + sorted(available - set(_PLUGIN_ORDER))
+    if ts in _J2K_SYNTAXES and "pylibjpeg" in order:
+        order.remove("pylibjpeg")
+        order.insert(0, "pylibjpeg")
+    return tuple(order)
+
+
+def plugin_label(name: str, ts: str) -> str:
+    """The library behind pydicom plugin ``name`` for syntax ``ts``: pylibjpeg is a front for three ('pylibjpeg-openjpeg'
+    for JPEG 2000, 'pylibjpeg-rle' for RLE, 'pylibjpeg-libjpeg' for the JPEG family); '' is pydicom's own decoding."""
+    if name == "pylibjpeg":
+        return ("pylibjpeg-openjpeg" if ts in _J2K_SYNTAXES else "pylibjpeg-rle" if ts == _RLE_LOSSLESS
+                else "pylibjpeg-libjpeg")
+    return _PLUGIN_LABELS.get(name, name or "pydicom")
+
+
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+_PLUGIN_LABELS = {"gdcm": "GDCM", "pillow": "Pillow", "pyjpegls": "pyjpegls (CharLS)", "pydicom": "its own RLE decoder"}
 
 
 def _decode_gdcm(ds: Dataset, p: Path) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 
 from cxrtriage.errors import ConfigError, OutputError
 from cxrtriage.model import Classifier, load_classifier
-from cxrtriage.outdir import describe_run, lock_output
+from cxrtriage.outdir import describe_run, lock_output, output_marker
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
 from cxrtriage.pipeline.decode import (
     GUARD_HINT,
@@ -97,8 +97,41 @@ def run_predict(
     raise: they become ``failed`` / ``excluded`` records.
     """
     check_inputs(config.inputs, config.out_dir)  # before anything is written, the lock file included
+    check_replaceable(Path(config.out_dir), config.inputs)
     with lock_output(config.out_dir, "predict") as lock:
         return _run_predict(config, model=model, hooks=hooks, on_progress=on_progress, unfinished=lock.unfinished)
+
+
+def check_replaceable(out_dir: Path, inputs: Sequence[Path]) -> None:
+    """Refuse, before anything is written, an output folder whose run files and folders (`RUN_FILES`,
+    `RUN_FOLDERS`) a new run would remove but that are not a cxrtriage run's to remove.
+
+    Why: a new run replaces an earlier one as a whole (`clear_earlier_run`), and those names are common ones. A
+    user's own ``dicom/`` or ``report/`` folder under ``--out``, or the input folder itself, must never be taken for
+    the artefacts of an earlier run: removing them loses data that no run can give back.
+
+    Raises:
+        ConfigError: an input lies in one of those files or folders, or the folder holds some of them without any
+            mark of a cxrtriage run (`cxrtriage.outdir.output_marker`: its lock file, run.json or results table; or
+            a cxrtriage journal).
+    """
+    targets = {n: out_dir / n for n in (*RUN_FILES, *RUN_FOLDERS)}
+    for given in inputs:
+        where = Path(given).resolve()
+        for name, target in targets.items():
+            if target.exists() and (where == target.resolve() or where.is_relative_to(target.resolve())):
+                how = "is" if where == target.resolve() else "lies in"
+                raise ConfigError(f"input {given} {how} {target}, which predict replaces with its own {name} in "
+                                  "--out: choose another --out (outside the inputs)")
+    try:
+        names = set(os.listdir(out_dir))
+    except OSError:  # no folder yet (or none to list): nothing of anyone's to replace
+        return
+    present = [n for n in (*RUN_FILES, *RUN_FOLDERS) if n in names or n + ".partial" in names]
+    if present and output_marker(out_dir, names) is None and journal_command(out_dir) is None:
+        raise ConfigError(f"{out_dir}: holds {', '.join(present)}, which predict would replace with its own "
+                          "outputs, but no cxrtriage run wrote them (no run.json, results table or lock file of "
+                          "one): choose another --out, or move them away")
 
 
 def earlier_run(out_dir: Path, unfinished: dict[str, object] | None) -> str | None:

@@ -154,6 +154,37 @@ def test_without_resume_an_earlier_run_is_replaced_as_a_whole_and_it_says_so(tmp
     assert len((out / "results.csv").read_text().splitlines()) == 2
 
 
+def test_a_folder_of_the_inputs_is_never_taken_for_an_earlier_runs(tmp_path: Path, model: Path) -> None:
+    """An input folder named like a run's artefact folder (dicom/, report/...) under --out is refused, not removed."""
+    out = tmp_path / "case"
+    inputs = _inputs(out / "dicom", 2)
+    before = sorted(p.name for p in inputs.iterdir())
+    res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--workers", "0"])
+    assert res.exit_code == 4, res.output
+    said = " ".join(res.output.split())
+    assert f"input {inputs} is {out / 'dicom'}" in said and "choose another --out" in said
+    assert sorted(p.name for p in inputs.iterdir()) == before and "img000.png" in before
+    assert [p.name for p in out.iterdir()] == ["dicom"]  # nothing written: no lock file, no partial tables
+
+    res = CliRunner().invoke(app, ["predict", str(inputs / "img000.png"), "--out", str(out), "--model", str(model),
+                                   "--workers", "0"])
+    assert res.exit_code == 4 and "lies in" in " ".join(res.output.split())
+
+
+def test_folders_no_run_wrote_are_never_replaced(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 1)
+    out = tmp_path / "mine"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "radiology.html").write_text("the user's own")
+    (out / "worklist.csv").write_text("accession,priority\n")
+    res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--workers", "0"])
+    assert res.exit_code == 4, res.output
+    said = " ".join(res.output.split())
+    assert "holds worklist.csv, report, which predict would replace" in said and "no cxrtriage run wrote them" in said
+    assert (out / "report" / "radiology.html").read_text() == "the user's own"
+    assert sorted(p.name for p in out.iterdir()) == ["report", "worklist.csv"]
+
+
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path, model: Path) -> None:
     inputs = _inputs(tmp_path / "in", 4)
     out = tmp_path / "out"

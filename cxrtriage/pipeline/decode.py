@@ -120,7 +120,8 @@ def examine(task: DecodeTask) -> Decoded:
                            seconds=time.perf_counter() - t0)
         image = a.image
         record = probe_record(task.path, probe, Status.SCORED, "; ".join([a.selection.reason, *image.notes])).replace(
-            rows=image.shape[0], columns=image.shape[1], pixel_spacing_mm=image.pixel_spacing_mm)
+            rows=image.shape[0], columns=image.shape[1], pixel_spacing_mm=image.pixel_spacing_mm,
+            decoded_at="full" if image.scale == 1 else f"1/{image.scale}")
         mi = to_model_input(image, task.recipe)
         extra = tuple(to_model_input(image, r) for r in task.extra_recipes)
         checks = tuple(image_checks(image)) if task.image_checks else None

@@ -269,7 +269,8 @@ def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook
     counts = {"files": summary.total, "scored": summary.scored, "excluded": summary.excluded, "failed": summary.failed}
     if config.resume:
         counts["resumed"] = resumed
-    record = run_record(config, model, started_at=started_at, finished_at=utc_now(), counts=counts, hooks=hooks)
+    record = run_record(config, model, started_at=started_at, finished_at=utc_now(), counts=counts, hooks=hooks,
+                        workers=workers)
     run_json = write_run_json(ctx.out_dir, record)
     report = run_reports(config, ctx.out_dir, destination) if config.reports_on else None
     return dataclasses.replace(summary, seconds=time.perf_counter() - t0, outcomes=outcomes, run_json=run_json,

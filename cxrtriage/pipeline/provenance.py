@@ -20,9 +20,11 @@ def run_record(
     finished_at: str,
     counts: Mapping[str, int],
     hooks: Iterable[PredictHook],
+    workers: int | None = None,
 ) -> RunRecord:
     """The content of ``run.json``; each hook adds its part (policy and site from triage, the segmenter from the
-    lungs, the quality limits, the heat-map method)."""
+    lungs, the quality limits, the heat-map method). ``workers``: the decode processes the run used (else the
+    configured count, None for "auto")."""
     m = model.manifest
     hooks = list(hooks)
     record = RunRecord(
@@ -38,9 +40,12 @@ def run_record(
         counts=dict(counts),
         device=model.session.device.value,
         execution_providers=tuple(model.session.providers),
-        options={"batch_size": config.batch_size, "workers": config.workers, "threads": config.intra_op_threads,
-                 "rules": str(config.rules) if config.rules else "default", "lungs": config.lungs_on,
-                 "report": config.reports_on},
+        options={"batch_size": config.batch_size, "workers": config.workers if workers is None else workers,
+                 "threads": config.intra_op_threads, "rules": str(config.rules) if config.rules else "default",
+                 "lungs": config.lungs_on, "report": config.reports_on, "heatmaps": config.heatmaps,
+                 "dicom": config.dicom_on, "device_requested": config.device,
+                 # with reduced decoding, each row's decoded_at says how far its image was reduced
+                 "full_resolution": not config.reduced_decode},
         hooks=tuple(h.name for h in hooks),
     )
     for h in hooks:

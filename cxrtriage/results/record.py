@@ -100,6 +100,9 @@ class ImageRecord:
     population_source: str | None = None
     population_probability: float | None = None
     quality: str | None = None
+    # The resolution the model's inputs were made from: "full", or "1/2", "1/4", "1/8" of the image per side (reduced
+    # decoding or block averaging, `cxrtriage.io.reduced`); scores from the two agree within 0.01.
+    decoded_at: str | None = None
     heatmaps: tuple[str, ...] | None = None
     # Per finding with a heat map: the share of its evidence outside the lung fields (``cxrtriage.explain.gating``).
     outside_lungs: Mapping[str, float] = field(default_factory=dict)

@@ -45,6 +45,8 @@ TAIL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_sha256", 
 # Where each image came from (DICOM headers; empty for other files), after the tail so that every earlier column keeps
 # its position; ``cxrtriage monitor`` slices by them.
 SOURCE_COLUMNS: tuple[str, ...] = ("manufacturer", "device_model", "institution", "study_month", "age_band", "sex")
+# How far the image was reduced when it was read (`ImageRecord.decoded_at`), after the source columns.
+DECODE_COLUMNS: tuple[str, ...] = ("decoded_at",)
 # The column that says when a row's text had to be escaped (``cells.UNDECODABLE_NOTE``).
 NOTE_COLUMN = "reason"
 # Artefact columns, in this order when present (added by pipeline hooks).
@@ -67,7 +69,7 @@ def model_score_column(label: str) -> str:
 
 def result_columns(labels: Sequence[str], extra: Iterable[str] = ()) -> list[str]:
     """The header: fixed columns, one score column per label, model/triage columns, then hook columns."""
-    cols = [*LEAD_COLUMNS, *(score_column(lab) for lab in labels), *TAIL_COLUMNS, *SOURCE_COLUMNS]
+    cols = [*LEAD_COLUMNS, *(score_column(lab) for lab in labels), *TAIL_COLUMNS, *SOURCE_COLUMNS, *DECODE_COLUMNS]
     extra = list(dict.fromkeys(extra))
     cols += [c for c in OPTIONAL_COLUMNS if c in extra]
     cols += [c for c in extra if c not in cols]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import cv2
@@ -103,6 +105,12 @@ def test_predict_reduces_jpeg2000_and_keeps_masks_and_areas_on_the_full_grid(tmp
     labels = [k for k in red if k.startswith("score_")]
     assert max(abs(red[k] - full[k]) for k in labels) < 0.01
     assert red["reason"] == full["reason"]  # the reading notes do not change
+    # each row and run.json say how the image was read
+    assert red["decoded_at"] == "1/8" and full["decoded_at"] == "full"
+    for reduced, out in ((True, "reduced"), (False, "full")):
+        options = json.loads((tmp_path / out / "run.json").read_text())["options"]
+        assert options["full_resolution"] is (not reduced) and options["workers"] == 0
+        assert "decoded_at" in (tmp_path / out / "results.csv").read_text().splitlines()[0].split(",")
 
 
 def test_heatmaps_need_the_overlay_resolution_and_a_hook_without_a_size_needs_everything(tmp_path: Path) -> None:

@@ -219,8 +219,43 @@ def colour_check(path: str | Path) -> bool:
     if arr is None:
         arr = decode_file(path, cv2.IMREAD_COLOR)
     if arr is None:
-        raise InputError(f"{path}: OpenCV could not decode this image (corrupt or unsupported format)")
+        raise InputError(f"{path}: {undecodable_reason(path)}")
     return is_colour_content(arr)
+
+
+# The last bytes of a complete file of each format: PNG's IEND chunk (its type and fixed CRC), JPEG's EOI marker.
+_END_MARKERS = {"PNG": (b"IEND\xaeB`\x82", "IEND chunk"), "JPEG": (b"\xff\xd9", "end-of-image marker (FFD9)")}
+# How far from the end the marker is looked for: writers may pad a file or append a few bytes after it. Kept small, as
+# a JPEG's EXIF thumbnail (near its start) holds an FFD9 of its own, which must not pass for the end of a cut file.
+_END_WINDOW = 1024
+
+
+def undecodable_reason(path: str | Path, messages: tuple[str, ...] = ()) -> str:
+    """Why a PNG/JPEG/TIFF file the decoder refused cannot be read, and what to do, from the file's own bytes.
+
+    The format is named from the content (a file's name may say otherwise); a PNG or JPEG without its end marker
+    near the end of the file is said to be truncated, the usual cause (an interrupted copy, download or transfer).
+    ``messages`` are what the codec printed (libjpeg's "Premature end of JPEG file"...).
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(8)
+            size = fh.seek(0, 2)
+            fh.seek(max(size - _END_WINDOW, 0))
+            tail = fh.read()
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or exc}); check the path and permissions"
+    fmt = ("PNG" if head.startswith(b"\x89PNG\r\n\x1a\n") else "JPEG" if head.startswith(b"\xff\xd8\xff")
+           else "TIFF" if head[:4] in (b"II*\x00", b"MM\x00*") else "")
+    said = f" ({'; '.join(messages)})" if messages else ""
+    what = f"this {fmt} file" if fmt else "this file"
+    if fmt in _END_MARKERS and _END_MARKERS[fmt][0] not in tail:
+        return (f"OpenCV could not decode {what}{said}: it ends ({size} bytes) without its {_END_MARKERS[fmt][1]}, "
+                "so it is likely truncated (cut short by an interrupted copy, download or transfer); re-send or "
+                "re-export the original image")
+    return (f"OpenCV could not decode {what}{said}: its content is corrupt or uses a feature OpenCV does not "
+            "support; re-export the image from its source or re-send the original")
 
 
 def _reduced_jpeg(p: Path, header: RasterHeader, max_scale: Callable[[tuple[int, int]], float]) -> ReducedPixels | None:
@@ -274,9 +309,7 @@ def read_raster_detailed(path: str | Path, fmt: str | None = None, *,
                     f"1/{red.scale}: {w}x{h} decoded of {header.columns}x{header.rows} by {red.decoder}")
     arr, messages = decode_file_noted(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
-        said = f" ({'; '.join(messages)})" if messages else ""
-        raise InputError(f"{p}: OpenCV could not decode this image (corrupt, truncated or unsupported format)"
-                         f"{said}; re-export it as PNG")
+        raise InputError(f"{p}: {undecodable_reason(p, messages)}")
     notes.extend(decoder_notes(messages, "OpenCV"))
     if header is not None and arr.shape[:2] != (header.rows, header.columns):
         if arr.shape[:2] == (header.columns, header.rows):

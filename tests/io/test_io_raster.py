@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cxrtriage.errors import InputError
-from cxrtriage.io import probe, read_image, select
+from cxrtriage.io import assess, probe, read_image, select
 from cxrtriage.io.raster import read_raster_header
 from cxrtriage.types import InputKind
 
@@ -167,3 +167,46 @@ def test_metaimage_without_dimensions_fails_with_a_reason(tmp_path: Path) -> Non
     assert sel.status == "failed" and sel.reason == "the image header declares no dimensions; the file is damaged"
     with pytest.raises(InputError, match="nodims.mha: the image header declares no dimensions"):
         read_image(tmp_path / "nodims.mha")
+
+
+def _noise(rows: int = 128, cols: int = 128) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (rows, cols), dtype=np.uint8)  # incompressible: a big file
+
+
+@pytest.mark.parametrize(("ext", "fmt", "marker"), [(".png", "PNG", "IEND chunk"),
+                                                    (".jpg", "JPEG", "end-of-image marker (FFD9)")])
+def test_truncated_png_and_jpeg_are_named_by_content_and_said_truncated(tmp_path: Path, ext: str, fmt: str,
+                                                                        marker: str) -> None:
+    cv2.imwrite(str(tmp_path / f"ok{ext}"), _noise())
+    data = (tmp_path / f"ok{ext}").read_bytes()
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[:len(data) // 3])
+    with pytest.raises(InputError) as info:
+        read_image(cut)
+    msg = str(info.value)
+    assert msg.startswith(f"{cut}: OpenCV could not decode this {fmt} file")
+    assert f"without its {marker}, so it is likely truncated" in msg and "re-send or re-export the original" in msg
+    assert "re-export it as PNG" not in msg
+    sel = assess(cut).selection  # the results row says the same
+    assert sel.status == "failed" and f"this {fmt} file" in sel.reason and "likely truncated" in sel.reason
+
+
+def test_undecodable_raster_is_named_by_its_content_not_its_name(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "ok.png"), _noise())
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 3])  # a cut PNG under a JPEG name
+    with pytest.raises(InputError, match=r"cut\.jpg: OpenCV could not decode this PNG file: .* without its IEND chunk"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_complete_but_corrupt_png_is_not_said_truncated(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "ok.png"), _noise())
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    idat = data.index(b"IDAT") + 4
+    data[idat + 100:idat + 400] = bytes(300)  # damaged image data; the file still ends with its IEND chunk
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "bad.png")
+    msg = str(info.value)
+    assert "could not decode this PNG file" in msg and "its content is corrupt" in msg
+    assert "truncated" not in msg and "re-export the image from its source or re-send the original" in msg

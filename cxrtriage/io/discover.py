@@ -256,18 +256,30 @@ def probe_with_header(path: str | Path) -> tuple[Probe, DicomHeader | None]:
     companion = _companion_of(p)
     if companion:
         return Probe(p, InputKind.UNKNOWN, file_size=size, not_an_image=f"pixel data file of {companion}"), None
+    named = _SUFFIX_FORMATS.get(p.suffix.lower())
+    if sniffed.text and named:
+        # Failed, not excluded: text under an image's name is most often that image gone wrong (an HTML error page
+        # or a log saved by a failed download or export), as an empty or unrecognised binary file under such a name
+        # is failed below; a failed row gets noticed and the image sent again. Text under any other name (README.md,
+        # notes.txt) is excluded: nothing is wrong with it.
+        return Probe(p, InputKind.UNKNOWN, file_size=size,
+                     error=f"not an image file: it is named '{p.suffix}' but its content is not {named} (text, e.g. "
+                           "an error page or a log saved under the image's name); re-send or re-export the original "
+                           "image"), None
     if sniffed.text:
         return Probe(p, InputKind.UNKNOWN, file_size=size,
                      not_an_image="text file (e.g. README, CSV, JSON), not an image"), None
     hint = f" ({sniffed.hint})" if sniffed.hint else ""
-    named = f"; it is named '{p.suffix}' but its content does not match" if p.suffix.lower() in _KNOWN_SUFFIXES else ""
+    mismatch = f"; it is named '{p.suffix}' but its content is not {named}" if named else ""
     return Probe(p, InputKind.UNKNOWN, file_size=size,
                  error=f"not a recognised image file{hint}: no DICOM preamble or parseable DICOM data set, and not "
-                       f"PNG/JPEG/TIFF/NIfTI/MHA/NRRD content{named}"), None
+                       f"PNG/JPEG/TIFF/NIfTI/MHA/NRRD content{mismatch}"), None
 
 
-_KNOWN_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz",
-                   ".mha", ".mhd", ".nrrd", ".nhdr"}
+# The format a file's name promises (the name decides nothing: it only says what the content was expected to be).
+_SUFFIX_FORMATS = {".dcm": "DICOM", ".dicom": "DICOM", ".dic": "DICOM", ".ima": "DICOM", ".png": "PNG", ".jpg": "JPEG",
+                   ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".nii": "NIfTI", ".gz": "gzip-compressed NIfTI",
+                   ".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD", ".nhdr": "NRRD"}
 
 
 def _probe_dicom(p: Path, size: int) -> tuple[Probe, DicomHeader | None]:

@@ -78,6 +78,26 @@ def test_every_file_gets_a_decision_with_a_reason(tmp_path: Path) -> None:
     assert all(d.reason for d in decisions.values())
 
 
+@pytest.mark.parametrize(("name", "expected"), [("x.dcm", "DICOM"), ("x.PNG", "PNG"), ("x.jpg", "JPEG"),
+                                              ("x.nii", "NIfTI"), ("x.mhd", "MetaImage")])
+def test_text_named_as_an_image_fails_and_names_the_mismatch(tmp_path: Path, name: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_text("hello\n")  # e.g. an error page saved under the image's name
+    sel = select(probe(path))
+    assert sel.status == "failed"  # as an empty or binary file under an image's name: the image went wrong
+    assert f"it is named '{path.suffix}' but its content is not {expected} (text" in sel.reason
+    assert "re-send or re-export the original image" in sel.reason
+    (tmp_path / "notes.txt").write_text("hello\n")  # text under a text name is simply not an image
+    assert select(probe(tmp_path / "notes.txt")) == Selection("excluded", "text file (e.g. README, CSV, JSON), not an image")
+
+
+def test_empty_file_named_as_an_image_names_the_format_it_is_not(tmp_path: Path) -> None:
+    (tmp_path / "zero.png").write_bytes(b"")
+    sel = select(probe(tmp_path / "zero.png"))
+    assert sel.status == "failed" and "(the file is empty)" in sel.reason
+    assert sel.reason.endswith("it is named '.png' but its content is not PNG")
+
+
 def test_dicomdir_is_excluded_not_failed(tmp_path: Path) -> None:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

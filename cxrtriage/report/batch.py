@@ -200,7 +200,7 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             continue  # its SR/SC/SEG were written (and sent) with the batch it came in
         steps: list[tuple[str, Callable[[], Dataset]]] = [
             ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
-                           segmenter=segmenter)),
+                           segmenter=segmenter, priority=img.priority, priority_reason=img.priority_reason)),
             ("sc", partial(_sc, source, img, bundle, sources, classifier, mask_names, notes)),
         ]
         if img.mask_path is not None:

@@ -87,9 +87,16 @@ def legend_lines(img: ImageResult, bundle: ResultsBundle, shown: Heatmap | None,
             continue
         if f.threshold is None:
             lines.append((f"{f.label}: {f.score:.2f} (threshold unknown)", GREY))
+        elif f.reported_only:  # not validated for the population: shown, but neither red nor green
+            sign, word = (">=", "above") if f.positive else ("<", "below")
+            lines.append((f"{f.label}: {f.score:.2f} {sign} {f.threshold:.2f}  {word}, reported only", GREY))
         else:
             sign, colour, word = (">=", RED, "ABOVE") if f.positive else ("<", GREEN, "below")
             lines.append((f"{f.label}: {f.score:.2f} {sign} {f.threshold:.2f}  {word}", colour))
+    unvalidated = {f.population for f in img.findings if f.reported_only and f.score is not None}
+    if unvalidated:
+        lines.append((_short(f"reported only: not validated for the {', '.join(sorted(map(str, unvalidated)))}"), GREY))
+        lines.append(("  population; it does not move the priority", GREY))
     lines.append(("", WHITE))
     if img.priority:
         lines.append((_short(f"Priority: {img.priority}" + (f" - {img.priority_reason}" if img.priority_reason else "")), WHITE))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -27,15 +29,28 @@ def build_sr(
     *,
     lung_area_mm2: float | None = None,
     segmenter: AlgorithmInfo | None = None,
+    priority: str = "",
+    priority_reason: str = "",
 ) -> hd.sr.ComprehensiveSR:
     """A TID 1500 report about one source image.
 
     Per scored finding: an image-level group (TID 1501) whose finding type is the finding, with the
     calibrated score as a Probability measurement and a qualitative evaluation present/absent at the
     threshold in force (thresholds are listed in the algorithm parameters); plus a lung-area group when the area is known.
-    The source image is the evidence and each group's source image.
+    The source image is the evidence and each group's source image. The image's triage ``priority`` and the reason
+    (the threshold that decided it) are algorithm parameters beside the thresholds.
+
+    A finding that is reported only (`Finding.reported_only`: not validated for the patient's population, so it did
+    not move the priority) gets its probability but no present/absent: a "Present" in a PACS would read as a
+    validated claim. Its tracking identifier says why.
     """
     src_ref = [hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
+    extra = {k: v for k, v in (("priority", priority), ("priority_reason", priority_reason)) if v}
+    reported_only = sorted(f.label for f in findings if f.reported_only and f.score is not None)
+    if reported_only:
+        extra["reported_only"] = ", ".join(reported_only)
+    if extra:
+        algo = replace(algo, parameters={**algo.parameters, **extra})
     algorithm = _algorithm_id(algo)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     for f in findings:
@@ -45,13 +60,15 @@ def build_sr(
         measurements = [hd.sr.Measurement(name=PROBABILITY, value=round(float(f.score), 6), unit=UNIT_PROBABILITY,
                                           algorithm_id=algorithm)]
         qualitative = []
-        if f.threshold is not None:  # the threshold itself is an algorithm parameter (see AlgorithmInfo.parameters)
+        if f.threshold is not None and not f.reported_only:  # the threshold is an algorithm parameter too
             value = codes.SCT.Present if f.positive else codes.SCT.Absent
             qualitative.append(hd.sr.QualitativeEvaluation(name=concept, value=value))
+        identifier = (f"{f.label} (reported only: not validated for {f.population})" if f.reported_only
+                      else f"{f.label} ({f.threshold_kind} threshold)")
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=common.stable_uid("tracking", str(source.SOPInstanceUID), f.label, algo.name, algo.version),
-                identifier=f"{f.label} ({f.threshold_kind} threshold)"[:64],
+                identifier=identifier[:64],
             ),
             finding_type=concept,
             finding_category=codes.SCT.Finding,

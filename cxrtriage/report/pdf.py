@@ -142,6 +142,8 @@ def render_study_pdf(view: StudyView) -> bytes:
     pdf.kv(view.header)
     pdf.h2("Triage priority")
     pdf.para(f"{view.priority}" + (f" - {view.priority_reason}" if view.priority_reason else ""), size=10, bold=True)
+    if view.threshold_note:
+        pdf.para(view.threshold_note, size=8, colour=(90, 96, 105))
     for img in view.images:
         pdf.h2(img.title)
         status = f"Source: {img.source}  |  status: {img.status}" + (f" ({img.reason})" if img.reason else "")
@@ -152,9 +154,16 @@ def render_study_pdf(view: StudyView) -> bytes:
             pdf.para(img.shortcut, size=9, bold=True, colour=(154, 103, 0))
         _figures(pdf, img.figures)
         if img.findings:
-            rows = [(f.label, f.score, f.threshold, f.kind, f.status, f.sensitivity, f.specificity) for f in img.findings]
+            only = [f.reported_only for f in img.findings]
+            rows = [(f.label, f.score, f.threshold, f.kind, f.status + (", reported only" if o else ""), f.sensitivity,
+                     f.specificity) for f, o in zip(img.findings, only, strict=True)]
             pdf.grid(("Finding", "Score", "Threshold", "Operating point", "Status", "Val. sens.", "Val. spec."), rows,
-                     (22, 11, 12, 24, 11, 12, 12), emphasise=[f.positive for f in img.findings])
+                     (20, 10, 11, 22, 17, 12, 12), emphasise=[f.positive and not o for f, o in zip(img.findings, only,
+                                                                                                  strict=True)])
+            if any(only):
+                pops = sorted({f.role.split(": ", 1)[-1] for f, o in zip(img.findings, only, strict=True) if o})
+                pdf.para(f"Reported only ({'; '.join(pops)}): shown, but it does not move the priority.", size=8,
+                         colour=(90, 96, 105))
         elif img.status != Status.SCORED:
             pdf.para(f"Not scored: {img.reason or 'no reason recorded'}", bold=True, colour=(154, 103, 0))
         if img.measurements:

@@ -40,6 +40,14 @@ class Finding:
     threshold_kind: str  # rule_out / balanced / run (threshold from run.json not in the manifest) / unknown
     sensitivity: float | None = None
     specificity: float | None = None
+    # May this label move the priority for the image's population (run.json ``deciding_labels``)? False: it is
+    # reported only (not validated for that population); None: the run did not record it.
+    decides: bool | None = None
+    population: str | None = None
+
+    @property
+    def reported_only(self) -> bool:
+        return self.decides is False
 
     @property
     def positive(self) -> bool | None:
@@ -268,8 +276,10 @@ def find_manifest(run: RunRecord | None, table: ResultsTable, explicit: str | Pa
 
 def resolve_findings(record: ImageRecord, labels: tuple[str, ...], manifest: ModelManifest | None,
                      run: RunRecord | None, operating_point: str) -> tuple[Finding, ...]:
-    """Per label: the score, the threshold in force (run.json, else the manifest's operating point) and its figures."""
+    """Per label: the score, the threshold in force (run.json, else the manifest's operating point) and its figures,
+    and whether the label decides the priority for the record's population (`deciding_labels`)."""
     out: list[Finding] = []
+    deciding = deciding_labels(run, record.population)
     for label in labels:
         score = record.scores.get(label)
         lt = manifest.thresholds.get(label) if manifest else None
@@ -279,8 +289,10 @@ def resolve_findings(record: ImageRecord, labels: tuple[str, ...], manifest: Mod
         kind: str
         if run_thr is not None:
             thr = run_thr
-            match = next((k for k in OPERATING_POINTS if lt is not None and math.isclose(getattr(lt, k).threshold, thr,
-                                                                                          abs_tol=1e-9)), None)
+            # the kind the run recorded; two operating points may share a value (then matching it would guess)
+            recorded = run.thresholds[label].get("kind") if run is not None else None
+            match = next((k for k in ((recorded,) if recorded in OPERATING_POINTS else OPERATING_POINTS)
+                          if lt is not None and math.isclose(getattr(lt, k).threshold, thr, abs_tol=1e-9)), None)
             kind = match or "run"
             op = getattr(lt, match) if match and lt is not None else None
         elif op is not None:
@@ -288,8 +300,20 @@ def resolve_findings(record: ImageRecord, labels: tuple[str, ...], manifest: Mod
         else:
             thr, kind = None, UNKNOWN
         out.append(Finding(label=label, score=score, threshold=thr, threshold_kind=kind,
-                           sensitivity=op.sensitivity if op else None, specificity=op.specificity if op else None))
+                           sensitivity=op.sensitivity if op else None, specificity=op.specificity if op else None,
+                           decides=None if deciding is None else label in deciding,
+                           population=record.population if deciding is not None else None))
     return tuple(out)
+
+
+def deciding_labels(run: RunRecord | None, population: str | None) -> frozenset[str] | None:
+    """The labels that could move the priority for ``population`` in the run (run.json ``study_operating_points``
+    ``deciding_labels``: validated for it and not ignored by the policy); None when the run did not record them."""
+    sop = run.sections.get("study_operating_points") if run is not None else None
+    per = sop.get("deciding_labels") if isinstance(sop, Mapping) else None
+    if not isinstance(per, Mapping) or population is None or not isinstance(per.get(population), list):
+        return None
+    return frozenset(str(x) for x in per[population])
 
 
 _OVERLAY_NAME = re.compile(r"^(?P<stem>.*)__(?P<label>[^_].*?)__(?P<method>[A-Za-z0-9.-]+)$")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cxrtriage import __version__
 from cxrtriage.explain.gating import SHORTCUT_LEVEL
+from cxrtriage.explain.overlay import REPORTED_ONLY
 from cxrtriage.report import imaging
 from cxrtriage.report.header import UNKNOWN, PatientHeader
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.sources import StudySources
 from cxrtriage.report.study import Finding, Heatmap, ImageResult, InputNames, ResultsBundle, StudyReport
+from cxrtriage.results import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,15 @@ class FindingRow:
     status: str  # "above" / "below" / "not scored"
     sensitivity: str
     specificity: str
+    role: str = ""  # "decides" / "reported only: not validated for the adult population" / "" (not recorded)
 
     @property
     def positive(self) -> bool:
         return self.status == "above"
+
+    @property
+    def reported_only(self) -> bool:
+        return self.role.startswith(REPORTED_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,7 @@ class StudyView:
     disclaimer: str
     generated_at: str
     deidentified: bool
+    threshold_note: str = ""  # how the thresholds in the findings tables relate to the priority (study mode)
 
 
 def _pct(v: float | None) -> str:
@@ -117,7 +125,15 @@ def finding_row(f: Finding) -> FindingRow:
         status="not scored" if f.score is None else (UNKNOWN if pos is None else ("above" if pos else "below")),
         sensitivity=_pct(f.sensitivity),
         specificity=_pct(f.specificity),
+        role=finding_role(f),
     )
+
+
+def finding_role(f: Finding) -> str:
+    """What a finding may do to the priority, in words ("" when the run did not record it)."""
+    if f.decides is None:
+        return ""
+    return "decides" if f.decides else f"{REPORTED_ONLY}: not validated for the {f.population} population"
 
 
 def flatten_metrics(metrics: Any, prefix: str = "", limit: int = 24) -> list[tuple[str, str]]:
@@ -298,4 +314,16 @@ def study_view(study: StudyReport, bundle: ResultsBundle, sources: StudySources,
         disclaimer=DISCLAIMER,
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         deidentified=deidentified,
+        threshold_note=threshold_note(bundle.run),
     )
+
+
+STUDY_MODE_NOTE = ("Each threshold in the findings tables is the finding's own operating point. The priority is decided "
+                   "on the study: per tier, the highest score among its deciding findings against the tier's "
+                   "study-level threshold for the patient's population, which the priority line names.")
+
+
+def threshold_note(run: RunRecord | None) -> str:
+    """`STUDY_MODE_NOTE` when the run decided priorities with study-level thresholds, else ""."""
+    sop = run.sections.get("study_operating_points") if run is not None else None
+    return STUDY_MODE_NOTE if isinstance(sop, Mapping) and sop.get("mode") == "study" else ""

@@ -55,7 +55,7 @@ def test_study_report_says_everything_the_reader_needs(built: ReportSummary) -> 
     assert re.search(r"<td>pneumothorax</td><td>0\.810</td><td>0\.500</td><td>balanced \(Youden\)</td>"
                      r"<td class=\"above\">above", html)
     assert re.search(r"<td>effusion</td><td>0\.120</td><td>0\.500</td>.*?class=\"below\">below</td>"
-                     r"<td>80\.0 %</td><td>80\.0 %", html)
+                     r"<td>not recorded</td><td>80\.0 %</td><td>80\.0 %", html)  # a run.json without populations
     assert "urgent" in html and "pneumothorax 0.81 &gt;= 0.50" in html
     assert "image is slightly rotated" in html
     assert "lateral view (ViewPosition LL): not a frontal chest" in html

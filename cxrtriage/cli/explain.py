@@ -27,7 +27,8 @@ def _summary(summary: ExplainSummary, evaluate: bool) -> None:
     for row in summary.rows:
         r = row.csv_row()
         result = {"map": r["png"], "no_map": f"[yellow]no map[/]: {r['reason']}",
-                  "nothing_flagged": f"[dim]{r['reason']}[/]", "failed": f"[red]failed[/]: {r['reason']}"}
+                  "nothing_flagged": f"[dim]{r['reason']}[/]", "failed": f"[red]failed[/]: {r['reason']}",
+                  "excluded": f"[dim]excluded: {r['reason']}[/]"}
         cells = [Path(r["path"]).name, r["label"], r["method"], r["score"], r["threshold"], result.get(r["status"], r["status"])]
         if measured:
             share = "" if row.outside_lungs is None else f"{100 * row.outside_lungs:.0f}%"
@@ -82,6 +83,18 @@ def explain_cmd(
         "--occlusion-stride", min=1, help="Occlusion: patch stride (default patch/2).")] = None,
     max_side: Annotated[int, typer.Option("--max-side", min=64, help="Downscale overlays whose long side exceeds this.")] = 1024,
     device: Annotated[str, typer.Option("--device", help="Execution device (auto, cpu, cuda, ...).")] = "auto",
+    rules: Annotated[Path | None, typer.Option(
+        "--rules", help="Selection rules TOML, as for predict: files they exclude (lateral views, non-chest images, "
+                        "non-images) get an 'excluded' row and no map. Default: the built-in frontal-CXR rules.")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", metavar="FILE.toml", help="Triage policy, as for predict: its [labels] decide_unvalidated makes a "
+                                              "finding decide where it is not validated. Default: the packaged policy.")
+    ] = None,
+    population: Annotated[str | None, typer.Option(
+        "--population", metavar="NAME",
+        help="Population of the patients whose age the files do not tell, as for predict (an age in DICOM wins; "
+             "default: the model's confident estimate from the image, else unknown). A map of a finding not validated "
+             "for the population says 'reported only' instead of 'FLAGGED', as predict's do.")] = None,
 ) -> None:
     """Heat maps showing which image regions drive a finding's score (decision support only, not a diagnosis).
 
@@ -105,7 +118,7 @@ def explain_cmd(
             operating_point=operating_point, model=model, lung_mask=lung_mask, gate=gate, segmenter=segmenter_name,
             evaluate=evaluate,
             steps=steps, scorecam_top_k=top_k, occlusion_patch=patch, occlusion_stride=stride, max_side=max_side,
-            device=device,
+            device=device, rules=rules, policy=policy, population=population,
         )
         summary = run_explain(config, on_file=on_file)
         for note in summary.notes:

@@ -10,26 +10,29 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.errors import ConfigError, CxrTriageError, InputError, OutputError
-from cxrtriage.explain.api import explain_input, flagged_labels, random_heatmap, read_any_image
+from cxrtriage.explain.api import explain_input, flagged_labels, random_heatmap
 from cxrtriage.explain.base import Heatmap, label_index
 from cxrtriage.explain.faithfulness import deletion_insertion
 from cxrtriage.explain.gating import gate_heatmap, is_shortcut, lung_fields, outside_share, share_note
-from cxrtriage.explain.overlay import heatmap_filename, overlay_text, save_heatmap
+from cxrtriage.explain.overlay import heatmap_filename, overlay_text, reported_only_note, save_heatmap
 from cxrtriage.explain.registry import METHODS, get_method, method_availability, require_method
 from cxrtriage.files import StemRegistry, atomic_output
+from cxrtriage.io import DEFAULT_RULES, Probe, SelectionRules, assess, load_rules
 from cxrtriage.io.discover import discover
 from cxrtriage.model import Classifier, Segmenter, load_classifier, load_segmenter
 from cxrtriage.outdir import check_out_is_not_an_input, lock_output
 from cxrtriage.preprocess import ModelInput
-from cxrtriage.results import SafeCsvWriter, clean_text
+from cxrtriage.results import SafeCsvWriter, Status, clean_text
+from cxrtriage.triage import TriagePolicy, choose_population, counts_for, load_policy
+from cxrtriage.types import Image2D
 
 log = logging.getLogger(__name__)
 
 CSV_NAME = "explain.csv"
 OPERATING_POINTS = ("balanced", "rule_out")
 # Row statuses: a map was written / the method found no positive evidence / no finding reached its
-# threshold (--flagged) / the file could not be explained.
-MAP, NO_MAP, NOTHING_FLAGGED, FAILED = "map", "no_map", "nothing_flagged", "failed"
+# threshold (--flagged) / the file could not be explained / the selection rules left it out (as predict does).
+MAP, NO_MAP, NOTHING_FLAGGED, FAILED, EXCLUDED = "map", "no_map", "nothing_flagged", "failed", "excluded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,11 @@ class ExplainConfig:
     occlusion_stride: int | None = None
     max_side: int = 1024
     device: str = "auto"
+    # as in predict: which files are explained (a lateral view or a non-chest image is excluded), and whose validated
+    # findings decide (a map of a finding not validated for the patient's population says "reported only")
+    rules: Path | None = None
+    policy: Path | None = None
+    population: str | None = None
 
     def __post_init__(self) -> None:
         if bool(self.labels) == self.flagged:
@@ -112,6 +120,8 @@ class ExplainRow:
     outside_lungs: float | None = None  # share of the map's evidence outside the lung fields (with a lung mask)
     shortcut: bool | None = None  # outside_lungs at or above the shortcut level
     faithfulness: Faithfulness | None = None
+    population: str = ""  # whose validated findings decide ("" when the model defines no populations)
+    decides: bool | None = None  # may this finding move a priority for that population (False: reported only)
     model_name: str = ""
     model_version: str = ""
     model_sha256: str = ""
@@ -133,7 +143,8 @@ class ExplainRow:
         for name in FAITHFULNESS_FIELDS:
             row[name] = "" if f is None else _fmt(getattr(f, name))
         row |= {"model_name": self.model_name, "model_version": self.model_version, "model_sha256": self.model_sha256,
-                "model_integrity": self.model_integrity}
+                "model_integrity": self.model_integrity, "population": self.population,
+                "decides": "" if self.decides is None else str(self.decides).lower()}
         return row
 
 
@@ -141,6 +152,7 @@ FAITHFULNESS_FIELDS = tuple(f.name for f in fields(Faithfulness))
 CSV_FIELDS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged", "png", "npy",
     "outside_lungs", "shortcut", *FAITHFULNESS_FIELDS, "model_name", "model_version", "model_sha256", "model_integrity",
+    "population", "decides",
 )
 
 
@@ -188,6 +200,8 @@ class _Plan:
     methods: tuple[str, ...]
     labels: tuple[str, ...] | None  # None: the flagged findings of each image
     options: dict[str, dict[str, Any]]
+    rules: SelectionRules = DEFAULT_RULES
+    policy: TriagePolicy | None = None  # None: the model defines no populations (every finding decides)
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -207,7 +221,9 @@ def _plan(config: ExplainConfig) -> tuple[_Plan, list[str]]:
     labels = tuple(clf.labels[label_index(clf.labels, lab)] for lab in config.labels) if config.labels else None
     segmenter = (load_segmenter(config.segmenter, device=config.device, option="--segmenter")
                  if config.lung_mask or config.gate else None)
-    plan = _Plan(clf, segmenter, tuple(dict.fromkeys(methods)), labels, config.method_options)
+    rules = load_rules(config.rules) if config.rules is not None else DEFAULT_RULES
+    policy = load_policy(config.policy) if clf.manifest.populations else None
+    plan = _Plan(clf, segmenter, tuple(dict.fromkeys(methods)), labels, config.method_options, rules, policy)
     return plan, notes
 
 
@@ -226,18 +242,32 @@ def _faithfulness(
 
 
 def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> list[ExplainRow]:
-    """Maps of one file for the planned findings and methods, written as ``<stem>__<label>__<method>.png/.npy``."""
+    """Maps of one file for the planned findings and methods, written as ``<stem>__<label>__<method>.png/.npy``; one
+    ``excluded`` or ``failed`` row when the selection rules leave the file out or it cannot be read (as in predict)."""
     m = plan.clf.manifest
     op = config.operating_point
-    image = read_any_image(path)
-    mi = plan.clf.preprocess(image)
-    output = plan.clf.run(mi.array[None], features=any(get_method(n).needs_features for n in plan.methods))
-    targets = list(plan.labels) if plan.labels is not None else flagged_labels(plan.clf, output.scores[0], operating_point=op)
     base: dict[str, Any] = {"path": str(path), "model_name": m.name, "model_version": m.version, "model_sha256": m.sha256,
                             "model_integrity": m.integrity}
+    a = assess(path, plan.rules)
+    if a.selection.status is not Status.SCORED or a.image is None:
+        status = EXCLUDED if a.selection.status is Status.EXCLUDED else FAILED
+        if status == FAILED:
+            raise InputError(a.selection.reason or "cannot be read")
+        return [ExplainRow(**base, status=status, reason=a.selection.reason)]
+    image: Image2D = a.image
+    mi = plan.clf.preprocess(image)
+    features = any(get_method(n).needs_features for n in plan.methods) or (
+        plan.policy is not None and config.population is None and m.population_estimate is not None)
+    output = plan.clf.run(mi.array[None], features=features)
+    population = _population(plan, a.probe, output.features, config.population)
+    base["population"] = population or ""
+    targets = list(plan.labels) if plan.labels is not None else flagged_labels(plan.clf, output.scores[0], operating_point=op)
     if not targets:
         return [ExplainRow(**base, status=NOTHING_FLAGGED, reason=f"no finding reached its {op} threshold")]
     heatmaps = explain_input(plan.clf, mi, targets, list(plan.methods), options=plan.options, output=output)
+    decides = {lab: _decides(plan, lab, population) for lab in targets}
+    heatmaps = [h if decides[h.label] is not False or population is None
+                else dataclasses.replace(h, notes=(*h.notes, reported_only_note(population))) for h in heatmaps]
     fields = None
     shares: list[float | None] = [None] * len(heatmaps)
     if plan.segmenter is not None:
@@ -258,6 +288,7 @@ def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> 
             **base, "label": h.label, "method": h.method, "score": h.score, "threshold": thr, "operating_point": op,
             "flagged": None if thr is None or h.score is None else bool(h.score >= thr),
             "outside_lungs": share, "shortcut": None if share is None else is_shortcut(share),
+            "decides": decides.get(h.label),
         }
         if h.empty:
             rows.append(ExplainRow(**common, status=NO_MAP, reason=h.reason))
@@ -270,6 +301,29 @@ def _explain_file(path: Path, stem: str, plan: _Plan, config: ExplainConfig) -> 
             faithfulness=_faithfulness(plan, mi, h, config.steps, random_scores) if config.evaluate else None,
         ))
     return rows
+
+
+def _population(plan: _Plan, probe: Probe | None, features: Any, option: str | None) -> str | None:
+    """The patient's population as predict chooses it (`choose_population`): the DICOM age, else ``option``
+    (``--population``), else the model's confident estimate from the image, else unknown; None without populations."""
+    m = plan.clf.manifest
+    if plan.policy is None:
+        return None
+    age = probe.dicom.patient_age_years if probe is not None and probe.dicom is not None else None
+    probability = None
+    if age is None and option is None and m.population_estimate is not None and features is not None:
+        try:
+            probability = float(m.population_estimate.probability(features)[0])
+        except ValueError as exc:  # as in predict: the estimate's weights do not fit the graph, so it is not used
+            log.warning("model '%s': %s; the population estimate is not used", m.name, exc)
+    return choose_population(m, age, option, probability).population
+
+
+def _decides(plan: _Plan, label: str, population: str | None) -> bool | None:
+    """May ``label`` move a priority for ``population`` (predict's rule, `counts_for`); None without populations."""
+    if plan.policy is None or population is None:
+        return None
+    return counts_for(plan.clf.manifest, plan.policy, label, population)
 
 
 def write_explain_csv(path: Path, rows: Sequence[ExplainRow]) -> Path:

@@ -6,10 +6,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from factories import edit_manifest, make_tiny_classifier, write_textured_png
+from factories import edit_manifest, make_study_classifier, make_tiny_classifier, write_dicom, write_textured_png
 
+import cxrtriage.explain.batch as batch_module
 from cxrtriage.errors import ConfigError, InputError
+from cxrtriage.explain.base import Heatmap
 from cxrtriage.explain.batch import (
     CSV_FIELDS,
     CSV_NAME,
@@ -27,6 +30,7 @@ EXPECTED_COLUMNS = (
     "path", "label", "method", "status", "reason", "score", "threshold", "operating_point", "flagged",
     "png", "npy", "outside_lungs", "shortcut", "deletion_auc", "insertion_auc", "deletion_auc_reversed", "insertion_auc_reversed",
     "deletion_auc_random", "insertion_auc_random", "model_name", "model_version", "model_sha256", "model_integrity",
+    "population", "decides",
 )
 
 
@@ -136,3 +140,51 @@ def test_method_options_keep_only_what_is_set(tmp_path: Path) -> None:
     config = ExplainConfig(inputs=(tmp_path,), out=tmp_path, flagged=True, occlusion_patch=8)
     assert config.method_options == {"occlusion": {"patch": 8}}
     assert ExplainConfig(inputs=(tmp_path,), out=tmp_path, flagged=True).method_options == {}
+
+
+def test_explain_applies_the_selection_rules_and_the_population_as_predict_does(tmp_path: Path) -> None:
+    """A lateral view and a text file are excluded (no map), and on a 40-year-old the map of nodule (validated for no
+    population) says "reported only" where effusion's (validated for adults) is flagged."""
+    manifest = make_study_classifier(tmp_path / "model")
+    data = json.loads(manifest.read_text())
+    for t in data["thresholds"].values():
+        t["balanced"]["threshold"] = 0.0
+    edit_manifest(manifest, data)
+    yy, xx = np.mgrid[0:64, 0:60]
+    pixels = (((yy - 32) ** 2 + (xx - 20) ** 2) < 200).astype(np.uint16) * 3000 + 200
+    write_dicom(tmp_path / "in" / "pa.dcm", rows=64, cols=60, PatientAge="040Y", pixels=pixels)
+    write_dicom(tmp_path / "in" / "lat.dcm", rows=64, cols=60, PatientAge="040Y", pixels=pixels, view="LL")
+    (tmp_path / "in" / "notes.txt").write_text("not an image\n")
+    drawn: dict[str, tuple[str, ...]] = {}
+    original = batch_module.save_heatmap
+
+    def spy(png: Path, image: object, h: Heatmap, *args: object, **kwargs: object) -> tuple[Path, Path | None]:
+        drawn[h.label] = h.notes
+        return original(png, image, h, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch_module, "save_heatmap", spy)
+        summary = run_explain(ExplainConfig(inputs=(tmp_path / "in",), out=tmp_path / "out", model=manifest,
+                                            labels=("nodule", "effusion")))
+    by_file: dict[str, list[ExplainRow]] = {}
+    for r in summary.rows:
+        by_file.setdefault(Path(r.path).name, []).append(r)
+    (lat,) = by_file["lat.dcm"]
+    assert lat.status == "excluded" and "lateral view" in lat.reason and not lat.png
+    (txt,) = by_file["notes.txt"]
+    assert txt.status == "excluded" and "not an image" in txt.reason
+    assert summary.n_failed == 0 and summary.file_warnings == ()
+    rows = {r.label: r for r in by_file["pa.dcm"]}
+    assert {r.population for r in rows.values()} == {"adult"}
+    assert (rows["nodule"].decides, rows["effusion"].decides) == (False, True)
+    assert any(n.startswith("reported only: not validated for the adult population") for n in drawn["nodule"])
+    assert not any(n.startswith("reported only") for n in drawn["effusion"])
+    header, csv_rows = _csv(summary.csv_path)
+    nodule = next(r for r in csv_rows if r["label"] == "nodule")
+    assert (nodule["population"], nodule["decides"]) == ("adult", "false")
+
+    # --population says whose findings decide where no age is told; an explicit rules file can take laterals in
+    (tmp_path / "rules.toml").write_text('views = ["PA", "AP", "LL"]\n')
+    summary = run_explain(ExplainConfig(inputs=(tmp_path / "in" / "lat.dcm",), out=tmp_path / "out2", model=manifest,
+                                        labels=("nodule",), rules=tmp_path / "rules.toml"))
+    assert [r.status for r in summary.rows] in (["map"], ["no_map"])

@@ -71,6 +71,12 @@ def available_devices(providers: Iterable[str] | None = None) -> list[Device]:
     return [d for d, need in DEVICE_PROVIDERS.items() if all(p in have for p in need)]
 
 
+def unavailable_reason(want: Device, usable: Iterable[Device]) -> str:
+    """Why ``want`` cannot run here: the providers it needs and the devices that can."""
+    return (f"device '{want.value}' is not available in this onnxruntime build "
+            f"(needs {', '.join(DEVICE_PROVIDERS[want])}); available: {', '.join(d.value for d in usable)}")
+
+
 def resolve_providers(
     device: str | Device = Device.AUTO,
     *,
@@ -82,8 +88,8 @@ def resolve_providers(
     Returns the device actually used and the provider list for ``InferenceSession`` (always
     ending with the CPU provider, which runs any operator the accelerator cannot). When the
     requested device is not available this logs a warning naming the available devices and
-    falls back to CPU, or raises ``ModelError`` when ``strict`` is true.
-    ``providers`` overrides what onnxruntime reports (for tests).
+    falls back to CPU, or raises ``ConfigError`` (exit 4: the machine does not fit the options) when ``strict``
+    is true. ``providers`` overrides what onnxruntime reports (for tests).
     """
     want = parse_device(device)
     have = list(installed_providers() if providers is None else providers)
@@ -93,13 +99,10 @@ def resolve_providers(
     elif want in usable:
         chosen = want
     else:
-        names = ", ".join(d.value for d in usable)
-        msg = (
-            f"device '{want.value}' is not available in this onnxruntime build "
-            f"(needs {', '.join(DEVICE_PROVIDERS[want])}); available: {names}"
-        )
+        msg = unavailable_reason(want, usable)
         if strict:
-            raise ModelError(msg + ". Install the matching onnxruntime package or choose an available --device.")
+            raise ConfigError(msg + ". Install the matching onnxruntime package, choose an available --device, or leave "
+                              "out --strict-device to run on the CPU")
         log.warning("%s; falling back to cpu", msg)
         chosen = Device.CPU
     chain = [p for p in DEVICE_PROVIDERS[chosen] if p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
@@ -170,6 +173,9 @@ class OrtSession:
             ) from exc
         self.path = path
         self.device = device
+        # Set by ``create_session`` when the model runs on another device than the one asked for: what was asked
+        # for, what runs, and why (run.json's notes record it)
+        self.fallback: str | None = None
         self.intra_op_threads = intra_op_threads
         self.spinning = spinning
         self.inputs = tuple(_info(i) for i in self._sess.get_inputs())
@@ -209,6 +215,12 @@ class OrtSession:
             ) from exc
 
 
+def running_device(providers: Sequence[str]) -> Device:
+    """The device whose provider does the work in a session's provider list (its first)."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    return next((d for d, need in DEVICE_PROVIDERS.items() if need[0] == first), Device.CPU)
+
+
 def create_session(
     path: str | Path,
     *,
@@ -230,14 +242,21 @@ def create_session(
         raise ConfigError(f"intra-op threads must be >= 1, got {intra_op_threads}")
     if not p.is_file():
         raise ModelError(f"{p}: ONNX file not found")
-    chosen, providers = resolve_providers(device, strict=strict_device)
+    want = parse_device(device)
+    chosen, providers = resolve_providers(want, strict=strict_device)
     sess = OrtSession(p, device=chosen, providers=providers, intra_op_threads=intra_op_threads, spinning=spinning)
+    why = unavailable_reason(want, available_devices()) if want not in (Device.AUTO, chosen) else None
     primary = providers[0]
     if primary not in sess.providers:  # ORT drops a provider whose libraries fail to load, with no error
         msg = f"{p}: onnxruntime could not start {primary} (missing driver or libraries?); running on {sess.providers}"
         if strict_device:
-            raise ModelError(msg + ". Fix the accelerator installation or choose another --device.")
+            raise ConfigError(msg + ". Fix the accelerator installation or choose another --device.")
         log.warning(msg)
+        sess.device = running_device(sess.providers)
+        why = f"onnxruntime could not start {primary} (missing driver or libraries?)"
+    if why is not None:
+        sess.fallback = (f"--device {want.value} was asked for, but the model ran on {sess.device.value}: {why} "
+                         "(--strict-device stops instead)")
     log.info("loaded %s on %s (providers %s)", p.name, chosen.value, ", ".join(sess.providers))
     sess.check_names(inputs=required_inputs, outputs=required_outputs, where=where)
     return sess

@@ -24,7 +24,8 @@ def run_record(
 ) -> RunRecord:
     """The content of ``run.json``; each hook adds its part (policy and site from triage, the segmenter from the
     lungs, the quality limits, the heat-map method). ``workers``: the decode processes the run used (else the
-    configured count, None for "auto")."""
+    configured count, None for "auto"). A model that runs on another device than ``--device`` asked for (the CPU
+    fallback) adds a note saying which device was asked for, which one ran and why."""
     m = model.manifest
     hooks = list(hooks)
     record = RunRecord(
@@ -50,4 +51,8 @@ def run_record(
     )
     for h in hooks:
         record = record.merged(h.provenance())
+    if model.session.fallback is not None:  # the device asked for, the one used and why: the run's own record
+        earlier = record.sections.get("notes")
+        notes = list(earlier) if isinstance(earlier, list | tuple) else []
+        record = record.merged({"notes": [*notes, model.session.fallback]})
     return record

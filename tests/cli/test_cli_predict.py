@@ -137,9 +137,18 @@ def test_device_fallback_and_strict(folder: Path, model: Path, tmp_path: Path) -
     code, output = _invoke("predict", str(folder / "p2"), "-o", str(tmp_path / "a"), "-m", str(model), "-w", "0",
                            "--device", "openvino")
     assert code == 0 and "on cpu" in output
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["device"] == "cpu" and run["options"]["device_requested"] == "openvino"
+    # the fallback is in the run's own record: the device asked for, the one used and why
+    assert [n for n in run["notes"] if n.startswith("--device openvino was asked for, but the model ran on cpu: "
+                                                    "device 'openvino' is not available")], run["notes"]
     code, output = _invoke("predict", str(folder / "p2"), "-o", str(tmp_path / "b"), "-m", str(model), "-w", "0",
                            "--device", "openvino", "--strict-device")
-    assert code == 3 and "device 'openvino' is not available" in _one_error_line(output)
+    # exit 4, configuration (the README's table): the model is fine, this machine does not fit the options
+    assert code == 4 and "device 'openvino' is not available" in _one_error_line(output)
+    code, output = _invoke("predict", str(folder / "p2"), "-o", str(tmp_path / "c"), "-m", str(model), "-w", "0",
+                           "--device", "cpu")
+    assert code == 0 and not any("--device" in n for n in json.loads((tmp_path / "c" / "run.json").read_text())["notes"])
 
 
 def test_inputs_are_not_modified(folder: Path, model: Path, tmp_path: Path) -> None:

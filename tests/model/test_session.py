@@ -48,9 +48,11 @@ def test_missing_device_warns_naming_what_is_available_and_falls_back(caplog: py
     assert "openvino" in caplog.text and "available: cpu, cuda" in caplog.text
 
 
-def test_missing_device_strict_raises() -> None:
-    with pytest.raises(ModelError, match="device 'coreml' is not available.*available: cpu"):
+def test_missing_device_strict_is_a_configuration_error() -> None:
+    # exit 4 (configuration), not 3: the model is fine, the machine does not fit the options
+    with pytest.raises(ConfigError, match="device 'coreml' is not available.*available: cpu.*--strict-device") as err:
         resolve_providers("coreml", strict=True, providers=["CPUExecutionProvider"])
+    assert not isinstance(err.value, ModelError) and err.value.exit_code == 4
 
 
 def test_unknown_device_lists_choices() -> None:
@@ -69,7 +71,33 @@ def test_cuda_on_cpu_machine_falls_back_with_warning(tmp_path: Path, caplog: pyt
         sess = create_session(_tiny(tmp_path), device="cuda")
     assert sess.device is Device.CPU and sess.providers == ["CPUExecutionProvider"]
     assert "device 'cuda' is not available" in caplog.text and "falling back to cpu" in caplog.text
-    with pytest.raises(ModelError, match="cuda"):
+    assert sess.fallback is not None  # what was asked for, what runs, why: for run.json's notes
+    assert sess.fallback.startswith("--device cuda was asked for, but the model ran on cpu: device 'cuda' is not "
+                                    "available in this onnxruntime build (needs CUDAExecutionProvider)")
+    with pytest.raises(ConfigError, match="cuda"):
+        create_session(_tiny(tmp_path), device="cuda", strict_device=True)
+
+
+def test_no_fallback_is_recorded_when_the_device_asked_for_runs(tmp_path: Path) -> None:
+    assert create_session(_tiny(tmp_path), device="cpu").fallback is None
+    assert create_session(_tiny(tmp_path), device="auto").fallback is None  # auto takes what there is
+
+
+@pytest.mark.skipif(Device.CUDA in available_devices(), reason="this machine has CUDA")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_a_provider_that_does_not_start_is_a_fallback_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # onnxruntime drops a provider that cannot start (missing libraries) without an error: here CUDA on a machine
+    # without it, as if this onnxruntime build had reported it
+    from cxrtriage.model import session
+
+    monkeypatch.setattr(session, "resolve_providers", lambda device, strict=False: (
+        Device.CUDA, ["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    with caplog.at_level(logging.WARNING, logger="cxrtriage.model.session"):
+        sess = create_session(_tiny(tmp_path), device="cuda")
+    assert sess.providers == ["CPUExecutionProvider"] and sess.device is Device.CPU  # the device that runs
+    assert sess.fallback is not None and "ran on cpu: onnxruntime could not start CUDAExecutionProvider" in sess.fallback
+    with pytest.raises(ConfigError, match="could not start CUDAExecutionProvider"):
         create_session(_tiny(tmp_path), device="cuda", strict_device=True)
 
 

@@ -485,8 +485,8 @@ def import_cmd(
     weights: Annotated[Path | None, typer.Option("--weights", help="The weights file (state dict or pickled model).")] = None,
     labels: Annotated[str | None, typer.Option("--labels", help="Labels in output order, comma-separated or @FILE (one a "
                                                              "line); '-' marks an output to ignore.")] = None,
-    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="TOML file: [preprocessing] recipe fields and "
-                                                                   "optionally labels = [...].")] = None,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="TOML file: \\[preprocessing] recipe fields "
+                                                                   "and optionally labels = \\[...].")] = None,
     preprocessing: Annotated[str | None, typer.Option("--preprocessing", help="Recipe preset: xrv or default.")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Model input size (pixels per side).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the --out folder's name).")] = None,

@@ -28,7 +28,8 @@ InputsArg = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed; one run at a time).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=1024, help="Images per inference batch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|tensorrt|openvino|directml|coreml|rocm.")]
-StrictOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU.")]
+StrictOpt = Annotated[bool, typer.Option("--strict-device", help="Stop (exit 4) when --device cannot run here, instead "
+                                                                  "of falling back to the CPU with a warning.")]
 WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-w", min=0, max=64,
@@ -102,15 +103,20 @@ SendOpt = Annotated[
 ]
 AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title for --send.")]
 CalledAetOpt = Annotated[str, typer.Option("--called-aet", help="The PACS (called) AE title for --send.")]
+# The sizes are the heat-map hook's (OVERLAY_SIDE, MAP_SIDE in cxrtriage.pipeline.hooks.heatmaps; not imported:
+# --help stays fast; tests/cli/test_cli_help.py checks that they agree)
 HeatmapsOpt = Annotated[
-    bool, typer.Option("--heatmaps", help="Overlay PNG (+ raw map as float16 .npy, long side <= 1024 px) at the original "
-                                          "image geometry for every finding at "
-                                          "or above its balanced threshold: OUT/heatmaps/<stem>__<label>__<method>.png, "
-                                          "column heatmaps. Computed from the same forward pass (no extra model run). "
-                                          "Maps are shown ungated; column outside_lungs gives each map's share of "
-                                          "evidence outside the lung fields and column shortcut names the findings at "
-                                          "or above 50% (a possible shortcut). Needs a lung mask: --lungs, else the "
-                                          "images with a map are segmented for it.")
+    bool, typer.Option("--heatmaps", help="For every finding at or above its balanced threshold, an overlay JPEG "
+                                          "OUT/heatmaps/<stem>__<label>__<method>.jpg (the radiograph and the map "
+                                          "over it side by side, each at most 640 px on the long side; column "
+                                          "heatmaps) and beside it the raw map, <stem>__<label>__<method>.npy "
+                                          "(float16, 0..1, the image's shape scaled to at most 224 px on the long "
+                                          "side: resize it to the image to overlay it). A finding without positive "
+                                          "evidence gets no file. Computed from the same forward pass (no extra "
+                                          "model run). Maps are shown ungated; column outside_lungs gives each map's "
+                                          "share of evidence outside the lung fields and column shortcut names the "
+                                          "findings at or above 50% (a possible shortcut). Needs a lung mask: "
+                                          "--lungs, else the images with a map are segmented for it.")
 ]
 HeatmapGateOpt = Annotated[
     bool, typer.Option("--heatmap-gate", help="With --heatmaps: multiply each map by the dilated lung mask (the old "
@@ -182,7 +188,7 @@ def predict_cmd(
 
     OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs. When OUT holds an earlier run, this run replaces its results as a whole (a warning says so), unless --resume continues it.
 
-    Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 options, 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C, 143 SIGTERM.
+    Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 configuration: an option, a policy, site or rules file, a --device that cannot run here with --strict-device; 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP.
     """  # noqa: E501
     from cxrtriage.cli.render import console, err_console, exit_on_error, print_error, print_warning
 

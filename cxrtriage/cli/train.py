@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
-train_app = typer.Typer(help="Train the default models from ../shared/data (PyTorch; install with `pip install -e .[train]`).",
+# --help is rich markup: "[train]" is escaped, or it is taken for a style tag and vanishes
+train_app = typer.Typer(help="Train the default models from ../shared/data (needs the train extra, PyTorch: "
+                             "pip install -e '.\\[train]').",
                         no_args_is_help=True)
 
 _DATA = typer.Option(Path("../shared/data"), "--data", help="Data root holding nih14/, kermany224/, ieee_lungs/.")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrtriage.errors import InputError, OutputError
+from cxrtriage.errors import ConfigError, InputError, OutputError
 from cxrtriage.evaluate.data import match_labels, read_labels
 from cxrtriage.evaluate.runner import Evaluation, evaluate_results, evaluation_to_dict
 from cxrtriage.files import atomic_write, safe_name
+from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.model.registry import manifest_for_results
 from cxrtriage.results import read_results
-from cxrtriage.triage.policy import load_policy
+from cxrtriage.triage.policy import TriagePolicy, covered_tiers, load_policy
 from cxrtriage.triage.site import site_for_results
 
 OVERVIEW_PLOT = "roc_all.png"
@@ -69,6 +71,27 @@ def write_plots(folder: Path, images: Mapping[str, Any]) -> tuple[Path, ...]:
     return tuple(written)
 
 
+def check_inputs(config: EvaluateConfig) -> None:
+    """``InputError`` when the labels file is missing, ``ConfigError`` when the --policy file is: before the model,
+    the site file and the policy are loaded (and warn about themselves), so that a typo gets its one line and nothing
+    else. (A --site file that is not there is refused by ``site_for_results``, which says more.)"""
+    if not config.labels.is_file():
+        what = "is a folder, not a CSV file" if config.labels.is_dir() else "labels file not found"
+        raise InputError(f"{config.labels}: {what}; pass --labels with the LABELS.csv of the scored images")
+    if config.policy is not None and not config.policy.is_file():
+        raise ConfigError(f"{config.policy}: policy file not found; pass --policy with an existing TOML file")
+
+
+def uncovered_levels(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
+    """One warning per priority level of ``policy`` that no label of the model reaches (no image can get it, and
+    the study-level table has no row for it)."""
+    covered = set(covered_tiers(policy, manifest))
+    return [f"no {lvl.priority.value} finding of policy '{policy.name}' ({', '.join(lvl.findings)}) is a label of "
+            f"model '{manifest.name}': no image can be {lvl.priority.value} under this policy, and that tier is not "
+            "evaluated"
+            for lvl in policy.levels if lvl.priority.value not in covered]
+
+
 def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
     """Evaluate ``config.results`` against ``config.labels`` and write the requested JSON, HTML and plots.
 
@@ -82,6 +105,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
         OutputError: an output cannot be written.
     """
     results = read_results(config.results)
+    check_inputs(config)  # before the model, site and policy are looked up (and say anything about themselves)
     manifest = manifest_for_results(results.distinct("model_name"), results.distinct("model_sha256"), config.model,
                                     where=config.results)
     site = site_for_results(results.distinct("site_file"), config.site, results=config.results, manifest=manifest)
@@ -96,6 +120,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
     ev = evaluate_results(results.records, table, match, manifest=manifest, policy=policy, site=site,
                           recompute_priority=config.policy is not None, by=config.by, n_boot=config.n_boot,
                           seed=config.seed, top_k=config.top, results_path=str(config.results))
+    ev = dataclasses.replace(ev, warnings=[*uncovered_levels(policy, manifest), *ev.warnings])
     if config.json_out is not None:
         atomic_write(config.json_out, json.dumps(evaluation_to_dict(ev), indent=2))
     plot_files: tuple[Path, ...] = ()

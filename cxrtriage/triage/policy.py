@@ -201,8 +201,11 @@ def default_policy_text() -> str:
 def load_policy(path: str | Path | None = None, *, labels: Sequence[str] | None = None) -> TriagePolicy:
     """Read a policy file (``None``: the packaged default).
 
-    With the model's ``labels``, each label the policy names but the model lacks is reported with a
-    warning (it is ignored by ``decide_priority``).
+    With the model's ``labels``, the labels the policy names but the model lacks are logged in one line (they are
+    ignored by ``decide_priority``): a warning for a policy file the user chose, at info level for the packaged
+    default, which is written for every model and names findings the shipped classifier does not have. (What matters
+    for safety, a priority level no label of the model can reach, is said by the commands themselves: predict's
+    coverage notes, evaluate's warnings.)
     """
     if path is None:
         source, text = "packaged default policy", default_policy_text()
@@ -223,10 +226,10 @@ def load_policy(path: str | Path | None = None, *, labels: Sequence[str] | None 
     if labels is not None:
         unknown = policy.unknown_labels(labels)
         if unknown:
-            log.warning(
-                "triage policy '%s' (%s): %s not among the model's labels %s; ignored",
-                policy.name, source, ", ".join(unknown), list(labels),
-            )
+            log.log(logging.INFO if path is None else logging.WARNING,
+                    "triage policy '%s' (%s): %s not among the model's labels, ignored (`cxrtriage models info` "
+                    "lists them)",
+                    policy.name, source, ", ".join(unknown))
     return policy
 
 

@@ -91,6 +91,28 @@ def test_evaluate_cli_table_json_html_and_plots(tmp_path: Path, model: ModelMani
         "roc_all.png", "roc_reliability_abnormal.png", "roc_reliability_effusion.png", "roc_reliability_pneumonia.png"]
 
 
+def test_a_missing_labels_file_is_one_error_line_and_nothing_else(tmp_path: Path, model: ModelManifest,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: a six-line WARNING about the packaged policy's labels (pneumothorax, edema) came first
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(model.path.parent.parent))
+    results, _, _ = make_set(tmp_path / "run", model, n=20)
+    code, out = invoke("evaluate", "--results", results, "--labels", tmp_path / "nolabels.csv")
+    assert code == 2 and out.strip().splitlines() == [
+        f"error: {tmp_path / 'nolabels.csv'}: labels file not found; pass --labels with the LABELS.csv of the scored "
+        "images"], out
+
+
+def test_the_packaged_policy_gives_no_warning_about_labels_the_model_lacks(tmp_path: Path,
+                                                                          model: ModelManifest) -> None:
+    results, labels, _ = make_set(tmp_path / "run", model, n=40)
+    code, out = invoke("evaluate", "--results", results, "--labels", labels, "--model", model.path.parent,
+                       "--n-boot", "0")
+    assert code == 0, out
+    assert "WARNING" not in out and "not among the model's labels" not in out
+    # what matters for safety is said once, in one line
+    assert out.count("warning: no critical finding of policy 'default' (pneumothorax) is a label of model") == 1
+
+
 def test_evaluate_refuses_results_of_another_model(tmp_path: Path, model: ModelManifest) -> None:
     results, labels, _ = make_set(tmp_path / "run", model, n=30)
     other = make_tiny_classifier(tmp_path / "other", labels=LABELS, seed=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,35 @@ def test_run_evaluate_refusals(tmp_path: Path, model: ModelManifest) -> None:
         run_evaluate(EvaluateConfig(results=results, labels=tmp_path / "nolabels.csv", n_boot=0))
     with pytest.raises(ConfigError, match="scored without a site file"):
         run_evaluate(EvaluateConfig(results=results, labels=labels, site=tmp_path / "site.toml", n_boot=0))
+
+
+def test_missing_inputs_are_refused_before_the_model_site_and_policy_are_loaded(
+        tmp_path: Path, model: ModelManifest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    results, labels = make_set(tmp_path / "ok", model, n=20)
+    from cxrtriage.evaluate import run as run_module
+
+    def not_yet(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loaded before the inputs were checked")
+
+    monkeypatch.setattr(run_module, "manifest_for_results", not_yet)
+    with caplog.at_level(logging.INFO), pytest.raises(InputError, match="nolabels.csv: labels file not found; pass "
+                                                                        "--labels"):
+        run_evaluate(EvaluateConfig(results=results, labels=tmp_path / "nolabels.csv", n_boot=0))
+    with pytest.raises(InputError, match="is a folder, not a CSV file"):
+        run_evaluate(EvaluateConfig(results=results, labels=tmp_path, n_boot=0))
+    with pytest.raises(ConfigError, match="nopolicy.toml: policy file not found"):
+        run_evaluate(EvaluateConfig(results=results, labels=labels, policy=tmp_path / "nopolicy.toml", n_boot=0))
+    assert not caplog.records  # nothing said before the one error
+
+
+def test_a_policy_level_no_label_reaches_is_one_warning(tmp_path: Path, model: ModelManifest) -> None:
+    results, labels = make_set(tmp_path / "run", model, n=40)
+    ev = run_evaluate(EvaluateConfig(results=results, labels=labels, n_boot=0)).evaluation
+    # the packaged policy's critical finding (pneumothorax) is no label of the tiny model; its urgent ones are
+    assert [w for w in ev.warnings if "policy 'default'" in w] == [
+        "no critical finding of policy 'default' (pneumothorax) is a label of model 'tiny-classifier': no image can "
+        "be critical under this policy, and that tier is not evaluated"]
+    assert ev.warnings[0].startswith("no critical finding")  # first: it bears on every triage figure below
 
 
 def test_calibrate_results_fits_and_writes_the_site_file(tmp_path: Path, model: ModelManifest) -> None:

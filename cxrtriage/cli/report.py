@@ -39,10 +39,12 @@ def report(
     Every report says: decision support only, not a diagnosis; a qualified clinician must review.
     Exit code 0 when every report was written, 1 when some outputs or sends failed (listed).
     """
+    from rich.markup import escape
+
     from cxrtriage.cli.render import console, print_warning
     from cxrtriage.outdir import lock_output
     from cxrtriage.report.batch import build_reports
-    from cxrtriage.report.send import parse_destination
+    from cxrtriage.report.send import parse_destination, send_errors
 
     dest = parse_destination(send, called_aet=called_aet, calling_aet=aet) if send else None
     if dest is not None and not dicom:
@@ -56,12 +58,13 @@ def report(
     if dicom:
         console.print(f"{len(summary.dicom_files)} DICOM files under {summary.results_dir / 'dicom'}", highlight=False)
     for r in summary.sent:
-        mark = "[green]sent[/]" if r.ok else "[red]not sent[/]"
-        console.print(f"{mark} {r.path.name} ({r.path.parent.name}): {r.status}", highlight=False)
+        if r.ok:
+            console.print(f"[green]sent[/] {escape(r.path.name)} ({escape(r.path.parent.name)}): {r.status}",
+                          highlight=False)
     for note in summary.notes:
         if "not found" in note or "unknown" in note:
             print_warning(note)
-    for err in summary.errors:
+    for err in [*summary.errors, *send_errors(summary.sent)]:  # the files not sent: one line per cause
         print_warning(err)
     if summary.errors or any(not r.ok for r in summary.sent):
         raise typer.Exit(1)

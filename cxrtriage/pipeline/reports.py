@@ -8,15 +8,12 @@ runs write no reports.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, MutableMapping
 from pathlib import Path
 
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import ReportOutcome
-from cxrtriage.report.send import Destination, parse_destination
-
-log = logging.getLogger(__name__)
+from cxrtriage.report.send import Destination, parse_destination, send_errors
 
 
 def report_destination(config: PredictConfig) -> Destination | None:
@@ -34,11 +31,9 @@ def run_reports(config: PredictConfig, out_dir: Path, destination: Destination |
         summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
                                 send=destination, modality=config.modality)
     except Exception as exc:  # the scores and the worklist are written; a report problem must not hide them
-        log.warning("reports failed: %s", exc)
+        # said once, by whoever shows the outcome's errors (the CLI, the node's log): not logged here too
         return ReportOutcome(None, (f"reports not written ({type(exc).__name__}: {exc})",))
-    errors = list(summary.errors)
-    errors += [f"{r.path.name}: not sent ({r.status})" for r in summary.sent if not r.ok]
-    return ReportOutcome(summary, tuple(errors))
+    return ReportOutcome(summary, (*summary.errors, *send_errors(summary.sent)))
 
 
 def run_batch_reports(config: PredictConfig, out_dir: Path, paths: Collection[str],
@@ -51,6 +46,5 @@ def run_batch_reports(config: PredictConfig, out_dir: Path, paths: Collection[st
         summary = build_reports(out_dir, deidentify=config.deidentify, pdf=config.pdf, dicom=config.dicom_on,
                                 send=None, modality=config.modality, only=set(paths), labels=labels)
     except Exception as exc:  # the scores and the worklist are written; a report problem must not hide them
-        log.warning("reports failed: %s", exc)
-        return ReportOutcome(None, (f"reports not written ({type(exc).__name__}: {exc})",))
+        return ReportOutcome(None, (f"reports not written ({type(exc).__name__}: {exc})",))  # the node logs it
     return ReportOutcome(summary, tuple(summary.errors))

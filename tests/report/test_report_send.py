@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from cxrtriage.cli.app import app
 from cxrtriage.errors import ConfigError
 from cxrtriage.report.batch import build_reports
-from cxrtriage.report.send import Destination, parse_destination, send_files
+from cxrtriage.report.send import Destination, SendResult, parse_destination, send_errors, send_files
 
 
 class Scp:
@@ -74,12 +75,37 @@ def test_send_reports_each_file_and_the_pacs_gets_them(dicom_files: list[Path], 
     assert {str(d.SOPInstanceUID) for d in scp.received} == sent_uids
 
 
-def test_wrong_called_aet_and_closed_port_are_reported_not_raised(dicom_files: list[Path], scp: Scp) -> None:
+def test_wrong_called_aet_and_closed_port_are_reported_not_raised(dicom_files: list[Path], scp: Scp,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     rejected = send_files(dicom_files[:2], Destination("127.0.0.1", scp.port, called_aet="OTHER"))
-    assert [r.ok for r in rejected] == [False, False] and all("rejected" in r.status for r in rejected)
-    closed = send_files(dicom_files[:2], Destination("127.0.0.1", _free_port()), timeout=5)
-    assert [r.ok for r in closed] == [False, False] and all("not sent" in r.status for r in closed)
+    assert [r.ok for r in rejected] == [False, False]
+    assert all(r.status == f"not sent: association rejected by 127.0.0.1:{scp.port} (OTHER); check --called-aet and "
+               "that the PACS accepts our AE title 'CXRTRIAGE' (--aet)" for r in rejected), rejected
+    port = _free_port()
+    with caplog.at_level(logging.DEBUG):
+        closed = send_files(dicom_files[:2], Destination("127.0.0.1", port), timeout=5)
+    # the real cause, said once (was: "not sent: association aborted by ...", the cause only in pynetdicom's log)
+    assert [r.status for r in closed] == [f"not sent: connection refused by 127.0.0.1:{port}; is the PACS listening "
+                                          "there?"] * 2
+    assert not [r for r in caplog.records if "TCP Initialisation Error" in r.getMessage()
+                or "unable to connect to remote" in r.getMessage()]  # taken from pynetdicom's log, not printed
     assert scp.received == []
+    logging.getLogger("pynetdicom.transport").error("TCP Initialisation Error: later")  # the log is left as it was
+    assert "TCP Initialisation Error: later" in caplog.text
+
+
+def test_files_not_sent_are_one_line_per_cause(tmp_path: Path) -> None:
+    refused = "not sent: connection refused by pacs:104; is the PACS listening there?"
+    sent = [SendResult(tmp_path / "s1" / f"{k}_001.dcm", False, refused) for k in ("sr", "sc", "seg")]
+    sent += [SendResult(tmp_path / "s2" / f"{k}_001.dcm", False, refused) for k in ("sr", "sc")]
+    sent += [SendResult(tmp_path / "s2" / "seg_001.dcm", False, "not sent: pacs:104 (X) refused it (status 0xA700)"),
+             SendResult(tmp_path / "s2" / "report_pdf.dcm", True, "0x0000")]
+    assert send_errors(sent) == [
+        f"5 DICOM files (sr_001.dcm, sc_001.dcm, seg_001.dcm): {refused}",
+        "seg_001.dcm: not sent: pacs:104 (X) refused it (status 0xA700)"]
+    assert send_errors(sent, named=2) == [f"5 DICOM files (sr_001.dcm, sc_001.dcm... (3 names)): {refused}",
+                                          "seg_001.dcm: not sent: pacs:104 (X) refused it (status 0xA700)"]
+    assert send_errors(sent[-1:]) == []
 
 
 def test_parse_destination() -> None:
@@ -101,7 +127,10 @@ def test_cli_report_dicom_send(tmp_path: Path, scp: Scp) -> None:
                               "--called-aet", "TESTPACS", "--aet", "CXRT"])
     assert res.exit_code == 1, res.output  # the PACS refused the SEGs: listed, exit 1
     assert "4 HTML and 0 PDF study reports" in res.output and "8 DICOM files" in res.output
-    assert res.output.count("not sent") == 2 and res.output.count("sent sr_001.dcm") == 2
+    # the two SEGs the PACS refused: one line, "not sent" said once
+    assert res.output.count("not sent") == 1 and res.output.count("sent sr_001.dcm") == 2
+    assert f"2 DICOM files (seg_001.dcm): not sent: 127.0.0.1:{scp.port} (TESTPACS) refused it (status 0xA700)" \
+        in " ".join(res.output.split())
     assert (out / "report" / "index.html").is_file() and not list((out / "report").glob("*.pdf"))
     assert len(scp.received) == 6
     ok = runner.invoke(app, ["report", str(out)])

@@ -112,7 +112,7 @@ def send_errors(sent: Iterable[SendResult], *, named: int = 3) -> list[str]:
             lines.append(f"{names[0]}: {cause}")
             continue
         distinct = list(dict.fromkeys(names))
-        shown = ", ".join(distinct[:named]) + (f"... ({len(distinct)} names)" if len(distinct) > named else "")
+        shown = ", ".join(distinct[:named]) + (f" and {len(distinct) - named} more" if len(distinct) > named else "")
         lines.append(f"{len(names)} DICOM files ({shown}): {cause}")
     return lines
 

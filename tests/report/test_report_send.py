@@ -103,7 +103,7 @@ def test_files_not_sent_are_one_line_per_cause(tmp_path: Path) -> None:
     assert send_errors(sent) == [
         f"5 DICOM files (sr_001.dcm, sc_001.dcm, seg_001.dcm): {refused}",
         "seg_001.dcm: not sent: pacs:104 (X) refused it (status 0xA700)"]
-    assert send_errors(sent, named=2) == [f"5 DICOM files (sr_001.dcm, sc_001.dcm... (3 names)): {refused}",
+    assert send_errors(sent, named=2) == [f"5 DICOM files (sr_001.dcm, sc_001.dcm and 1 more): {refused}",
                                           "seg_001.dcm: not sent: pacs:104 (X) refused it (status 0xA700)"]
     assert send_errors(sent[-1:]) == []
 

@@ -76,6 +76,8 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
     sel = select(pr, rules)
     base: dict[str, Any] = _probe_fields(pr)
     base.update(status=sel.status, reason=sel.reason)
+    if sel.not_an_image:  # as in predict's results: a README or a DICOM SR is none of its study's images
+        base["study_key"] = ""
     if pr.error or pr.kind is InputKind.UNKNOWN or pr.not_an_image:
         return InspectReport(**base, notes=pr.notes)
     try:

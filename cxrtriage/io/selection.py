@@ -113,10 +113,15 @@ def load_rules(path: str | Path) -> SelectionRules:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The decision for one file: ``status`` and a human-readable ``reason`` (never empty)."""
+    """The decision for one file: ``status`` and a human-readable ``reason`` (never empty).
+
+    ``not_an_image``: the file was excluded because it is no image at all (a text file, a folder, a DICOM structured
+    report or other non-image object), so it is none of its study's images (see ``ImageRecord.in_study``).
+    """
 
     status: Status
     reason: str
+    not_an_image: bool = False
 
 
 DEFAULT_RULES = SelectionRules()
@@ -131,7 +136,7 @@ def select(probe: Probe, rules: SelectionRules = DEFAULT_RULES) -> Selection:
     if probe.error:
         return Selection(Status.FAILED, probe.error)
     if probe.not_an_image:
-        return Selection(Status.EXCLUDED, probe.not_an_image)
+        return Selection(Status.EXCLUDED, probe.not_an_image, not_an_image=True)
     if probe.kind is InputKind.DICOM:
         return _select_dicom(probe, rules)
     if probe.kind in (InputKind.RASTER, InputKind.SITK):
@@ -145,7 +150,7 @@ def _select_dicom(probe: Probe, rules: SelectionRules) -> Selection:
     sop = info.sop_class_uid
     for prefix, what in _NON_IMAGE_SOP_PREFIXES:
         if sop.startswith(prefix):
-            return Selection(Status.EXCLUDED, f"non-image object: {_sop_name(sop, what)}")
+            return Selection(Status.EXCLUDED, f"non-image object: {_sop_name(sop, what)}", not_an_image=True)
     if not probe.has_pixel_data:
         return Selection(Status.EXCLUDED, f"no pixel data ({_sop_name(sop) if sop else 'no SOP Class UID'})")
     if not info.rows or not info.columns:

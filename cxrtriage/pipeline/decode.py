@@ -91,14 +91,20 @@ class Decoded:
         return self.record.status is Status.SCORED
 
 
-def probe_record(path: str, probe: Probe | None, status: Status, reason: str | None) -> ImageRecord:
-    """The record of a file from its probe (header only, no pixels)."""
+def probe_record(path: str, probe: Probe | None, status: Status, reason: str | None, *,
+                 not_an_image: bool = False) -> ImageRecord:
+    """The record of a file from its probe (header only, no pixels).
+
+    A file that is no image at all (``Selection.not_an_image``: a README beside the images, a DICOM SR) gets no study
+    key: it is none of the images of the study its folder or StudyInstanceUID names (``ImageRecord.in_study``).
+    """
     if probe is None:
         return ImageRecord(path=path, status=status, reason=reason)
     d = probe.dicom
     source: dict[str, str | None] = {k: getattr(d, k) or None for k in SOURCE_COLUMNS} if d else {}
     return ImageRecord(
-        path=path, status=status, reason=reason or None, input_kind=probe.kind.value, study_key=study_key(probe),
+        path=path, status=status, reason=reason or None, input_kind=probe.kind.value,
+        study_key=None if not_an_image else study_key(probe),
         study_instance_uid=(d.study_instance_uid or None) if d else None,
         series_instance_uid=(d.series_instance_uid or None) if d else None,
         sop_instance_uid=(d.sop_instance_uid or None) if d else None,
@@ -116,7 +122,8 @@ def examine(task: DecodeTask) -> Decoded:
         probe = a.probe
         if a.selection.status is not Status.SCORED or a.image is None:
             status = Status.EXCLUDED if a.selection.status is Status.EXCLUDED else Status.FAILED
-            return Decoded(task.index, probe_record(task.path, probe, status, a.selection.reason),
+            return Decoded(task.index, probe_record(task.path, probe, status, a.selection.reason,
+                                                    not_an_image=a.selection.not_an_image),
                            seconds=time.perf_counter() - t0)
         image = a.image
         record = probe_record(task.path, probe, Status.SCORED, "; ".join([a.selection.reason, *image.notes])).replace(

@@ -105,14 +105,21 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
             if not img.scored:
                 problems.append({"source": _image_source(study, img, n, deidentify), "status": img.status,
                                  "reason": names(img.reason) or "no reason recorded"})
+    # A file that is no image (a README, a DICOM SR) is in no study, yet says here why it was not read; de-identified,
+    # by a number only, as its reason may name another input ("pixel data file of <name>.mhd").
+    not_images = [img for img in bundle.images if not img.record.in_study]
+    for n, img in enumerate(not_images, start=1):
+        problems.append({"source": f"file {n} (not an image)" if deidentify else str(img.path), "status": img.status,
+                         "reason": "not an image" if deidentify else img.reason or "no reason recorded"})
     priority_counts = Counter(s.priority or UNKNOWN for s in bundle.studies)
     order = list(dict.fromkeys(s.priority or UNKNOWN for s in bundle.studies))
-    status_counts = Counter(i.status for i in bundle.images)
+    status_counts = Counter(i.status for s in bundle.studies for i in s.images)
     page = html_writer.render_index_html(
         run_title="de-identified results" if deidentify else bundle.results_dir.name,
         disclaimer=DISCLAIMER,
         priority_counts=[(k, priority_counts[k]) for k in order],
-        status_counts=[(f"images {k}", n) for k, n in sorted(status_counts.items())],
+        status_counts=[*((f"images {k}", n) for k, n in sorted(status_counts.items())),
+                       *([("files that are not images", len(not_images))] if not_images else [])],
         studies=rows,
         problems=problems,
         report_errors=report_errors,

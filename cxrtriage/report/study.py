@@ -419,8 +419,9 @@ def load_results(
     images = tuple(image_result(i, r, labels, manifest, run, op, rdir) for i, r in enumerate(table.records))
 
     groups: dict[str, list[ImageResult]] = {}
-    for img in images:
-        groups.setdefault(img.record.study, []).append(img)
+    for img in images:  # a file that is no image (a README, a DICOM SR) is in no study: the index lists it alone
+        if img.record.in_study:
+            groups.setdefault(img.record.study, []).append(img)
     worklist = read_worklist(rdir)
     levels = run.priority_levels if run is not None else ()
     studies: list[StudyReport] = []

@@ -146,6 +146,16 @@ class ImageRecord:
         """The study this file belongs to: its study key, else its own path."""
         return self.study_key or self.path
 
+    @property
+    def in_study(self) -> bool:
+        """Whether this file is one of the images of its ``study``: counted on the worklist, shown in study reports.
+
+        Not a file excluded for being no image at all (a README beside the images, a DICOM SR): the decode stage gives
+        it no study key. Any other file is, a failed one without a key included (then a study of its own): it may be
+        a damaged image, which must still reach a reader.
+        """
+        return self.status is not Status.EXCLUDED or bool(self.study_key)
+
     def replace(self, **changes: Any) -> ImageRecord:
         """A copy with ``changes`` (field names of this class; an unknown name is a ``TypeError``).
 

@@ -50,10 +50,12 @@ def build_worklist(records: Iterable[ImageRecord]) -> list[WorklistEntry]:
     A study takes the highest priority of its ASSESSED images (an excluded lateral view does not make a
     study "not assessed" when its frontal was scored); a study with no assessed image is ``not_assessed``.
     Order: critical, urgent, routine, not_assessed, normal; ties by deciding score (descending), then key.
+    A file that is no image at all (``ImageRecord.in_study``: a README, a DICOM SR) is on no study's list.
     """
     groups: dict[str, list[ImageRecord]] = {}
     for record in records:
-        groups.setdefault(record.study, []).append(record)
+        if record.in_study:
+            groups.setdefault(record.study, []).append(record)
     entries: list[WorklistEntry] = []
     for key, members in groups.items():
         # An image nobody triaged must still reach a reader.

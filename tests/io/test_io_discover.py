@@ -88,7 +88,8 @@ def test_text_named_as_an_image_fails_and_names_the_mismatch(tmp_path: Path, nam
     assert f"it is named '{path.suffix}' but its content is not {expected} (text" in sel.reason
     assert "re-send or re-export the original image" in sel.reason
     (tmp_path / "notes.txt").write_text("hello\n")  # text under a text name is simply not an image
-    assert select(probe(tmp_path / "notes.txt")) == Selection("excluded", "text file (e.g. README, CSV, JSON), not an image")
+    assert select(probe(tmp_path / "notes.txt")) == Selection("excluded", "text file (e.g. README, CSV, JSON), not an image",
+                                                           not_an_image=True)
 
 
 def test_empty_file_named_as_an_image_names_the_format_it_is_not(tmp_path: Path) -> None:

@@ -42,6 +42,15 @@ def test_inspect_file_on_excluded_and_broken_files(tmp_path: Path) -> None:
     junk.write_bytes(b"\x01\x02" * 300)
     r = inspect_file(junk)
     assert (r.status, r.kind) == ("failed", "unknown") and "not a recognised image file" in r.reason
+    assert r.study_key == f"folder:{tmp_path}"  # it may be a damaged image of the folder's study
+
+
+def test_inspect_file_gives_a_file_that_is_no_image_no_study_key(tmp_path: Path) -> None:
+    lateral = inspect_file(_cr(tmp_path, "lat.dcm", ViewPosition="LL"))
+    assert lateral.study_key and lateral.study_key != f"folder:{tmp_path}"  # its StudyInstanceUID
+    (tmp_path / "README.md").write_text("notes\n")
+    r = inspect_file(tmp_path / "README.md")
+    assert (r.status, r.study_key) == ("excluded", "")  # as predict's results say: in no study
 
 
 def test_cli_inspect_renders_and_never_prints_patient_data(tmp_path: Path) -> None:

@@ -92,8 +92,18 @@ def test_non_image_sop_classes_excluded(tmp_path: Path, sop: str, modality: str,
     path = tmp_path / "obj.dcm"
     ds.save_as(path, enforce_file_format=True)
     sel = select(probe(path))
-    assert sel.status == "excluded"
+    assert sel.status == "excluded" and sel.not_an_image  # in no study: not one of its images
     assert f"non-image object: {what}" in sel.reason
+
+
+def test_only_files_that_are_no_image_at_all_are_marked_so(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("notes\n")
+    assert select(probe(tmp_path / "README.md")).not_an_image
+    lateral = decide(tmp_path, view="LL")  # excluded, yet an image of its study
+    assert lateral.status == "excluded" and not lateral.not_an_image
+    (tmp_path / "cut.dcm").write_bytes(b"\x00" * 10)  # failed: it may be a damaged image
+    failed = select(probe(tmp_path / "cut.dcm"))
+    assert failed.status == "failed" and not failed.not_an_image
 
 
 def test_missing_pixel_data(tmp_path: Path) -> None:

@@ -134,6 +134,23 @@ def _panic_or_sleep(task: DecodeTask) -> Decoded:
 
 
 @pytest.mark.skipif(not decode.FORK_ISOLATION, reason="no fork on this platform: workers=0 decodes in-process")
+def test_a_file_that_is_no_image_gets_no_study_key(tmp_path: Path) -> None:
+    """A README or a DICOM SR beside a study's images is none of them: no study key (`ImageRecord.in_study`)."""
+    study = "1.2.826.0.1.3680043.8.498.77"
+    write_dicom(tmp_path / "lat.dcm", rows=8, cols=8, view="LL", study_uid=study)
+    write_dicom(tmp_path / "sr.dcm", rows=8, cols=8, study_uid=study, SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")
+    (tmp_path / "README.md").write_text("how these files were made\n")
+    (tmp_path / "cut.dcm").write_bytes(b"\x00" * 10)
+    got = {name: examine(DecodeTask(0, str(tmp_path / name), RECIPE)).record
+           for name in ("lat.dcm", "sr.dcm", "README.md", "cut.dcm")}
+    assert got["lat.dcm"].status is Status.EXCLUDED and got["lat.dcm"].study_key == study and got["lat.dcm"].in_study
+    assert got["cut.dcm"].status is Status.FAILED and got["cut.dcm"].study_key == f"folder:{tmp_path}"
+    for name in ("sr.dcm", "README.md"):
+        r = got[name]
+        assert r.status is Status.EXCLUDED and r.study_key is None and not r.in_study, name
+    assert got["sr.dcm"].study_instance_uid == study and got["sr.dcm"].input_kind == "dicom"  # still said
+
+
 def test_without_workers_files_are_examined_in_one_forked_child_in_order() -> None:
     names = [f"f{i}" for i in range(6)]
     out = list(decode_stream(_tasks(names), workers=0, window=1, fn=_double))

@@ -353,3 +353,28 @@ def test_an_image_the_decoder_reported_damaged_is_scored_but_not_triaged(tmp_pat
     run = json.loads((out / "run.json").read_text())
     assert run["quality"]["failed_by_check"] == {"decoding": 1}
     assert run["quality"]["limits"]["decoder_damage_messages"] == "Corrupt JPEG data|Premature end of JPEG file"
+
+
+def test_files_that_are_no_image_are_neither_counted_nor_listed_as_images_of_a_study(tmp_path: Path,
+                                                                                     model: Classifier) -> None:
+    root = tmp_path / "in"
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    write_dicom(root / "pa.dcm", rows=256, cols=240, pixels=_ramp_pixels(256, 240, 1), study_uid=uid)
+    write_dicom(root / "lat.dcm", view="LL", study_uid=uid)  # excluded, yet an image of the study
+    write_dicom(root / "sr.dcm", study_uid=uid, SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")  # a report, no image
+    cv2.imwrite(str(root / "x.png"), (_ramp_pixels(256, 256, 3) // 16).astype(np.uint8))
+    (root / "README.md").write_text("how these files were made\n")
+    (root / "make_data.py").write_text("print('hello')\n")
+    out = tmp_path / "out"
+    run_predict(_config(root, out), model=model)
+    with open(out / "worklist.csv", newline="") as f:
+        wl = {w["study_key"]: w for w in csv.DictReader(f)}
+    assert set(wl) == {uid, f"folder:{root}"}  # no study made of the text files, none holding them
+    assert (wl[uid]["n_images"], wl[uid]["paths"]) == ("2", f"{root / 'lat.dcm'};{root / 'pa.dcm'}")
+    assert wl[uid]["priority_reason"].endswith("; 1 of 2 images not assessed")
+    assert (wl[f"folder:{root}"]["n_images"], wl[f"folder:{root}"]["paths"]) == ("1", str(root / "x.png"))
+    assert "not assessed" not in wl[f"folder:{root}"]["priority_reason"]
+    rows = _rows(out)
+    assert all(rows[n]["status"] == "excluded" and rows[n]["study_key"] is None for n in ("sr.dcm", "README.md"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["excluded"] == 4 and run["counts"]["images_by_priority"]["not_assessed"] == 1  # the lateral

@@ -157,3 +157,37 @@ def test_chromium_renders_the_report_with_all_images_and_no_console_errors(built
     bad.write_text("<html><body><script>nosuchfunction()</script><img src='data:image/png;base64,AAAA'>" + HARNESS)
     broken = _chromium(["--virtual-time-budget=3000", "--dump-dom"], bad, tmp_path)
     assert 'data-decoded="0/1"' in broken.stdout and any("nosuchfunction" in ln for ln in _console_lines(broken.stderr))
+
+
+def test_files_that_are_no_image_are_in_no_study_but_listed_in_the_index(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrtriage.report.study import load_results
+
+    out = make_results(tmp_path)
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    lateral = next(r for r in map(json.loads, lines) if r["path"].endswith("lat.dcm"))
+    folder = Path(lateral["path"]).parent
+    # As predict writes them: excluded, and no study key (the README in the study's folder, an SR of the study).
+    readme = {**lateral, "path": str(folder / "README.md"), "reason": "text file (e.g. README, CSV, JSON), not an image",
+              "input_kind": "unknown", "study_key": None, "study_instance_uid": None, "view": None}
+    sr = {**lateral, "path": str(folder / "sr.dcm"), "reason": "non-image object: Basic Text SR Storage",
+          "study_key": None, "view": None}
+    (out / "results.jsonl").write_text("\n".join([*lines, json.dumps(readme), json.dumps(sr)]) + "\n", encoding="utf-8")
+
+    bundle = load_results(out)
+    assert [len(s.images) for s in bundle.studies] == [2, 1, 1, 1]  # the lateral stays an image of its study
+    assert not any(i.path.name in ("README.md", "sr.dcm") for s in bundle.studies for i in s.images)
+    assert {i.path.name for i in bundle.images} >= {"README.md", "sr.dcm"}  # still among the results' files
+
+    summary = build_reports(out, pdf=False)
+    page = _html(summary, STUDY_A)
+    assert "README.md" not in page and "sr.dcm" not in page and "lat.dcm" in page
+    index = summary.index.read_text(encoding="utf-8")
+    assert str(folder / "README.md") in index and "text file (e.g. README, CSV, JSON), not an image" in index
+    assert "non-image object: Basic Text SR Storage" in index
+    assert "images excluded: 1" in index and "files that are not images: 2" in index
+
+    monkeypatch.setenv("CXRTRIAGE_PSEUDONYM_KEY", "a-site-secret-of-sixteen+")
+    hidden = build_reports(out, pdf=False, deidentify=True).index.read_text(encoding="utf-8")
+    assert "file 1 (not an image)" in hidden and "file 2 (not an image)" in hidden
+    assert "README.md" not in hidden and "sr.dcm" not in hidden

@@ -72,6 +72,21 @@ def test_rows_without_study_key_are_their_own_study() -> None:
     assert [e.study_key for e in wl] == ["x/a.png", "x/b.png"]
 
 
+def test_files_that_are_no_image_are_on_no_study_list() -> None:
+    # A README or a DICOM SR beside the images has no study key (the decode stage gives it none): it is neither
+    # counted among the study's images nor a study of its own. A failed file without a key still reaches a reader.
+    rows = [row("s/frontal.png", "folder:s", "routine", 0.3, "nodule"),
+            row("s/lateral.dcm", "folder:s", "not_assessed", status="excluded", reason="excluded: lateral view"),
+            row("s/README.md", "", "not_assessed", status="excluded", reason="excluded: text file, not an image"),
+            row("s/sr.dcm", "", "not_assessed", status="excluded", reason="excluded: non-image object: Basic Text SR"),
+            row("s/broken.dcm", "", "not_assessed", status="failed", reason="failed: truncated")]
+    study, broken = build_worklist(rows)
+    assert (study.study_key, study.n_images, study.n_scored) == ("folder:s", 2, 1)
+    assert study.paths == ("s/frontal.png", "s/lateral.dcm")
+    assert study.priority_reason == "nodule 0.3 [frontal.png]; 1 of 2 images not assessed"
+    assert (broken.study_key, broken.priority, broken.n_images) == ("s/broken.dcm", Priority.NOT_ASSESSED, 1)
+
+
 def test_unknown_priority_is_an_error() -> None:
     with pytest.raises(InputError, match="priority 'high' is not one of"):
         build_worklist([row("a.png", "A", "high", 0.3)])

@@ -202,10 +202,11 @@ class TriageHook(PredictHook):
         ``watch`` keep it in memory and call this after each batch).
 
         The image counts (by priority, by population) are taken from the records too: rows an earlier run scored
-        (``--resume``, ``serve``) count as well as the ones decided in this process."""
+        (``--resume``, ``serve``) count as well as the ones decided in this process; a file that is no image (a README,
+        a DICOM SR: ``ImageRecord.in_study``) is no "not assessed" image."""
         entries = build_worklist(records)
         path = write_worklist(ctx.out_dir / WORKLIST_CSV, entries)
-        self.counts = Counter(r.priority for r in records if r.priority is not None)
+        self.counts = Counter(r.priority for r in records if r.priority is not None and r.in_study)
         self.population_counts = Counter(r.population for r in records if r.population)
         self.population_source_counts = Counter(r.population_source for r in records if r.population_source)
         studies = Counter(e.priority for e in entries)

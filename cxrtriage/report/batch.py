@@ -274,7 +274,7 @@ def _study_output(study: StudyReport, bundle: ResultsBundle, report_dir: Path, d
             errors.extend(dicom_errors)
             notes.extend(dicom_notes)
     except Exception as exc:  # one study's failure is reported in the index, never fatal to the batch
-        log.warning("%s: report failed (%s)", study.slug, type(exc).__name__)
+        # and said once, by whoever shows the summary's errors (the CLI, the node's log): not logged here too
         errors.append(f"{study.slug}: report failed ({type(exc).__name__}: {exc})")
     return StudyOutput(key=study.key, slug=study.slug, label=_study_label(study, shown), html=html_path, pdf=pdf_path,
                        dicom=tuple(dicom_files), errors=tuple(errors), notes=tuple(notes))

@@ -185,6 +185,47 @@ def test_report_errors_are_listed_and_fail_only_with_fail_on_error(scans: Path, 
     assert code == 1 and "1 report error(s)" in output
 
 
+def test_a_pacs_that_cannot_be_reached_is_one_warning_with_its_cause(scans: Path, models: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, output = _invoke(*_base(scans / "p1", tmp_path / "o", models, "--no-lungs", "--no-pdf", "--send",
+                                  f"127.0.0.1:{port}"))
+    assert code == 0, output
+    text = " ".join(output.split())
+    warnings = [w for w in text.split("warning: ")[1:] if "not sent" in w]
+    # every DICOM result failed for one reason: one line, the cause said once (was: a line per file, "not sent (not
+    # sent: association aborted ...)", and "Connection refused" only in pynetdicom's ERROR lines)
+    assert len(warnings) == 1 and warnings[0].count("not sent") == 1, output
+    assert f"not sent: connection refused by 127.0.0.1:{port}; is the PACS listening there?" in warnings[0]
+    assert "ERROR" not in output and "TCP Initialisation" not in output
+
+
+def test_a_report_that_fails_is_said_once(scans: Path, models: tuple[Path, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrtriage.errors import OutputError
+    from cxrtriage.report import batch
+
+    def full_disk(view: Any) -> str:
+        raise OutputError("s.html: cannot write it (no space left on device); free some space")
+
+    monkeypatch.setattr(batch.html_writer, "render_study_html", full_disk)
+    code, output = _invoke(*_base(scans, tmp_path / "a", models, "--report", "--no-lungs", "--no-pdf"))
+    assert code == 0, output
+    # once, as a `warning:` line with the cause (was: a WARNING log line too, per study)
+    assert output.count("report failed") == output.count("warning: ") >= 1 and "WARNING" not in output, output
+
+    def broken(results_dir: Any, **kw: Any) -> Any:
+        raise OSError("the results cannot be read")
+
+    monkeypatch.setattr(batch, "build_reports", broken)
+    code, output = _invoke(*_base(scans, tmp_path / "b", models, "--report", "--no-lungs", "--no-pdf"))
+    assert code == 0 and output.count("reports not written") == 1 and "WARNING" not in output, output
+
+
 def test_bad_send_or_policy_exit_before_scoring(scans: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
     code, output = _invoke(*_base(scans, tmp_path / "a", models, "--send", "pacs-without-port"))
     assert code == 4 and "expected HOST:PORT" in output and not (tmp_path / "a").exists()

@@ -207,11 +207,12 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
             continue  # its SR/SC/SEG were written (and sent) with the batch it came in
         steps: list[tuple[str, Callable[[], Dataset]]] = [
             ("sr", partial(dicom_sr.build_sr, source, img.findings, classifier, lung_area_mm2=img.record.lung_area_mm2,
-                           segmenter=segmenter, priority=img.priority, priority_reason=img.priority_reason)),
-            ("sc", partial(_sc, source, img, bundle, sources, classifier, mask_names, notes)),
+                           segmenter=segmenter, priority=img.priority, priority_reason=img.priority_reason,
+                           instance_number=n)),
+            ("sc", partial(_sc, source, img, bundle, sources, classifier, mask_names, notes, n)),
         ]
         if img.mask_path is not None:
-            steps.append(("seg", partial(_seg, source, img, segmenter, mask_names)))
+            steps.append(("seg", partial(_seg, source, img, segmenter, mask_names, n)))
         for kind, build in steps:
             try:
                 written.append(dicom_common.save(build(), folder / f"{kind}_{n:03d}.dcm"))
@@ -227,18 +228,18 @@ def _write_study_dicom(study: StudyReport, bundle: ResultsBundle, sources: Study
 
 
 def _sc(source: Dataset, img: ImageResult, bundle: ResultsBundle, sources: StudySources, algo: AlgorithmInfo,
-        mask_names: tuple[str, ...], notes: list[str]) -> Dataset:
+        mask_names: tuple[str, ...], notes: list[str], n: int) -> Dataset:
     picture, left_out = sc_picture(img, bundle, sources, mask_names)
     notes.extend(left_out)
-    return dicom_sc.build_sc(source, picture, algo)
+    return dicom_sc.build_sc(source, picture, algo, instance_number=n)
 
 
-def _seg(source: Dataset, img: ImageResult, algo: AlgorithmInfo, mask_names: tuple[str, ...]) -> Dataset:
+def _seg(source: Dataset, img: ImageResult, algo: AlgorithmInfo, mask_names: tuple[str, ...], n: int) -> Dataset:
     if int(source.get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError("multi-frame source: a per-frame lung SEG is not supported")
     assert img.mask_path is not None
     mask = read_mask(img.mask_path, (int(source.Rows), int(source.Columns)))
-    return dicom_seg.build_seg(source, mask, mask_names, algo)
+    return dicom_seg.build_seg(source, mask, mask_names, algo, instance_number=n)
 
 
 def _earlier_output(study: StudyReport, report_dir: Path, label: str | None) -> StudyOutput:

@@ -25,7 +25,8 @@ def _source_orientation(source: Dataset) -> tuple[str, str] | None:
     return None
 
 
-def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, description: str = "") -> hd.sc.SCImage:
+def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, description: str = "",
+             instance_number: int = 1) -> hd.sc.SCImage:
     """A colour Secondary Capture in the source study: ImageType DERIVED\\SECONDARY, BurnedInAnnotation YES.
 
     ``rgb`` is the finished picture (image, overlay, legend) as uint8 [rows, columns, 3]; its rows and columns
@@ -51,7 +52,7 @@ def build_sc(source: Dataset, rgb: NDArray[np.uint8], algo: AlgorithmInfo, *, de
         series_instance_uid=series_uid,
         series_number=common.SERIES_NUMBERS["sc"],
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,  # the image's place in its study: one series holds them all
         manufacturer=common.MANUFACTURER,
         laterality=laterality if laterality in ("R", "L") else None,
         patient_orientation=orientation if single_letters else _PLACEHOLDER,

@@ -19,7 +19,8 @@ DISPLAY_COLOURS = ((255, 200, 0), (0, 200, 255), (120, 255, 120), (255, 120, 255
 
 
 def build_seg(
-    source: Dataset, labels: NDArray[np.uint8], label_names: tuple[str, ...], algo: AlgorithmInfo
+    source: Dataset, labels: NDArray[np.uint8], label_names: tuple[str, ...], algo: AlgorithmInfo, *,
+    instance_number: int = 1,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one segment per non-zero label present in ``labels`` (the source image's grid).
 
@@ -68,7 +69,7 @@ def build_seg(
         series_instance_uid=series_uid,
         series_number=common.SERIES_NUMBERS["seg"],
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,  # the image's place in its study: one series holds them all
         manufacturer=common.MANUFACTURER,
         manufacturer_model_name=algo.name[:64],
         software_versions=algo.versions,  # type: ignore[arg-type]  # LO, multi-valued

@@ -31,6 +31,7 @@ def build_sr(
     segmenter: AlgorithmInfo | None = None,
     priority: str = "",
     priority_reason: str = "",
+    instance_number: int = 1,
 ) -> hd.sr.ComprehensiveSR:
     """A TID 1500 report about one source image.
 
@@ -114,7 +115,7 @@ def build_sr(
         series_instance_uid=series_uid,
         series_number=common.SERIES_NUMBERS["sr"],
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,  # the image's place in its study: one series holds them all
         manufacturer=common.MANUFACTURER,
         is_complete=True,
         is_final=False,

@@ -303,3 +303,21 @@ def test_each_source_file_is_parsed_once_for_all_its_reports(tmp_path: Path, mon
     assert summary.dicom_files and not summary.errors
     sources = [r for r in reads if r.endswith(".dcm") and "/dicom/" not in r]
     assert sources and len(sources) == len(set(sources)), sources
+
+
+def test_the_results_of_a_studys_images_are_numbered_in_their_series(tmp_path: Path) -> None:
+    """One series holds a study's SRs (SCs, SEGs): each instance takes its image's place in the study."""
+    from cxrtriage.report.dicom_sc import build_sc
+    from cxrtriage.report.dicom_seg import build_seg
+    from cxrtriage.report.dicom_sr import build_sr
+
+    algo = AlgorithmInfo("m", "1", "abc")
+    source = _source(tmp_path, "a.dcm")
+    labels = np.zeros((int(source.Rows), int(source.Columns)), np.uint8)
+    labels[5:30, 4:15] = 1
+    built = [build_sr(source, (), algo, lung_area_mm2=120.0, instance_number=3),
+             build_sc(source, np.zeros((int(source.Rows), int(source.Columns) + 8, 3), np.uint8), algo,
+                      instance_number=3),
+             build_seg(source, labels, ("background", "lung"), algo, instance_number=3)]
+    assert [int(ds.InstanceNumber) for ds in built] == [3, 3, 3]
+    assert int(_all_four(source)["sr"].InstanceNumber) == 1  # the default

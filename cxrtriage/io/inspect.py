@@ -12,6 +12,7 @@ import numpy as np
 from cxrtriage.errors import InputError
 from cxrtriage.io.discover import Probe, probe_with_header, study_key
 from cxrtriage.io.selection import DEFAULT_RULES, SelectionRules, select
+from cxrtriage.results import Status
 from cxrtriage.types import Image2D, InputKind
 
 
@@ -101,7 +102,9 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
         prefix = f"{pr.path}: "
         return InspectReport(**base, read_error=msg[len(prefix):] if msg.startswith(prefix) else msg, notes=pr.notes)
     checked: Image2D | None = image
-    if max_scale is not None:
+    if max_scale is not None and sel.status is not Status.SCORED:  # predict never reads its pixels
+        base["reduced_decode"] = f"not decoded: predict leaves this file out ({sel.status.value}, see decision)"
+    elif max_scale is not None:
         base["reduced_decode"], checked = _reduced_path(pr, max_scale)
     if image_checks is not None and checked is not None:
         base["quality"] = tuple(image_checks(checked))

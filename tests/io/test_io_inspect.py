@@ -93,6 +93,17 @@ def test_inspect_runs_the_callers_image_checks_on_the_image_as_predict_reads_it(
     assert seen[-1] == (16, 16)  # the block-averaged read, as predict checks it
 
 
+def test_inspect_says_predict_never_decodes_a_file_it_leaves_out(tmp_path: Path) -> None:
+    pixels = np.tile(np.arange(64, dtype=np.uint16) * 60, (64, 1))
+    lateral, frontal = tmp_path / "lat.dcm", tmp_path / "pa.dcm"
+    make_cxr_dataset(64, 64, pixels=pixels, view="LL").save_as(lateral, enforce_file_format=True)
+    make_cxr_dataset(64, 64, pixels=pixels).save_as(frontal, enforce_file_format=True)
+    report = inspect_file(lateral, max_scale=lambda shape: 4.0)
+    assert report.status.value == "excluded"
+    assert report.reduced_decode == "not decoded: predict leaves this file out (excluded, see decision)"
+    assert inspect_file(frontal, max_scale=lambda shape: 4.0).reduced_decode.startswith("1/4: 16x16 block-averaged")
+
+
 def test_cli_inspect_shows_which_quality_check_fails(tmp_path: Path) -> None:
     from hostile import jpeg_damaged
 

@@ -276,8 +276,8 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[
     t.add_row("scored", f"[green]{s.scored}[/]")
     t.add_row("excluded", f"[yellow]{s.excluded}[/]" if s.excluded else "0")
     t.add_row("failed", f"[red]{s.failed}[/]" if s.failed else "0")
-    t.add_row("time", f"{s.seconds:.1f} s")
-    t.add_row("throughput", f"{s.images_per_s:.1f} images/s")
+    t.add_row("time", f"{s.seconds:.1f} s (the whole run: model loading, decoding, writing and reports)")
+    t.add_row("throughput", f"{s.images_per_s:.1f} images/s scored over that time")
     t.add_row("model", f"{s.model_name} {s.model_version} on {s.device}")
     for key, value in extra:
         t.add_row(key, value)

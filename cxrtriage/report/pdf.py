@@ -156,10 +156,12 @@ def render_study_pdf(view: StudyView) -> bytes:
         if img.findings:
             only = [f.reported_only for f in img.findings]
             rows = [(f.label, f.score, f.threshold, f.kind, f.status + (", reported only" if o else ""), f.sensitivity,
-                     f.specificity) for f, o in zip(img.findings, only, strict=True)]
-            pdf.grid(("Finding", "Score", "Threshold", "Operating point", "Status", "Val. sens.", "Val. spec."), rows,
-                     (20, 10, 11, 22, 17, 12, 12), emphasise=[f.positive and not o for f, o in zip(img.findings, only,
-                                                                                                  strict=True)])
+                     f.specificity, f.population_auroc_short or "-") for f, o in zip(img.findings, only, strict=True)]
+            pop = next((f.population for f in img.findings if f.population), "")
+            pdf.grid(("Finding", "Score", "Threshold", "Operating point", "Status", "Sens. (pooled)", "Spec. (pooled)",
+                      f"AUROC {pop}".strip()), rows,
+                     (16, 8, 12, 19, 15, 11, 11, 16), emphasise=[f.positive and not o for f, o in zip(img.findings, only,
+                                                                                                    strict=True)])
             if any(only):
                 pops = sorted({f.role.split(": ", 1)[-1] for f, o in zip(img.findings, only, strict=True) if o})
                 pdf.para(f"Reported only ({'; '.join(pops)}): shown, but it does not move the priority.", size=8,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cxrtriage.errors import ConfigError, InputError, ModelError
 from cxrtriage.explain.gating import SHORTCUT_LEVEL
-from cxrtriage.model.manifest import ModelManifest, OperatingPoint
+from cxrtriage.model.manifest import LabelValidation, ModelManifest, OperatingPoint
 from cxrtriage.model.registry import manifest_for_results
 from cxrtriage.report.header import UNKNOWN, study_slug
 from cxrtriage.results import (
@@ -44,6 +44,10 @@ class Finding:
     # reported only (not validated for that population); None: the run did not record it.
     decides: bool | None = None
     population: str | None = None
+    # The label's held-out AUROC on the record's population (manifest ``label_validation``): the figure that says how
+    # well it separates this patient's kind of patients, where ``sensitivity``/``specificity`` are the pooled
+    # validation set's (mostly the population the model was trained on).
+    population_validation: LabelValidation | None = None
 
     @property
     def reported_only(self) -> bool:
@@ -302,7 +306,9 @@ def resolve_findings(record: ImageRecord, labels: tuple[str, ...], manifest: Mod
         out.append(Finding(label=label, score=score, threshold=thr, threshold_kind=kind,
                            sensitivity=op.sensitivity if op else None, specificity=op.specificity if op else None,
                            decides=None if deciding is None else label in deciding,
-                           population=record.population if deciding is not None else None))
+                           population=record.population if deciding is not None else None,
+                           population_validation=(manifest.label_validation.get(label, {}).get(record.population)
+                                                  if manifest is not None and record.population else None)))
     return tuple(out)
 
 

@@ -68,6 +68,9 @@ class FindingRow:
     sensitivity: str
     specificity: str
     role: str = ""  # "decides" / "reported only: not validated for the adult population" / "" (not recorded)
+    population_auroc: str = ""  # "0.891 (0.812-0.956; 41 pos / 188 neg, adult)", or why there is none; "" unknown
+    population_auroc_short: str = ""  # "0.891 (0.81-0.96)" for the PDF's narrow column
+    population: str = ""  # the patient's population the AUROC is for
 
     @property
     def positive(self) -> bool:
@@ -126,7 +129,30 @@ def finding_row(f: Finding) -> FindingRow:
         sensitivity=_pct(f.sensitivity),
         specificity=_pct(f.specificity),
         role=finding_role(f),
+        population_auroc=population_auroc(f),
+        population_auroc_short=_short_auroc(f),
+        population=f.population or "",
     )
+
+
+def _short_auroc(f: Finding) -> str:
+    v = f.population_validation
+    if v is None or f.population is None:
+        return ""
+    if v.auroc is None:
+        return "not measured"
+    return f"{v.auroc:.3f}" + (f" ({v.ci95[0]:.2f}-{v.ci95[1]:.2f})" if v.ci95 else "")
+
+
+def population_auroc(f: Finding) -> str:
+    """The finding's held-out AUROC on the patient's population, with its 95% CI and numbers, in words."""
+    v, pop = f.population_validation, f.population
+    if v is None or pop is None:
+        return ""
+    if v.auroc is None:
+        return f"not measured for {pop}" + (f" ({v.note})" if v.note else "")
+    ci = f" ({v.ci95[0]:.3f}-{v.ci95[1]:.3f}" if v.ci95 else " ("
+    return f"{v.auroc:.3f}{ci}; {v.n_pos} pos / {v.n_neg} neg, {pop})"
 
 
 def finding_role(f: Finding) -> str:

@@ -18,7 +18,7 @@ from report_fixtures import dciodvfy, make_results
 from cxrtriage.model.manifest import load_manifest
 from cxrtriage.report.batch import ReportSummary, build_reports
 from cxrtriage.report.capture import GREY, RED, legend_lines
-from cxrtriage.report.study import deciding_labels, load_results, resolve_findings
+from cxrtriage.report.study import Finding, deciding_labels, load_results, resolve_findings
 from cxrtriage.report.view import STUDY_MODE_NOTE, finding_role
 from cxrtriage.results import ImageRecord, ModelRef, RunRecord, Status
 
@@ -135,3 +135,20 @@ def test_the_secondary_captures_legend_greys_a_reported_only_finding(built: Repo
     texts = [t for t, _ in lines]
     assert "strange_new_finding: 0.55 >= 0.50  above, reported only" in texts
     assert "reported only: not validated for the adult" in texts
+
+
+def test_the_findings_table_gives_the_populations_own_auroc_beside_the_pooled_figures() -> None:
+    from cxrtriage.model.manifest import LabelValidation
+    from cxrtriage.report.view import finding_row
+
+    adult = LabelValidation(validated=True, auroc=0.8914, ci95=(0.8121, 0.9559), n_pos=41, n_neg=188)
+    f = Finding(label="pneumonia", score=0.92, threshold=0.6, threshold_kind="balanced", sensitivity=0.965,
+                specificity=0.97, decides=True, population="adult", population_validation=adult)
+    row = finding_row(f)
+    assert row.population_auroc == "0.891 (0.812-0.956; 41 pos / 188 neg, adult)"
+    assert row.population_auroc_short == "0.891 (0.81-0.96)" and row.sensitivity == "96.5 %"
+    unmeasured = LabelValidation(validated=False, note="not labelled in this population's data")
+    row = finding_row(Finding(label="nodule", score=0.2, threshold=0.1, threshold_kind="balanced", decides=False,
+                              population="pediatric", population_validation=unmeasured))
+    assert row.population_auroc == "not measured for pediatric (not labelled in this population's data)"
+    assert finding_row(Finding(label="x", score=0.2, threshold=0.1, threshold_kind="balanced")).population_auroc == ""

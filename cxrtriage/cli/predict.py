@@ -186,6 +186,8 @@ def predict_cmd(
 
     Files that are not frontal chest radiographs are `excluded`, files that cannot be read are `failed` (with the reason); neither stops the run. Images that fail a quality check (column `quality`) keep their scores but are `not_assessed`. Decision support only: every image must still be read.
 
+    A study is a DICOM StudyInstanceUID; PNG/JPEG and other non-DICOM files have none, so the files of one folder are one study in the worklist: give each patient a folder of their own.
+
     OUT is locked while the run writes into it (a second run into OUT is refused, exit 5); OUT may lie inside an input folder, which then skips it: outputs are never read as inputs. When OUT holds an earlier run, this run replaces its results as a whole (a warning says so), unless --resume continues it.
 
     Exit status: 0 when the run completed; 1 only with --fail-on-error, when an input failed or a report could not be written; 2-5 when the run could not happen (2 inputs, 3 model, 4 configuration: an option, a policy, site or rules file, a --device that cannot run here with --strict-device; 5 output, e.g. OUT locked by another run); 70 an internal error (a bug: the traceback is saved to a file, --verbose prints it); 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP.
@@ -272,12 +274,14 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[
     t = Table(title=title, title_justify="left", show_header=False)
     t.add_column("", style="bold")
     t.add_column("", overflow="fold")
+    segmenting = hasattr(s, "segment_csv")  # SegmentSummary, imported for type checking only
     t.add_row("files", str(s.total))
-    t.add_row("scored", f"[green]{s.scored}[/]")
+    t.add_row("segmented" if segmenting else "scored", f"[green]{s.scored}[/]")
     t.add_row("excluded", f"[yellow]{s.excluded}[/]" if s.excluded else "0")
     t.add_row("failed", f"[red]{s.failed}[/]" if s.failed else "0")
-    t.add_row("time", f"{s.seconds:.1f} s (the whole run: model loading, decoding, writing and reports)")
-    t.add_row("throughput", f"{s.images_per_s:.1f} images/s scored over that time")
+    t.add_row("time", f"{s.seconds:.1f} s (the whole run: model loading, decoding, writing"
+                      + (")" if segmenting else " and reports)"))
+    t.add_row("throughput", f"{s.images_per_s:.1f} images/s {'segmented' if segmenting else 'scored'} over that time")
     t.add_row("model", f"{s.model_name} {s.model_version} on {s.device}")
     for key, value in extra:
         t.add_row(key, value)

@@ -267,11 +267,35 @@ def tier_labels(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[s
     return out
 
 
+def has_operating_points(manifest: ModelManifest, site: SiteCalibration | None = None) -> bool:
+    """Does anything give ``manifest`` a threshold to decide priorities on: its per-label thresholds or study-level
+    operating points, or a site file's?
+
+    A model imported from a plain ONNX (or PyTorch) file has none until ``cxrtriage models validate`` measures them
+    on labelled images; ``predict`` then writes its scores without priorities (``scores_only_reason``)."""
+    if manifest.thresholds or manifest.study is not None:
+        return True
+    return site is not None and bool(site.labels or site.study)
+
+
+def scores_only_reason(manifest: ModelManifest) -> str:
+    """Why a model without operating points (``has_operating_points``) decides no priority, and the next step."""
+    return (f"model '{manifest.name}' has no operating points yet, so no priority is decided (scores only, every image "
+            f"not_assessed): measure them on labelled images with `cxrtriage models validate {manifest.name} IMAGES "
+            "--labels LABELS.csv --out DIR`, or calibrate a site file (`cxrtriage calibrate`, then --site)")
+
+
 def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None) -> None:
     """Fail early (ModelError/ConfigError) when a label or tier that triage needs has no threshold, or the site is for
-    another model."""
+    another model.
+
+    A model with no operating points at all (``has_operating_points``) passes: nothing is decided with it, each image
+    is ``not_assessed`` (``decide_priority``). One with some labels lacking them fails: its priorities would rest on
+    part of its findings."""
     if site is not None:
         check_site(site, manifest)
+    if not has_operating_points(manifest, site):
+        return
     if study_mode(manifest, site):
         for tier in covered_tiers(policy, manifest):
             if site is not None and tier not in site.study:
@@ -292,8 +316,9 @@ def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibr
         if label not in manifest.thresholds and (site is None or label not in site.labels):
             raise ModelError(
                 f"{manifest.path}: model '{manifest.name}' has no rule_out/balanced thresholds for label '{label}', so it "
-                "cannot be triaged; add thresholds to the manifest, calibrate a site file, or list the label under "
-                "[labels] ignore in the policy"
+                f"cannot be triaged; measure them (`cxrtriage models validate {manifest.name} IMAGES --labels "
+                "LABELS.csv --out DIR` with a column for it), calibrate a site file, or list the label under [labels] "
+                "ignore in the policy"
             )
 
 
@@ -396,8 +421,9 @@ def population_note(manifest: ModelManifest, policy: TriagePolicy, population: s
     silent = [lab for lab in manifest.labels if not policy.is_ignored(lab) and lab not in deciding]
     if not silent:
         return ""
-    return (f"patient age {_years(age)} (DICOM): {population} population; not validated for it, so reported but not "
-            f"deciding the priority: {', '.join(silent)}")
+    # one note among the row's reading notes, which are joined by "; ": no "; " inside it (a report splits them there)
+    return (f"patient age {_years(age)} (DICOM): {population} population, for which these are not validated, so "
+            f"reported but not deciding the priority: {', '.join(silent)}")
 
 
 # --------------------------------------------------------------------------------------------- deciding
@@ -481,6 +507,10 @@ def decide_priority(
     """
     if site is not None:
         check_site(site, manifest)
+    if not has_operating_points(manifest, site):
+        # Why not_assessed rather than an error: the scores of a model not yet validated are what `models validate`
+        # and `calibrate` need to set its operating points; not_assessed is the tool deciding nothing (read as usual).
+        return TriageDecision(Priority.NOT_ASSESSED, scores_only_reason(manifest))
     pop_name = population if population is not None or not manifest.populations else UNKNOWN_POPULATION
     labels = deciding_labels(manifest, policy, pop_name)
     if not labels:

@@ -77,8 +77,8 @@ def test_a_childs_age_in_dicom_decides_the_population_and_the_row_says_which_lab
     rows = predict_rows(model, folder, tmp_path / "out", population="adult")  # the age in DICOM wins over --population
     assert {r["population"] for r in rows.values()} == {"pediatric"}
     assert all(r["patient_age"] == 4.0 for r in rows.values())
-    assert all("patient age 4 years (DICOM): pediatric population; not validated for it, so reported but not "
-               "deciding the priority: infiltration, atelectasis, nodule, effusion" in str(r["reason"])
+    assert all("patient age 4 years (DICOM): pediatric population, for which these are not validated, so reported "
+               "but not deciding the priority: infiltration, atelectasis, nodule, effusion" in str(r["reason"])
                for r in rows.values())
     jpeg = predict_rows(model, link_files(images, tmp_path / "jpeg"), tmp_path / "out-jpeg", population="pediatric")
     assert [rows[f"{p.stem}.dcm"]["priority"] for p in images] == [jpeg[p.name]["priority"] for p in images]

@@ -119,8 +119,8 @@ def test_the_row_says_when_the_age_puts_labels_outside_their_population(manifest
                       scores=scores(effusion=0.99, nodule=0.99))
     out = triage_record(rec, manifest=manifest, policy=policy)
     assert (out.priority, out.population) == (Priority.NORMAL, "child")
-    assert out.reason == ("CR CHEST PA; patient age 4 years (DICOM): child population; not validated for it, so "
-                          "reported but not deciding the priority: effusion, nodule")
+    assert out.reason == ("CR CHEST PA; patient age 4 years (DICOM): child population, for which these are not "
+                          "validated, so reported but not deciding the priority: effusion, nodule")
     # triaging again (evaluate --policy) does not repeat the note
     assert triage_record(out, manifest=manifest, policy=policy).reason == out.reason
     # the same scores without an age: effusion (validated for adults) may decide, and nothing is noted

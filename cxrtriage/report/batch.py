@@ -21,7 +21,17 @@ from cxrtriage.report import dicom_common, dicom_pdf, dicom_sc, dicom_seg, dicom
 from cxrtriage.report import html as html_writer
 from cxrtriage.report.capture import sc_picture
 from cxrtriage.report.dicom_common import AlgorithmInfo
-from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify
+from cxrtriage.report.folder import (
+    INDEX_NAME,
+    FolderRecord,
+    clear_reports,
+    other_entries,
+    read_record,
+    why_rewrite,
+    write_record,
+    writer_files,
+)
+from cxrtriage.report.header import UNKNOWN, PatientHeader, deidentify, study_slug
 from cxrtriage.report.masks import read_mask
 from cxrtriage.report.pdf import render_study_pdf
 from cxrtriage.report.pseudonym import require_pseudonym_key
@@ -128,7 +138,7 @@ def write_index(bundle: ResultsBundle, outputs: list[StudyOutput], out_dir: Path
         generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         version=__version__,
     )
-    return atomic_write(out_dir / "index.html", page)
+    return atomic_write(out_dir / INDEX_NAME, page)
 
 
 def _algorithms(bundle: ResultsBundle) -> tuple[AlgorithmInfo, AlgorithmInfo, tuple[str, ...]]:
@@ -302,30 +312,68 @@ def build_reports(
     "image N"); DICOM results always carry the source identity (they go back into the source study), and the
     results tables keep the paths. See the README, "De-identification".
 
+    A full call (``only`` None: ``report``, ``predict --report``) first removes every file the writer wrote into
+    ``report/`` before (pages, PDFs, pictures, the index: `cxrtriage.report.folder`), so that the folder holds this
+    call's reports only; a file of another name there stays.
+
     ``only`` (``serve``, ``watch``): the images new since the previous call, by their path in the results. Only their
     studies get their HTML/PDF written again, only these images get new SR/SC/SEG (each study its encapsulated PDF
-    anew), and the summary lists only the files written now; the other studies keep what earlier calls wrote.
+    anew), and the summary lists only the files written now; the other studies keep what earlier calls wrote, unless
+    ``report/`` holds them with another setting (`cxrtriage.report.folder.why_rewrite`): then every study's HTML/PDF
+    is written anew (DICOM results still for the new images only), and the index says why.
     ``labels``: the index label of each study, kept by the caller across calls so that the sources of the studies
     not written again need not be read again for the index.
 
     Raises:
         ConfigError: ``deidentify`` without a usable ``CXRTRIAGE_PSEUDONYM_KEY`` (nothing is written).
+        OutputError: an earlier report cannot be removed (nothing new is written).
     """
     if deidentify:
         require_pseudonym_key()  # refuse before any work: pseudonyms under a public key are reversible
     bundle = load_results(results_dir, model=model, operating_point=operating_point, deidentified=deidentify)
     rdir = bundle.results_dir
+    report_dir = rdir / "report"
+    record = read_record(report_dir)
+    # The slugs the writer's files may carry that are not pseudonyms (those are known by their form): the studies named
+    # as an identified run names them, so that a de-identified run finds the identified pages, and the record's.
+    ours = {study_slug(s.key, deidentified=False) for s in bundle.studies} | (record.studies if record else set())
+    notes: list[str] = []
+    if only is None:
+        rewrite = True
+    else:
+        # An incremental call keeps the pages of earlier studies and links to them, which is safe only when they were
+        # written as this call writes: a node restarted with(out) --deidentify or under another key, or a
+        # `cxrtriage report` run on its folder in between, leaves pages of the other kind, and adding to them would
+        # leave identified pages in a folder whose index says "de-identified" (or link to none of them). Writing
+        # every page again costs one batch once; refusing would stop the node's reports until someone cleans up.
+        has_reports = record is None and bool(writer_files(report_dir, ours))  # a record answers without a listing
+        why = why_rewrite(record, has_reports=has_reports, deidentified=deidentify,
+                          slugs={s.slug for s in bundle.studies})
+        rewrite = why is not None
+        if why is not None:
+            notes.append(why)
+    written: set[str] = set() if rewrite or record is None else set(record.studies)
+    if rewrite:  # before anything new: a run cut short must leave no earlier page beside its own
+        removed = clear_reports(report_dir, ours)
+        if removed:
+            log.info("%s: %d file(s) of earlier reports removed", report_dir, len(removed))
+        others = other_entries(report_dir, ours) if deidentify else []
+        if others:  # they are shared with the folder, and no run can tell whether they name a patient
+            log.warning("%s: holds %d file(s) or folder(s) that cxrtriage did not write (%s); they are left as they "
+                        "are and go with the folder when it is shared: move them out if they may name a patient",
+                        report_dir, len(others), ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else ""))
     outputs: list[StudyOutput] = []
     for study in bundle.studies:
-        if only is not None and not any(img.record.path in only for img in study.images):
-            outputs.append(_earlier_output(study, rdir / "report", labels.get(study.key) if labels is not None else None))
+        new = only is None or any(img.record.path in only for img in study.images)
+        if not (new or rewrite):
+            outputs.append(_earlier_output(study, report_dir, labels.get(study.key) if labels is not None else None))
             continue
-        out = _study_output(study, bundle, rdir / "report", rdir / "dicom", deidentified=deidentify, pdf=pdf,
-                            dicom=dicom, modality=modality, only=only)
+        out = _study_output(study, bundle, report_dir, rdir / "dicom", deidentified=deidentify, pdf=pdf,
+                            dicom=dicom and new, modality=modality, only=only)
         if labels is not None:
             labels[study.key] = out.label
         outputs.append(out)
-    notes: list[str] = []
+        written.add(study.slug)
     sent: list[SendResult] = []
     if send is not None:
         if not dicom:
@@ -334,6 +382,7 @@ def build_reports(
             sent = send_files([p for o in outputs for p in o.dicom], send)
             failed = [r for r in sent if not r.ok]
             notes.append(f"sent {len(sent) - len(failed)}/{len(sent)} DICOM files to {send.host}:{send.port} ({send.called_aet})")
-    index = write_index(bundle, outputs, rdir / "report", deidentify=deidentify, notes=notes)
+    index = write_index(bundle, outputs, report_dir, deidentify=deidentify, notes=notes)
+    write_record(report_dir, FolderRecord(deidentify, frozenset(written)))  # last: it vouches for what is there
     return ReportSummary(results_dir=rdir, index=index, studies=tuple(outputs), sent=tuple(sent),
                          notes=tuple(list(bundle.notes) + notes + [n for o in outputs for n in o.notes]))

@@ -42,13 +42,16 @@ def list_cmd(
     from rich.table import Table
 
     from cxrtriage.cli.render import console, exit_on_error
-    from cxrtriage.model.registry import ENV_MODELS_DIR, describe_models_path, list_models
+    from cxrtriage.model.registry import ENV_MODELS_DIR, describe_models_path, hidden_by_env, list_models
 
     with exit_on_error():
         root = describe_models_path()
         entries = list_models()
+        hidden = hidden_by_env()
         if not entries:
-            console.print(f"No models found in {root} (set {ENV_MODELS_DIR} or pass --model PATH to commands).")
+            console.print(f"No models found in {root} "
+                          + (f"({hidden})." if hidden else f"(set {ENV_MODELS_DIR} or pass --model PATH to commands)."),
+                          highlight=False, markup=False, soft_wrap=True)
             return
         table = Table(title=f"Models in {root}", title_justify="left")
         for col in ("name", "version", "task", "labels", "input", "sha256", "manifest integrity"):
@@ -66,6 +69,8 @@ def list_cmd(
             table.add_row(e.name, m.version, m.task.value, str(len(m.labels)), f"{m.preprocessing.size}px", sha,
                           f"[green]sealed[/] {m.short_integrity}")
         console.print(table)
+        if hidden:
+            console.print(f"Note: {hidden}.", highlight=False, markup=False, soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
@@ -512,7 +517,8 @@ def import_cmd(
     from cxrtriage.cli.render import console, exit_on_error
     from cxrtriage.errors import ConfigError
     from cxrtriage.model.importer import import_onnx, parse_labels
-    from cxrtriage.model.manifest import load_manifest
+    from cxrtriage.model.manifest import Task, load_manifest
+    from cxrtriage.model.registry import command_name
 
     with exit_on_error():
         sources = [x for x in (xrv_arch, pytorch, torchscript, onnx_file) if x is not None]
@@ -559,6 +565,9 @@ def import_cmd(
                     f"{p['median_abs_logit_difference']:.3g} over {p['images']} image(s)"
                     + (f" ({p['not_compared']} not compared, see the card)" if p.get("not_compared") else ""))
         say(f"model card: {m.model_card} (performance UNKNOWN until `cxrtriage models validate`)")
+        if m.task is Task.CLASSIFICATION and not m.thresholds:
+            say(f"operating points: none yet, so predict gives scores without priorities until `cxrtriage models "
+                f"validate {command_name(m)} IMAGES --labels LABELS.csv --out DIR` sets them on labelled images")
 
 
 @models_app.command("validate")
@@ -570,23 +579,54 @@ def validate_cmd(
     by: Annotated[str, typer.Option("--by", help="Comma-separated label-file columns for subgroups (e.g. sex,view).")] = "",
     n_boot: Annotated[int, typer.Option("--n-boot", min=50, help="Bootstrap resamples for the 95% CIs.")] = 1000,
     workers: Annotated[int | None, typer.Option("--workers", help="Decode processes (0: in this process).")] = None,
+    target_sensitivity: Annotated[float, typer.Option(
+        "--target-sensitivity", help="For a label without operating points (e.g. a plain ONNX import): the "
+                                     "sensitivity its rule-out threshold is set for on these images.")] = 0.95,
 ) -> None:
     """Validate a model on your own labelled images: predict + evaluate, then write the measured metrics (AUROC with
-    95% CIs, operating points, calibration, subgroups) into a new, sealed version of its manifest and model card."""
-    from cxrtriage.cli.render import console, exit_on_error
+    95% CIs, operating points, calibration, subgroups) into a new, sealed version of its manifest and model card.
+
+    A label without operating points gets them here, set on these same images (rule-out at --target-sensitivity,
+    balanced at Youden's point) and written into the manifest, so that predict can triage with the model afterwards.
+    Operating points the manifest already has are kept (move them with `cxrtriage calibrate`)."""
+    from cxrtriage.cli.render import console, exit_on_error, print_warning
+    from cxrtriage.model.manifest import load_manifest
     from cxrtriage.pipeline.validate import validate_model
+    from cxrtriage.triage import has_operating_points
 
     with exit_on_error():
         res = validate_model(model, labels, images, out, by=tuple(c for c in by.split(",") if c.strip()),
-                             n_boot=n_boot, workers=workers)
+                             n_boot=n_boot, workers=workers, target_sensitivity=target_sensitivity)
         say = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
         for lab, m in res.evaluation.labels.items():
             say(f"{lab}: AUROC {m.auroc:.3f} ({m.auroc_ci[0]:.3f}-{m.auroc_ci[1]:.3f}), n {m.n}, positives {m.n_positive}, "
                 f"ECE {m.ece:.3f}")
         for lab, why in res.evaluation.not_evaluated.items():
             say(f"{lab}: not evaluated ({why})")
+        points = res.operating_points
+        if points is not None:
+            for lab, t in points.thresholds.items():
+                say(f"{lab}: operating points set (it had none): " + ", ".join(
+                    f"{kind} {_fmt(op.threshold)} (sensitivity {_fmt(op.sensitivity)}, specificity "
+                    f"{_fmt(op.specificity)})" for kind, op in (("rule_out", t.rule_out), ("balanced", t.balanced))))
+            for lab, why in points.not_set.items():
+                if lab in res.evaluation.labels:  # one not evaluated at all is said above, and in the last warning
+                    print_warning(f"{lab}: no operating point set ({why})")
+            for w in points.warnings:
+                print_warning(w)
         say(f"{res.manifest}: version {res.version_before} -> {res.version_after}, integrity "
             f"{res.integrity_before[:12]} -> {res.integrity_after[:12]} (previous manifest kept as {res.history})")
+        if points is not None and points.thresholds:
+            say("the operating points were set and measured on the same images: their figures are optimistic; check "
+                "them on other labelled images before relying on them")
+        after = load_manifest(res.manifest)
+        lacking = [lab for lab in after.labels if lab not in after.thresholds]
+        if lacking and after.study is None and after.thresholds:
+            print_warning(f"predict refuses to triage with this model while {', '.join(lacking)} lack operating "
+                          "points: validate again with a column for them, or list them under [labels] ignore in a "
+                          "--policy file")
+        elif lacking and not has_operating_points(after):
+            print_warning("no operating point could be set, so predict still gives scores without priorities")
 
 
 def register(app: typer.Typer) -> None:

@@ -317,7 +317,12 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
         rows.append(("resumed", f"{s.resumed} input(s) finished by the earlier run, taken from its journal"))
     sections = s.run.sections if s.run is not None else {}
     triage = s.outcomes.get("triage")
-    if isinstance(triage, TriageOutcome):
+    if isinstance(triage, TriageOutcome) and triage.scores_only:
+        # first and plain: a worklist of not_assessed studies must not be read as a triaged one
+        rows.append(("triage", "[bold magenta]none: scores only[/] (every image not_assessed)"))
+        for note in triage.notes:
+            rows.append(("note", f"[yellow]{note}[/]"))
+    elif isinstance(triage, TriageOutcome):
         rows.append(("priority (images)", _counts(triage.images_by_priority)))
         rows.append(("priority (studies)", _counts(triage.studies_by_priority)))
         policy = (s.run.policy if s.run is not None else None) or {}

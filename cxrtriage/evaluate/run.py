@@ -92,11 +92,13 @@ def uncovered_levels(policy: TriagePolicy, manifest: ModelManifest) -> list[str]
             for lvl in policy.levels if lvl.priority.value not in covered]
 
 
-def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
+def run_evaluate(config: EvaluateConfig, *, manifest: ModelManifest | None = None) -> EvaluateRun:
     """Evaluate ``config.results`` against ``config.labels`` and write the requested JSON, HTML and plots.
 
     The model is ``config.model`` or the one the results name, checked by sha256; the site file is the one
-    the results were scored with (``config.site`` when it has moved).
+    the results were scored with (``config.site`` when it has moved). ``manifest``, when given, is used instead of
+    the one found, e.g. the manifest ``models validate`` is about to write, with the operating points it measured:
+    it must describe the same ONNX file (sha256) as the one found.
 
     Raises:
         InputError: a file cannot be read, or the labels have no column named like a model label.
@@ -106,8 +108,12 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateRun:
     """
     results = read_results(config.results)
     check_inputs(config)  # before the model, site and policy are looked up (and say anything about themselves)
-    manifest = manifest_for_results(results.distinct("model_name"), results.distinct("model_sha256"), config.model,
-                                    where=config.results)
+    found = manifest_for_results(results.distinct("model_name"), results.distinct("model_sha256"), config.model,
+                                 where=config.results)
+    if manifest is not None and manifest.sha256.lower() != found.sha256.lower():
+        raise ConfigError(f"{config.results}: the manifest given for model '{manifest.name}' describes sha256 "
+                          f"{manifest.sha256[:12]}…, not the model that produced the results ({found.sha256[:12]}…)")
+    manifest = manifest or found
     site = site_for_results(results.distinct("site_file"), config.site, results=config.results, manifest=manifest)
     policy = load_policy(config.policy, labels=manifest.labels)
     table = read_labels(config.labels, manifest.labels)

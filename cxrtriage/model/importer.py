@@ -97,6 +97,7 @@ class Parity:
     graph: tuple[ParityRow, ...] = ()
     pipeline: tuple[ParityRow, ...] = ()
     pipeline_name: str = ""
+    note: str = ""  # what was checked instead, where there is nothing to compare with (a plain ONNX file)
 
     @staticmethod
     def summary(rows: Sequence[ParityRow]) -> tuple[float | None, float | None, int]:
@@ -114,6 +115,8 @@ class Parity:
                             "not_compared": sum(r.max_abs is None for r in rows)}
         if self.pipeline_name:
             out["pipeline_compared_with"] = self.pipeline_name
+        if self.note:
+            out["note"] = self.note
         return out
 
 
@@ -285,7 +288,7 @@ def card_text(spec: ImportSpec, data: Mapping[str, Any], parity: Parity) -> str:
         f"# Model card: {spec.name} {spec.version} (imported)", "",
         "> Decision support only, never autonomous diagnosis. This card was written by `cxrtriage models import`; "
         "the sections marked UNKNOWN stay unknown until the model is validated on local data "
-        f"(`cxrtriage models validate {spec.name} --labels LABELS.csv IMAGES...`).", "",
+        f"(`cxrtriage models validate {spec.name} IMAGES... --labels LABELS.csv --out DIR`).", "",
         "## Source", "", f"- {spec.source}", f"- ONNX sha256: `{data['sha256']}`", "",
         "## Labels", "", f"{len(labels)} labels in output order: {', '.join(labels)}.",
     ]
@@ -301,6 +304,8 @@ def card_text(spec: ImportSpec, data: Mapping[str, Any], parity: Parity) -> str:
                          + ", ".join(f"{k} {v:.3g}" for k, v in spec.operating_points.items()))
         lines.append("")
     lines += ["## Parity check at import", ""]
+    if parity.note:
+        lines += [parity.note, ""]
     for title, rows in (("ONNX graph vs the framework, same input tensor", parity.graph),
                         (f"cxrtriage's whole pipeline vs {parity.pipeline_name or 'the framework'}'s own",
                          parity.pipeline)):
@@ -362,7 +367,24 @@ def import_onnx(onnx_path: Path, out: Path, *, name: str, version: str, labels: 
                           f"names {len(labels)} outputs (use '-' for an output to ignore)")
     spec = ImportSpec(name=name, version=version, task=task, labels=tuple(labels), recipe=recipe,
                       source=f"ONNX file {onnx_path.name} (sha256 {sha256_file(onnx_path)})", logits_output=main,
-                      features_output=features_output, operating_points=dict(operating_points or {}),
-                      notes=(f"plain ONNX: no framework to compare with; {sum(not isinstance(y, str) for y in ran.values())}"
-                             f" parity image(s) ran through cxrtriage's preprocessing and onnxruntime",))
-    return write_model_folder(out, onnx_path, spec, Parity(), head=head, force=force)
+                      features_output=features_output, operating_points=dict(operating_points or {}))
+    return write_model_folder(out, onnx_path, spec, Parity(note=plain_onnx_check(ran, len(labels), task)), head=head,
+                              force=force)
+
+
+def plain_onnx_check(ran: Mapping[Path, np.ndarray | str], n_outputs: int, task: str) -> str:
+    """The card's parity section for a plain ONNX file: why nothing is compared, and what was checked instead."""
+    why = ("None: a plain ONNX file is the model itself, so there is no source framework whose output cxrtriage's could "
+           "be compared with (nothing was exported).")
+    if task != "classification":
+        return why + " The segmenter was not run on images at import; check its masks with `cxrtriage segment`."
+    scored = {p: y for p, y in ran.items() if not isinstance(y, str)}
+    finite = sum(bool(np.all(np.isfinite(y))) for y in scored.values())
+    text = (f"{why} Checked instead: cxrtriage's reading, preprocessing and onnxruntime ran the graph on "
+            f"{len(scored)} image(s), each giving {n_outputs} output(s), {finite} of them all finite.")
+    unread = [f"{p.name} ({y})" for p, y in ran.items() if isinstance(y, str)]
+    if unread:
+        text += f" Not read: {'; '.join(unread)}."
+    if finite < len(scored):
+        text += " A non-finite logit (NaN, inf) is never a score: check the graph and the preprocessing recipe."
+    return text + " Whether its scores mean anything on your images is what `cxrtriage models validate` measures."

@@ -131,10 +131,47 @@ def resolve_manifest_path(name_or_path: str | Path | None = None, *, default: st
         )
     known = [e.name for e in list_models()]
     hint = f"available models: {', '.join(known)}" if known else "no models are installed there"
+    hidden = hidden_by_env(name)
+    if hidden is not None:
+        raise ModelError(f"model '{name}' not found in {describe_models_path()} ({hint}): {hidden}")
     raise ModelError(
         f"model '{name}' not found in {describe_models_path()} ({hint}); pass {option} with one of those names or a "
         f"path to a model folder, .onnx file or manifest, or set {ENV_MODELS_DIR}"
     )
+
+
+def hidden_by_env(name: str | None = None) -> str | None:
+    """When ``$CXRTRIAGE_MODELS_DIR`` is set and leaves out the shipped models folder, that in words and how to get
+    them back (None otherwise). ``name``: the model looked for, named when it is a shipped one.
+
+    Why: the variable replaces the whole search path, so a user who set it for their own models loses
+    ``cxr-classifier`` and ``lung-segmenter`` (the defaults of predict) and is told to set what is already set.
+    """
+    env = os.environ.get(ENV_MODELS_DIR, "").strip()
+    roots = models_path()
+    if not env or any(r.resolve() == SHIPPED_MODELS for r in roots if r.is_dir()):
+        return None
+    what = f"the shipped models are in {SHIPPED_MODELS}"
+    if name is not None and (SHIPPED_MODELS / name / MANIFEST_NAME).is_file():
+        what = f"'{name}' is a shipped model, in {SHIPPED_MODELS / name}"
+    return (f"{ENV_MODELS_DIR} is set to {env}, which replaces the default search path, and {what}; add that folder "
+            f"to it ({ENV_MODELS_DIR}={env}{os.pathsep}{SHIPPED_MODELS}), unset it, or give the model's folder as a "
+            "path")
+
+
+def command_name(manifest: ModelManifest) -> str:
+    """How to name ``manifest``'s model on a command line, for messages that say what to run next: its folder's name
+    when lookup by name finds this very manifest, else the folder's path (a model imported with ``--name``, or kept
+    outside the search path)."""
+    if manifest.path is None:
+        return manifest.name
+    folder = manifest.path.parent
+    try:
+        if resolve_manifest_path(folder.name).resolve() == manifest.path.resolve():
+            return folder.name
+    except (ModelError, ConfigError, OSError):
+        pass
+    return str(folder)
 
 
 def resolve_manifest(name_or_path: str | Path | None = None, *, default: str = DEFAULT_CLASSIFIER,

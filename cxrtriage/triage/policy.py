@@ -20,6 +20,7 @@ from typing import Any
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import UNKNOWN_POPULATION, ModelManifest
+from cxrtriage.model.registry import command_name
 from cxrtriage.results import ImageRecord, Priority, Status
 from cxrtriage.triage.site import SiteCalibration, check_site
 
@@ -279,10 +280,17 @@ def has_operating_points(manifest: ModelManifest, site: SiteCalibration | None =
 
 
 def scores_only_reason(manifest: ModelManifest) -> str:
-    """Why a model without operating points (``has_operating_points``) decides no priority, and the next step."""
+    """A row's ``priority_reason`` when its model has no operating points (``has_operating_points``): short, and the
+    same for every row (the run's note, ``scores_only_note``, gives the whole command)."""
+    return (f"model '{manifest.name}' has no operating points yet, so no priority is decided (scores only): "
+            "`cxrtriage models validate` sets them on labelled images")
+
+
+def scores_only_note(manifest: ModelManifest) -> str:
+    """The run's note (summary, run.json) for a model without operating points: why no priority, and what to run."""
     return (f"model '{manifest.name}' has no operating points yet, so no priority is decided (scores only, every image "
-            f"not_assessed): measure them on labelled images with `cxrtriage models validate {manifest.name} IMAGES "
-            "--labels LABELS.csv --out DIR`, or calibrate a site file (`cxrtriage calibrate`, then --site)")
+            f"not_assessed): measure them on labelled images with `cxrtriage models validate {command_name(manifest)} "
+            "IMAGES --labels LABELS.csv --out DIR`, or calibrate a site file (`cxrtriage calibrate`, then --site)")
 
 
 def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None) -> None:
@@ -316,7 +324,7 @@ def check_policy(policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibr
         if label not in manifest.thresholds and (site is None or label not in site.labels):
             raise ModelError(
                 f"{manifest.path}: model '{manifest.name}' has no rule_out/balanced thresholds for label '{label}', so it "
-                f"cannot be triaged; measure them (`cxrtriage models validate {manifest.name} IMAGES --labels "
+                f"cannot be triaged; measure them (`cxrtriage models validate {command_name(manifest)} IMAGES --labels "
                 "LABELS.csv --out DIR` with a column for it), calibrate a site file, or list the label under [labels] "
                 "ignore in the policy"
             )

@@ -89,6 +89,25 @@ def test_run_evaluate_refusals(tmp_path: Path, model: ModelManifest) -> None:
         run_evaluate(EvaluateConfig(results=results, labels=labels, site=tmp_path / "site.toml", n_boot=0))
 
 
+def test_run_evaluate_with_a_manifest_given_in_memory(tmp_path: Path, model: ModelManifest) -> None:
+    """`models validate` evaluates at operating points it has not written yet: the manifest it passes is used (same
+    ONNX file), one of another ONNX file is refused."""
+    import dataclasses
+
+    from cxrtriage.model.manifest import LabelThresholds, OperatingPoint
+
+    results, labels = make_set(tmp_path / "run", model)
+    moved = dataclasses.replace(model, version="9.9.9", thresholds={
+        **model.thresholds, "effusion": LabelThresholds(OperatingPoint(0.123), OperatingPoint(0.456))})
+    ev = run_evaluate(EvaluateConfig(results=results, labels=labels, n_boot=0), manifest=moved).evaluation
+    assert [op.threshold for op in ev.labels["effusion"].operating_points] == [0.123, 0.456]
+    assert ev.labels["pneumonia"].operating_points[0].threshold == model.thresholds["pneumonia"].rule_out.threshold
+    assert ev.model["version"] == "9.9.9"
+    other = dataclasses.replace(model, sha256="0" * 64)
+    with pytest.raises(ConfigError, match="not the model that produced the results"):
+        run_evaluate(EvaluateConfig(results=results, labels=labels, n_boot=0), manifest=other)
+
+
 def test_missing_inputs_are_refused_before_the_model_site_and_policy_are_loaded(
         tmp_path: Path, model: ModelManifest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     results, labels = make_set(tmp_path / "ok", model, n=20)

@@ -54,3 +54,50 @@ def test_plain_onnx_segmenter(tmp_path: Path) -> None:
 def test_import_needs_one_source(tmp_path: Path, args: tuple[str, ...]) -> None:
     code, out = _invoke("models", "import", "--out", tmp_path / "x", *args)
     assert code == 4 and "give exactly one of --xrv, --pytorch, --torchscript, --onnx" in out
+
+
+def test_plain_onnx_import_then_predict_validate_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented --onnx workflow end to end: the import has no operating points, so predict gives scores without
+    priorities and says what to run; validate sets them; predict then triages."""
+    import csv
+
+    from factories import read_jsonl, write_textured_png
+
+    make_tiny_classifier(tmp_path / "src", labels=("abnormal", "effusion"))
+    models = tmp_path / "models"
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(models))
+    code, out = _invoke("models", "import", "--onnx", tmp_path / "src" / "model.onnx", "--labels", "abnormal,effusion",
+                        "--features", "features", "--size", "16", "--out", models / "my-cxr",
+                        "--images", SAMPLE / "cxr_pa_rg1_quarter.png")
+    assert code == 0, out
+    assert "operating points: none yet" in out and "cxrtriage models validate my-cxr IMAGES" in out
+    card = (models / "my-cxr" / "MODEL_CARD.md").read_text()
+    parity = card.split("## Parity check at import")[1].split("\n## ")[0]
+    assert "no source framework" in parity and "ran the graph on 1 image(s)" in parity and "1 of them all finite" in parity
+    assert "`cxrtriage models validate my-cxr IMAGES... --labels LABELS.csv --out DIR`" in card
+
+    images = tmp_path / "images"
+    for i in range(30):
+        write_textured_png(images / f"img{i:02d}.png", 240, 230 + i % 5, seed=i)
+    code, out = _invoke("predict", images, "--model", "my-cxr", "--out", tmp_path / "p0", "--workers", "0")
+    assert code == 0, out
+    assert "none: scores only" in out and "cxrtriage models validate my-cxr" in out
+    rows = read_jsonl(tmp_path / "p0" / "results.jsonl")
+    assert {r["priority"] for r in rows} == {"not_assessed"} and all(r["score_effusion"] is not None for r in rows)
+
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "abnormal", "effusion"])
+        for k, r in enumerate(sorted(rows, key=lambda r: float(r["score_effusion"]))):  # type: ignore[arg-type]
+            w.writerow([Path(str(r["path"])).name, k % 2, int(k >= 20)])
+    code, out = _invoke("models", "validate", "my-cxr", images, "--labels", labels, "--out", tmp_path / "val",
+                        "--n-boot", "50", "--workers", "0")
+    assert code == 0, out
+    assert "effusion: operating points set (it had none)" in out and "optimistic" in out
+    assert "only 15 positive(s)" in out and "only 10 positive(s)" in out  # fewer than 20: the target is not established
+
+    code, out = _invoke("predict", images, "--model", "my-cxr", "--out", tmp_path / "p1", "--workers", "0")
+    assert code == 0, out
+    assert "scores only" not in out and "priority (images)" in out
+    assert {r["priority"] for r in read_jsonl(tmp_path / "p1" / "results.jsonl")} - {"not_assessed"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,15 @@ from factories import edit_manifest, make_tiny_classifier, make_tiny_segmenter
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.model.manifest import load_manifest
-from cxrtriage.model.registry import list_models, manifest_for_results, models_dir, resolve_manifest_path
+from cxrtriage.model.registry import (
+    SHIPPED_MODELS,
+    command_name,
+    hidden_by_env,
+    list_models,
+    manifest_for_results,
+    models_dir,
+    resolve_manifest_path,
+)
 
 
 @pytest.fixture()
@@ -113,3 +122,33 @@ def test_manifest_for_results_refusals(tmp_path: Path, monkeypatch: pytest.Monke
         manifest_for_results(["tiny-classifier"], [man.sha256], other.path.parent, where="r.csv")
     with pytest.raises(ModelError, match="model 'gone' not found"):
         manifest_for_results(["gone"], [], where="r.csv")
+
+
+def test_env_that_hides_the_shipped_models_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CXRTRIAGE_MODELS_DIR replaces the search path: a shipped model it hides is named, with where it is and how to
+    keep it, instead of the advice to set the variable that is already set."""
+    mine = tmp_path / "mymodels"
+    make_tiny_classifier(mine / "my-cxr")
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(mine))
+    with pytest.raises(ModelError) as err:
+        resolve_manifest_path("cxr-classifier")
+    msg = str(err.value)
+    assert f"CXRTRIAGE_MODELS_DIR is set to {mine}" in msg and "replaces the default search path" in msg
+    assert f"'cxr-classifier' is a shipped model, in {SHIPPED_MODELS / 'cxr-classifier'}" in msg
+    assert f"CXRTRIAGE_MODELS_DIR={mine}{os.pathsep}{SHIPPED_MODELS}" in msg and "or set CXRTRIAGE_MODELS_DIR" not in msg
+    with pytest.raises(ModelError, match=f"the shipped models are in {SHIPPED_MODELS}"):
+        resolve_manifest_path("no-such-model")
+    # as the message says: with the shipped folder listed too, both are found
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", f"{mine}{os.pathsep}{SHIPPED_MODELS}")
+    assert resolve_manifest_path("cxr-classifier") == SHIPPED_MODELS / "cxr-classifier" / "manifest.json"
+    assert hidden_by_env("cxr-classifier") is None
+    monkeypatch.delenv("CXRTRIAGE_MODELS_DIR")
+    with pytest.raises(ModelError, match="or set CXRTRIAGE_MODELS_DIR"):  # unset: the advice stands
+        resolve_manifest_path("no-such-model")
+
+
+def test_command_name_is_what_a_command_finds_the_model_by(mdir: Path, tmp_path: Path) -> None:
+    assert command_name(load_manifest(mdir / "cxr-classifier" / "manifest.json")) == "cxr-classifier"
+    elsewhere = make_tiny_classifier(tmp_path / "elsewhere" / "mine", name="called-otherwise")
+    assert command_name(load_manifest(elsewhere)) == str(elsewhere.parent)
+    assert resolve_manifest_path(command_name(load_manifest(elsewhere))) == elsewhere

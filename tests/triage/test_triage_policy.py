@@ -18,8 +18,11 @@ from cxrtriage.triage import (
     Priority,
     SiteCalibration,
     ThresholdKind,
+    check_policy,
     decide_priority,
+    has_operating_points,
     load_policy,
+    scores_only_reason,
     triage_record,
 )
 from cxrtriage.triage.policy import default_policy_text, format_pair, parse_policy
@@ -159,6 +162,24 @@ def test_label_without_thresholds_is_a_model_error(manifest: ModelManifest, poli
     man = dataclasses.replace(manifest, thresholds={k: v for k, v in manifest.thresholds.items() if k != "nodule"})
     with pytest.raises(ModelError, match="no thresholds for label 'nodule'"):
         decide_priority(scores(), manifest=man, policy=policy)
+
+
+def test_model_without_any_operating_points_decides_nothing(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]
+    """A model imported without operating points: every scored image is not_assessed with the next step named (no
+    error: validate and calibrate need its scores); a site file that gives some makes it a partial model again."""
+    bare = dataclasses.replace(manifest, thresholds={}, study=None)
+    assert not has_operating_points(bare) and has_operating_points(manifest)
+    check_policy(policy, bare)  # nothing to check: nothing will be decided
+    d = decide_priority(scores(pneumothorax=0.99), manifest=bare, policy=policy)
+    assert d.priority is Priority.NOT_ASSESSED and d.deciding_label is None
+    assert d.reason == scores_only_reason(bare) and "cxrtriage models validate" in d.reason
+    out = triage_record(ImageRecord("a.dcm", Status.SCORED, scores=scores(pneumothorax=0.99)), manifest=bare,
+                        policy=policy)
+    assert out.priority is Priority.NOT_ASSESSED and "no operating points yet" in (out.priority_reason or "")
+    site = _site(bare)
+    assert has_operating_points(bare, site)
+    with pytest.raises(ModelError, match="no rule_out/balanced thresholds for label 'abnormal'.*models validate"):
+        check_policy(policy, bare, site)
 
 
 def test_triage_record_fills_priority_fields(manifest: ModelManifest, policy) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,7 @@ from cxrtriage.explain.gating import (
 from cxrtriage.explain.overlay import reported_only_note, write_overlays
 from cxrtriage.explain.registry import require_method
 from cxrtriage.model import Classifier, LungMask, Segmenter, load_segmenter
+from cxrtriage.model.registry import command_name
 from cxrtriage.pipeline.config import PredictConfig
 from cxrtriage.pipeline.hooks.base import BatchItem, PredictHook, RunContext, ScoredBatch
 from cxrtriage.results import ImageRecord
@@ -78,6 +79,13 @@ class HeatmapsHook(PredictHook):
             )
         if not 0.0 < level <= 1.0:
             raise ConfigError(f"the shortcut level must be within (0, 1], got {level}")
+        if not model.manifest.thresholds:  # before any file is scored, not one failed batch after another
+            raise ConfigError(
+                f"--heatmaps draws the findings at or above their balanced threshold, and model '{model.manifest.name}' "
+                f"has no thresholds yet: measure them first (`cxrtriage models validate {command_name(model.manifest)} IMAGES "
+                "--labels LABELS.csv --out DIR`), or leave out --heatmaps and draw chosen labels with `cxrtriage "
+                "explain --label LABEL`"
+            )
         self.method = m.name
         self.segmenter = segmenter  # None: the lungs hook's masks (ctx.lung_masks) are used
         # like the lungs hook, the segmenter's input is made in the decode workers from the full image

@@ -24,9 +24,11 @@ from cxrtriage.triage import (
     check_policy,
     covered_tiers,
     deciding_labels,
+    has_operating_points,
     load_policy,
     load_site,
     normalize_label,
+    scores_only_note,
     study_mode,
     study_threshold,
     triage_record,
@@ -50,6 +52,7 @@ class TriageOutcome:
     notes: tuple[str, ...] = field(default_factory=tuple)
     populations: dict[str, int] = field(default_factory=dict)  # scored images per population that decided
     population_sources: dict[str, int] = field(default_factory=dict)  # ... per where the population came from
+    scores_only: bool = False  # the model has no operating points: no priority was decided (``has_operating_points``)
 
 
 def covered_findings(policy: TriagePolicy, labels: Sequence[str]) -> dict[str, list[str]]:
@@ -108,6 +111,10 @@ class TriageHook(PredictHook):
     With a model whose manifest has a ``population_estimate`` and no ``--population``, the hook also computes each
     image's population estimate from the classifier's feature maps (already computed by the same inference call) and
     fills ``population_probability``; ``triage_record`` uses it only when the DICOM gives no age.
+
+    A model without operating points (``has_operating_points``: e.g. imported from a plain ONNX file and not yet
+    validated) is scored all the same, with every image ``not_assessed``: ``scores_only`` is then True, and the
+    run's summary and run.json say why and what to run next (``scores_only_note``).
     """
 
     name = "triage"
@@ -118,6 +125,10 @@ class TriageHook(PredictHook):
     def __init__(self, policy: TriagePolicy, manifest: ModelManifest, site: SiteCalibration | None = None,
                  *, policy_path: Path | None = None, population: str | None = None) -> None:
         check_policy(policy, manifest, site)
+        # Why scores without priorities rather than refusing the run: `models validate` and `calibrate` set a new
+        # model's operating points from exactly these scores, and the docs promise an imported model works with
+        # every command; not_assessed is the tool deciding nothing, so no image is ranked on thresholds it lacks.
+        self.scores_only = not has_operating_points(manifest, site)
         if population is not None and population != UNKNOWN_POPULATION and population not in manifest.populations:
             have = [*manifest.populations, UNKNOWN_POPULATION] if manifest.populations else []
             raise ConfigError(
@@ -140,7 +151,8 @@ class TriageHook(PredictHook):
         self.population_counts: Counter[str] = Counter()
         self.population_source_counts: Counter[str] = Counter()
         self.outcome: TriageOutcome | None = None
-        self.notes = coverage_notes(policy, manifest) + study_notes(policy, manifest, site)
+        self.notes = ([scores_only_note(manifest)] if self.scores_only
+                      else coverage_notes(policy, manifest) + study_notes(policy, manifest, site))
 
     @classmethod
     def from_config(cls, config: PredictConfig, model: Classifier) -> TriageHook:
@@ -219,6 +231,7 @@ class TriageHook(PredictHook):
             notes=tuple(self.notes),
             populations=dict(sorted(self.population_counts.items())),
             population_sources=dict(sorted(self.population_source_counts.items())),
+            scores_only=self.scores_only,
         )
         return self.outcome
 
@@ -245,7 +258,7 @@ class TriageHook(PredictHook):
         """How priorities were decided: per population, the labels that decide and the study-level thresholds in force
         with the sensitivity/specificity measured for them on held-out data (from the manifest)."""
         m = self.manifest
-        mode = "study" if study_mode(m, self.site) else "per_label"
+        mode = "none" if self.scores_only else "study" if study_mode(m, self.site) else "per_label"
         pops = [*m.populations, UNKNOWN_POPULATION] if m.populations else []
         out: dict[str, Any] = {
             "mode": mode,
@@ -305,7 +318,8 @@ class TriageHook(PredictHook):
         if self.outcome is not None:
             counts["studies_by_priority"] = self.outcome.studies_by_priority
         return {
-            "operating_point": operating_point(self.policy),
+            "scores_only": self.scores_only,
+            "operating_point": "none" if self.scores_only else operating_point(self.policy),
             "thresholds": self.thresholds(),
             "policy": {
                 "name": self.policy.name,

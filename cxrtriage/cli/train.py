@@ -17,8 +17,13 @@ _DATA = typer.Option(Path("../shared/data"), "--data", help="Data root holding n
 _EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the recipe's number of epochs.")
 _SEED = typer.Option(0, "--seed", help="Seed for splits, initialisation, sampling and augmentation.")
 _TINY = typer.Option(False, "--tiny", help="Smoke run: a handful of real images, 1 epoch, small input size.")
-_OUT_CLS = typer.Option(Path("models/cxr-classifier"), "--out", help="Model folder to write.")
-_OUT_SEG = typer.Option(Path("models/lung-segmenter"), "--out", help="Model folder to write.")
+DEFAULT_CLS_OUT = Path("models/cxr-classifier")
+DEFAULT_SEG_OUT = Path("models/lung-segmenter")
+_NEW_OUT = ("Model folder to write. Default: {0} in the current folder, but only while it holds no model: run from the "
+            "project root, that is the shipped model, which training replaces only when --out names it on purpose.")
+_NEW_CLS = typer.Option(None, "--out", help=_NEW_OUT.format(DEFAULT_CLS_OUT), show_default=False)
+_NEW_SEG = typer.Option(None, "--out", help=_NEW_OUT.format(DEFAULT_SEG_OUT), show_default=False)
+_OUT_CLS = typer.Option(DEFAULT_CLS_OUT, "--out", help="Model folder to write.")
 _MODEL_DIR = typer.Option(Path("models/cxr-classifier"), "--model",
                           help="Model folder (manifest.json, model.onnx, splits/splits.csv) to update.")
 _LOG = typer.Option(None, "--log", help="Progress log file (default: OUT/train_log.txt).")
@@ -43,6 +48,27 @@ _LUNG_MARGIN = typer.Option(0.1, "--lung-crop-margin", help="With --lung-crop: s
                                                             "added on each side (default 0.1).")
 
 
+def new_model_folder(out: Path | None, default: Path) -> Path:
+    """The folder a training run writes: ``--out`` as given, else ``default`` while it holds no model.
+
+    Why: the default is the shipped model's folder when run from the project root, and a training run there would
+    replace the shipped model (weights, manifest, card) without anyone having asked for it. An explicit ``--out`` is
+    taken as given: the documented recipe rebuilds the shipped models with ``--out models/<name>``.
+    """
+    from cxrtriage.errors import ConfigError
+
+    if out is not None:
+        return out
+    found = [n for n in ("manifest.json", "model.onnx", "model.pt") if (default / n).exists()]
+    if found:
+        raise ConfigError(
+            f"{default.resolve()}: holds a model already ({', '.join(found)}), which training without --out would "
+            f"replace; pass --out with a new folder (e.g. --out {default.parent / (default.name + '-retrained')}), or "
+            f"--out {default} to replace that model on purpose"
+        )
+    return default
+
+
 def _check(data: Path) -> None:
     from cxrtriage.errors import ConfigError
 
@@ -58,7 +84,7 @@ def _check(data: Path) -> None:
 @train_app.command("classifier")
 def classifier(
     data: Path = _DATA,
-    out: Path = _OUT_CLS,
+    out: Path | None = _NEW_CLS,
     epochs: int | None = _EPOCHS,
     seed: int = _SEED,
     tiny: bool = _TINY,
@@ -73,9 +99,11 @@ def classifier(
     size: int | None = _SIZE,
 ) -> None:
     """Train the multi-label classifier; writes model.onnx, manifest.json, MODEL_CARD.md, splits/ and plots to OUT."""
-    from cxrtriage.cli.render import console
+    from cxrtriage.cli.render import console, exit_on_error
 
-    _check(data)
+    with exit_on_error():
+        out = new_model_folder(out, DEFAULT_CLS_OUT)
+        _check(data)
     from cxrtriage.train.classifier import parse_source_shares, train_classifier
 
     shares = parse_source_shares(source_shares) if source_shares is not None else None
@@ -132,7 +160,7 @@ def _recompute(step: Callable[[Path, Path], Path], data: Path, model: Path) -> N
 @train_app.command("segmenter")
 def segmenter(
     data: Path = _DATA,
-    out: Path = _OUT_SEG,
+    out: Path | None = _NEW_SEG,
     epochs: int | None = _EPOCHS,
     seed: int = _SEED,
     tiny: bool = _TINY,
@@ -147,9 +175,11 @@ def segmenter(
 
     The default recipe trains two U-Nets on the same split (the 1.0.0 recipe, and one with heavy augmentation for
     120 epochs) and exports them as one model that averages their class probabilities: ~25 min on 2 cores."""
-    from cxrtriage.cli.render import console
+    from cxrtriage.cli.render import console, exit_on_error
 
-    _check(data)
+    with exit_on_error():
+        out = new_model_folder(out, DEFAULT_SEG_OUT)
+        _check(data)
     from cxrtriage.train.segmenter import train_segmenter
 
     t0 = time.time()

@@ -18,10 +18,13 @@ def _num(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _ci(v: float, ci: tuple[float, float], digits: int = 3) -> str:
+def _ci(v: float, ci: tuple[float, float], digits: int = 3, note: str = "") -> str:
+    """The figure with its interval, or with ``note`` (why there is none, e.g. "too few positives (n=1)")."""
     if not math.isfinite(v):
         return "–"
     text = f"{v:.{digits}f}"
+    if note:
+        return f"{text}; {note}"
     return f"{text} ({ci[0]:.{digits}f}-{ci[1]:.{digits}f})" if math.isfinite(ci[0]) and math.isfinite(ci[1]) else text
 
 
@@ -40,8 +43,15 @@ def _print(ev: Evaluation, by: Sequence[str]) -> None:
     for col in ("label", "n", "positive", "AUROC", "AUPRC", "ECE"):
         t.add_column(col, justify="left" if col == "label" else "right")
     for lab, m in ev.labels.items():
-        t.add_row(lab, str(m.n), str(m.n_positive), _ci(m.auroc, m.auroc_ci), _ci(m.auprc, m.auprc_ci), _num(m.ece))
+        # the reason for a missing interval once, under AUROC; AUPRC then shows its figure alone
+        t.add_row(lab, str(m.n), str(m.n_positive), _ci(m.auroc, m.auroc_ci, note=m.ci_note), _ci(m.auprc, m.auprc_ci),
+                  _num(m.ece))
     console.print(t)
+    if any(m.ci_note for m in ev.labels.values()):
+        from cxrtriage.evaluate.metrics import MIN_PER_CLASS_FOR_INTERVAL
+
+        console.print(f"no bootstrap interval for a label with fewer than {MIN_PER_CLASS_FOR_INTERVAL} positives or "
+                      "negatives: it would claim a precision the data do not have", highlight=False)
     t = Table(title="Operating points (95% CI; red: sensitivity > 5 points below what the model/site promised)",
               title_justify="left")
     for col in ("label", "point", "threshold", "sensitivity", "specificity", "PPV", "NPV"):
@@ -101,17 +111,15 @@ def _print(ev: Evaluation, by: Sequence[str]) -> None:
                       "specificity = studies without one not flagged so.", highlight=False)
     worst = [x for ms in ev.misses.values() for x in ms if x.missed]
     if worst:
-        mt = Table(title="Worst misses: positives below rule-out, negatives at/above balanced (all in --json/--html)",
-                   title_justify="left")
+        # Every miss among the --top lowest-scored positives and highest-scored negatives of each label: the same
+        # cases as --json/--html (which also list those of them that were not missed).
+        mt = Table(title=f"Worst misses (--top {ev.top_k} per label and kind): positives below rule-out, negatives "
+                         "at/above balanced", title_justify="left")
         for col in ("label", "case", "score", "file", *by):
             mt.add_column(col, justify="right" if col == "score" else "left")
-        shown: dict[tuple[str, str], int] = {}
         for miss in worst:
-            key = (miss.label, miss.kind)
-            shown[key] = shown.get(key, 0) + 1
-            if shown[key] <= 2:
-                kind = "missed positive" if miss.kind.endswith("positive") else "false alarm"
-                mt.add_row(miss.label, kind, _num(miss.score, 4), Path(miss.path).name, *[miss.groups.get(c, "") for c in by])
+            kind = "missed positive" if miss.kind.endswith("positive") else "false alarm"
+            mt.add_row(miss.label, kind, _num(miss.score, 4), Path(miss.path).name, *[miss.groups.get(c, "") for c in by])
         console.print(mt)
     for u in ev.unmatched_labels[:5]:
         print_warning(f"labels row {u['row']} ({u['image']}): {u['reason']}")
@@ -139,7 +147,9 @@ def evaluate_command(
         "--site", help="Site file the results were scored with, if it is not where the results say.")] = None,
     n_boot: Annotated[int, typer.Option(
         "--n-boot", min=0, help="Bootstrap resamples for AUROC/AUPRC intervals (0: none).")] = 1000,
-    top: Annotated[int, typer.Option("--top", min=1, help="Worst misses listed per label and kind.")] = 5,
+    top: Annotated[int, typer.Option(
+        "--top", min=1, help="Worst misses per label and kind: the N lowest-scored positives and N highest-scored "
+                             "negatives (all in --json/--html; the table shows those missed at the thresholds).")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Evaluate scored results against labels: AUROC/AUPRC with 95% CIs, sensitivity/specificity/PPV/NPV at the

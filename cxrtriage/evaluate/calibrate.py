@@ -1,7 +1,7 @@
 """Fit a site calibration on a labelled local set: score maps (Platt or isotonic) and site thresholds.
 
 The site map takes the MODEL's calibrated score to a site score; ``rule_out`` is then the highest site
-threshold reaching the target sensitivity, and ``balanced`` the Youden threshold, both on the site score.
+threshold reaching the target sensitivity but never above ``balanced``, the Youden threshold, both on the site score.
 ``calibrate_results`` is the whole ``cxrtriage calibrate`` command: read, check, match, fit, write.
 """
 
@@ -21,10 +21,12 @@ from numpy.typing import ArrayLike, NDArray
 from cxrtriage.errors import ConfigError, InputError, ModelError
 from cxrtriage.evaluate.data import LabelTable, match_labels, read_labels
 from cxrtriage.evaluate.metrics import (
+    MIN_PER_CLASS_FOR_INTERVAL,
     auroc,
     between_cases,
     clean_binary,
     positives_for_precision,
+    rule_out_threshold,
     stats_at,
     threshold_for_max_share,
     threshold_for_sensitivity,
@@ -54,7 +56,7 @@ from cxrtriage.triage.site import (
     write_site,
 )
 
-MIN_POSITIVES = 20
+MIN_POSITIVES = MIN_PER_CLASS_FOR_INTERVAL  # one missed case moves sensitivity by more than 5 points below it
 MAX_CI_HALF_WIDTH = 0.10
 DEFAULT_MAX_FALSE_URGENT = 0.05
 _EPS = 1e-7
@@ -196,8 +198,10 @@ def fit_label(
             warnings.append(f"{label}: the isotonic map has only {len(set(ys))} distinct level(s) (AUROC {auc:.2f}); "
                             "it hardly separates cases: consider --method platt or more data")
     site_scores = cal.apply(p)
-    rule_out = _between(site_scores, threshold_for_sensitivity(y, site_scores, target_sensitivity))
-    balanced = _between(site_scores, youden_threshold(y, site_scores))
+    youden = youden_threshold(y, site_scores)
+    # Never above balanced (metrics.rule_out_threshold): a policy picks rule_out to be the more sensitive point.
+    rule_out = _between(site_scores, rule_out_threshold(y, site_scores, target_sensitivity, balanced=youden))
+    balanced = _between(site_scores, youden)
     ro, ba = stats_at(y, site_scores, rule_out), stats_at(y, site_scores, balanced)
     ci = wilson_interval(ro.tp, ro.tp + ro.fn)
     stats: dict[str, Any] = {
@@ -219,9 +223,6 @@ def fit_label(
             f"than ±{MAX_CI_HALF_WIDTH:.2f}) with {n_pos} positives; about {need} positives are needed "
             f"for ±{MAX_CI_HALF_WIDTH:.2f}"
         )
-    if balanced < rule_out:
-        warnings.append(f"{label}: the balanced threshold ({balanced:.3g}) is below the rule-out threshold ({rule_out:.3g}); "
-                        f"the target sensitivity {target_sensitivity:.0%} is lower than Youden's point here")
     cal = LabelSiteCalibration(
         label, cal.method, rule_out=float(rule_out), balanced=float(balanced), a=cal.a, b=cal.b, x=cal.x, y=cal.y,
         n=n, n_positive=n_pos, stats={k: v for k, v in stats.items() if not (isinstance(v, float) and math.isnan(v))},
@@ -282,11 +283,14 @@ class _Study:
     population: str
 
 
-def _studies(records: list[ImageRecord], pairs: list[tuple[int, int]], table: LabelTable, labels: list[str],
+def _studies(records: list[ImageRecord], pairs: list[tuple[int, int]], table: LabelTable, policy: TriagePolicy,
              site: SiteCalibration, manifest: ModelManifest, population: str | None = None) -> list[_Study]:
     """Scored, labelled images grouped into studies (StudyInstanceUID, else the image itself) on the site scale.
 
-    A study's population is its images' (from their age), else ``population`` (the one calibrated for), else unknown.
+    A study's truth is that of every finding of the labels, the model's labels or not (``LabelTable.findings``): a
+    study whose only finding is a pneumothorax column is abnormal, so the ``normal`` threshold is set to keep it from
+    being called normal as well. A study's population is its images' (from their age), else ``population`` (the one
+    calibrated for), else unknown.
     """
     out: dict[str, _Study] = {}
     for i, j in pairs:
@@ -298,8 +302,7 @@ def _studies(records: list[ImageRecord], pairs: list[tuple[int, int]], table: La
         for lab, v in site_scores.items():
             if math.isfinite(v):
                 st.scores[lab] = max(v, st.scores.get(lab, -math.inf))
-        for lab in labels:
-            t = float(table.truth[lab][j])
+        for lab, t in table.findings(j, policy).items():
             if math.isfinite(t):
                 st.truth[lab] = max(t, st.truth.get(lab, -math.inf))
     return list(out.values())
@@ -323,9 +326,12 @@ def fit_study(
     its own population (``triage.deciding_labels``). Thresholds sit halfway between two studies' scores.
     """
     warnings: list[str] = []
-    truth_labels = tier_labels(policy, list(manifest.labels))
-    score_labels = {t: (names if t != "urgent" else [lab for lab in names if lab not in truth_labels.get("critical", [])])
-                    for t, names in truth_labels.items()}
+    # Scores come from the model's labels; truth from every finding the studies carry, the model's labels or not.
+    model_tiers = tier_labels(policy, list(manifest.labels))
+    score_labels = {t: (names if t != "urgent" else [lab for lab in names if lab not in model_tiers.get("critical", [])])
+                    for t, names in model_tiers.items()}
+    findings = list(dict.fromkeys([*manifest.labels, *(lab for st in studies for lab in st.truth)]))
+    truth_labels = tier_labels(policy, findings)
     tiers: dict[str, SiteStudyTier] = {}
     for tier, names in score_labels.items():
         scores, truth = [], []
@@ -495,7 +501,7 @@ def calibrate_results(
         )
     study: StudyFit | None = None
     if man is not None:
-        studies = _studies(list(records), pairs, table, list(table.label_columns), site, man, population)
+        studies = _studies(list(records), pairs, table, pol, site, man, population)
         study = fit_study(studies, manifest=man, policy=pol, site=site, target_sensitivity=target_sensitivity,
                           max_false_urgent=max_false_urgent, population=population or ALL_POPULATIONS)
         if study.tiers is not None:

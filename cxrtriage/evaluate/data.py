@@ -3,6 +3,8 @@
 LABELS.csv has one row per image: an ``image`` column (a file name, a path relative to any common
 root, an absolute path, or a DICOM SOP Instance UID), optionally a ``sop_instance_uid`` column,
 0/1 columns named like the model's labels, and any other columns (subgroups such as sex or view).
+0/1 columns that name no model label (``pneumothorax`` for a model without it) are findings too: they get no
+metrics of their own, but count in the triage truth (``LabelTable.findings``).
 Nothing is silently dropped: every unmatched or ambiguous row is returned with the reason.
 """
 
@@ -20,7 +22,7 @@ from numpy.typing import NDArray
 
 from cxrtriage.errors import InputError
 from cxrtriage.results import ImageRecord
-from cxrtriage.triage.policy import normalize_label
+from cxrtriage.triage.policy import TriagePolicy, normalize_label
 
 IMAGE_COLUMN = "image"
 UID_COLUMN = "sop_instance_uid"
@@ -54,9 +56,28 @@ class LabelTable:
     truth: dict[str, NDArray[np.float64]]  # model label -> [n_rows] of 0/1/NaN
     subgroup_columns: tuple[str, ...]
     unused_label_like: tuple[str, ...] = ()  # 0/1 columns that name no model label
+    other_truth: dict[str, NDArray[np.float64]] = field(default_factory=dict)  # those columns -> [n_rows] of 0/1/NaN
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def finding_names(self, policy: TriagePolicy) -> list[str]:
+        """Every finding this table gives truth for: the model labels it has a column for, then its 0/1 columns that
+        name no model label (by column name); labels the policy ignores (``no_finding``) are left out."""
+        return [name for name in (*self.truth, *self.other_truth) if not policy.is_ignored(name)]
+
+    def findings(self, row: int, policy: TriagePolicy) -> dict[str, float]:
+        """The truth of labels row ``row`` for every finding of ``finding_names`` (NaN = unknown).
+
+        Why the columns without a model label count: triage truth is a fact about the image, not about what the model
+        can see. A pneumothorax the model has no label for is still a critical finding the triage missed, and an image
+        whose only finding is emphysema is not normal; leaving such columns out called those images negatives and
+        showed "critical findings flagged critical: 0 of 0" on a set with two pneumothoraces. A 0/1 column that is not
+        a finding at all errs the cautious way (more images must not be called normal); list it under the policy's
+        ``[labels] ignore`` to leave it out.
+        """
+        both = {**self.truth, **self.other_truth}
+        return {name: float(both[name][row]) for name in self.finding_names(policy)}
 
 
 def _truth_value(raw: str, where: str) -> float:
@@ -95,12 +116,15 @@ def read_labels(path: str | Path, model_labels: Sequence[str]) -> LabelTable:
         )
     used = {image_col, uid_col, *label_columns.values()}
     others = tuple(c for c in columns if c not in used)
+    # 0/1 columns (unknowns allowed, e.g. CheXpert's -1) with at least one 0 or 1: findings the model has no label for
     label_like = tuple(
         c for c in others
-        if rows and all((r.get(c) or "").strip().lower() in (_TRUE | _FALSE | {""}) for r in rows)
-        and any((r.get(c) or "").strip() for r in rows)
+        if c not in label_columns and rows and all((r.get(c) or "").strip().lower() in (_TRUE | _FALSE | _MISSING) for r in rows)
+        and any((r.get(c) or "").strip().lower() in (_TRUE | _FALSE) for r in rows)
     )
-    return LabelTable(p, rows, image_col, uid_col, label_columns, truth, others, label_like)
+    other_truth = {c: np.array([_truth_value(r.get(c) or "", f"{p}: row {i + 2}, column '{c}'") for i, r in enumerate(rows)],
+                               dtype=np.float64) for c in label_like}
+    return LabelTable(p, rows, image_col, uid_col, label_columns, truth, others, label_like, other_truth)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,20 @@ def auprc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     return float(np.sum(np.diff(recall) * precision[1:]))
 
 
+# Why 20: below it a percentile bootstrap of AUROC/AUPRC resamples a handful of cases of one class (with 1 positive,
+# every resample holds that one case or none) and its "95 %" interval says far more than the data can; one case then
+# moves a rate by 5 points or more. `calibrate` warns below the same count (MIN_POSITIVES there).
+MIN_PER_CLASS_FOR_INTERVAL = 20
+
+
+def interval_withheld(n_pos: int, n_neg: int) -> str:
+    """Why no bootstrap interval is given for ``n_pos`` positives and ``n_neg`` negatives ("" when one is), e.g.
+    "too few positives (n=1)": fewer than ``MIN_PER_CLASS_FOR_INTERVAL`` of either class."""
+    few = [f"too few {what} (n={n})" for what, n in (("positives", n_pos), ("negatives", n_neg))
+           if n < MIN_PER_CLASS_FOR_INTERVAL]
+    return ", ".join(few)
+
+
 def bootstrap_ci(
     metric: Callable[[NDArray[np.int8], NDArray[np.float64]], float],
     y_true: ArrayLike,
@@ -155,6 +169,19 @@ def threshold_for_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: flo
     if ok.size == 0 or not np.isfinite(tpr).all():
         raise ValueError("no positives in the data: cannot set a sensitivity-based threshold")
     return float(thr[ok[0]])
+
+
+def rule_out_threshold(y_true: ArrayLike, y_score: ArrayLike, target: float, *, balanced: float) -> float:
+    """The rule-out operating point: the highest threshold whose sensitivity is >= ``target``, but never above the
+    ``balanced`` threshold.
+
+    Why the cap: a policy chooses rule-out over balanced to flag MORE positives. When the balanced (Youden) point
+    already reaches the target, the highest threshold that still reaches it lies above the balanced one and flags
+    fewer positives (the shipped cxr-classifier 1.0.0 had pneumonia rule-out 0.752 with validation sensitivity 0.952,
+    above balanced 0.607 with 0.965). Sensitivity can only fall as the threshold rises, so the lower of the two meets
+    the target and is at least as sensitive as balanced.
+    """
+    return min(threshold_for_sensitivity(y_true, y_score, target), float(balanced))
 
 
 def between_cases(scores: ArrayLike, threshold: float) -> float:

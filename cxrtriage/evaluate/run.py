@@ -83,12 +83,12 @@ def check_inputs(config: EvaluateConfig) -> None:
 
 
 def uncovered_levels(policy: TriagePolicy, manifest: ModelManifest) -> list[str]:
-    """One warning per priority level of ``policy`` that no label of the model reaches (no image can get it, and
-    the study-level table has no row for it)."""
+    """One warning per priority level of ``policy`` that no label of the model reaches: no image can get it, so the
+    labels' positives of that level (a column such as ``pneumothorax``) all count as missed in its study-level row."""
     covered = set(covered_tiers(policy, manifest))
     return [f"no {lvl.priority.value} finding of policy '{policy.name}' ({', '.join(lvl.findings)}) is a label of "
-            f"model '{manifest.name}': no image can be {lvl.priority.value} under this policy, and that tier is not "
-            "evaluated"
+            f"model '{manifest.name}': no image can be {lvl.priority.value} under this policy, so every "
+            f"{lvl.priority.value} finding in the labels counts as missed"
             for lvl in policy.levels if lvl.priority.value not in covered]
 
 

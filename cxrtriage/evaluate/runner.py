@@ -23,6 +23,7 @@ from cxrtriage.evaluate.metrics import (
     auprc,
     auroc,
     bootstrap_ci,
+    interval_withheld,
     reliability,
     stats_at,
     wilson_interval,
@@ -63,6 +64,7 @@ class LabelMetrics:
     ece: float
     reliability: Reliability
     operating_points: tuple[OperatingPointResult, ...]
+    ci_note: str = ""  # why the AUROC/AUPRC intervals are not given, e.g. "too few positives (n=1)"; "" when they are
 
     @property
     def prevalence(self) -> float:
@@ -143,6 +145,7 @@ class Evaluation:
     n_boot: int
     study_tiers: list[TierResult] = field(default_factory=list)
     n_studies: int = 0
+    top_k: int = 5  # lowest-scored positives and highest-scored negatives kept per label (``misses``)
     # raw arrays for plots (label -> (truth, score) of evaluated cases)
     curves: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(default_factory=dict)
 
@@ -181,17 +184,23 @@ def label_metrics(
         ops.append(OperatingPointResult(kind, src, float(t), st, wilson_interval(st.tp, st.tp + st.fn),
                                         wilson_interval(st.tn, st.tn + st.fp), promised))
     both = 0 < n_pos < n
+    # No bootstrap interval from a handful of cases of one class (metrics.MIN_PER_CLASS_FOR_INTERVAL says why): the
+    # point estimate stays, the interval is replaced by the reason. The Wilson intervals of the operating points stay:
+    # they are valid for small counts and show it by their width.
+    ci_note = interval_withheld(n_pos, n - n_pos) if both and n_boot else ""
+    boot = both and bool(n_boot) and not ci_note
     return LabelMetrics(
         label=label,
         n=n,
         n_positive=n_pos,
         auroc=auroc(y, s) if both else math.nan,
-        auroc_ci=bootstrap_ci(auroc, y, s, n_boot=n_boot, seed=seed) if both and n_boot else (math.nan, math.nan),
+        auroc_ci=bootstrap_ci(auroc, y, s, n_boot=n_boot, seed=seed) if boot else (math.nan, math.nan),
         auprc=auprc(y, s) if n_pos else math.nan,
-        auprc_ci=bootstrap_ci(auprc, y, s, n_boot=n_boot, seed=seed) if both and n_boot else (math.nan, math.nan),
+        auprc_ci=bootstrap_ci(auprc, y, s, n_boot=n_boot, seed=seed) if boot else (math.nan, math.nan),
         ece=reliability(y, s).ece if n else math.nan,
         reliability=reliability(y, s),
         operating_points=tuple(ops),
+        ci_note=ci_note,
     )
 
 
@@ -231,17 +240,25 @@ def _group_key(value: str) -> tuple[int, float, str]:
         return (1, 0.0, value)
 
 
+def _finding_kind(name: str, policy: TriagePolicy) -> str:
+    """What a positive of finding ``name`` makes an image under ``policy``: its truth category."""
+    level = policy.level_of(name)
+    if level is not None and level.priority is Priority.CRITICAL:
+        return "critical finding"
+    if level is not None and level.priority is Priority.URGENT:
+        return "urgent finding"
+    return "other finding"
+
+
 def _truth_category(truths: Mapping[str, float], policy: TriagePolicy) -> str:
     known = {lab: v for lab, v in truths.items() if math.isfinite(v) and not policy.is_ignored(lab)}
     if not known:
         return "unlabelled"
-    pos = [lab for lab, v in known.items() if v == 1]
-    levels = [policy.level_of(lab) for lab in pos]
-    if any(lv is not None and lv.priority is Priority.CRITICAL for lv in levels):
-        return "critical finding"
-    if any(lv is not None and lv.priority is Priority.URGENT for lv in levels):
-        return "urgent finding"
-    return "other finding" if pos else "negative"
+    kinds = {_finding_kind(lab, policy) for lab, v in known.items() if v == 1}
+    for kind in ("critical finding", "urgent finding", "other finding"):
+        if kind in kinds:
+            return kind
+    return "negative"
 
 
 def evaluate_results(
@@ -273,9 +290,14 @@ def evaluate_results(
     labels_eval = [lab for lab in manifest.labels if lab in table.label_columns]
     not_evaluated = {lab: f"no column named like '{lab}' in the labels CSV" for lab in manifest.labels
                      if lab not in table.label_columns}
-    if table.unused_label_like:
-        warnings.append(f"0/1 columns {list(table.unused_label_like)} name no label of model '{manifest.name}' and are "
-                        "treated as subgroup columns")
+    extra = [c for c in table.other_truth if not policy.is_ignored(c)]
+    if extra:
+        kinds = "; ".join(f"{c}: {_finding_kind(c, policy)}" for c in extra)
+        warnings.append(
+            f"0/1 columns {extra} name no label of model '{manifest.name}': they get no metrics of their own, but their "
+            f"positives count in the triage truth ({kinds}) and they can be --by subgroups; list a 0/1 column that is "
+            "not a finding under [labels] ignore of a --policy file"
+        )
     score_rows = [scores_from_record(results[i], manifest.labels) for i in res_idx]
     groups = {col: _group_values(table, col, lab_idx) for col in by}
 
@@ -331,9 +353,9 @@ def evaluate_results(
                     int(n_sel.sum()), int((n_sel & (s >= ba)).sum()) if ba is not None else 0))
         clusters[lab] = lab_clusters
 
-    priority = _priority_confusion(results, table, match, labels_eval, manifest=manifest, policy=policy, site=site,
+    priority = _priority_confusion(results, table, match, manifest=manifest, policy=policy, site=site,
                                    recompute=recompute_priority)
-    n_studies, study_tiers = _study_tiers(results, table, match, labels_eval, manifest=manifest, policy=policy, site=site,
+    n_studies, study_tiers = _study_tiers(results, table, match, manifest=manifest, policy=policy, site=site,
                                           recompute=recompute_priority)
     if priority is None:
         warnings.append("results have no priority column and no policy was given: triage confusion not computed")
@@ -375,6 +397,7 @@ def evaluate_results(
         n_boot=n_boot,
         study_tiers=study_tiers,
         n_studies=n_studies,
+        top_k=top_k,
         curves=curves,
     )
 
@@ -383,7 +406,6 @@ def _priority_confusion(
     results: Sequence[ImageRecord],
     table: LabelTable,
     match: MatchResult,
-    labels_eval: Sequence[str],
     *,
     manifest: ModelManifest,
     policy: TriagePolicy,
@@ -399,7 +421,8 @@ def _priority_confusion(
         record = (triage_record(results[i], manifest=manifest, policy=policy, site=site,
                                default_population=_option_population(results[i])) if recompute else results[i])
         prio = record.priority or Priority.NOT_ASSESSED
-        cat = _truth_category({lab: float(table.truth[lab][j]) for lab in labels_eval}, policy)
+        # Every finding of the labels row, the model's labels or not (LabelTable.findings says why).
+        cat = _truth_category(table.findings(j, policy), policy)
         counts[prio.value][cat] += 1
         positive = cat in ("critical finding", "urgent finding", "other finding")
         if positive and prio is not Priority.NOT_ASSESSED:
@@ -439,7 +462,6 @@ def _study_tiers(
     results: Sequence[ImageRecord],
     table: LabelTable,
     match: MatchResult,
-    labels_eval: Sequence[str],
     *,
     manifest: ModelManifest,
     policy: TriagePolicy,
@@ -450,7 +472,9 @@ def _study_tiers(
 
     A study is the images sharing a StudyInstanceUID (an image without one is its own study: a folder of PNGs holds
     many patients); it takes the highest priority of its assessed images (as the worklist does) and each label's
-    highest truth. Studies with no assessed image are left out (they are read unaided).
+    highest truth. Studies with no assessed image are left out (they are read unaided). Truth is that of every finding
+    of the labels, the model's labels or not (``LabelTable.findings``): a pneumothorax column makes the ``critical``
+    tier's positives even for a model that cannot flag it.
     """
     if not match.pairs:
         return 0, []
@@ -466,8 +490,7 @@ def _study_tiers(
         priorities.setdefault(key, []).append(rec.priority or Priority.NOT_ASSESSED)
         population[key] = population.get(key) or rec.population or ""
         t = truth.setdefault(key, {})
-        for lab in labels_eval:
-            v = float(table.truth[lab][j])
+        for lab, v in table.findings(j, policy).items():
             if math.isfinite(v):
                 t[lab] = max(v, t.get(lab, -math.inf))
     prio = {k: study_priority(v) for k, v in priorities.items()}
@@ -475,7 +498,7 @@ def _study_tiers(
     pops = sorted({population[k] for k in assessed if population[k]})
     groups = ["all studies", *pops] if len(pops) > 1 else ["all studies"]
     out: list[TierResult] = []
-    for tier, names in tier_labels(policy, labels_eval).items():
+    for tier, names in tier_labels(policy, table.finding_names(policy)).items():
         for group in groups:
             keys = [k for k in assessed if group == "all studies" or population[k] == group]
             res = tier_result(tier, group, ((prio[k], tier_truth(truth[k], names)) for k in keys))
@@ -517,6 +540,7 @@ def label_metrics_dict(m: LabelMetrics) -> dict[str, Any]:
     out: dict[str, Any] = _clean({
         "n": m.n, "n_positive": m.n_positive, "prevalence": m.prevalence,
         "auroc": m.auroc, "auroc_ci95": m.auroc_ci, "auprc": m.auprc, "auprc_ci95": m.auprc_ci,
+        "ci95_note": m.ci_note or None,
         "ece": m.ece,
         "reliability": {"bin_edges": rel.bin_edges, "mean_predicted": rel.mean_predicted, "observed": rel.observed,
                         "counts": rel.counts},

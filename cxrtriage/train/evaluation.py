@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.evaluate.metrics import auroc, bootstrap_ci, reliability, stats_at, threshold_for_sensitivity, youden_threshold
+from cxrtriage.evaluate.metrics import auroc, bootstrap_ci, reliability, rule_out_threshold, stats_at, youden_threshold
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -62,9 +62,11 @@ def _r(v: float, nd: int = 4) -> float | None:
 
 
 def operating_points(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """rule_out (highest threshold with sensitivity >= 0.95) and balanced (Youden), with what they gave."""
+    """rule_out (highest threshold with sensitivity >= 0.95, never above balanced: ``metrics.rule_out_threshold``)
+    and balanced (Youden), with what they gave."""
     out: dict[str, dict[str, float | None]] = {}
-    for name, thr in (("rule_out", threshold_for_sensitivity(y, p, 0.95)), ("balanced", youden_threshold(y, p))):
+    balanced = youden_threshold(y, p)
+    for name, thr in (("rule_out", rule_out_threshold(y, p, 0.95, balanced=balanced)), ("balanced", balanced)):
         s = stats_at(y, p, thr)
         out[name] = {"threshold": _r(thr, 6), "sensitivity": _r(s.sensitivity), "specificity": _r(s.specificity)}
     return out

@@ -64,18 +64,45 @@ def test_calibrated_thresholds_reach_target_sensitivity(tmp_path: Path, method: 
         ro = stats_at(y, site_scores, cal.rule_out)
         assert ro.sensitivity >= target
         assert ro.sensitivity == pytest.approx(cal.stats["rule_out_sensitivity"])
-        # rule_out is the most specific threshold that reaches the target: the next site score up misses it.
-        # It sits between two cases' scores, so rounding a score cannot move that case across it.
+        # rule_out is the most specific threshold that reaches the target (the next site score up misses it), unless
+        # that lies above balanced: then it is balanced. It sits between two cases' scores, so rounding a score
+        # cannot move that case across it.
         assert not np.any(site_scores == cal.rule_out)
+        ba = stats_at(y, site_scores, cal.balanced)
+        assert cal.rule_out <= cal.balanced and ro.sensitivity >= ba.sensitivity
         boundary = site_scores[site_scores >= cal.rule_out].min()
         higher = np.unique(site_scores[site_scores > boundary])
-        if higher.size:
+        if higher.size and cal.rule_out < cal.balanced:
             assert stats_at(y, site_scores, higher[0]).sensitivity < target
-        ba = stats_at(y, site_scores, cal.balanced)
         j = ba.sensitivity + ba.specificity
         others = (stats_at(y, site_scores, t) for t in np.unique(site_scores))
         assert all(j >= st.sensitivity + st.specificity - 1e-12 for st in others)
         assert np.all(np.diff(cal.apply(np.linspace(0, 1, 201))) >= 0)
+
+
+def test_rule_out_is_never_above_balanced_when_balanced_already_reaches_the_target() -> None:
+    """The shipped pneumonia case: Youden's point reaches 95 % sensitivity, and the highest threshold that still does
+    lies above it. Rule-out must then be the balanced point, not that higher, less sensitive threshold."""
+    # 20 positives: 19 well above the negatives, one below them; Youden's point keeps all 20 (sensitivity 1.0, at the
+    # cost of 3 of 80 negatives), the highest threshold with >= 95 % keeps 19 (0.95) and loses the low positive.
+    pos = np.r_[np.linspace(0.80, 0.98, 19), 0.30]
+    neg = np.r_[np.linspace(0.02, 0.25, 77), np.linspace(0.31, 0.39, 3)]
+    p, y = np.r_[pos, neg], np.r_[np.ones(20), np.zeros(80)]
+    from cxrtriage.evaluate.metrics import rule_out_threshold, threshold_for_sensitivity, youden_threshold
+
+    youden = youden_threshold(y, p)
+    assert threshold_for_sensitivity(y, p, 0.95) > youden  # the old rule: rule-out above balanced
+    assert rule_out_threshold(y, p, 0.95, balanced=youden) == youden
+    assert rule_out_threshold(y, p, 0.999, balanced=youden) == youden  # 1.0 needs the low positive: Youden has it
+    assert rule_out_threshold(y, p, 0.95, balanced=0.9) == threshold_for_sensitivity(y, p, 0.95)  # no cap needed
+    for method in ("platt", "isotonic"):
+        cal = fit_label("pneumonia", p, y, method=method, target_sensitivity=0.95).calibration
+        assert cal is not None
+        site_scores = cal.apply(p)
+        ro, ba = stats_at(y, site_scores, cal.rule_out), stats_at(y, site_scores, cal.balanced)
+        assert cal.rule_out <= cal.balanced, method
+        assert ro.sensitivity >= ba.sensitivity and ro.sensitivity >= 0.95, method
+        assert cal.stats["rule_out_sensitivity"] == pytest.approx(ro.sensitivity)
 
 
 def test_small_local_set_warns_with_reasons() -> None:

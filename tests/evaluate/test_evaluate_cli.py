@@ -205,3 +205,21 @@ def test_calibrate_refuses_a_site_file_for_another_model(tmp_path: Path, model: 
     code, out = invoke("calibrate", "--results", results, "--labels", labels, "--out", tmp_path / "s3.toml",
                        "--model", renamed)
     assert code == 4 and "not from --model 'tiny-classifier' 9.9.9" in out, out
+
+
+def test_evaluate_top_sets_the_rows_of_the_worst_misses_table(tmp_path: Path, model: ModelManifest) -> None:
+    """--top N lists up to N missed cases per label and kind in the terminal too (it showed at most 2)."""
+    results, labels, data = make_set(tmp_path / "run", model, n=300)
+    rule_out = model.thresholds["abnormal"].rule_out.threshold
+    missed = sum(1 for y, s in zip(data["truth"]["abnormal"], data["scores"]["abnormal"], strict=True)
+                 if y == 1 and s < rule_out)
+    assert missed >= 6  # enough misses for --top to matter
+
+    def rows(top: int) -> int:
+        code, out = invoke("evaluate", "--results", results, "--labels", labels, "--model", model.path.parent,
+                           "--n-boot", "0", "--top", str(top))
+        assert code == 0, out
+        assert f"Worst misses (--top {top} per label and kind)" in " ".join(out.split())
+        return sum(1 for line in out.splitlines() if "abnormal" in line and "missed positive" in line)
+
+    assert rows(6) == 6 and rows(3) == 3 and rows(1) == 1

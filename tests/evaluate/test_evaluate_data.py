@@ -79,3 +79,22 @@ def test_uid_column_takes_precedence(tmp_path: Path) -> None:
     p = write(tmp_path / "labels.csv", "image,sop_instance_uid,effusion\n1.dcm,1.2.3.5,1\n")
     m = match_labels([from_row(r) for r in results], read_labels(p, ["effusion"]))
     assert m.pairs == [(1, 0)] and m.how == {"sop_instance_uid": 1}
+
+
+def test_findings_include_the_01_columns_that_name_no_model_label(tmp_path: Path) -> None:
+    from cxrtriage.triage import load_policy
+
+    p = write(tmp_path / "labels.csv",
+              "image,effusion,Pneumothorax,edema,no_finding,sex,is_pa\n"
+              "a.png,0,1,-1,0,F,1\n"        # CheXpert's -1 (uncertain) is unknown, not a reason to drop the column
+              "b.png,0,0,0,1,M,0\n"
+              "c.png,1,,uncertain,0,M,1\n")
+    t = read_labels(p, ["effusion", "pneumonia"])
+    assert t.unused_label_like == ("Pneumothorax", "edema", "no_finding", "is_pa")
+    assert t.subgroup_columns == ("Pneumothorax", "edema", "no_finding", "sex", "is_pa")  # still usable with --by
+    policy = load_policy()  # ignores no_finding: not a finding
+    # a 0/1 column that is no finding (is_pa) counts too, the cautious way; the policy's [labels] ignore leaves it out
+    assert t.finding_names(policy) == ["effusion", "Pneumothorax", "edema", "is_pa"]
+    assert t.findings(0, policy) == {"effusion": 0.0, "Pneumothorax": 1.0, "edema": pytest.approx(np.nan, nan_ok=True),
+                                     "is_pa": 1.0}
+    assert np.isnan(t.findings(2, policy)["Pneumothorax"]) and t.findings(2, policy)["effusion"] == 1.0

@@ -133,7 +133,7 @@ def test_a_policy_level_no_label_reaches_is_one_warning(tmp_path: Path, model: M
     # the packaged policy's critical finding (pneumothorax) is no label of the tiny model; its urgent ones are
     assert [w for w in ev.warnings if "policy 'default'" in w] == [
         "no critical finding of policy 'default' (pneumothorax) is a label of model 'tiny-classifier': no image can "
-        "be critical under this policy, and that tier is not evaluated"]
+        "be critical under this policy, so every critical finding in the labels counts as missed"]
     assert ev.warnings[0].startswith("no critical finding")  # first: it bears on every triage figure below
 
 

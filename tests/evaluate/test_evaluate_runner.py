@@ -13,7 +13,7 @@ from factories import make_tiny_classifier
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from cxrtriage.evaluate.data import match_labels, read_labels
-from cxrtriage.evaluate.runner import _option_population, evaluate_results, evaluation_to_dict
+from cxrtriage.evaluate.runner import _option_population, evaluate_results, evaluation_to_dict, label_metrics_dict
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 from cxrtriage.results import ImageRecord, Status, from_row
 from cxrtriage.triage import load_policy, triage_record
@@ -153,3 +153,69 @@ def test_deciding_a_row_again_keeps_where_its_population_came_from() -> None:
     assert _option_population(rec.replace(population_source="image-estimate", population_probability=0.99)) is None
     assert _option_population(rec.replace(population="unknown", population_source="none")) is None
     assert _option_population(rec.replace(population="adult", population_source="dicom-age", patient_age=40.0)) is None
+
+
+def test_findings_the_model_has_no_label_for_count_in_the_triage_truth(tmp_path: Path, manifest: ModelManifest) -> None:
+    """A pneumothorax column counts as critical truth, edema as urgent, emphysema as "other finding", for a model
+    with none of these labels; no_finding (ignored by the policy) counts as nothing. Before: 0 of 0 critical, and the
+    edema-only and emphysema-only images were negatives."""
+    policy = load_policy()
+    rows = [  # image, pneumonia, effusion, Pneumothorax, edema, emphysema, no_finding
+        ("p0.png", 0, 0, 1, 0, 0, 0),  # critical
+        ("p1.png", 1, 0, 1, 0, 0, 0),  # critical (and urgent)
+        ("p2.png", 0, 0, 0, 1, 0, 0),  # urgent: edema only
+        ("p3.png", 0, 0, 0, 0, 1, 0),  # other finding: emphysema only
+        ("p4.png", 0, 1, 0, 0, 0, 0),  # urgent: effusion, a model label
+        ("p5.png", 0, 0, 0, 0, 0, 1),  # negative
+        ("p6.png", 0, 0, "", 0, 0, 1),  # negative (pneumothorax unknown, all else 0)
+        ("p7.png", 0, 0, 0, 0, 0, 1),  # negative
+    ]
+    lines = ["image,pneumonia,effusion,Pneumothorax,edema,emphysema,no_finding"]
+    lines += [",".join(str(v) for v in r) for r in rows]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    # every score low: every image is called normal by the tiny model's thresholds
+    records = [triage_record(from_row({"path": f"/scans/{r[0]}", "status": "scored", "study_key": r[0],
+                                       **{f"score_{lab}": "0.01" for lab in LABELS}}), manifest=manifest, policy=policy)
+               for r in rows]
+    assert {r.priority for r in records} == {"normal"}
+    table = read_labels(tmp_path / "labels.csv", manifest.labels)
+    assert table.finding_names(policy) == ["pneumonia", "effusion", "Pneumothorax", "edema", "emphysema"]
+    ev = evaluate_results(records, table, match_labels(records, table), manifest=manifest, policy=policy, n_boot=0)
+    pc = ev.priority
+    assert pc is not None
+    assert pc.counts["normal"] == {"critical finding": 2, "urgent finding": 2, "other finding": 1, "negative": 3,
+                                   "unlabelled": 0}
+    assert (pc.critical_truth, pc.critical_truth_flagged_critical) == (2, 0)
+    assert (pc.urgent_truth, pc.positives_called_normal, pc.positives_assessed) == (2, 5, 5)
+    assert (pc.normal_total, pc.normal_negative) == (8, 3)
+    tiers = {t.tier: t for t in ev.study_tiers}
+    assert (tiers["critical"].n_pos, tiers["critical"].n_neg, tiers["critical"].true_pos) == (2, 6, 0)
+    assert (tiers["urgent"].n_pos, tiers["urgent"].n_neg) == (4, 4)  # critical findings count as urgent too
+    assert (tiers["normal"].n_pos, tiers["normal"].n_neg, tiers["normal"].sensitivity) == (5, 3, 0.0)
+    (note,) = [w for w in ev.warnings if w.startswith("0/1 columns")]
+    assert "['Pneumothorax', 'edema', 'emphysema']" in note and "no_finding" not in note
+    assert "Pneumothorax: critical finding; edema: urgent finding; emphysema: other finding" in note
+    assert set(ev.labels) == {"pneumonia", "effusion"}  # no metrics for the columns the model has no label for
+
+
+def test_no_bootstrap_interval_from_too_few_positives_or_negatives() -> None:
+    from cxrtriage.evaluate.metrics import MIN_PER_CLASS_FOR_INTERVAL
+    from cxrtriage.evaluate.runner import label_metrics
+
+    assert MIN_PER_CLASS_FOR_INTERVAL == 20
+    rng = np.random.default_rng(0)
+    s = rng.uniform(size=40)
+    one = np.zeros(40)
+    one[7] = 1
+    m = label_metrics("pneumonia", one, s, [], n_boot=200)
+    assert math.isfinite(m.auroc) and m.ci_note == "too few positives (n=1)"
+    assert all(math.isnan(v) for v in (*m.auroc_ci, *m.auprc_ci))
+    d = label_metrics_dict(m)
+    assert d["auroc_ci95"] == [None, None] and d["ci95_note"] == "too few positives (n=1)"
+    y = (np.arange(40) < 21).astype(float)  # 21 positives, 19 negatives
+    assert label_metrics("x", y, s, [], n_boot=200).ci_note == "too few negatives (n=19)"
+    y = (np.arange(40) < 20).astype(float)  # 20 and 20: the interval is given
+    m = label_metrics("x", y, s + 0.5 * y, [], n_boot=200)
+    assert m.ci_note == "" and m.auroc_ci[0] < m.auroc < m.auroc_ci[1]
+    assert label_metrics_dict(m)["ci95_note"] is None
+    assert label_metrics("x", one, s, [], n_boot=0).ci_note == ""  # no bootstrap asked for: nothing withheld

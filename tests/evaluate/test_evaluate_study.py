@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -106,3 +107,26 @@ def test_fit_study_without_abnormal_studies_fits_nothing_and_says_why(tmp_path: 
                     site=SiteCalibration(man.name, man.version, man.sha256, "platt", 0.95, {}),
                     target_sensitivity=0.95, max_false_urgent=0.05)
     assert fit.tiers is None and any("no abnormal study" in w for w in fit.warnings)
+
+
+def test_fit_study_counts_findings_the_model_has_no_label_for_as_abnormal(tmp_path: Path) -> None:
+    """Studies whose only finding is a labels column the model has no label for (pneumothorax) are abnormal: the
+    normal threshold must keep the target sensitivity over them too. Before, they were normal studies, and the
+    threshold was set on the others alone (most of these low-scoring pneumothoraces would be called normal)."""
+    man = load_manifest(make_study_classifier(tmp_path / "m"))
+    assert "pneumothorax" not in man.labels
+    rng = np.random.default_rng(5)
+    pneumothorax = [_Study({lab: float(rng.uniform(0, 0.2)) for lab in STUDY_LABELS},
+                           {"pneumonia": 0.0, "effusion": 0.0, "pneumothorax": 1.0}, "adult") for _ in range(30)]
+    studies = _studies(300, 1, "adult") + pneumothorax
+    n_abnormal = sum(st.truth.get("abnormal") == 1 for st in studies)
+    fit = fit_study(studies, manifest=man, policy=load_policy(),
+                    site=SiteCalibration(man.name, man.version, man.sha256, "platt", 0.95, {}),
+                    target_sensitivity=0.95, max_false_urgent=0.05)
+    assert fit.tiers is not None
+    normal = next(r for r in fit.achieved if r.tier == "normal" and r.group == "all studies")
+    assert normal.n_pos == n_abnormal + 30 and normal.sensitivity >= 0.95
+    called_normal = [decide_priority(st.scores, manifest=man, policy=load_policy(), site=dataclasses.replace(
+        SiteCalibration(man.name, man.version, man.sha256, "platt", 0.95, {}), study=fit.tiers),
+        population="adult").priority is P.NORMAL for st in pneumothorax]
+    assert sum(called_normal) <= normal.n_pos - normal.true_pos  # each one called normal is among the counted misses

@@ -50,6 +50,16 @@ def test_operating_points_rule_out_reaches_sensitivity() -> None:
     assert ops["rule_out"]["threshold"] <= ops["balanced"]["threshold"]
 
 
+def test_operating_points_rule_out_is_never_above_balanced() -> None:
+    """Validation scores where Youden's point already reaches 95 % sensitivity (the shipped pneumonia label): the
+    highest threshold reaching 95 % lies above it, and rule-out must not be that less sensitive point."""
+    y = np.r_[np.ones(20), np.zeros(80)]
+    p = np.r_[np.linspace(0.80, 0.98, 19), 0.30, np.linspace(0.02, 0.25, 77), np.linspace(0.31, 0.39, 3)]
+    ops = operating_points(y, p)
+    assert ops["balanced"]["sensitivity"] == 1.0
+    assert ops["rule_out"] == ops["balanced"]  # before: threshold 0.8, sensitivity 0.95 (above balanced, 0.3)
+
+
 def test_patient_split_never_splits_a_patient() -> None:
     recs = [Record(path=f"x/{i}.png", source="s", patient=f"s:{i // 3}", labels={"abnormal": i % 2}) for i in range(300)]
     _split_patients(recs, (0.6, 0.2, 0.2), seed=3)

@@ -303,6 +303,9 @@ def classifier_card(m: dict[str, Any], info: dict[str, Any], nih_counts: dict[st
     if m.get("study_operating_points"):
         add("Per-label operating points, reported for each finding (reports, per-label evaluation); triage priorities "
             "are decided on the study-level operating points above, not on these.\n")
+    add("`balanced` is Youden's point; `rule_out` the highest threshold with validation sensitivity >= 0.95, but never "
+        "above `balanced` (where Youden's point already reaches 0.95, rule-out is that point: it is never the less "
+        "sensitive of the two).\n")
     add("| label | rule_out thr (sens / spec on val) | balanced thr (sens / spec on val) | Platt a | Platt b |\n"
         "|---|---|---|---|---|")
     for lab in labels:

@@ -47,9 +47,12 @@ def test_shipped_classifier_head_and_thresholds() -> None:
     assert shape[1 if m.head.transposed else 0] == n
     assert m.head.bias is not None and inits[m.head.bias] == (n,)
     assert set(m.thresholds) == set(m.labels) == set(m.calibration.a)
-    for t in m.thresholds.values():
+    for lab, t in m.thresholds.items():
         assert 0.0 <= t.rule_out.threshold <= 1.0 and 0.0 <= t.balanced.threshold <= 1.0
         assert t.rule_out.sensitivity is not None and t.rule_out.sensitivity >= 0.95
+        # rule-out is the more sensitive point: never above balanced (pneumonia was 0.752 above 0.607, sens 0.952)
+        assert t.rule_out.threshold <= t.balanced.threshold, lab
+        assert t.balanced.sensitivity is not None and t.rule_out.sensitivity >= t.balanced.sensitivity, lab
     assert all(lab == lab.lower() and " " not in lab for lab in m.labels)
 
 

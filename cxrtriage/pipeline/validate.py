@@ -19,7 +19,7 @@ from typing import Any
 
 from cxrtriage.errors import ConfigError, ModelError
 from cxrtriage.evaluate.calibrate import MIN_POSITIVES
-from cxrtriage.evaluate.metrics import between_cases, stats_at, threshold_for_sensitivity, youden_threshold
+from cxrtriage.evaluate.metrics import between_cases, rule_out_threshold, stats_at, youden_threshold
 from cxrtriage.evaluate.run import EvaluateConfig, run_evaluate
 from cxrtriage.evaluate.runner import Evaluation, LabelMetrics, label_metrics_dict
 from cxrtriage.files import atomic_write
@@ -49,7 +49,7 @@ IN_SAMPLE_NOTE = ("set and measured on the same images, so their sensitivity and
 @dataclass(frozen=True, slots=True)
 class SetOperatingPoints:
     """The operating points ``measure_operating_points`` set for labels that had none, why the others got none, and
-    what to keep in mind about them (few positives, balanced below rule-out)."""
+    what to keep in mind about them (few positives)."""
 
     target_sensitivity: float
     thresholds: dict[str, LabelThresholds] = field(default_factory=dict)
@@ -60,8 +60,8 @@ class SetOperatingPoints:
         """The ``metrics.local_validation.operating_points_set`` entry of the manifest."""
         return {
             "target_sensitivity": self.target_sensitivity,
-            "rule": (f"rule_out: the highest threshold with sensitivity >= {self.target_sensitivity:g}; balanced: "
-                     "Youden's J (each moved halfway down to the next lower score)"),
+            "rule": (f"rule_out: the highest threshold with sensitivity >= {self.target_sensitivity:g}, never above "
+                     "balanced; balanced: Youden's J (each moved halfway down to the next lower score)"),
             "labels": sorted(self.thresholds),
             "not_set": dict(self.not_set),
             "warnings": list(self.warnings),
@@ -87,7 +87,8 @@ class ValidateResult:
 def measure_operating_points(ev: Evaluation, labels: Sequence[str], *,
                              target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> SetOperatingPoints:
     """Operating points for ``labels`` from the evaluated cases of ``ev`` (``Evaluation.curves``): ``rule_out`` the
-    highest threshold whose sensitivity reaches ``target_sensitivity``, ``balanced`` Youden's point, each with the
+    highest threshold whose sensitivity reaches ``target_sensitivity`` but never above ``balanced``, Youden's point
+    (``metrics.rule_out_threshold``: rule-out is never the less sensitive of the two), each with the
     sensitivity and specificity it gives on those cases. A label without both positives and negatives gets none."""
     if not 0.0 < target_sensitivity < 1.0:
         raise ConfigError(f"--target-sensitivity must be between 0 and 1 (exclusive), got {target_sensitivity}")
@@ -105,8 +106,9 @@ def measure_operating_points(ev: Evaluation, labels: Sequence[str], *,
                                 "both are needed")
             continue
         # halfway down to the next lower score: results.csv rounds scores, and predict must call the same cases
-        ro = between_cases(s, threshold_for_sensitivity(y, s, target_sensitivity))
-        ba = between_cases(s, youden_threshold(y, s))
+        youden = youden_threshold(y, s)
+        ro = between_cases(s, rule_out_threshold(y, s, target_sensitivity, balanced=youden))
+        ba = between_cases(s, youden)
         st_ro, st_ba = stats_at(y, s, ro), stats_at(y, s, ba)
         out.thresholds[lab] = LabelThresholds(OperatingPoint(ro, st_ro.sensitivity, st_ro.specificity),
                                               OperatingPoint(ba, st_ba.sensitivity, st_ba.specificity))
@@ -114,9 +116,6 @@ def measure_operating_points(ev: Evaluation, labels: Sequence[str], *,
             warnings.append(f"{lab}: only {n_pos} positive(s); with fewer than {MIN_POSITIVES}, one missed case moves "
                             f"sensitivity by {100 / n_pos:.0f} points, so the {target_sensitivity:.0%} rule-out target "
                             "is not established")
-        if ba < ro:
-            warnings.append(f"{lab}: the balanced threshold ({ba:.3g}) is below the rule-out threshold ({ro:.3g}): "
-                            f"Youden's point is more sensitive than the {target_sensitivity:.0%} target here")
     return dataclasses.replace(out, warnings=tuple(warnings))
 
 

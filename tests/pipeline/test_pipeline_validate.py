@@ -181,3 +181,18 @@ def test_a_bad_target_sensitivity_is_refused_before_scoring(bare: Path, images: 
     with pytest.raises(ConfigError, match="--target-sensitivity must be between 0 and 1"):
         validate_model(bare, tmp_path / "labels.csv", [images], tmp_path / "v", target_sensitivity=1.0, workers=0)
     assert not (tmp_path / "v").exists()
+
+
+def test_measured_rule_out_is_never_above_balanced() -> None:
+    """Where Youden's point already reaches the target sensitivity, the highest threshold that still does lies above
+    it and catches fewer positives: the rule-out point set by validate is then the balanced one."""
+    from types import SimpleNamespace
+
+    from cxrtriage.pipeline.validate import measure_operating_points
+
+    y = np.r_[np.ones(20), np.zeros(80)]
+    s = np.r_[np.linspace(0.80, 0.98, 19), 0.30, np.linspace(0.02, 0.25, 77), np.linspace(0.31, 0.39, 3)]
+    ev = SimpleNamespace(labels={"effusion": None}, curves={"effusion": (y, s)}, not_evaluated={})
+    t = measure_operating_points(ev, ["effusion"]).thresholds["effusion"]  # type: ignore[arg-type]
+    assert t.balanced.sensitivity == 1.0
+    assert t.rule_out == t.balanced  # before: rule_out above the 0.80 case, sensitivity 0.95

@@ -279,6 +279,13 @@ def load_site(path: str | Path, *, manifest: ModelManifest | None = None) -> Sit
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: site file is not valid TOML ({exc})") from exc
     site = parse_site(data, where=str(p), path=p.resolve())
+    # Files from calibrate before 2026-12-06 took the highest threshold reaching the target sensitivity even above the
+    # balanced one; a policy that asks for rule-out to be more sensitive got less. They still work: said, not refused.
+    above = sorted(lab for lab, cal in site.labels.items() if cal.rule_out > cal.balanced)
+    if above:
+        log.warning("%s: the rule-out threshold is above the balanced one (less sensitive) for %s; calibrate the site "
+                    "file again (`cxrtriage calibrate`), which now keeps rule-out at or below balanced", p,
+                    ", ".join(above))
     if manifest is not None:
         check_site(site, manifest)
         missing = [lab for lab in manifest.labels if lab not in site.labels]

@@ -46,6 +46,22 @@ def test_round_trip_is_exact(tmp_path: Path, manifest: ModelManifest) -> None:
     assert "cxrtriage predict --site" in path.read_text()
 
 
+def test_a_site_file_whose_rule_out_is_above_balanced_is_said(tmp_path: Path, manifest: ModelManifest,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    site = make_site(manifest)
+    path = write_site(tmp_path / "site.toml", site)
+    with caplog.at_level("WARNING", logger="cxrtriage.triage.site"):
+        load_site(path)
+    assert "rule-out threshold is above" not in caplog.text
+    old = dataclasses.replace(site, labels={**site.labels, "pneumonia": dataclasses.replace(
+        site.labels["pneumonia"], rule_out=0.75)})  # as calibrate made them before rule-out was capped at balanced
+    path = write_site(tmp_path / "old.toml", old)
+    with caplog.at_level("WARNING", logger="cxrtriage.triage.site"):
+        assert load_site(path, manifest=manifest).labels["pneumonia"].rule_out == 0.75  # still used, as written
+    assert "rule-out threshold is above the balanced one (less sensitive) for pneumonia" in caplog.text
+    assert "calibrate the site file again" in caplog.text
+
+
 def test_apply_site_maps_only_calibrated_labels(manifest: ModelManifest) -> None:
     site = make_site(manifest)
     out = apply_site({"abnormal": 0.3, "pneumonia": 0.3, "effusion": 0.5, "extra": 0.9}, site)

@@ -46,8 +46,8 @@ MAX_JPEG_SCALE = 8  # libjpeg scales the IDCT to 1/2, 1/4 or 1/8
 MAX_AREA_SCALE = 8  # block averaging after a full decode: as far as the codecs' own reductions go
 MAX_J2K_SCALE = 8  # the area filters below are fitted for 1/2, 1/4 and 1/8; deeper levels are not used
 AREA_KERNEL_TAPS = 4  # the filters read the 4 x 4 samples at offsets -1..+2 around the one they correct
-_CV2_REDUCED_GREY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                     8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_CV2_GREY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 class ReducedDecodeError(RuntimeError):
@@ -253,33 +253,37 @@ def area_kernel(reversible: bool, scale: int) -> np.ndarray:
 
 
 def decode_jpeg_reduced(data: bytes | np.ndarray, *, rows: int, columns: int, components: int, precision: int,
-                        max_scale: float) -> ReducedPixels | None:
+                        max_scale: float, exif_orientation: bool = True,
+                        full_when_unreduced: bool = False) -> ReducedPixels | None:
     """An 8-bit greyscale JPEG (DCT-based, baseline or progressive) at 1/2, 1/4 or 1/8 by libjpeg's scaled IDCT.
 
-    None when no reduction applies (``max_scale`` < 2).
+    None when no reduction applies (``max_scale`` < 2), unless ``full_when_unreduced``: then the full image, by the
+    same decoder (``scale`` 1). ``exif_orientation``: apply an EXIF orientation as OpenCV's full decode of a JPEG file
+    does (a rotated image then fails the size check); a DICOM reader passes False, as DICOM decoders ignore EXIF.
 
     Raises:
         ReducedDecodeError: not one 8-bit component (lossless, 12-bit and colour JPEG are decoded in full),
             OpenCV cannot decode it, or the size is not ``ceil(size / scale)``.
     """
     scale = scale_for(max_scale, MAX_JPEG_SCALE)
-    if scale == 1:
+    if scale == 1 and not full_when_unreduced:
         return None
     if components != 1 or precision != 8:
         raise ReducedDecodeError(f"{components} component(s) of {precision} bits: DCT scaling is used for 8-bit grey")
     buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    flags = _CV2_GREY[scale] | (0 if exif_orientation else cv2.IMREAD_IGNORE_ORIENTATION)
     try:
-        # EXIF orientation is applied as in a full decode; a rotated image then fails the size check below
         with held_native_output() as held:
-            arr = cv2.imdecode(buf, _CV2_REDUCED_GREY[scale])
+            arr = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         raise ReducedDecodeError(f"OpenCV: {' '.join(str(exc).split())[:200]}") from exc
     if arr is None:
-        raise ReducedDecodeError("OpenCV could not decode the JPEG at a reduced size")
+        raise ReducedDecodeError(f"OpenCV could not decode the JPEG at 1/{scale}")
     if arr.shape != reduced_shape((rows, columns), scale) or arr.dtype != np.uint8:
         raise ReducedDecodeError(f"decoded {arr.dtype} {arr.shape} at 1/{scale}, expected "
                                  f"{reduced_shape((rows, columns), scale)}")
-    return ReducedPixels(arr, scale, f"OpenCV {cv2.__version__} (libjpeg DCT scaling 1/{scale})",
+    how = f"libjpeg DCT scaling 1/{scale}" if scale > 1 else "libjpeg, full resolution"
+    return ReducedPixels(arr, scale, f"OpenCV {cv2.__version__} ({how})",
                          notes=tuple(decoder_notes(held.messages(), "libjpeg")))
 
 

@@ -1,5 +1,6 @@
 """Which decoder read a DICOM file's pixels is named: each pydicom plugin is tried in turn, and the one that decoded
-the file (or that it took a later one) is said in the facts `inspect` shows and in the file's notes."""
+the file (or that it took a later one) is said in the facts `inspect` shows and in the file's notes. An 8-bit grey
+DCT JPEG is decoded by OpenCV first (the same samples as GDCM's, ~5x faster), the others by the plugins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from factories import make_cxr_dataset, save_encapsulated
 from pydicom.pixels.decoders.base import get_decoder
@@ -15,7 +17,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 import cxrtriage.io.dicom.decode as dicom_decode
 from cxrtriage.errors import InputError
 from cxrtriage.io.dicom import read_dicom_detailed
-from cxrtriage.io.dicom.decode import plugin_label
+from cxrtriage.io.dicom.decode import decode, plugin_label
 
 PLUGIN_LABELS = {"pydicom (GDCM)", "pydicom (pylibjpeg-libjpeg)", "pydicom (Pillow)"}
 
@@ -36,14 +38,31 @@ def jpeg_file(path: Path) -> Path:
     return save_encapsulated(ds, jpeg_stream(), JPEGBaseline8Bit, path)
 
 
+def _decoded(path: Path) -> tuple[np.ndarray, str, list[str]]:
+    ds = pydicom.dcmread(path)
+    return decode(ds, path, str(ds.file_meta.TransferSyntaxUID))
+
+
 def test_the_plugin_that_decoded_a_jpeg_is_named(tmp_path: Path) -> None:
-    img, facts = read_dicom_detailed(jpeg_file(tmp_path / "j.dcm"))
+    arr, decoder, notes = _decoded(jpeg_file(tmp_path / "j.dcm"))
     first = dicom_decode._plugins(JPEGBaseline8Bit)[0]
-    assert facts.decoder == f"pydicom ({plugin_label(first, JPEGBaseline8Bit)})"
-    assert facts.decoder in PLUGIN_LABELS
+    assert decoder == f"pydicom ({plugin_label(first, JPEGBaseline8Bit)})"
+    assert decoder in PLUGIN_LABELS
     by_opencv = cv2.imdecode(np.frombuffer(jpeg_stream(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert np.abs(img.pixels - by_opencv).max() <= 2  # the stream's image (IDCT rounding differs between libraries)
-    assert not any("could not" in n for n in img.notes)
+    assert np.abs(arr.astype(int) - by_opencv).max() <= 2  # the stream's image (IDCT rounding differs by library)
+    assert not any("could not" in n for n in notes)
+
+
+def test_an_8_bit_grey_jpeg_is_read_in_full_by_opencv_with_the_plugins_samples(tmp_path: Path) -> None:
+    path = jpeg_file(tmp_path / "j.dcm")
+    img, facts = read_dicom_detailed(path)
+    assert facts.decoder.startswith("OpenCV ") and facts.decoder.endswith("(libjpeg, full resolution)")
+    assert img.scale == 1 and img.pixels.shape == (64, 48)
+    by_gdcm, decoder, _ = _decoded(path)
+    if decoder == "pydicom (GDCM)":  # GDCM's IDCT, like libjpeg-turbo's, is the exact integer one
+        np.testing.assert_array_equal(img.pixels, by_gdcm.astype(np.float32))
+    else:
+        assert np.abs(img.pixels - by_gdcm).max() <= 2
 
 
 def test_rle_is_decoded_by_a_named_plugin(tmp_path: Path) -> None:
@@ -60,10 +79,10 @@ def test_a_plugin_that_fails_hands_on_to_the_next_and_says_so(tmp_path: Path, mo
     path = jpeg_file(tmp_path / "j.dcm")
     working = dicom_decode._plugins(JPEGBaseline8Bit)[-1]
     monkeypatch.setattr(dicom_decode, "_plugins", lambda ts: ("nosuch", working))
-    img, facts = read_dicom_detailed(path)
+    _, decoder, notes = _decoded(path)
     label = plugin_label(working, JPEGBaseline8Bit)
-    assert facts.decoder == f"pydicom ({label})"
-    assert any(n.startswith(f"decoded by {label} after nosuch could not (") for n in img.notes), img.notes
+    assert decoder == f"pydicom ({label})"
+    assert any(n.startswith(f"decoded by {label} after nosuch could not (") for n in notes), notes
 
 
 def test_when_every_plugin_fails_each_is_named_in_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +94,7 @@ def test_when_every_plugin_fails_each_is_named_in_the_reason(tmp_path: Path, mon
 
     monkeypatch.setattr(dicom_decode, "_decode_gdcm", no_gdcm)
     with pytest.raises(InputError) as err:
-        read_dicom_detailed(path)
+        _decoded(path)
     text = str(err.value)
     assert str(path) in text and "nosuch: " in text and "nothing: " in text and "gdcm: GDCM is not here" in text
     assert "Re-export the image" in text
@@ -106,3 +125,11 @@ def test_plugin_labels_name_the_library() -> None:
     assert plugin_label("pylibjpeg", JPEGBaseline8Bit) == "pylibjpeg-libjpeg"
     assert plugin_label("gdcm", JPEGBaseline8Bit) == "GDCM"
     assert plugin_label("", "1.2.840.10008.1.2.2") == "pydicom"
+
+
+def test_libjpeg_damage_reports_survive_the_full_opencv_read(tmp_path: Path) -> None:
+    from hostile import jpeg_damaged
+
+    img, facts = read_dicom_detailed(jpeg_damaged(tmp_path / "zeroed.dcm", "zeroed"))
+    assert facts.decoder.startswith("OpenCV ")
+    assert any(n.startswith("libjpeg reported while decoding: Corrupt JPEG data") for n in img.notes), img.notes

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrtriage.errors import ConfigError, OutputError
+from cxrtriage.errors import ConfigError, CxrTriageError, OutputError
 from cxrtriage.model import Classifier, load_classifier
 from cxrtriage.outdir import describe_run, lock_output, output_marker
 from cxrtriage.pipeline.config import PredictConfig, auto_workers, in_flight_window
@@ -55,6 +55,8 @@ from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
 from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
 from cxrtriage.pipeline.startup import prestart
+from cxrtriage.report.folder import clear_reports, other_entries, read_record
+from cxrtriage.report.header import study_slug
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
@@ -62,6 +64,7 @@ from cxrtriage.results import (
     ImageRecord,
     ResultsWriter,
     Status,
+    read_results_dir,
     result_columns,
     utc_now,
     write_run_json,
@@ -146,12 +149,16 @@ def earlier_run(out_dir: Path, unfinished: dict[str, object] | None) -> str | No
 
 def clear_earlier_run(out_dir: Path) -> None:
     """Remove what an earlier predict run wrote into ``out_dir`` (its files, their partial versions, its artefact
-    folders), so that the new run replaces it as a whole. ``masks/`` stays when a ``segment`` run owns it too."""
+    folders), so that the new run replaces it as a whole. ``masks/`` stays when a ``segment`` run owns it too, and
+    ``report/`` loses only the report writer's files (`_clear_earlier_reports`)."""
     try:
         names = set(os.listdir(out_dir))
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot list the output folder ({exc.strerror or exc})") from exc
-    folders = [f for f in RUN_FOLDERS if not (f == "masks" and "segment.csv" in names)]
+    folders = [f for f in RUN_FOLDERS if not (f == "masks" and "segment.csv" in names)
+               and not (f == "report" and _is_real_dir(out_dir / f))]
+    if "report" in names and "report" not in folders:
+        _clear_earlier_reports(out_dir)  # before the results that name its studies are removed
     try:
         for name in RUN_FILES:
             for n in (name, name + ".partial"):
@@ -166,6 +173,38 @@ def clear_earlier_run(out_dir: Path) -> None:
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot remove the results of the earlier run ({exc.strerror or exc}); remove "
                           "them yourself or choose another --out") from exc
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _clear_earlier_reports(out_dir: Path) -> None:
+    """Remove the earlier run's reports from ``out_dir/report``, and the folder when nothing else is left in it.
+
+    Why not the whole folder, as the other artefact folders: the README tells users to keep and share ``report/``,
+    and `cxrtriage report` never removes a file there that its writer did not write (`cxrtriage.report.folder`);
+    predict replacing an earlier run must not be the one command that loses a user's notes kept beside the pages.
+    The writer's pages are known by their study slugs: those of the earlier results' studies, and the record's.
+    """
+    report_dir = out_dir / "report"
+    try:
+        keys = {r.study for r in read_results_dir(out_dir).records}
+    except (CxrTriageError, OSError, ValueError):  # no readable results: the record and the pseudonyms' form remain
+        keys = set()
+    record = read_record(report_dir)
+    slugs = {study_slug(k, deidentified=False) for k in keys} | (record.studies if record else set())
+    clear_reports(report_dir, slugs)
+    left = other_entries(report_dir, slugs)
+    if not left:
+        try:
+            report_dir.rmdir()
+        except OSError as exc:
+            raise OutputError(f"{report_dir}: cannot remove the report folder of the earlier run "
+                              f"({exc.strerror or exc}); remove it yourself or choose another --out") from exc
+        return
+    log.warning("%s: the earlier run's reports were removed; %d file(s) or folder(s) that cxrtriage did not write "
+                "stay (%s)", report_dir, len(left), ", ".join(p.name for p in left[:3]) + (", ..." if len(left) > 3 else ""))
 
 
 def _journal_for(config: PredictConfig, fingerprint: dict[str, Any], unfinished: dict[str, object] | None) -> Journal | None:

@@ -252,3 +252,29 @@ def test_real_models_on_sample_and_nih_images(shared_data: Path, repo_root: Path
     run = json.loads((out / "run.json").read_text())
     assert run["segmenter"]["name"] == "lung-segmenter" and run["model"]["name"] == "cxr-classifier"
     assert run["policy"]["not_covered_by_model"] == ["pneumothorax", "edema"]
+
+
+def test_a_new_run_removes_the_earlier_reports_but_not_the_users_files_beside_them(
+        scans: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+    """As `cxrtriage report` does: the README tells users to keep report/, so a file of theirs there outlives a run."""
+    out = tmp_path / "out"
+    code, output = _invoke(*_base(scans, out, models, "--report", "--no-lungs", "--no-pdf"))
+    assert code == 0, output
+    report = out / "report"
+    earlier = sorted(p.name for p in report.iterdir())
+    assert "index.html" in earlier and any(n.endswith(".html") and n != "index.html" for n in earlier), earlier
+    (report / "reading.html").write_text("the radiologist's own page")
+    (report / "mine").mkdir()
+    code, output = _invoke(*_base(scans / "p2", out, models))  # no --report now: nothing of the earlier pages stays
+    assert code == 0, output
+    assert sorted(p.name for p in report.iterdir()) == ["mine", "reading.html"]
+    assert (report / "reading.html").read_text() == "the radiologist's own page"
+    assert "reading.html" in _flat(output) and "didnotwrite" in _flat(output)
+
+    (report / "reading.html").unlink()
+    (report / "mine").rmdir()
+    code, output = _invoke(*_base(scans, out, models, "--report", "--no-lungs", "--no-pdf"))
+    assert code == 0, output
+    code, output = _invoke(*_base(scans / "p2", out, models))
+    assert code == 0, output
+    assert not report.exists()  # only the writer's files were there: the folder goes with them, as before

@@ -9,7 +9,7 @@ from cxrtriage.report.study import Heatmap, ImageResult, ResultsBundle
 
 SC_MAX_SIDE = 2048
 SC_MIN_SIDE = 768  # tiny images are upscaled so that the burned-in legend stays legible
-MAP_FLOOR = 0.2  # map values below this are not drawn (as in the explain overlays)
+MAP_FLOOR = imaging.MAP_FLOOR
 RED, GREEN, GREY, WHITE = (255, 80, 80), (120, 230, 120), (190, 190, 190), (235, 235, 235)
 AMBER = (255, 176, 0)  # a possible shortcut: most of the shown map's evidence lies outside the lungs
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 U8 = NDArray[np.uint8]
 # BGR→RGB is done at the edges; every array here is RGB uint8 [H, W, 3] or grey uint8 [H, W].
+# Map values below this are not drawn (as in the explain overlays): the SC and the report's map figures.
+MAP_FLOOR = 0.2
 MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255))
 
 
@@ -99,6 +101,20 @@ def heat_blend(base: U8, values: NDArray[np.float32], *, floor: float = 0.2, alp
     rgb = to_rgb(base).astype(np.float32)
     a = (alpha * np.clip((values - floor) / 0.1, 0.0, 1.0))[:, :, None]
     return _u8(np.clip(np.rint((1.0 - a) * rgb + a * turbo(values).astype(np.float32)), 0, 255))
+
+
+def with_colour_bar(rgb: U8, *, floor: float) -> U8:
+    """``rgb`` with a slim vertical 0..1 turbo bar at its right, 1 at the top (the part below ``floor``, which
+    `heat_blend` does not draw, dimmed). It holds no text: the report's caption says what it is, in type that scales."""
+    h, w = rgb.shape[:2]
+    gap, bar_w = max(3, w // 160), max(6, w // 40)
+    ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    bar = turbo(ramp).astype(np.float32)
+    bar[ramp < floor] *= 0.3
+    out = np.zeros((h, w + gap + bar_w, 3), dtype=np.uint8)
+    out[:, :w] = to_rgb(rgb)
+    out[:, w + gap:] = np.rint(bar).astype(np.uint8)
+    return out
 
 
 def to_rgb(img: U8) -> U8:

@@ -188,22 +188,33 @@ def render_study_pdf(view: StudyView) -> bytes:
     return bytes(pdf.output())
 
 
+def _text_height(pdf: _ReportPDF, width: float, line_h: float, text: str) -> float:
+    """How tall ``multi_cell`` would write ``text`` (left-aligned) in the current font."""
+    lines = pdf.multi_cell(width, line_h, text, align="L", dry_run=True, output="LINES")
+    assert isinstance(lines, list)
+    return len(lines) * line_h
+
+
 def _figures(pdf: _ReportPDF, figs: tuple[Figure, ...]) -> None:
-    """Figures three per row, 58 mm wide, with captions; a new page when a row does not fit."""
-    col_w, gap, per_row = 58.0, 3.0, 3
+    """Figures three per row, 58 mm wide, each with its whole caption below it; a new page when a row (pictures and
+    captions) does not fit. The row's height counts the longest caption, so no caption runs into the next row."""
+    col_w, gap, per_row, line_h = 58.0, 3.0, 3, 3.2
     for i in range(0, len(figs), per_row):
-        pair = figs[i:i + per_row]
-        heights = [col_w * f.height / max(f.width, 1) for f in pair]
+        row = figs[i:i + per_row]
+        heights = [col_w * f.height / max(f.width, 1) for f in row]
         row_h = min(max(heights), 80.0)
-        if pdf.get_y() + row_h + 10 > pdf.h - pdf.b_margin:
+        pdf.set_font(pdf.family, "", 7)
+        captions = [pdf.t(f.caption) for f in row]
+        caption_h = max(_text_height(pdf, col_w, line_h, c) for c in captions)
+        if pdf.get_y() + row_h + 1 + caption_h > pdf.h - pdf.b_margin:
             pdf.add_page()
+            pdf.set_font(pdf.family, "", 7)
         y0 = pdf.get_y()
-        for n, f in enumerate(pair):
+        for n, (f, caption) in enumerate(zip(row, captions, strict=True)):
             x = pdf.l_margin + n * (col_w + gap)
             w_img = col_w if heights[n] <= row_h else col_w * row_h / heights[n]
             pdf.image(io.BytesIO(f.data), x=x, y=y0, w=w_img)
             pdf.set_xy(x, y0 + min(heights[n], row_h) + 1)
-            pdf.set_font(pdf.family, "", 7)
-            pdf.multi_cell(col_w, 3.2, pdf.t(f.caption))
-        pdf.set_y(y0 + row_h + 9)
+            pdf.multi_cell(col_w, line_h, caption, align="L")
+        pdf.set_y(y0 + row_h + 1 + caption_h + 3)
         pdf.set_font(pdf.family, "", 9)

@@ -193,21 +193,44 @@ def _figure(caption: str, rgb: imaging.U8, file: str) -> Figure:
                   file=file)
 
 
-def heatmap_caption(hm: Heatmap, level: float = SHORTCUT_LEVEL) -> str:
-    """An overlay's caption: what the map is, and how much of its evidence lies outside the lungs."""
+def heatmap_caption(hm: Heatmap, level: float = SHORTCUT_LEVEL, finding: Finding | None = None, *,
+                    colour_bar: bool = False) -> str:
+    """A map figure's caption: what the map is, the finding's score against its threshold, how much of the evidence
+    lies outside the lungs, and (``colour_bar``: the figure drawn from the map itself) how to read the bar."""
     method = f" ({hm.method})" if hm.method else ""
-    text = f"Explanation map{method} for '{hm.label}': where the model's evidence was, not a lesion outline"
+    score = ""
+    if finding is not None and finding.score is not None:
+        score = f", score {finding.score:.3f}"
+        if finding.threshold is not None:
+            score += f" {'>=' if finding.score >= finding.threshold else '<'} threshold {finding.threshold:.3f}"
+    text = f"Explanation map{method} for '{hm.label}'{score}: where the model's evidence was, not a lesion outline"
     if hm.outside_lungs is not None:
         text += f"; {100 * hm.outside_lungs:.0f}% of it outside the lung fields"
         if hm.outside_lungs >= level:
             text += " - POSSIBLE SHORTCUT: the model may be using something other than the lungs"
+    if colour_bar:
+        text += (f". Bar at the right: relative evidence, 0 at the bottom (blue) to 1 at the top (red); the map is not "
+                 f"drawn below {imaging.MAP_FLOOR:g}")
     return text
+
+
+def _map_picture(base: imaging.U8, hm: Heatmap, mask: imaging.U8 | None, max_side: int) -> imaging.U8:
+    """The source picture with the map blended in from its ``.npy`` (colour map and floor as the explain overlays),
+    the lung outline and a colour bar: drawn at the size the report shows, so that nothing in it is shrunk text.
+    Why not predict's overlay picture: its text band and two panels, fitted into a report column, came out as 7 px
+    type; here the caption carries the words."""
+    assert hm.map_path is not None
+    rgb = imaging.heat_blend(base, imaging.read_map(hm.map_path, base.shape), floor=imaging.MAP_FLOOR)
+    if mask is not None:
+        rgb = imaging.draw_mask_outline(rgb, mask)
+    return imaging.fit(imaging.with_colour_bar(rgb, floor=imaging.MAP_FLOOR), max_side)
 
 
 def image_figures(img: ImageResult, sources: StudySources, *, max_side: int = FIGURE_MAX_SIDE,
                   stem: str = "figure", shortcut_level: float = SHORTCUT_LEVEL,
                   ) -> tuple[tuple[Figure, ...], tuple[str, ...]]:
-    """The source image (with the lung outline when a mask exists) and each overlay, plus problems met.
+    """The source image (with the lung outline when a mask exists) and each map: drawn from its ``.npy`` on the
+    source image (`_map_picture`), else predict's overlay picture as it is; plus problems met.
 
     Figure ``k`` (from 1) is to be written as ``<stem>-<k>.jpg``.
     """
@@ -216,23 +239,37 @@ def image_figures(img: ImageResult, sources: StudySources, *, max_side: int = FI
         base = sources.picture(img)
     except Exception as exc:
         return (), (f"image not shown: {exc}",)
+    small = imaging.fit(base, max_side)
     rgb = imaging.to_rgb(base)
     caption = "Source image"
+    mask: imaging.U8 | None = None
     if img.mask_path is not None:
         try:
+            mask = read_mask(img.mask_path, small.shape)
             rgb = imaging.draw_mask_outline(rgb, read_mask(img.mask_path, base.shape))
             caption = "Source image with the lung segmentation outline"
         except Exception as exc:
             problems.append(f"lung mask not shown: {exc}")
     figures = [_figure(caption, imaging.fit(rgb, max_side), f"{stem}-1.jpg")]
+    findings = {f.label: f for f in img.findings}
     for hm in _primary_heatmap_first(img):
+        file = f"{stem}-{len(figures) + 1}.jpg"
+        if hm.map_path is not None:
+            try:
+                picture = _map_picture(small, hm, mask, max_side)
+            except Exception as exc:
+                problems.append(f"map for {hm.label} drawn by predict instead: {exc}")
+            else:
+                caption = heatmap_caption(hm, shortcut_level, findings.get(hm.label), colour_bar=True)
+                figures.append(_figure(caption, picture, file))
+                continue
         try:
             ov = imaging.read_png_rgb(hm.path)
         except Exception as exc:
             problems.append(f"overlay for {hm.label} not shown: {exc}")
             continue
-        figures.append(_figure(heatmap_caption(hm, shortcut_level), imaging.fit(ov, max_side),
-                               f"{stem}-{len(figures) + 1}.jpg"))
+        figures.append(_figure(heatmap_caption(hm, shortcut_level, findings.get(hm.label)), imaging.fit(ov, max_side),
+                               file))
     return tuple(figures), tuple(problems)
 
 

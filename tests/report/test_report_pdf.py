@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from report_fixtures import make_results, require_tool
 
@@ -69,3 +70,27 @@ def test_non_latin1_text_is_safe_with_either_font(bundle, tmp_path: Path, monkey
 def test_latin1_helper() -> None:
     assert pdf_mod.latin1("Café – “x” ≥ 1 … 山") == 'Café - "x" >= 1 ... ?'
     assert DISCLAIMER.startswith("Decision support only; not a diagnosis; a qualified clinician must review")
+
+
+def test_a_row_of_figures_ends_below_its_longest_caption() -> None:
+    """The captions ran into the next row and the findings table: the row's height counted about two lines."""
+    from cxrtriage.report.imaging import jpeg_bytes
+    from cxrtriage.report.view import Figure
+
+    data = jpeg_bytes(np.full((100, 80, 3), 128, np.uint8))
+    long = "Explanation map (gradcam) for 'consolidation', score 0.117 >= threshold 0.080: " * 4
+    figs = (Figure("short", data, 80, 100, "a.jpg"), Figure(long, data, 80, 100, "b.jpg"))
+    doc = pdf_mod._ReportPDF(DISCLAIMER, None)
+    doc.add_page()
+    y0 = doc.get_y()
+    pdf_mod._figures(doc, figs)
+    doc.set_font(doc.family, "", 7)
+    lines = doc.multi_cell(58.0, 3.2, doc.t(long), align="L", dry_run=True, output="LINES")
+    assert isinstance(lines, list) and len(lines) >= 6
+    assert doc.get_y() >= y0 + 58.0 * 100 / 80 + 1 + len(lines) * 3.2
+    assert doc.page == 1
+    many = figs * 6  # four rows of tall captions: the rows that do not fit go to the next page, whole
+    doc2 = pdf_mod._ReportPDF(DISCLAIMER, None)
+    doc2.add_page()
+    pdf_mod._figures(doc2, many)
+    assert doc2.page >= 2 and doc2.get_y() <= doc2.h - doc2.b_margin

@@ -205,7 +205,7 @@ def heatmap_caption(hm: Heatmap, level: float = SHORTCUT_LEVEL, finding: Finding
             score += f" {'>=' if finding.score >= finding.threshold else '<'} threshold {finding.threshold:.3f}"
     text = f"Explanation map{method} for '{hm.label}'{score}: where the model's evidence was, not a lesion outline"
     if hm.outside_lungs is not None:
-        text += f"; {100 * hm.outside_lungs:.0f}% of it outside the lung fields"
+        text += f"; {100 * hm.outside_lungs:.0f}% of it outside the lung fields (lungs and mediastinum)"
         if hm.outside_lungs >= level:
             text += " - POSSIBLE SHORTCUT: the model may be using something other than the lungs"
     if colour_bar:

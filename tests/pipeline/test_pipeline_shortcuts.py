@@ -91,7 +91,7 @@ def test_gating_stays_available_and_the_report_and_capture_say_possible_shortcut
     (html,) = [p for p in (out / "report").glob("*.html") if p.name != "index.html"]
     text = html.read_text()
     assert "possible shortcut: evidence outside the lung fields for" in text
-    assert "97% of it outside the lung fields - POSSIBLE SHORTCUT" in text
+    assert "97% of it outside the lung fields (lungs and mediastinum) - POSSIBLE SHORTCUT" in text
     bundle = load_results(out)
     (img,) = bundle.images
     lines = legend_lines(img, bundle, None, drawn_map=False, mask_values=[], mask_names=())

@@ -55,8 +55,7 @@ from cxrtriage.pipeline.provenance import run_record
 from cxrtriage.pipeline.reports import report_destination, run_reports
 from cxrtriage.pipeline.scoring import build_hooks, extra_recipes, pixel_needs, run_fingerprint, score_batch, unscored
 from cxrtriage.pipeline.startup import prestart
-from cxrtriage.report.folder import clear_reports, other_entries, read_record
-from cxrtriage.report.header import study_slug
+from cxrtriage.report.folder import clear_reports, identified_slug, other_entries, read_record
 from cxrtriage.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
@@ -193,7 +192,7 @@ def _clear_earlier_reports(out_dir: Path) -> None:
     except (CxrTriageError, OSError, ValueError):  # no readable results: the record and the pseudonyms' form remain
         keys = set()
     record = read_record(report_dir)
-    slugs = {study_slug(k, deidentified=False) for k in keys} | (record.studies if record else set())
+    slugs = {identified_slug(k) for k in keys} | (record.studies if record else set())
     clear_reports(report_dir, slugs)
     left = other_entries(report_dir, slugs)
     if not left:

@@ -12,6 +12,7 @@ Only files named as the writer names them are ever removed: a file of the user's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from cxrtriage import __version__
 from cxrtriage.errors import OutputError
-from cxrtriage.files import PARTIAL_SUFFIX, atomic_write
+from cxrtriage.files import PARTIAL_SUFFIX, atomic_write, safe_component, text_bytes
 
 INDEX_NAME = "index.html"
 # The index's machine-readable companion, written last. It holds no patient data (a de-identified folder's record
@@ -36,6 +37,26 @@ _STUDY_FILE = re.compile(r"(?P<slug>.+?)(?:\.html|\.pdf|-image[0-9]+-[0-9]+\.jpg
 _PSEUDONYMOUS_SLUG = re.compile(r"study-[0-9A-F]{10}")
 # `study.load_results` makes two studies that share a slug unique with "-1", "-2", ...
 _DUPLICATE_SUFFIX = re.compile(r"-[0-9]+$")
+
+
+# A UID-shaped study key is its own slug: digits in dot-separated components, so never "." or ".." (PS3.5 9.1
+# also bars leading zeros; real UIDs have them now and then, and they are harmless in a file name).
+_UID_SLUG = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def identified_slug(key: str) -> str:
+    """A study's slug when not de-identified (`cxrtriage.report.header.study_slug`): here, without pydicom, because
+    predict names the writer's files of an earlier run by it and a plain predict imports no report writer.
+
+    A UID-shaped key (``1.2.840...``, at most 64 characters) is used as it is; any other key (``..``, a folder
+    path, a formula) gives its last path component made safe and a hash of the whole key, so a slug is never
+    ``.``, ``..``, empty or holds a separator.
+    """
+    if len(key) <= 64 and _UID_SLUG.fullmatch(key):
+        return key
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).name or key).strip("._")[:40] or "study"
+    digest = hashlib.sha256(text_bytes(key)).hexdigest()[:8]
+    return safe_component(f"{base}-{digest}", fallback=f"study-{digest}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from cxrtriage.files import safe_component, text_bytes
+from cxrtriage.report.folder import identified_slug
 from cxrtriage.report.pseudonym import pseudonym, pseudonym_key, pseudonym_uid
 from cxrtriage.results import clean_text
 
@@ -109,11 +107,6 @@ def deidentify(header: PatientHeader, study_key: str, *, key: bytes | None = Non
     )
 
 
-# A UID-shaped study key is its own slug: digits in dot-separated components, so never "." or ".." (PS3.5 9.1
-# also bars leading zeros; real UIDs have them now and then, and they are harmless in a file name).
-_UID_SLUG = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-
-
 def study_slug(key: str, *, deidentified: bool) -> str:
     """A filesystem-safe, stable folder/file name for a study (a pseudonym when de-identified).
 
@@ -123,8 +116,4 @@ def study_slug(key: str, *, deidentified: bool) -> str:
     """
     if deidentified:
         return pseudonym("study:" + key, prefix="study-")
-    if len(key) <= 64 and _UID_SLUG.fullmatch(key):
-        return key
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).name or key).strip("._")[:40] or "study"
-    digest = hashlib.sha256(text_bytes(key)).hexdigest()[:8]
-    return safe_component(f"{base}-{digest}", fallback=f"study-{digest}")
+    return identified_slug(key)

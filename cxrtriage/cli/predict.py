@@ -278,7 +278,7 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[
     t.add_row("files", str(s.total))
     t.add_row("segmented" if segmenting else "scored", f"[green]{s.scored}[/]")
     t.add_row("excluded", f"[yellow]{s.excluded}[/]" if s.excluded else "0")
-    t.add_row("failed", f"[red]{s.failed}[/]" if s.failed else "0")
+    t.add_row("failed", failed_cell(s.failed, s.failures, s.results_csv if hasattr(s, "results_csv") else s.segment_csv))
     t.add_row("time", f"{s.seconds:.1f} s (the whole run: model loading, decoding, writing"
                       + (")" if segmenting else " and reports)"))
     t.add_row("throughput", f"{s.images_per_s:.1f} images/s {'segmented' if segmenting else 'scored'} over that time")
@@ -287,6 +287,22 @@ def summary_table(s: PredictSummary | SegmentSummary, title: str, written: list[
         t.add_row(key, value)
     t.add_row("written", "\n".join(str(p) for p in written))
     return t
+
+
+def failed_cell(n: int, failures: Sequence[tuple[str, str]], table: Path) -> str:
+    """The summary's 'failed' cell: the count, the first failed inputs with their reasons, and where the rest are."""
+    from rich.markup import escape
+
+    if not n:
+        return "0"
+    lines = [f"[red]{n}[/]"] + [f"{escape(path)}: {escape(reason)}" for path, reason in failures]
+    more = n - len(failures)
+    where = f"the 'reason' column of {table.name}"
+    if not failures:  # a Ray run counts them only
+        lines.append(f"(which, and why: {where})")
+    else:
+        lines.append(f"and {more} more: {where}" if more > 0 else f"(also in {where})")
+    return "\n".join(lines)
 
 
 def written_paths(s: PredictSummary) -> list[Path]:

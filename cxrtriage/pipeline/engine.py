@@ -29,13 +29,20 @@ class ProgressUpdate:
 class ProgressCounter:
     """Counts records by status and reports each one to an optional callback."""
 
+    # Failed inputs named in the summary: enough to see what went wrong without opening the results; the rest are
+    # in the results' reason column.
+    FAILURES_KEPT = 3
+
     def __init__(self, callback: Callable[[ProgressUpdate], None] | None) -> None:
         self.callback = callback
         self.t0 = time.perf_counter()
         self.counts: Counter[Status] = Counter(dict.fromkeys(Status, 0))
+        self.failures: list[tuple[str, str]] = []  # (path, reason) of the first failed inputs
 
-    def add(self, status: Status) -> None:
+    def add(self, status: Status, path: str = "", reason: str | None = None) -> None:
         self.counts[status] += 1
+        if status is Status.FAILED and len(self.failures) < self.FAILURES_KEPT:
+            self.failures.append((path, reason or "no reason recorded"))
         if self.callback is not None:
             c = self.counts
             self.callback(ProgressUpdate(c.total(), c[Status.SCORED], c[Status.EXCLUDED], c[Status.FAILED],
@@ -111,11 +118,11 @@ def write_in_batches(
         for d in pending:
             if isinstance(d, Finished):
                 writer.write_row(d.row)
-                counter.add(d.status)
+                counter.add(d.status, d.path, str(d.row.get("reason") or "") or None)
                 continue
             record = next(done) if d.ok else unreadable(d)
             written.append((record, writer.write(record)))
-            counter.add(record.status)
+            counter.add(record.status, record.path, record.reason)
         writer.flush()
         pending.clear()
         if on_written is not None and written:

@@ -301,7 +301,7 @@ def _score_all(config: PredictConfig, model: Classifier, hooks: list[PredictHook
         seconds=time.perf_counter() - t0, results_csv=writer.csv_path,
         results_jsonl=writer.jsonl_path or writer.csv_path,
         model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
-        resumed=resumed,
+        resumed=resumed, failures=tuple(counter.failures),
     )
     outcomes = {hook.name: hook.on_finish(ctx, summary) for hook in hooks}
     counts = {"files": summary.total, "scored": summary.scored, "excluded": summary.excluded, "failed": summary.failed}

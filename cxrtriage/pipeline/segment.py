@@ -42,6 +42,7 @@ class SegmentSummary:
     model_name: str
     model_version: str
     device: str
+    failures: tuple[tuple[str, str], ...] = ()  # (path, reason) of the first failed inputs (`ProgressCounter`)
 
     @property
     def images_per_s(self) -> float:
@@ -105,4 +106,5 @@ def _run_segment(
         total=writer.rows_written, scored=c[Status.SCORED], excluded=c[Status.EXCLUDED], failed=c[Status.FAILED],
         seconds=time.perf_counter() - t0, segment_csv=writer.csv_path, masks_dir=out_dir / MASKS_DIR,
         model_name=model.manifest.name, model_version=model.manifest.version, device=model.session.device.value,
+        failures=tuple(counter.failures),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,3 +192,26 @@ def test_out_equal_to_an_input_folder_is_refused(tmp_path: Path, models: tuple[P
     code, output = _invoke("predict", str(tmp_path / "d"), "--out", str(tmp_path / "d"), "-m", str(models[0]))
     assert code == 4 and "also an INPUT folder" in output
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["scan.png"]  # nothing written, not even the lock
+
+
+def test_the_summary_names_the_first_failed_inputs_and_where_the_rest_are(tmp_path: Path,
+                                                                          models: tuple[Path, Path]) -> None:
+    """'failed 5' alone sent a new user to the results table to find which files and why."""
+    d = tmp_path / "d"
+    _png(d / "a.png", 0)
+    for i in range(5):
+        (d / f"bad{i}.dcm").write_text(f"an error page {i}")
+    out = tmp_path / "out"
+    code, output = _invoke("predict", str(d), "--out", str(out), "-m", str(models[0]), "-w", "0")
+    assert code == 0, output
+    said = re.sub(r"[\s│]+", "", output)  # a long path folds across the table's lines
+    reasons = {Path(r["path"]).name: r["reason"] for r in _rows(out) if r["status"] == "failed"}
+    assert len(reasons) == 5
+    named = [n for n in sorted(reasons) if f"{d / n}:notanimagefile" in said]
+    assert len(named) == 3  # the first three, each with its reason; the rest are counted
+    assert "and2more:the'reason'columnofresults.csv" in said
+    code, output = _invoke("segment", str(d / "bad0.dcm"), str(d / "a.png"), "--out", str(tmp_path / "seg"), "-m",
+                           str(models[1]), "-w", "0")
+    assert code == 0, output
+    said = re.sub(r"[\s│]+", "", output)  # a long path folds across the table's lines
+    assert f"{d / 'bad0.dcm'}:notanimagefile" in said and "(alsointhe'reason'columnofsegment.csv)" in said

@@ -107,6 +107,7 @@ class PredictSummary:
     run: RunRecord | None = None  # what run.json holds
     report: ReportOutcome | None = None
     resumed: int = 0  # rows taken from the journal of an earlier run (``--resume``), not scored again
+    failures: tuple[tuple[str, str], ...] = ()  # (path, reason) of the first failed inputs (`ProgressCounter`)
 
     @property
     def images_per_s(self) -> float:

@@ -279,3 +279,19 @@ def block_means(a: np.ndarray, scale: int) -> np.ndarray:
     r, c = np.arange(0, a.shape[0], scale), np.arange(0, a.shape[1], scale)
     sums = np.add.reduceat(np.add.reduceat(a.astype(np.float64), r, axis=0), c, axis=1)
     return sums / np.outer(np.diff(np.append(r, a.shape[0])), np.diff(np.append(c, a.shape[1])))
+
+
+def require_tool(name: str) -> str:
+    """Path of an external validator; skips the test when absent, fails under CXRTRIAGE_REQUIRE_DATA=1."""
+    import os
+    import shutil
+
+    import pytest
+
+    found = shutil.which(name)
+    if found:
+        return found
+    msg = f"{name} is not installed (Debian: dicom3tools / chromium / poppler-utils; scripts/dev-setup.sh installs them)"
+    if os.environ.get("CXRTRIAGE_REQUIRE_DATA", "") == "1":
+        pytest.fail(msg + " and CXRTRIAGE_REQUIRE_DATA=1 is set")
+    pytest.skip(msg)

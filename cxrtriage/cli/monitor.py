@@ -38,11 +38,21 @@ def _render(report: MonitorReport) -> None:
 
     console.print(f"[bold]{report.model}[/]: {report.slices[0].rows} rows ({report.slices[0].scored} scored) "
                   f"against {report.reference.name}", highlight=False)
-    t = Table(title="Drift per slice (PSI against the reference; red: alert, yellow: warn; n=: too few to judge)",
-              title_justify="left")
-    for col in ("slice", "rows", "scored", "largest score PSI", "priority", "quality", "status", "excluded",
-                "composition", "level"):
-        t.add_column(col, justify="left" if col in ("slice", "largest score PSI", "level") else "right")
+    # Ten columns in 80: short headers (named in the title), numbers never folded, words folded at word breaks; the
+    # long headers left every cell of a 80-column terminal as "scor…", "prio…".
+    narrow = console.width < 130
+    headers = (("slice", "rows", "scored", "score PSI", "prio", "qual", "status", "excl", "who", "level") if narrow
+               else ("slice", "rows", "scored", "largest score PSI", "priority", "quality", "status", "excluded",
+                     "composition", "level"))
+    title = "Drift per slice (PSI against the reference; red: alert, yellow: warn; n=: too few to judge)"
+    if narrow:
+        title += ("; score PSI: the largest of the labels' scores; prio/qual/excl: priority, quality-check and "
+                  "exclusion mix; who: the largest of the composition metrics (age band, sex, view, device...)")
+    t = Table(title=title, title_justify="left", padding=(0, 1 if not narrow else 0))
+    for n, col in enumerate(headers):
+        words = n in (0, 3, 8)
+        t.add_column(col, justify="left" if words or n == 9 else "right", no_wrap=not words,
+                     overflow="fold" if words else "ellipsis", min_width=10 if n == 0 else None)
     # Slices with nothing to judge (a handful of excluded files from odd devices or dates) would bury the ones that
     # matter: the table names them in one line; JSON and HTML keep every slice.
     unjudged = [s for s in report.slices if s.level == "too few" and s.dimension != "all"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import edit_manifest, make_tiny_classifier, write_dicom
+from factories import edit_manifest, make_tiny_classifier, require_tool, write_dicom
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app
@@ -150,3 +150,37 @@ def test_options_are_checked() -> None:
         MonitorConfig(results=(Path("x"),), reference=("model", "y"))
     res = runner.invoke(app, ["monitor", "/nonexistent/results"])
     assert res.exit_code == 2 and "results file not found" in res.output
+
+
+def test_the_drift_table_is_readable_in_80_columns(setup: dict[str, Path]) -> None:
+    """Ten columns with long headers left every cell of an 80-column terminal as 'scor…', 'prio…'."""
+    res = runner.invoke(app, ["monitor", str(setup["same"]), str(setup["noisy"]), "--reference", str(setup["ref"]),
+                              "--model", str(setup["model"])], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    header = next(line for line in res.output.splitlines() if "slice" in line and "rows" in line)
+    for name in ("scored", "score PSI", "prio", "qual", "status", "excl", "who", "level"):
+        assert name in header, header
+    assert "who: the largest of the composition metrics" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_the_html_page_fits_a_narrow_window(setup: dict[str, Path], tmp_path: Path) -> None:
+    """The PSI-per-slice table (one column per label and category metric) scrolls in its own box; the page does not."""
+    import subprocess
+
+    page = tmp_path / "m.html"
+    res = runner.invoke(app, ["monitor", str(setup["same"]), str(setup["noisy"]), "--reference", str(setup["ref"]),
+                              "--model", str(setup["model"]), "--html", str(page)])
+    assert res.exit_code == 0, res.output
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", (
+        "<script>window.addEventListener('load',()=>{const d=document.documentElement,w=document.querySelector('.wide');"
+        "document.body.setAttribute('data-fit',(d.scrollWidth<=window.innerWidth)+'/'+(w.scrollWidth>w.clientWidth));"
+        "});</script></body>")))
+    cmd = [require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=700,900", "--virtual-time-budget=3000",
+           "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'data-fit="true/true"' in dom, dom[-300:]  # the page fits; the wide table scrolls inside its box

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from factories import edit_manifest, make_tiny_classifier, write_dicom
+from factories import edit_manifest, make_tiny_classifier, require_tool, write_dicom
 
 from cxrtriage.model.manifest import load_manifest
 from cxrtriage.results import (
@@ -208,20 +208,6 @@ def make_results(
     return out
 
 
-def require_tool(name: str) -> str:
-    """Path of an external validator; skips the test when absent, fails under CXRTRIAGE_REQUIRE_DATA=1."""
-    import os
-    import shutil
-
-    import pytest
-
-    found = shutil.which(name)
-    if found:
-        return found
-    msg = f"{name} is not installed (Debian: dicom3tools / chromium / poppler-utils; scripts/dev-setup.sh installs them)"
-    if os.environ.get("CXRTRIAGE_REQUIRE_DATA", "") == "1":
-        pytest.fail(msg + " and CXRTRIAGE_REQUIRE_DATA=1 is set")
-    pytest.skip(msg)
 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:

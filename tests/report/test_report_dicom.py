@@ -11,7 +11,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from report_fixtures import LABELS, SEGMENTER_SEAL, dciodvfy, make_results, require_tool
+from factories import require_tool
+from report_fixtures import LABELS, SEGMENTER_SEAL, dciodvfy, make_results
 
 from cxrtriage.model.manifest import load_manifest
 from cxrtriage.report.batch import ReportSummary, build_reports

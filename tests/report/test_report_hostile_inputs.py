@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from factories import make_tiny_classifier, make_tiny_segmenter, write_dicom, write_textured_png
-from report_fixtures import dciodvfy, require_tool
+from factories import make_tiny_classifier, make_tiny_segmenter, require_tool, write_dicom, write_textured_png
+from report_fixtures import dciodvfy
 from typer.testing import CliRunner
 
 from cxrtriage.cli.app import app

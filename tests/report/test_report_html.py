@@ -10,7 +10,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from report_fixtures import LABELS, make_results, require_tool
+from factories import require_tool
+from report_fixtures import LABELS, make_results
 
 from cxrtriage.report.batch import ReportSummary, build_reports
 from cxrtriage.report.view import DISCLAIMER

@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from report_fixtures import make_results, require_tool
+from factories import require_tool
+from report_fixtures import make_results
 
 from cxrtriage.report import pdf as pdf_mod
 from cxrtriage.report.sources import StudySources

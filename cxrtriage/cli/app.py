@@ -89,11 +89,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
 ) -> None:
-    from rich.logging import RichHandler
+    from cxrtriage.cli.render import ConsoleLogHandler
 
-    from cxrtriage.cli.render import err_console
-
-    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    handler = ConsoleLogHandler()
     handler.addFilter(DicomLibraryFilter())
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

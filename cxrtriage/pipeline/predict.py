@@ -193,7 +193,7 @@ def _clear_earlier_reports(out_dir: Path) -> None:
         keys = set()
     record = read_record(report_dir)
     slugs = {identified_slug(k) for k in keys} | (record.studies if record else set())
-    clear_reports(report_dir, slugs)
+    removed = clear_reports(report_dir, slugs)
     left = other_entries(report_dir, slugs)
     if not left:
         try:
@@ -202,8 +202,12 @@ def _clear_earlier_reports(out_dir: Path) -> None:
             raise OutputError(f"{report_dir}: cannot remove the report folder of the earlier run "
                               f"({exc.strerror or exc}); remove it yourself or choose another --out") from exc
         return
-    log.warning("%s: the earlier run's reports were removed; %d file(s) or folder(s) that cxrtriage did not write "
-                "stay (%s)", report_dir, len(left), ", ".join(p.name for p in left[:3]) + (", ..." if len(left) > 3 else ""))
+    kept = ", ".join(p.name for p in left[:3]) + (", ..." if len(left) > 3 else "")
+    if removed:
+        log.warning("%s: the earlier run's reports were removed; %d file(s) or folder(s) that cxrtriage did not write "
+                    "stay (%s)", report_dir, len(left), kept)
+    else:  # only the user's own files: nothing of a run to say twice
+        log.info("%s: holds only file(s) or folder(s) that cxrtriage did not write (%s); they stay", report_dir, kept)
 
 
 def _journal_for(config: PredictConfig, fingerprint: dict[str, Any], unfinished: dict[str, object] | None) -> Journal | None:

@@ -150,6 +150,7 @@ def test_without_resume_an_earlier_run_is_replaced_as_a_whole_and_it_says_so(tmp
     said = " ".join(res.output.split())
     assert "did not finish (predict, pid 123 on h, since then)" in said and "replaces them as a whole" in said
     assert "add --resume" in said
+    assert f"warning: {out}: holds the results of an earlier run" in said and "WARNING" not in said  # one style
     assert not stale.exists()  # nothing of the earlier run is left to mix with this one
     assert len((out / "results.csv").read_text().splitlines()) == 2
 

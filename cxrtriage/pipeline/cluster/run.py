@@ -222,6 +222,26 @@ def _runtime_env() -> dict[str, Any]:
     return {"py_modules": [str(Path(cxrtriage.__file__).resolve().parent)], "excludes": ["__pycache__", "*.pyc"]}
 
 
+class _AuthNotice(logging.Filter):
+    """Drops Ray's notice that a new local instance uses token authentication (its default, and the safe choice):
+    a warning line with a link in every `--ray local` run, though nothing is wrong. Its warning that a cluster runs
+    *without* authentication still comes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextlib.contextmanager
+def _quiet_auth_notice() -> Iterator[None]:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _AuthNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 @contextlib.contextmanager
 def ray_session(address: str) -> Iterator[None]:
     """Connected to the Ray cluster at ``address`` for the block (``local``: a Ray instance started for it).
@@ -236,7 +256,8 @@ def ray_session(address: str) -> Iterator[None]:
     if address == "local":
         kwargs.update(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE)
     try:
-        ray.init(**kwargs)
+        with _quiet_auth_notice():
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"--ray {address}: cannot connect to a Ray cluster ({str(exc).strip()[:300]}); give the "
                            "head's HOST:PORT (see `ray status` on it), 'auto' on a node of the cluster, or 'local'") \

@@ -36,7 +36,7 @@ from cxrtriage.evaluate.metrics import (
 from cxrtriage.evaluate.study import TierResult, tier_result, tier_truth
 from cxrtriage.model.manifest import UNKNOWN_POPULATION, ModelManifest
 from cxrtriage.model.registry import manifest_for_results
-from cxrtriage.results import ImageRecord, ResultsTable, read_results
+from cxrtriage.results import ImageRecord, ResultsTable, read_results, recorded_manifest
 from cxrtriage.triage.policy import (
     TriagePolicy,
     decide_priority,
@@ -457,9 +457,10 @@ def calibrate_results(
             "`cxrtriage predict` run WITHOUT --site, so that the map starts from the model's own scores"
         )
     name, version, sha = results_identity(table_in, where=results)
+    seals = table_in.distinct("model_integrity")
     man: ModelManifest | None = None
     if model is not None:
-        man = manifest_for_results([name], [sha], model, where=results)
+        man = manifest_for_results([name], [sha], model, where=results, integrities=seals)
         if (man.name, man.version) != (name, version):  # same ONNX file, but the site file records name and version too
             raise ConfigError(
                 f"{results}: results come from model '{name}' {version} (sha256 {sha[:12]}…), not from --model "
@@ -467,7 +468,8 @@ def calibrate_results(
             )
     else:
         try:
-            man = manifest_for_results([name], [sha], None, where=results)
+            man = manifest_for_results([name], [sha], None, where=results, integrities=seals,
+                                       recorded=recorded_manifest(results))
         except (ConfigError, ModelError):
             man = None  # per-label calibration needs no model; the study level does (its validated labels, policy)
     pol = load_policy(policy, labels=man.labels if man is not None else None)

@@ -15,7 +15,7 @@ from cxrtriage.evaluate.runner import Evaluation, evaluate_results, evaluation_t
 from cxrtriage.files import atomic_write, safe_name
 from cxrtriage.model.manifest import ModelManifest
 from cxrtriage.model.registry import manifest_for_results
-from cxrtriage.results import read_results
+from cxrtriage.results import read_results, recorded_manifest
 from cxrtriage.triage.policy import TriagePolicy, covered_tiers, load_policy
 from cxrtriage.triage.site import site_for_results
 
@@ -109,7 +109,8 @@ def run_evaluate(config: EvaluateConfig, *, manifest: ModelManifest | None = Non
     results = read_results(config.results)
     check_inputs(config)  # before the model, site and policy are looked up (and say anything about themselves)
     found = manifest_for_results(results.distinct("model_name"), results.distinct("model_sha256"), config.model,
-                                 where=config.results)
+                                 where=config.results, integrities=results.distinct("model_integrity"),
+                                 recorded=recorded_manifest(config.results))
     if manifest is not None and manifest.sha256.lower() != found.sha256.lower():
         raise ConfigError(f"{config.results}: the manifest given for model '{manifest.name}' describes sha256 "
                           f"{manifest.sha256[:12]}…, not the model that produced the results ({found.sha256[:12]}…)")

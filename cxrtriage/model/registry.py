@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrtriage.errors import ConfigError, ModelError
+from cxrtriage.errors import ConfigError, CxrTriageError, ModelError
 from cxrtriage.model.manifest import ModelManifest, load_manifest
 
 DEFAULT_CLASSIFIER = "cxr-classifier"
@@ -190,30 +190,68 @@ def manifest_for_results(
     explicit: str | Path | None = None,
     *,
     where: str | Path,
+    integrities: Iterable[str | None] = (),
+    recorded: str | Path | None = None,
 ) -> ModelManifest:
-    """The manifest of the model that produced a set of results, checked against the sha256 they record.
+    """The manifest of the model that produced a set of results, checked against the sha256 they record and, when
+    they record one, the manifest's integrity (its seal).
+
+    Why the seal: a manifest edited and re-sealed since the results were made (``models validate``, new thresholds)
+    describes the same ONNX file but other thresholds, calibration and labels; evaluating the results against it
+    gives figures for operating points that did not decide them.
 
     Args:
         names: the ``model_name`` values found in the results (blanks and repeats are ignored).
         sha256s: the ``model_sha256`` values found in the results (blanks and repeats are ignored).
-        explicit: a model name or path the user gave (``--model``); else the one name in the results is looked up.
+        explicit: a model name or path the user gave (``--model``); else ``recorded``, then the one name in the
+            results, is looked up.
         where: the results, as named in error messages (e.g. the results.csv path).
+        integrities: the ``model_integrity`` values found in the results.
+        recorded: the manifest path the run recorded (run.json ``model.manifest``), tried first when it exists.
 
     Raises:
-        ConfigError: the results name several models, or none and ``explicit`` is None, or the manifest found
-            describes another ONNX file (sha256) than the one that produced the results.
+        ConfigError: the results name several models (or seals), or none and ``explicit`` is None, or the manifest
+            found describes another ONNX file (sha256) or carries another seal than the results record.
         ModelError: the model cannot be found or its manifest is invalid.
     """
-    names_, shas = _distinct(names), _distinct(sha256s)
+    names_, shas, seals = _distinct(names), _distinct(sha256s), _distinct(integrities)
     if len(names_) > 1 or len(shas) > 1:
         raise ConfigError(f"{where}: results come from several models ({names_ or shas}); evaluate one model at a time")
-    if explicit is None and not names_:
+    if len(seals) > 1:
+        raise ConfigError(f"{where}: results were scored with {len(seals)} differently sealed manifests of the model "
+                          f"({', '.join(s[:12] for s in seals)}: other thresholds or calibration); evaluate the "
+                          "results of one at a time")
+    if explicit is not None:
+        targets: list[str | Path] = [explicit]
+    else:
+        targets = [recorded] if recorded is not None and Path(recorded).is_file() else []
+        targets += names_[:1]
+    if not targets:
         raise ConfigError(f"{where}: results name no model (empty model_name); pass --model NAME_OR_PATH")
-    manifest = resolve_manifest(explicit if explicit is not None else names_[0])
+    first: CxrTriageError | None = None
+    for target in targets:
+        try:
+            manifest = resolve_manifest(target)
+        except ModelError as exc:
+            first = first or exc
+            continue
+        problem = _not_the_results_model(manifest, shas, seals, where)
+        if problem is None:
+            return manifest
+        first = first or ConfigError(problem)
+    assert first is not None
+    raise first
+
+
+def _not_the_results_model(manifest: ModelManifest, shas: list[str], seals: list[str], where: str | Path) -> str | None:
+    """Why ``manifest`` is not the one that produced the results (None when it is)."""
     if shas and shas[0].lower() != manifest.sha256.lower():
-        raise ConfigError(
-            f"{where}: results were produced by model sha256 {shas[0][:12]}…, but {manifest.path} describes sha256 "
-            f"{manifest.sha256[:12]}… (model '{manifest.name}' {manifest.version}); pass --model pointing at the model "
-            "that produced these results"
-        )
-    return manifest
+        return (f"{where}: results were produced by model sha256 {shas[0][:12]}…, but {manifest.path} describes sha256 "
+                f"{manifest.sha256[:12]}… (model '{manifest.name}' {manifest.version}); pass --model pointing at the "
+                "model that produced these results")
+    if seals and manifest.integrity and seals[0].lower() != manifest.integrity.lower():
+        return (f"{where}: results were scored with the manifest sealed {seals[0][:12]}…, but {manifest.path} "
+                f"('{manifest.name}' {manifest.version}) is sealed {manifest.short_integrity}: the same ONNX file with "
+                "other thresholds, calibration or labels (edited and re-sealed since, or another version of it); "
+                "pass --model pointing at the model folder that produced these results")
+    return None

@@ -17,7 +17,7 @@ from cxrtriage.monitor.html import render_html  # jinja2 and matplotlib are impo
 from cxrtriage.monitor.profile import profile_of
 from cxrtriage.monitor.reference import POPULATIONS, model_populations, model_reference
 from cxrtriage.monitor.report import MonitorReport
-from cxrtriage.results import RESULTS_CSV, RESULTS_JSONL, ImageRecord, ResultsTable, read_results
+from cxrtriage.results import RESULTS_CSV, RESULTS_JSONL, ImageRecord, ResultsTable, read_results, recorded_manifest
 
 MODEL_REFERENCE = "model"
 
@@ -104,7 +104,8 @@ def _manifest(records: Sequence[ImageRecord], explicit: str | None, where: Path)
     if len(shas) > 1:
         raise ConfigError(f"{where}: the results were scored by {len(shas)} different model files "
                           f"({', '.join(s[:12] for s in shas)}); monitor each model's results on their own")
-    return manifest_for_results(names, shas, explicit, where=where)
+    seals = sorted({r.model_integrity for r in records if r.model_integrity})
+    return manifest_for_results(names, shas, explicit, where=where, integrities=seals, recorded=recorded_manifest(where))
 
 
 def run_monitor(config: MonitorConfig) -> MonitorReport:

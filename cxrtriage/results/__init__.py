@@ -20,7 +20,16 @@ from cxrtriage.results.cells import (
 )
 from cxrtriage.results.lines import CsvLines, decode_record, write_csv_lines
 from cxrtriage.results.record import PRIORITY_LEVELS, ImageRecord, LabelArea, Priority, Status
-from cxrtriage.results.run import OPERATING_POINTS, RUN_JSON, ModelRef, RunRecord, read_run_json, utc_now, write_run_json
+from cxrtriage.results.run import (
+    OPERATING_POINTS,
+    RUN_JSON,
+    ModelRef,
+    RunRecord,
+    read_run_json,
+    recorded_manifest,
+    utc_now,
+    write_run_json,
+)
 from cxrtriage.results.table import (
     MODEL_SCORE_PREFIX,
     RESULTS_CSV,
@@ -79,6 +88,7 @@ __all__ = [
     "read_results",
     "read_results_dir",
     "read_run_json",
+    "recorded_manifest",
     "read_safe_csv",
     "result_columns",
     "score_column",

@@ -177,3 +177,20 @@ def read_run_json(results_dir: str | Path) -> RunRecord | None:
     if not isinstance(data, dict):
         raise InputError(f"{path}: run.json must hold a JSON object")
     return RunRecord.from_json(data, where=str(path))
+
+
+def recorded_manifest(results: str | Path) -> Path | None:
+    """The model manifest a run recorded in its ``run.json`` (``results``: the output folder or a results file in
+    it), when that file exists; None otherwise, or when run.json cannot be read (the caller then looks the model up
+    by name, and says so if that fails)."""
+    folder = Path(results) if Path(results).is_dir() else Path(results).parent
+    try:
+        run = read_run_json(folder)
+    except InputError:
+        return None
+    if run is None or not run.model.manifest:
+        return None
+    path = Path(run.model.manifest).expanduser()
+    path = path if path.is_absolute() else folder / path
+    return path if path.is_file() else None
+

@@ -152,3 +152,35 @@ def test_command_name_is_what_a_command_finds_the_model_by(mdir: Path, tmp_path:
     elsewhere = make_tiny_classifier(tmp_path / "elsewhere" / "mine", name="called-otherwise")
     assert command_name(load_manifest(elsewhere)) == str(elsewhere.parent)
     assert resolve_manifest_path(command_name(load_manifest(elsewhere))) == elsewhere
+
+
+def test_results_of_a_resealed_manifest_find_theirs_and_never_the_other_thresholds(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate/monitor/calibrate took the installed manifest by name and sha256 alone: results scored by a validated
+    copy (same ONNX file, new thresholds, new seal) were evaluated at the installed model's thresholds, silently."""
+    monkeypatch.setenv("CXRTRIAGE_MODELS_DIR", str(tmp_path / "models"))
+    installed = load_manifest(make_tiny_classifier(tmp_path / "models" / "tiny-classifier"))
+    shutil.copytree(installed.path.parent, tmp_path / "validated")
+    data = json.loads((tmp_path / "validated" / "manifest.json").read_text())
+    data["version"] = "0.0.1-validated"
+    data["thresholds"]["effusion"]["balanced"]["threshold"] = 0.45
+    validated = load_manifest(edit_manifest(tmp_path / "validated" / "manifest.json", data))
+    assert validated.sha256 == installed.sha256 and validated.integrity != installed.integrity
+    names, shas = ["tiny-classifier"], [installed.sha256]
+    # the manifest run.json recorded wins over the name; the installed one's seal is refused, naming what to do
+    assert manifest_for_results(names, shas, where="r.csv", integrities=[validated.integrity],
+                                recorded=validated.path).path == validated.path
+    with pytest.raises(ConfigError, match=rf"sealed {validated.integrity[:12]}.*{installed.path}.*0\.0\.1.*sealed "
+                                          rf"{installed.short_integrity}.*pass --model pointing at the model folder"):
+        manifest_for_results(names, shas, where="r.csv", integrities=[validated.integrity],
+                             recorded=tmp_path / "moved" / "manifest.json")
+    with pytest.raises(ConfigError, match="pass --model"):  # an explicit model is held to the seal too
+        manifest_for_results(names, shas, installed.path.parent, where="r.csv", integrities=[validated.integrity])
+    assert manifest_for_results(names, shas, validated.path.parent, where="r.csv",
+                                integrities=[validated.integrity]).path == validated.path
+    # a recorded manifest of another model is passed over for the one the name finds
+    other = load_manifest(make_tiny_classifier(tmp_path / "other", seed=5))
+    assert manifest_for_results(names, shas, where="r.csv", integrities=[installed.integrity],
+                                recorded=other.path).path == installed.path
+    with pytest.raises(ConfigError, match="2 differently sealed manifests"):
+        manifest_for_results(names, shas, where="r.csv", integrities=[installed.integrity, validated.integrity])

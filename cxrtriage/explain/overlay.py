@@ -128,6 +128,28 @@ def _font(px: int):  # type: ignore[no-untyped-def]
         return ImageFont.load_default()
 
 
+def _wrap(text: str, font, width: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """``text`` in lines that fit ``width`` pixels in ``font``, broken at spaces (a word longer than a line is cut
+    between characters). Why: on a small image (a 224 px Kermany chest) the canvas is narrower than the facts, and
+    the end of a line (the operating point, "POSSIBLE SHORTCUT", "reported only") fell off the picture."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if font.getlength(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while font.getlength(word) > width and len(word) > 1:
+            cut = max(1, next((i for i in range(len(word), 0, -1) if font.getlength(word[:i]) <= width), 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    lines.append(line)
+    return lines
+
+
 def _colour_bar(height: int, width: int, font_px: int, floor: float) -> UInt8Image:
     """Vertical 0..1 colour bar with ticks; the part below ``floor`` (not drawn on the map) is dimmed."""
     from PIL import Image, ImageDraw
@@ -198,26 +220,34 @@ def render_overlay(
     font_px = max(14, min(28, round(max(dh, 2 * dw) / 55)))
     gap = max(4, font_px // 2)
     bar = _colour_bar(dh, 5 * font_px, font_px, floor)
-    lines = text.lines()
-    band_h = (len(lines) + 1) * round(font_px * 1.35) + gap
-    foot_h = round(font_px * 1.8)
     total_w = dw * 2 + gap * 2 + bar.shape[1]
+    font, small = _font(font_px), _font(max(12, font_px - 3))
+    line_h, small_h = round(font_px * 1.35), round(max(12, font_px - 3) * 1.35)
+    width = total_w - 2 * gap
+    rows: list[tuple[str, tuple[int, int, int], bool]] = []  # (text, colour, small font)
+    for i, line in enumerate(text.lines()):
+        colour = (255, 255, 255) if i == 0 else (255, 165, 0) if SHORTCUT_MARK in line else (210, 210, 210)
+        rows += [(part, colour, False) for part in _wrap(line, font, width)]
+    legend = (f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
+              f"drawn where > {floor:g} (dimmed part of the bar)")
+    legend += "; white line: the lung fields." if outline is not None else "."
+    rows += [(part, (170, 170, 170), True) for part in _wrap(legend, small, width)]
+    band_h = sum(small_h if is_small else line_h for _, _, is_small in rows) + gap
+    footer = _wrap(DISCLAIMER, font, width)
+    foot_h = round(font_px * 1.8) + (len(footer) - 1) * line_h
     canvas = Image.new("RGB", (total_w, band_h + dh + foot_h), (0, 0, 0))
     canvas.paste(Image.fromarray(left), (0, band_h))
     canvas.paste(Image.fromarray(right), (dw + gap, band_h))
     canvas.paste(Image.fromarray(bar), (2 * dw + 2 * gap, band_h))
     draw = ImageDraw.Draw(canvas)
-    font = _font(font_px)
     y = gap // 2
-    for i, line in enumerate(lines):
-        colour = (255, 255, 255) if i == 0 else (255, 165, 0) if SHORTCUT_MARK in line else (210, 210, 210)
-        draw.text((gap, y), line, font=font, fill=colour)
-        y += round(font_px * 1.35)
-    legend = (f"Left: radiograph. Right: {text.method} map, relative evidence 0..1 (colour bar); "
-              f"drawn where > {floor:g} (dimmed part of the bar)")
-    legend += "; white line: the lung fields." if outline is not None else "."
-    draw.text((gap, y), legend, font=_font(max(12, font_px - 3)), fill=(170, 170, 170))
-    draw.text((gap, band_h + dh + (foot_h - font_px) // 2), DISCLAIMER, font=font, fill=(255, 215, 0))
+    for part, colour, is_small in rows:
+        draw.text((gap, y), part, font=small if is_small else font, fill=colour)
+        y += small_h if is_small else line_h
+    y = band_h + dh + (round(font_px * 1.8) - font_px) // 2
+    for part in footer:
+        draw.text((gap, y), part, font=font, fill=(255, 215, 0))
+        y += line_h
     return np.asarray(canvas)
 
 

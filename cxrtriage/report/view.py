@@ -203,6 +203,9 @@ def heatmap_caption(hm: Heatmap, level: float = SHORTCUT_LEVEL, finding: Finding
         score = f", score {finding.score:.3f}"
         if finding.threshold is not None:
             score += f" {'>=' if finding.score >= finding.threshold else '<'} threshold {finding.threshold:.3f}"
+        if finding.reported_only:  # as the overlay and the findings table say: no verdict for this population
+            who = f" for the {finding.population} population" if finding.population else ""
+            score += f" ({REPORTED_ONLY}: not validated{who}, it does not move the priority)"
     text = f"Explanation map{method} for '{hm.label}'{score}: where the model's evidence was, not a lesion outline"
     if hm.outside_lungs is not None:
         text += f"; {100 * hm.outside_lungs:.0f}% of it outside the lung fields (lungs and mediastinum)"

@@ -139,3 +139,26 @@ def test_write_overlays_names_files_and_skips_no_map(tiny: Classifier, tmp_path:
     assert [p.name for p in written] == [f"pat_1_img__{hm.label}__layercam.png"]
     assert written[0].is_file() and written[0].with_suffix(".npy").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written[0].name, written[0].with_suffix(".npy").name])
+
+
+def test_on_a_small_image_every_line_wraps_inside_the_picture(tiny: Classifier) -> None:
+    """A 224 px Kermany chest gave a ~530 px canvas, and the ends of the lines ("(Youden) operating point", "POSSIBLE
+    SHORTCUT", "does not move the priority") fell off it."""
+    import dataclasses
+
+    from cxrtriage.explain.overlay import _font, _wrap
+
+    img = _image(96, 80)
+    hm = _first_map(tiny, img)
+    text = overlay_text(tiny.manifest, hm)
+    notes = ("64% of the evidence lies outside the lung fields (lungs + mediastinum): POSSIBLE SHORTCUT (level 50%)",
+             "reported only: not validated for the pediatric population, so it does not move the priority")
+    text = dataclasses.replace(text, notes=notes)
+    rgb = render_overlay(img, hm, text, floor=0.2)
+    band = rgb[: rgb.shape[0] - 96 - 20]  # above the panels
+    assert band.max() > 100 and band[:, -3:].max() < 40  # text drawn, none of it against the right edge
+    font = _font(14)
+    for line in [*text.lines(), "Decision support only - not a diagnosis", "a-very-long-token-" * 6]:
+        parts = _wrap(line, font, 150)
+        assert all(font.getlength(p) <= 150 for p in parts), parts
+        assert "".join(parts).replace(" ", "") == line.replace(" ", "")  # nothing lost

@@ -78,3 +78,16 @@ def test_a_map_that_cannot_be_read_falls_back_to_the_overlay_and_says_so(bundle:
     figures, problems = image_figures(img2, StudySources(study), max_side=4096)
     assert len(figures) == 2 and "Bar at the right" not in figures[1].caption
     assert problems and f"map for {hm.label} drawn by predict instead" in problems[0] and "broken.npy" in problems[0]
+
+
+def test_a_caption_qualifies_a_finding_reported_only_as_the_overlay_and_the_table_do() -> None:
+    from cxrtriage.report.study import Finding, Heatmap
+    from cxrtriage.report.view import heatmap_caption
+
+    hm = Heatmap(label="mass", path=Path("m.jpg"), method="gradcam", outside_lungs=0.13)
+    only = Finding("mass", 0.604, 0.093, "balanced", decides=False, population="adult")
+    text = heatmap_caption(hm, finding=only, colour_bar=True)
+    assert ("'mass', score 0.604 >= threshold 0.093 (reported only: not validated for the adult population, it does "
+            "not move the priority)") in text
+    deciding = Finding("mass", 0.604, 0.093, "balanced", decides=True, population="adult")
+    assert "reported only" not in heatmap_caption(hm, finding=deciding)

@@ -29,30 +29,35 @@ def inspect(
     MONOCHROME1 inversion, VOI window, pixel spacing and its source, value range, notes) and whether it would be
     scored, excluded or failed, and why; and the image quality checks `predict` runs on it (a failed one makes a
     scored image not_assessed). Patient names and IDs are never shown."""
-    from cxrtriage.cli.render import console
-    from cxrtriage.errors import ModelError
+    from cxrtriage.cli.render import console, exit_on_error
+    from cxrtriage.errors import InputError, ModelError
     from cxrtriage.io import DEFAULT_RULES, discover, load_rules
     from cxrtriage.io.inspect import inspect_file
     from cxrtriage.measure.quality import image_checks
     from cxrtriage.model.registry import resolve_manifest
     from cxrtriage.preprocess import PixelNeeds
 
-    selection = load_rules(rules) if rules is not None else DEFAULT_RULES
-    try:  # what `predict` (without --heatmaps/--lungs) asks of the decoder: the classifier's input
-        needs: PixelNeeds | None = PixelNeeds((resolve_manifest(model).preprocessing,))
-    except ModelError as exc:
-        if model is not None:
-            raise
-        needs = None
-        console.print(f"[yellow]note:[/] default classifier not found ({exc}); decode for predict not shown")
-    for path in discover(paths):
-        report = inspect_file(path, selection, max_scale=needs, image_checks=lambda image: (
-            f"{c.name}: {'ok' if c.passed else 'FAILED'}" + ("" if c.passed else f" ({c.message})")
-            for c in image_checks(image)))
-        if as_json:
-            typer.echo(json.dumps(report.to_dict(), default=str))
-        else:
-            console.print(_render(report))
+    with exit_on_error():
+        selection = load_rules(rules) if rules is not None else DEFAULT_RULES
+        try:  # what `predict` (without --heatmaps/--lungs) asks of the decoder: the classifier's input
+            needs: PixelNeeds | None = PixelNeeds((resolve_manifest(model).preprocessing,))
+        except ModelError as exc:
+            if model is not None:
+                raise
+            needs = None
+            console.print(f"[yellow]note:[/] default classifier not found ({exc}); decode for predict not shown")
+        seen = 0
+        for path in discover(paths):
+            seen += 1
+            report = inspect_file(path, selection, max_scale=needs, image_checks=lambda image: (
+                f"{c.name}: {'ok' if c.passed else 'FAILED'}" + ("" if c.passed else f" ({c.message})")
+                for c in image_checks(image)))
+            if as_json:
+                typer.echo(json.dumps(report.to_dict(), default=str))
+            else:
+                console.print(_render(report))
+        if not seen:  # as predict, segment and explain say of the same folder
+            raise InputError(f"no input files found in {', '.join(str(p) for p in paths)}")
 
 
 _STATUS_STYLE = {"scored": "bold green", "excluded": "bold yellow", "failed": "bold red"}

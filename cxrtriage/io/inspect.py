@@ -100,7 +100,10 @@ def inspect_file(path: str | Path, rules: SelectionRules = DEFAULT_RULES, *,
     except InputError as exc:
         msg = str(exc)
         prefix = f"{pr.path}: "
-        return InspectReport(**base, read_error=msg[len(prefix):] if msg.startswith(prefix) else msg, notes=pr.notes)
+        error = msg[len(prefix):] if msg.startswith(prefix) else msg
+        if sel.status is Status.SCORED:  # predict reads it, fails, and says so: the decision is predict's
+            base.update(status=Status.FAILED, reason=error)
+        return InspectReport(**base, read_error=error, notes=pr.notes)
     checked: Image2D | None = image
     if max_scale is not None and sel.status is not Status.SCORED:  # predict never reads its pixels
         base["reduced_decode"] = f"not decoded: predict leaves this file out ({sel.status.value}, see decision)"

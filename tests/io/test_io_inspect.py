@@ -115,3 +115,23 @@ def test_cli_inspect_shows_which_quality_check_fails(tmp_path: Path) -> None:
     row = json.loads(result.output.strip())
     assert row["quality"][0].startswith("decoding: FAILED (damaged pixel data: ")
     assert row["quality"][1:] == ["size: ok", "dynamic_range: ok"]
+
+
+def test_a_file_predict_would_fail_reading_is_decided_failed_with_predicts_reason(tmp_path: Path) -> None:
+    """A truncated PNG: inspect said 'scored' beside its own read error, where predict gives the file a failed row."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    assert ok
+    path = tmp_path / "cut.png"
+    path.write_bytes(png.tobytes()[: len(png) // 2])
+    report = inspect_file(path)
+    assert report.status == "failed" and report.read_error and report.reason == report.read_error
+    assert "without its IEND chunk" in report.reason
+
+
+def test_cli_inspect_of_a_folder_with_no_file_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(app, ["inspect", *extra, str(tmp_path / "empty")])
+        assert result.exit_code == 2 and f"no input files found in {tmp_path / 'empty'}" in result.output, result.output

@@ -129,6 +129,12 @@ def check_replaceable(out_dir: Path, inputs: Sequence[Path]) -> None:
         names = set(os.listdir(out_dir))
     except OSError:  # no folder yet (or none to list): nothing of anyone's to replace
         return
+    # A file or link where a run writes a folder is nobody's run: predict makes folders there, never files or links.
+    odd = [n for n in RUN_FOLDERS if n in names and ((out_dir / n).is_symlink() or not (out_dir / n).is_dir())]
+    if odd:
+        raise ConfigError(f"{out_dir}: {', '.join(odd)} {'is a file or link' if len(odd) == 1 else 'are files or links'}"
+                          f" where predict writes {'its folder' if len(odd) == 1 else 'folders'} of that name: move "
+                          f"{'it' if len(odd) == 1 else 'them'} away, or choose another --out")
     present = [n for n in (*RUN_FILES, *RUN_FOLDERS) if n in names or n + ".partial" in names]
     if present and output_marker(out_dir, names) is None and journal_command(out_dir) is None:
         raise ConfigError(f"{out_dir}: holds {', '.join(present)}, which predict would replace with its own "

@@ -205,3 +205,20 @@ def test_predict_never_replaces_the_folder_of_a_node(tmp_path: Path, model: Path
     res = CliRunner().invoke(app, ["predict", str(inputs), "--out", str(out), "--model", str(model), "--workers", "0"])
     assert res.exit_code == 4 and "holds the output of `cxrtriage serve`" in " ".join(res.output.split())
     assert (out / JOURNAL_NAME).is_file() and not (out / "results.csv").exists()
+
+
+def test_a_file_where_a_run_writes_a_folder_is_refused_never_removed(tmp_path: Path, model: Path) -> None:
+    inputs = _inputs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    _ran([*_args(inputs, out, model), "--workers", "0"])
+    for name in ("heatmaps", "report"):
+        if (out / name).is_dir():
+            for p in sorted((out / name).rglob("*"), reverse=True):
+                p.rmdir() if p.is_dir() else p.unlink()
+            (out / name).rmdir()
+        (out / name).write_text("the user's own")
+    res = CliRunner().invoke(app, [*_args(inputs, out, model), "--workers", "0", "--report"])
+    assert res.exit_code == 4, res.output
+    said = " ".join(res.output.split())
+    assert "heatmaps, report are files or links where predict writes folders of that name" in said
+    assert (out / "heatmaps").read_text() == "the user's own" == (out / "report").read_text()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def calibrate_command(
     results: Annotated[Path, typer.Option(
-        "--results", help="results.csv (or .jsonl) of `cxrtriage predict` run WITHOUT --site.")],
+        "--results", help="results.csv (or .jsonl) of `cxrtriage predict` run WITHOUT --site, or its --out folder.")],
     labels: Annotated[Path, typer.Option(
         "--labels", help="LABELS.csv of the same images (see `cxrtriage evaluate --help`).")],
     out: Annotated[Path, typer.Option("--out", help="Site calibration file to write (TOML), e.g. site.toml.")],
@@ -46,10 +46,12 @@ def calibrate_command(
     other model version."""
     from cxrtriage.cli.render import exit_on_error
     from cxrtriage.evaluate.calibrate import calibrate_results
+    from cxrtriage.results import results_file
 
     with exit_on_error():
-        run = calibrate_results(results, labels, out=out, target_sensitivity=target_sensitivity, method=method, model=model,
-                                force=force, max_false_urgent=max_false_urgent, policy=policy, population=population)
+        run = calibrate_results(results_file(results), labels, out=out, target_sensitivity=target_sensitivity,
+                                method=method, model=model, force=force, max_false_urgent=max_false_urgent,
+                                policy=policy, population=population)
         _render(run)
 
 

@@ -128,7 +128,8 @@ def _print(ev: Evaluation, by: Sequence[str]) -> None:
 
 
 def evaluate_command(
-    results: Annotated[Path, typer.Option("--results", help="results.csv (or results.jsonl) written by `cxrtriage predict`.")],
+    results: Annotated[Path, typer.Option("--results", help="results.csv (or results.jsonl) written by "
+                                          "`cxrtriage predict`, or its --out folder.")],
     labels: Annotated[Path, typer.Option(
         "--labels",
         help="LABELS.csv: an `image` column (file name, path or SOP Instance UID), 0/1 columns named like the model's "
@@ -157,7 +158,10 @@ def evaluate_command(
     the worst misses. Unmatched rows are reported, never dropped silently."""
     from cxrtriage.cli.render import console, exit_on_error
     from cxrtriage.evaluate.run import EvaluateConfig, run_evaluate
+    from cxrtriage.results import results_file
 
+    with exit_on_error():
+        results = results_file(results)
     config = EvaluateConfig(
         results=results, labels=labels, by=tuple(c.strip() for c in by.split(",") if c.strip()), json_out=json_out,
         html_out=html_out, plots=plots, policy=policy, model=model, site=site, n_boot=n_boot, top=top, seed=seed,

@@ -462,11 +462,25 @@ def read_results(path: str | Path, *, growing: bool = False) -> ResultsTable:
     return ResultsTable(path=p, columns=tuple(header), records=records, notes=tuple(notes))
 
 
+def results_file(path: str | Path) -> Path:
+    """``path`` when it is a results file; for an output folder, its ``results.jsonl``, else its ``results.csv``.
+
+    Raises:
+        InputError: a folder that holds neither.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    for name in (RESULTS_JSONL, RESULTS_CSV):
+        if (p / name).is_file():
+            return p / name
+    raise InputError(f"{p}: neither {RESULTS_JSONL} nor {RESULTS_CSV} found; point at the --out folder of "
+                     "`cxrtriage predict`")
+
+
 def read_results_dir(results_dir: str | Path) -> ResultsTable:
     """The results of an output folder: ``results.jsonl`` (typed values), else ``results.csv``."""
     d = Path(results_dir)
-    for name in (RESULTS_JSONL, RESULTS_CSV):
-        if (d / name).is_file():
-            return read_results(d / name)
-    raise InputError(f"{d}: neither {RESULTS_JSONL} nor {RESULTS_CSV} found; point at the --out folder of "
-                     "`cxrtriage predict`")
+    if not d.is_dir():
+        raise InputError(f"{d}: not a folder; point at the --out folder of `cxrtriage predict`")
+    return read_results(results_file(d))

@@ -223,3 +223,18 @@ def test_evaluate_top_sets_the_rows_of_the_worst_misses_table(tmp_path: Path, mo
         return sum(1 for line in out.splitlines() if "abnormal" in line and "missed positive" in line)
 
     assert rows(6) == 6 and rows(3) == 3 and rows(1) == 1
+
+
+def test_evaluate_and_calibrate_take_the_results_folder_too(tmp_path: Path, model: ModelManifest) -> None:
+    """`evaluate --results OUT` said 'results file not found' of a folder that holds results.csv (monitor takes it)."""
+    results, labels, _ = make_set(tmp_path / "run", model, n=60)
+    code, by_file = invoke("evaluate", "--results", results, "--labels", labels, "--model", model.path.parent)
+    assert code == 0, by_file
+    code, by_folder = invoke("evaluate", "--results", results.parent, "--labels", labels, "--model", model.path.parent)
+    assert code == 0 and by_folder == by_file, by_folder
+    code, out = invoke("calibrate", "--results", results.parent, "--labels", labels, "--out", tmp_path / "site.toml",
+                       "--model", model.path.parent)
+    assert code == 0 and (tmp_path / "site.toml").is_file(), out
+    (tmp_path / "empty").mkdir()
+    code, out = invoke("evaluate", "--results", tmp_path / "empty", "--labels", labels)
+    assert code == 2 and "neither results.jsonl nor results.csv found" in out, out

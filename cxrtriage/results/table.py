@@ -482,5 +482,6 @@ def read_results_dir(results_dir: str | Path) -> ResultsTable:
     """The results of an output folder: ``results.jsonl`` (typed values), else ``results.csv``."""
     d = Path(results_dir)
     if not d.is_dir():
-        raise InputError(f"{d}: not a folder; point at the --out folder of `cxrtriage predict`")
+        raise InputError(f"{d}: neither {RESULTS_JSONL} nor {RESULTS_CSV} found; point at the --out folder of "
+                         "`cxrtriage predict`")
     return read_results(results_file(d))

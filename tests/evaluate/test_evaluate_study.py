@@ -130,3 +130,19 @@ def test_fit_study_counts_findings_the_model_has_no_label_for_as_abnormal(tmp_pa
         SiteCalibration(man.name, man.version, man.sha256, "platt", 0.95, {}), study=fit.tiers),
         population="adult").priority is P.NORMAL for st in pneumothorax]
     assert sum(called_normal) <= normal.n_pos - normal.true_pos  # each one called normal is among the counted misses
+
+
+def test_study_thresholds_for_every_population_from_one_population_say_so(tmp_path: Path) -> None:
+    """An audit fitted the site file on children's studies: its 'all' thresholds then called 19 of 35 abnormal adult
+    studies normal. Calibrate says where the thresholds come from and how to keep them to that population."""
+    man = load_manifest(make_study_classifier(tmp_path / "m"))
+    assert len(man.populations) > 1
+    base = SiteCalibration(man.name, man.version, man.sha256, "platt", 0.95, {})
+    one = _studies(200, 4, "child") + _studies(20, 5, "unknown")
+    fit = fit_study(one, manifest=man, policy=load_policy(), site=base, target_sensitivity=0.95, max_false_urgent=0.05)
+    said = [w for w in fit.warnings if "every labelled study of known population is child" in w]
+    assert len(said) == 1 and "pass --population child" in said[0]
+    for studies, population in ((one, "child"), (_studies(200, 4, "child") + _studies(200, 6, "adult"), "all")):
+        fit = fit_study(studies, manifest=man, policy=load_policy(), site=base, target_sensitivity=0.95,
+                        max_false_urgent=0.05, population=population)
+        assert not any("every labelled study" in w for w in fit.warnings)

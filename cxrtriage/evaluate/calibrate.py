@@ -219,7 +219,9 @@ def fit_label(
     if half > MAX_CI_HALF_WIDTH:
         need = positives_for_precision(target_sensitivity, MAX_CI_HALF_WIDTH)
         warnings.append(
-            f"{label}: the 95% CI on sensitivity at the rule-out threshold is {ci[0]:.2f}-{ci[1]:.2f} (±{half:.2f}, wider "
+            # three decimals when two would print the limit itself ("±0.10, wider than ±0.10" for 0.102)
+            f"{label}: the 95% CI on sensitivity at the rule-out threshold is {ci[0]:.2f}-{ci[1]:.2f} "
+            f"(±{half:.{2 if round(half, 2) > MAX_CI_HALF_WIDTH else 3}f}, wider "
             f"than ±{MAX_CI_HALF_WIDTH:.2f}) with {n_pos} positives; about {need} positives are needed "
             f"for ±{MAX_CI_HALF_WIDTH:.2f}"
         )

@@ -69,6 +69,15 @@ class PredictConfig:
             raise ConfigError(f"--threads must be >= 1, got {self.intra_op_threads}")
         if self.heatmap_gate and not self.heatmaps:
             raise ConfigError("--heatmap-gate gates the heat maps: it needs --heatmaps")
+        # Options that act on outputs this run does not write are refused, not ignored: a user who asked for
+        # de-identified outputs must not take results.csv (which --deidentify never touches) for them.
+        if self.deidentify and not self.reports_on:
+            raise ConfigError("--deidentify gives the reports and DICOM results pseudonyms: it needs --report, --dicom "
+                              "or --send (results.csv and worklist.csv always name the input files; see the README, "
+                              "'De-identification')")
+        if self.segmenter is not None and not self.lungs_on:
+            raise ConfigError("--segmenter names the lung segmenter: it needs --lungs (or --report, which turns the "
+                              "lungs on)")
         if self.deidentify:  # refused now, not after scoring every file (see the README, "De-identification")
             require_pseudonym_key()
 

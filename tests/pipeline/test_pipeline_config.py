@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from cxrtriage.errors import ConfigError
 from cxrtriage.pipeline import config
-from cxrtriage.pipeline.config import auto_workers
+from cxrtriage.pipeline.config import PredictConfig, auto_workers
 
 
 @pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (3, 2), (4, 2), (8, 4), (16, 4)])
@@ -24,3 +27,19 @@ def test_the_command_line_and_the_library_batch_the_same_by_default() -> None:
 
     assert inspect.signature(predict_cmd).parameters["batch_size"].default == PREDICT_BATCH_SIZE
     assert PredictConfig(inputs=(Path("x"),), out_dir=Path("o")).batch_size == PREDICT_BATCH_SIZE
+
+
+def test_options_for_outputs_the_run_does_not_write_are_refused_not_ignored(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--deidentify alone ran, wrote no report, and left a user believing the outputs were de-identified."""
+    monkeypatch.setenv("CXRTRIAGE_PSEUDONYM_KEY", "a-site-secret-of-sixteen+")
+    base = {"inputs": (tmp_path,), "out_dir": tmp_path / "out"}
+    with pytest.raises(ConfigError, match=r"--deidentify .* needs --report, --dicom or --send .*results\.csv"):
+        PredictConfig(**base, deidentify=True)
+    with pytest.raises(ConfigError, match=r"--segmenter .* needs --lungs"):
+        PredictConfig(**base, segmenter="lung-segmenter")
+    with pytest.raises(ConfigError, match=r"--segmenter"):
+        PredictConfig(**base, segmenter="lung-segmenter", report=True, lungs=False)
+    for ok in ({"deidentify": True, "report": True}, {"deidentify": True, "send": "pacs:104"},
+               {"segmenter": "lung-segmenter", "lungs": True}, {"segmenter": "lung-segmenter", "report": True}):
+        PredictConfig(**base, **ok)  # type: ignore[arg-type]

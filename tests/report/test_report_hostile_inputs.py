@@ -53,8 +53,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _predict(inputs: Path, out: Path, models: tuple[Path, Path], *extra: str) -> tuple[int, str]:
-    args = ["predict", str(inputs), "--out", str(out), "--model", str(models[0]), "--segmenter", str(models[1]),
-            "--workers", "0", *extra]
+    lungs = "--no-lungs" not in extra and any(o in extra for o in ("--report", "--lungs", "--dicom", "--send"))
+    segmenter = ["--segmenter", str(models[1])] if lungs else []  # refused where no lungs are computed
+    args = ["predict", str(inputs), "--out", str(out), "--model", str(models[0]), *segmenter, "--workers", "0", *extra]
     result = CliRunner().invoke(app, args, terminal_width=200)
     return result.exit_code, result.output
 

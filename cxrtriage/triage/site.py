@@ -181,7 +181,8 @@ def check_site(site: SiteCalibration, manifest: ModelManifest) -> None:
             f"{site.where}: this site calibration was made for model '{site.model_name}' version {site.model_version} "
             f"(sha256 {site.model_sha256[:12]}…), but the model in use is '{manifest.name}' version {manifest.version} "
             f"(sha256 {manifest.sha256[:12]}…). Site thresholds do not transfer between model versions: re-run "
-            "`cxrtriage calibrate` on results of this model, or drop --site"
+            "`cxrtriage calibrate` on results of this model, or drop --site (for results read back, by evaluate or "
+            "calibrate: pass --model naming the model they were scored with)"
         )
     unknown = sorted(set(site.labels) - set(manifest.labels))
     if unknown:

@@ -58,8 +58,10 @@ def explain_cmd(
     method: Annotated[list[str] | None, typer.Option(
         "--method", "-m", help="Method (repeat for several, or 'all'): gradcam (default), gradcampp, layercam, xgradcam, "
                                "hirescam, eigencam, scorecam, occlusion.")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="Finding to explain (repeat for several); this or --flagged is required.")] = None,
-    flagged: Annotated[bool, typer.Option("--flagged", help="Explain every finding whose score reaches its threshold (or name them with --label).")] = False,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", "-l", help="Finding to explain (repeat for several); this or --flagged is required.")] = None,
+    flagged: Annotated[bool, typer.Option(
+        "--flagged", help="Explain every finding whose score reaches its threshold (or name them with --label).")] = False,
     operating_point: Annotated[str, typer.Option(
         "--operating-point", help="Threshold used by --flagged and shown on overlays: balanced or rule_out.")] = "balanced",
     model: Annotated[str | None, typer.Option("--model", help="Classifier name or path (default: cxr-classifier).")] = None,

@@ -291,7 +291,11 @@ def load_site(path: str | Path, *, manifest: ModelManifest | None = None) -> Sit
         check_site(site, manifest)
         missing = [lab for lab in manifest.labels if lab not in site.labels]
         if missing:
-            log.warning("%s: no site calibration for %s; those labels keep the model's scores and thresholds", p, missing)
+            # Per label only: the study-level thresholds (the [study] tiers), when the file has them, apply to every
+            # label's score all the same, and a reader took this line to mean they did not.
+            study = " (the site file's study-level thresholds still apply to them)" if site.study else ""
+            log.warning("%s: no site calibration for %s; those labels keep the model's scores and per-label "
+                        "thresholds%s", p, ", ".join(missing), study)
     return site
 
 

@@ -158,3 +158,20 @@ def test_site_for_results_refusals(tmp_path: Path, manifest: ModelManifest) -> N
     other = load_manifest(make_tiny_classifier(tmp_path / "other", seed=5))
     with pytest.raises(ConfigError, match="made for model"):
         site_for_results([str(site_path)], results=results, manifest=other)
+
+
+def test_labels_without_a_calibration_are_named_and_the_study_thresholds_said_to_apply(
+        tmp_path: Path, manifest: ModelManifest, caplog: pytest.LogCaptureFixture) -> None:
+    """The note read as if the site file did nothing for those labels, while its study thresholds decided them."""
+    from cxrtriage.triage.site import SiteStudyTier
+
+    site = make_site(manifest)  # pneumonia and effusion: the tiny model's 'abnormal' has no calibration
+    with caplog.at_level("WARNING", logger="cxrtriage.triage.site"):
+        load_site(write_site(tmp_path / "labels.toml", site), manifest=manifest)
+    assert "no site calibration for abnormal; those labels keep the model's scores and per-label thresholds" in caplog.text
+    assert "study-level" not in caplog.text
+    caplog.clear()
+    tiers = dataclasses.replace(site, study={"normal": SiteStudyTier("normal", {"all": 0.3})})
+    with caplog.at_level("WARNING", logger="cxrtriage.triage.site"):
+        load_site(write_site(tmp_path / "tiers.toml", tiers), manifest=manifest)
+    assert "per-label thresholds (the site file's study-level thresholds still apply to them)" in caplog.text

@@ -235,11 +235,12 @@ def predict_cmd(
 
 
 @contextmanager
-def progress_display(err_console: Console, description: str) -> Iterator[Callable[[ProgressUpdate], None]]:
+def progress_display(err_console: Console, description: str, *,
+                     done_word: str = "scored") -> Iterator[Callable[[ProgressUpdate], None]]:
     """A rich progress display fed by the pipeline's ProgressUpdate callbacks (total unknown while streaming).
 
     It appears with the first finished file, so that an error before any file (model, output folder)
-    prints as one line.
+    prints as one line. ``done_word`` names the files done as the command's summary does ("segmented").
     """
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -257,7 +258,7 @@ def progress_display(err_console: Console, description: str) -> Iterator[Callabl
             started = True
         rate = u.scored / max(u.elapsed, 1e-9)
         prog.update(task, completed=u.done,
-                    counts=f"scored {u.scored} · excluded {u.excluded} · failed {u.failed} · {rate:.1f} img/s")
+                    counts=f"{done_word} {u.scored} · excluded {u.excluded} · failed {u.failed} · {rate:.1f} img/s")
 
     try:
         yield update

@@ -51,7 +51,7 @@ def segment_cmd(
             strict_device=strict_device, workers=workers, intra_op_threads=threads,
             fail_on_error=fail_on_error, rules=rules,
         )
-        with progress_display(err_console, "segmenting") as update:
+        with progress_display(err_console, "segmenting", done_word="segmented") as update:
             summary = run_segment(config, on_progress=update)
         console.print(summary_table(summary, "segment summary", [summary.segment_csv, summary.masks_dir]))
         if summary.failed and config.fail_on_error:

@@ -33,8 +33,10 @@ def test_segment_end_to_end(tmp_path: Path, seg: Path) -> None:
     write_dicom(scans / "b" / "lat.dcm", view="LL")
     cv2.imwrite(str(scans / "p.png"), (_gradient(25, 35) // 16).astype(np.uint8))
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["segment", str(scans), "--out", str(out), "--model", str(seg), "--workers", "0"])
+    r = CliRunner().invoke(app, ["segment", str(scans), "--out", str(out), "--model", str(seg), "--workers", "0"],
+                           terminal_width=200)
     assert r.exit_code == 0, r.output
+    assert "segmented 3 · excluded 1 · failed 0" in r.output and "scored 3" not in r.output  # as its summary says
     with open(out / "segment.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [Path(row["path"]).name for row in rows] == ["x.dcm", "lat.dcm", "x.dcm", "p.png"]

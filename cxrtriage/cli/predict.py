@@ -381,6 +381,9 @@ def run_rows(s: PredictSummary) -> list[tuple[str, str]]:
             text = f"{n_html} HTML, {n_pdf} PDF study report(s)"
             if rep.dicom_files:
                 text += f", {len(rep.dicom_files)} DICOM file(s)"
+            elif s.run is not None and s.run.options.get("dicom"):
+                # --dicom/--send and nothing to write: said, so that nobody waits for objects at the PACS
+                text += ", [yellow]no DICOM file[/]: DICOM results (and --send) are for scored DICOM inputs only"
             if rep.sent:
                 text += f", sent {sum(1 for r in rep.sent if r.ok)}/{len(rep.sent)}"
         if s.report.errors:

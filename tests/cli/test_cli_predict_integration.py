@@ -278,3 +278,16 @@ def test_a_new_run_removes_the_earlier_reports_but_not_the_users_files_beside_th
     code, output = _invoke(*_base(scans / "p2", out, models))
     assert code == 0, output
     assert not report.exists()  # only the writer's files were there: the folder goes with them, as before
+
+
+def test_send_with_no_dicom_input_says_that_no_dicom_result_was_made(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """A PNG folder with --send: nothing was made or sent, and nothing said so."""
+    png = tmp_path / "png"
+    png.mkdir()
+    import cv2
+
+    cv2.imwrite(str(png / "chest.png"), (_pixels(64, 64, 3) // 16).astype(np.uint8))
+    code, output = _invoke("predict", str(png), "--out", str(tmp_path / "o"), "--model", str(models[0]), "--workers",
+                           "0", "--no-lungs", "--no-pdf", "--send", "127.0.0.1:1")
+    assert code == 0, output
+    assert "noDICOMfile:DICOMresults(and--send)areforscoredDICOMinputsonly" in _flat(output)

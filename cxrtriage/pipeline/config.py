@@ -42,9 +42,9 @@ class PredictConfig:
     dicom: bool = False  # DICOM SR/SC/SEG/encapsulated PDF into DIR/dicom/ (implies report)
     deidentify: bool = False  # pseudonyms instead of identities in the HTML/PDF reports
     send: str | None = None  # HOST:PORT to C-STORE the DICOM results to (implies dicom)
-    aet: str = "CXRTRIAGE"  # our (calling) AE title for send
+    aet: str = "CXRTRIAGE"  # our (calling) AE title for send (_DEFAULT_AETS)
     called_aet: str = "ANY-SCP"  # the PACS (called) AE title for send
-    modality: str = "DOC"  # Modality of the encapsulated PDF
+    modality: str = "DOC"  # Modality of the encapsulated PDF (_DEFAULT_MODALITY)
     heatmaps: bool = False  # overlays + raw maps of the flagged findings under DIR/heatmaps/ (column heatmaps)
     heatmap_method: str = "gradcam"  # a CAM method that needs no extra model pass (see docs/explain.md)
     heatmap_gate: bool = False  # gate the overlays by the dilated lung mask (hides evidence outside the lungs)
@@ -75,11 +75,21 @@ class PredictConfig:
             raise ConfigError("--deidentify gives the reports and DICOM results pseudonyms: it needs --report, --dicom "
                               "or --send (results.csv and worklist.csv always name the input files; see the README, "
                               "'De-identification')")
+        if not self.pdf and not self.reports_on:
+            raise ConfigError("--no-pdf leaves the PDF out of the study reports: it needs --report (or --dicom, --send)")
+        if self.modality != _DEFAULT_MODALITY and not self.dicom_on:
+            raise ConfigError("--modality sets the Modality of the encapsulated PDF: it needs --dicom or --send")
+        if (self.aet, self.called_aet) != _DEFAULT_AETS and self.send is None:
+            raise ConfigError("--aet and --called-aet name the AE titles of the association: they need --send HOST:PORT")
         if self.segmenter is not None and not self.lungs_on:
             raise ConfigError("--segmenter names the lung segmenter: it needs --lungs (or --report, which turns the "
                               "lungs on)")
         if self.deidentify:  # refused now, not after scoring every file (see the README, "De-identification")
             require_pseudonym_key()
+
+
+_DEFAULT_MODALITY = "DOC"
+_DEFAULT_AETS = ("CXRTRIAGE", "ANY-SCP")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,14 @@ def test_options_for_outputs_the_run_does_not_write_are_refused_not_ignored(tmp_
         PredictConfig(**base, segmenter="lung-segmenter")
     with pytest.raises(ConfigError, match=r"--segmenter"):
         PredictConfig(**base, segmenter="lung-segmenter", report=True, lungs=False)
+    with pytest.raises(ConfigError, match=r"--no-pdf .* needs --report"):
+        PredictConfig(**base, pdf=False)
+    with pytest.raises(ConfigError, match=r"--modality .* needs --dicom or --send"):
+        PredictConfig(**base, report=True, modality="OT")
+    with pytest.raises(ConfigError, match=r"--aet and --called-aet .* need --send"):
+        PredictConfig(**base, report=True, dicom=True, called_aet="MYPACS")
     for ok in ({"deidentify": True, "report": True}, {"deidentify": True, "send": "pacs:104"},
+               {"pdf": False, "report": True}, {"modality": "OT", "dicom": True},
+               {"aet": "ME", "called_aet": "MYPACS", "send": "pacs:104"},
                {"segmenter": "lung-segmenter", "lungs": True}, {"segmenter": "lung-segmenter", "report": True}):
         PredictConfig(**base, **ok)  # type: ignore[arg-type]

@@ -49,14 +49,14 @@ class ConsoleLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = escape(self.format(record))
+            message = self.format(record)
             if record.levelno >= logging.ERROR:
-                line = f"[bold red]error:[/] {message}"
+                print_error(message)
             elif record.levelno >= logging.WARNING:
-                line = f"[yellow]warning:[/] {message}"
+                print_warning(message)
             else:
-                line = f"[dim]{dt.datetime.fromtimestamp(record.created):%H:%M:%S}[/] {message}"
-            err_console.print(line, highlight=False, soft_wrap=True)
+                err_console.print(f"[dim]{dt.datetime.fromtimestamp(record.created):%H:%M:%S}[/] {escape(message)}",
+                                  highlight=False, soft_wrap=True)
         except Exception:
             self.handleError(record)
 
